@@ -1,0 +1,227 @@
+//! Wires config → sources → engine → gRPC and admin servers, and owns shutdown, in three
+//! steps: decide (a signal or the caller's token), tell (readiness off, one token cancelled:
+//! the gRPC server stops accepting, every stream ends with OK, pollers stop), wait (a bounded
+//! drain, so an open stream or a stuck client can never keep the process alive).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+
+use crate::config::Config;
+use crate::engine::Registry;
+use crate::grpc::Scaler;
+use crate::grpc::proto::external_scaler_server::ExternalScalerServer;
+use crate::source::{self, Source};
+use crate::telemetry;
+
+/// The gRPC server's drain after the shutdown signal; the total stays under 5 s.
+const GRPC_DRAIN: Duration = Duration::from_secs(3);
+/// Pollers and the admin server, after the gRPC drain.
+const TASK_DRAIN: Duration = Duration::from_secs(1);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration cannot be served (exit 64, like a bad flag).
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot listen on {what} address {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("demo database: {0}")]
+    Demo(String),
+}
+
+impl StartError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Config(_) => 64,
+            _ => 1,
+        }
+    }
+}
+
+/// A started server.
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    shutdown: CancellationToken,
+    done: JoinHandle<()>,
+}
+
+impl Running {
+    /// Cancelling this token shuts the server down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Shuts down and waits for the drain to finish.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.done.await;
+    }
+
+    /// Waits until the server has shut down (after its token is cancelled).
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// Serves until `signal` completes, then shuts down gracefully.
+pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<(), StartError> {
+    let running = start(config).await?;
+    let token = running.shutdown_token();
+    tokio::select! {
+        _ = signal => tracing::info!("shutdown signal received: draining"),
+        _ = token.cancelled() => {}
+    }
+    running.stop().await;
+    tracing::info!("orascale stopped");
+    Ok(())
+}
+
+/// Binds both listeners, starts the engine and the servers, and returns at once.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    if let Some(path) = &config.demo_db {
+        crate::demo::prepare(path)
+            .map_err(|e| StartError::Demo(format!("{}: {e}", path.display())))?;
+    }
+    let mut sources: BTreeMap<String, Arc<dyn Source>> = BTreeMap::new();
+    for (name, conn) in &config.connections {
+        let src = source::open(conn).map_err(|e| StartError::Config(e.to_string()))?;
+        tracing::info!(connection = %name, kind = src.kind(), url = %conn.url, pool_size = conn.pool_size, "connection configured");
+        sources.insert(name.clone(), src);
+    }
+    if sources.is_empty() {
+        tracing::warn!(
+            "no connections configured: every trigger will be refused; add --connection NAME=URL"
+        );
+    }
+
+    let grpc_listener = TcpListener::bind(config.grpc_listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: "gRPC",
+            addr: config.grpc_listen,
+            source,
+        })?;
+    let metrics_listener = TcpListener::bind(config.metrics_listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: "metrics",
+            addr: config.metrics_listen,
+            source,
+        })?;
+    let grpc_addr = grpc_listener
+        .local_addr()
+        .expect("bound listener has an address");
+    let metrics_addr = metrics_listener
+        .local_addr()
+        .expect("bound listener has an address");
+
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let metrics = telemetry::metrics::install();
+    let registry = Registry::new(
+        sources,
+        config.engine.clone(),
+        shutdown.clone(),
+        tracker.clone(),
+    );
+    let scaler = Scaler::new(registry.clone(), shutdown.clone());
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for service in ["", "liveness", "readiness", "externalscaler.ExternalScaler"] {
+        health
+            .set_service_status(service, ServingStatus::Serving)
+            .await;
+    }
+    let ready = Arc::new(AtomicBool::new(true));
+
+    tracker.spawn(telemetry::http::serve(
+        metrics_listener,
+        metrics,
+        ready.clone(),
+        shutdown.clone(),
+    ));
+
+    let grpc = Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(config.engine.max_concurrent_streams))
+        .add_service(health_service)
+        .add_service(ExternalScalerServer::new(scaler))
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+            shutdown.clone().cancelled_owned(),
+        );
+
+    let token = shutdown.clone();
+    let done = tokio::spawn(async move {
+        let server = tokio::spawn(grpc);
+        token.cancelled().await;
+        // Tell: readiness first, so Kubernetes stops routing here while we drain.
+        ready.store(false, Ordering::SeqCst);
+        for service in ["", "readiness", "externalscaler.ExternalScaler"] {
+            health
+                .set_service_status(service, ServingStatus::NotServing)
+                .await;
+        }
+        // Wait, bounded: streams end themselves on the token; a client that does not read
+        // its stream's end cannot hold us.
+        match tokio::time::timeout(GRPC_DRAIN, server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server task failed"),
+            Err(_) => tracing::warn!("gRPC drain took longer than {GRPC_DRAIN:?}; closing anyway"),
+        }
+        tracker.close();
+        if tokio::time::timeout(TASK_DRAIN, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("pollers did not stop within {TASK_DRAIN:?}; exiting anyway");
+        }
+    });
+
+    tracing::info!(grpc = %grpc_addr, metrics = %metrics_addr, "orascale ready");
+    Ok(Running {
+        grpc_addr,
+        metrics_addr,
+        shutdown,
+        done,
+    })
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,849 @@
+//! Process configuration: command-line flags (each with an environment variable) layered over an
+//! optional TOML file, resolved into a typed [`Config`]. Flags override the file; typed defaults
+//! fill what neither sets. Every error names the flag or key and the offending value, with
+//! credentials redacted, so `main` can print it and exit with status 64.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+/// Defaults, in one place so `--help`, docs and code agree.
+pub mod defaults {
+    use std::time::Duration;
+    pub const GRPC_LISTEN: &str = "0.0.0.0:9090";
+    pub const METRICS_LISTEN: &str = "0.0.0.0:9464";
+    pub const POLL_INTERVAL: Duration = Duration::from_secs(10);
+    pub const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
+    pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+    pub const STREAM_RESEND_INTERVAL: Duration = Duration::from_secs(30);
+    pub const STALE_AFTER_POLLS: u32 = 3;
+    pub const FIRST_RESULT_WAIT: Duration = Duration::from_secs(2);
+    pub const POOL_SIZE: usize = 4;
+    pub const MAX_CONCURRENT_STREAMS: u32 = 100_000;
+    pub const DEMO_DB: &str = "orascale-demo.db";
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "orascale",
+    version,
+    about = "KEDA external scaler: scale Kubernetes workloads on the result of a SQL query",
+    long_about = "KEDA external scaler: scale Kubernetes workloads on the result of a SQL query \
+                  against Oracle Database (and PostgreSQL or SQLite).\n\n\
+                  Run `orascale serve --demo` to try it on an embedded SQLite database."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve KEDA's ExternalScaler gRPC API.
+    Serve(ServeArgs),
+    /// Call a running scaler like KEDA does and print what it answers.
+    Probe(ProbeArgs),
+    /// Change the rows of the --demo database, to watch the scaler react.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Default, Args)]
+pub struct ServeArgs {
+    /// Address of the gRPC server KEDA calls [default: 0.0.0.0:9090]
+    #[arg(long, env = "ORASCALE_GRPC_LISTEN", value_name = "ADDR")]
+    pub grpc_listen: Option<SocketAddr>,
+
+    /// Address of the admin HTTP server: /metrics, /healthz, /readyz [default: 0.0.0.0:9464]
+    #[arg(long, env = "ORASCALE_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// A database connection, NAME=URL; repeatable. URL: sqlite:PATH, sqlite::memory:,
+    /// postgres://…, oracle://USER@HOST[:PORT]/SERVICE. The environment form is comma-separated.
+    #[arg(
+        long = "connection",
+        env = "ORASCALE_CONNECTIONS",
+        value_name = "NAME=URL",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub connections: Vec<String>,
+
+    /// TOML file with any of these settings and per-connection tables; flags override it.
+    #[arg(long, env = "ORASCALE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Poll interval of triggers without pollInterval [default: 10s]
+    #[arg(long, env = "ORASCALE_DEFAULT_POLL_INTERVAL", value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub default_poll_interval: Option<Duration>,
+
+    /// Smallest pollInterval a trigger may ask for [default: 1s]
+    #[arg(long, env = "ORASCALE_MIN_POLL_INTERVAL", value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub min_poll_interval: Option<Duration>,
+
+    /// Query timeout of triggers without queryTimeout; enforced by the database [default: 5s]
+    #[arg(long, env = "ORASCALE_DEFAULT_QUERY_TIMEOUT", value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub default_query_timeout: Option<Duration>,
+
+    /// A poller with no open stream and no call for this long is stopped [default: 10m]
+    #[arg(long, env = "ORASCALE_IDLE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub idle_timeout: Option<Duration>,
+
+    /// While active, StreamIsActive re-sends `true` this often [default: 30s]
+    #[arg(long, env = "ORASCALE_STREAM_RESEND_INTERVAL", value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub stream_resend_interval: Option<Duration>,
+
+    /// After a failed poll, the last good value is served while younger than this many poll
+    /// intervals; then GetMetrics/IsActive answer UNAVAILABLE [default: 3]
+    #[arg(long, env = "ORASCALE_STALE_AFTER_POLLS", value_name = "N")]
+    pub stale_after_polls: Option<u32>,
+
+    /// Log format [default: text]
+    #[arg(long, env = "ORASCALE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Create ./orascale-demo.db (SQLite, table `jobs`) if missing and serve it as connection `demo`.
+    #[arg(long)]
+    pub demo: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// Scaler address, host:port or http://host:port
+    #[arg(
+        long,
+        env = "ORASCALE_PROBE_ADDR",
+        default_value = "http://127.0.0.1:9090"
+    )]
+    pub addr: String,
+
+    /// ScaledObject name sent with each call
+    #[arg(long, default_value = "probe")]
+    pub name: String,
+
+    /// ScaledObject namespace sent with each call
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+
+    /// Trigger metadata KEY=VALUE; repeatable (the trigger's `metadata:` map)
+    #[arg(short = 'm', long = "metadata", value_name = "KEY=VALUE")]
+    pub metadata: Vec<String>,
+
+    /// Keep StreamIsActive open and print each message with a timestamp
+    #[arg(long)]
+    pub watch: bool,
+
+    /// Deadline of each unary call (KEDA uses 3s on its HPA path)
+    #[arg(long, default_value = "3s", value_parser = parse_duration_arg)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// The demo database file
+    #[arg(long, default_value = defaults::DEMO_DB)]
+    pub db: PathBuf,
+
+    #[command(subcommand)]
+    pub action: DemoAction,
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum DemoAction {
+    /// Insert N queued jobs
+    Enqueue { n: u32 },
+    /// Mark every queued job done
+    Drain,
+    /// Print the number of queued jobs
+    Count,
+}
+
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    parse_duration(s)
+}
+
+/// humantime with a hint for the most common mistake, a bare number.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e}: expected a duration with a unit, e.g. 15s, 1m30s, 500ms"))
+}
+
+/// The resolved configuration of `orascale serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub grpc_listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    pub connections: BTreeMap<String, ConnectionConfig>,
+    pub engine: EngineConfig,
+    pub log_format: LogFormat,
+    /// Set by `--demo`: the demo database to create before serving.
+    pub demo_db: Option<PathBuf>,
+}
+
+/// The settings of the polling engine and the push stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    pub default_poll_interval: Duration,
+    pub min_poll_interval: Duration,
+    pub default_query_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub stream_resend_interval: Duration,
+    pub stale_after_polls: u32,
+    pub first_result_wait: Duration,
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            default_poll_interval: defaults::POLL_INTERVAL,
+            min_poll_interval: defaults::MIN_POLL_INTERVAL,
+            default_query_timeout: defaults::QUERY_TIMEOUT,
+            idle_timeout: defaults::IDLE_TIMEOUT,
+            stream_resend_interval: defaults::STREAM_RESEND_INTERVAL,
+            stale_after_polls: defaults::STALE_AFTER_POLLS,
+            first_result_wait: defaults::FIRST_RESULT_WAIT,
+            max_concurrent_streams: defaults::MAX_CONCURRENT_STREAMS,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionConfig {
+    pub name: String,
+    pub url: ConnectionUrl,
+    /// Queries of this connection that may run at once.
+    pub pool_size: usize,
+}
+
+/// A parsed connection URL. `Debug` and `Display` never show a password.
+#[derive(Clone, PartialEq)]
+pub enum ConnectionUrl {
+    Sqlite(SqliteTarget),
+    Postgres {
+        url: String,
+    },
+    Oracle {
+        user: String,
+        password: Option<String>,
+        /// EZConnect `//host:port/service`.
+        connect_string: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqliteTarget {
+    File(PathBuf),
+    Memory,
+}
+
+impl ConnectionUrl {
+    /// The source kind, as used in logs, metrics and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConnectionUrl::Sqlite(_) => "sqlite",
+            ConnectionUrl::Postgres { .. } => "postgres",
+            ConnectionUrl::Oracle { .. } => "oracle",
+        }
+    }
+}
+
+impl fmt::Display for ConnectionUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectionUrl::Sqlite(SqliteTarget::Memory) => f.write_str("sqlite::memory:"),
+            ConnectionUrl::Sqlite(SqliteTarget::File(p)) => write!(f, "sqlite:{}", p.display()),
+            ConnectionUrl::Postgres { url } => f.write_str(&redact_url(url)),
+            ConnectionUrl::Oracle {
+                user,
+                password,
+                connect_string,
+            } => {
+                let pw = if password.is_some() { ":***" } else { "" };
+                write!(
+                    f,
+                    "oracle://{user}{pw}@{}",
+                    connect_string.trim_start_matches('/')
+                )
+            }
+        }
+    }
+}
+
+impl fmt::Debug for ConnectionUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ConnectionUrl({self})")
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host…` with `***`; other text is kept.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        // Not a URL we understand: if anything could be credentials, hide all of it.
+        return match (url.split_once(':'), url.rfind('@')) {
+            (Some((scheme, _)), Some(at)) => format!("{scheme}:***{}", &url[at..]),
+            _ => url.to_string(),
+        };
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_string();
+    };
+    let userinfo = &authority[..at];
+    let user = userinfo.split(':').next().unwrap_or("");
+    let masked = if userinfo.contains(':') {
+        format!("{user}:***")
+    } else {
+        user.to_string()
+    };
+    format!("{}://{masked}{}", &url[..scheme_end], &rest[at..])
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+    #[error("config file {path}: {message}")]
+    File { path: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The TOML file. Unknown keys are errors, so a typo does not silently fall back to a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    grpc_listen: Option<String>,
+    metrics_listen: Option<String>,
+    default_poll_interval: Option<String>,
+    min_poll_interval: Option<String>,
+    default_query_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    stream_resend_interval: Option<String>,
+    stale_after_polls: Option<u32>,
+    log_format: Option<LogFormat>,
+    #[serde(default)]
+    connections: BTreeMap<String, FileConnection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConnection {
+    url: Option<String>,
+    pool_size: Option<usize>,
+}
+
+impl ServeArgs {
+    /// Reads the config file (if any) and resolves flags + file + defaults into a [`Config`].
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        self.resolve_with(file)
+    }
+
+    fn resolve_with(&self, file: FileConfig) -> Result<Config, ConfigError> {
+        let addr =
+            |flag: Option<SocketAddr>, file: &Option<String>, key: &str, default: &str| match (
+                flag, file,
+            ) {
+                (Some(a), _) => Ok(a),
+                (None, Some(s)) => s.trim().parse().map_err(|e| {
+                    invalid(
+                        key,
+                        format!("value {s:?} is not a socket address ({e}), e.g. 0.0.0.0:9090"),
+                    )
+                }),
+                (None, None) => Ok(default.parse().expect("default address parses")),
+            };
+        let duration = |flag: Option<Duration>,
+                        file: &Option<String>,
+                        key: &str,
+                        default: Duration| match (flag, file) {
+            (Some(d), _) => Ok(d),
+            (None, Some(s)) => parse_duration(s)
+                .map_err(|e| invalid(key, format!("value {s:?} is not a duration: {e}"))),
+            (None, None) => Ok(default),
+        };
+
+        let engine = EngineConfig {
+            default_poll_interval: duration(
+                self.default_poll_interval,
+                &file.default_poll_interval,
+                "default_poll_interval",
+                defaults::POLL_INTERVAL,
+            )?,
+            min_poll_interval: duration(
+                self.min_poll_interval,
+                &file.min_poll_interval,
+                "min_poll_interval",
+                defaults::MIN_POLL_INTERVAL,
+            )?,
+            default_query_timeout: duration(
+                self.default_query_timeout,
+                &file.default_query_timeout,
+                "default_query_timeout",
+                defaults::QUERY_TIMEOUT,
+            )?,
+            idle_timeout: duration(
+                self.idle_timeout,
+                &file.idle_timeout,
+                "idle_timeout",
+                defaults::IDLE_TIMEOUT,
+            )?,
+            stream_resend_interval: duration(
+                self.stream_resend_interval,
+                &file.stream_resend_interval,
+                "stream_resend_interval",
+                defaults::STREAM_RESEND_INTERVAL,
+            )?,
+            stale_after_polls: self
+                .stale_after_polls
+                .or(file.stale_after_polls)
+                .unwrap_or(defaults::STALE_AFTER_POLLS),
+            ..EngineConfig::default()
+        };
+        validate_engine(&engine)?;
+
+        let mut connections = BTreeMap::new();
+        for (name, conn) in &file.connections {
+            let key = format!("connections.{name}");
+            validate_name(name).map_err(|m| invalid(&key, m))?;
+            let url = conn
+                .url
+                .as_deref()
+                .ok_or_else(|| invalid(format!("{key}.url"), "is required"))?;
+            let url = parse_url(url).map_err(|m| invalid(format!("{key}.url"), m))?;
+            let pool_size = conn.pool_size.unwrap_or(defaults::POOL_SIZE);
+            if pool_size == 0 {
+                return Err(invalid(
+                    format!("{key}.pool_size"),
+                    "value 0 must be at least 1",
+                ));
+            }
+            connections.insert(
+                name.clone(),
+                ConnectionConfig {
+                    name: name.clone(),
+                    url,
+                    pool_size,
+                },
+            );
+        }
+        for raw in &self.connections {
+            let (name, url) = parse_connection_flag(raw)?;
+            // A flag for a name the file also has overrides only its URL.
+            let entry = connections.entry(name.clone()).or_insert(ConnectionConfig {
+                name: name.clone(),
+                url: url.clone(),
+                pool_size: defaults::POOL_SIZE,
+            });
+            entry.url = url;
+        }
+
+        let demo_db = self.demo.then(|| PathBuf::from(defaults::DEMO_DB));
+        if let Some(path) = &demo_db {
+            if connections.contains_key("demo") {
+                return Err(invalid(
+                    "--demo",
+                    "a connection named \"demo\" is already configured; --demo adds its own",
+                ));
+            }
+            connections.insert(
+                "demo".into(),
+                ConnectionConfig {
+                    name: "demo".into(),
+                    url: ConnectionUrl::Sqlite(SqliteTarget::File(path.clone())),
+                    pool_size: defaults::POOL_SIZE,
+                },
+            );
+        }
+
+        Ok(Config {
+            grpc_listen: addr(
+                self.grpc_listen,
+                &file.grpc_listen,
+                "grpc_listen",
+                defaults::GRPC_LISTEN,
+            )?,
+            metrics_listen: addr(
+                self.metrics_listen,
+                &file.metrics_listen,
+                "metrics_listen",
+                defaults::METRICS_LISTEN,
+            )?,
+            connections,
+            engine,
+            log_format: self
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
+            demo_db,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::File {
+        path: path.display().to_string(),
+        // toml's message quotes the offending line; a password would be in a URL value, so
+        // drop the quoted source when it might hold one.
+        message: if text.contains("://") {
+            e.message().to_string()
+        } else {
+            e.to_string()
+        },
+    })
+}
+
+fn validate_engine(e: &EngineConfig) -> Result<(), ConfigError> {
+    let nonzero = |d: Duration, key: &str| {
+        if d.is_zero() {
+            Err(invalid(key, "must be greater than 0"))
+        } else {
+            Ok(())
+        }
+    };
+    nonzero(e.min_poll_interval, "min_poll_interval")?;
+    nonzero(e.default_query_timeout, "default_query_timeout")?;
+    nonzero(e.idle_timeout, "idle_timeout")?;
+    nonzero(e.stream_resend_interval, "stream_resend_interval")?;
+    if e.default_poll_interval < e.min_poll_interval {
+        return Err(invalid(
+            "default_poll_interval",
+            format!(
+                "value {} is below min_poll_interval {}",
+                humantime::format_duration(e.default_poll_interval),
+                humantime::format_duration(e.min_poll_interval)
+            ),
+        ));
+    }
+    if e.stale_after_polls == 0 {
+        return Err(invalid("stale_after_polls", "value 0 must be at least 1"));
+    }
+    Ok(())
+}
+
+/// Connection names appear in metadata, metric labels and logs.
+fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "connection name {name:?} must be 1-63 characters of [A-Za-z0-9._-]"
+        ))
+    }
+}
+
+fn parse_connection_flag(raw: &str) -> Result<(String, ConnectionUrl), ConfigError> {
+    let raw = raw.trim();
+    let Some((name, url)) = raw.split_once('=') else {
+        return Err(invalid(
+            "--connection",
+            format!(
+                "value {:?} must be NAME=URL, e.g. orders=sqlite:/data/orders.db",
+                redact_url(raw)
+            ),
+        ));
+    };
+    let name = name.trim();
+    validate_name(name).map_err(|m| invalid("--connection", m))?;
+    let url = parse_url(url.trim()).map_err(|m| invalid(format!("--connection {name}"), m))?;
+    Ok((name.to_string(), url))
+}
+
+/// Parses a connection URL; the error message never contains the password.
+pub fn parse_url(url: &str) -> Result<ConnectionUrl, String> {
+    if url == "sqlite::memory:" {
+        return Ok(ConnectionUrl::Sqlite(SqliteTarget::Memory));
+    }
+    let Some((scheme, rest)) = url.split_once(':') else {
+        return Err(format!(
+            "URL {:?} has no scheme; expected sqlite:PATH, sqlite::memory:, postgres://…, postgresql://… or oracle://…",
+            redact_url(url)
+        ));
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "sqlite" => {
+            // Accept sqlite:PATH and sqlite://PATH (so sqlite:///abs/path is /abs/path).
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            if path.is_empty() {
+                return Err(
+                    "sqlite URL has an empty path; expected sqlite:PATH or sqlite::memory:".into(),
+                );
+            }
+            Ok(ConnectionUrl::Sqlite(SqliteTarget::File(PathBuf::from(
+                path,
+            ))))
+        }
+        "postgres" | "postgresql" => {
+            if !rest.starts_with("//") {
+                return Err(format!(
+                    "URL {:?} must start with {scheme}://",
+                    redact_url(url)
+                ));
+            }
+            Ok(ConnectionUrl::Postgres {
+                url: url.to_string(),
+            })
+        }
+        "oracle" => parse_oracle(url, rest),
+        other => Err(format!(
+            "URL scheme {other:?} is not built in (supported: sqlite, postgres, postgresql, oracle)"
+        )),
+    }
+}
+
+fn parse_oracle(url: &str, rest: &str) -> Result<ConnectionUrl, String> {
+    let bad = || {
+        format!(
+            "URL {:?} must be oracle://USER[:PASSWORD]@HOST[:PORT]/SERVICE",
+            redact_url(url)
+        )
+    };
+    let rest = rest.strip_prefix("//").ok_or_else(bad)?;
+    let (userinfo, hostpart) = rest.rsplit_once('@').ok_or_else(bad)?;
+    let (user, password) = match userinfo.split_once(':') {
+        Some((u, p)) => (u, Some(percent_decode(p).ok_or_else(bad)?)),
+        None => (userinfo, None),
+    };
+    let user = percent_decode(user).ok_or_else(bad)?;
+    let (host, service) = hostpart.split_once('/').ok_or_else(bad)?;
+    if user.is_empty() || host.is_empty() || service.is_empty() {
+        return Err(bad());
+    }
+    Ok(ConnectionUrl::Oracle {
+        user,
+        password,
+        connect_string: format!("//{host}/{service}"),
+    })
+}
+
+/// `%XX` decoding for user and password in URLs; `None` on a malformed escape.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(connections: &[&str]) -> ServeArgs {
+        ServeArgs {
+            connections: connections.iter().map(|s| s.to_string()).collect(),
+            ..ServeArgs::default()
+        }
+    }
+
+    #[test]
+    fn url_forms() {
+        let cases: &[(&str, Result<&str, &str>)] = &[
+            ("sqlite::memory:", Ok("sqlite")),
+            ("sqlite:/data/x.db", Ok("sqlite")),
+            ("sqlite:///data/x.db", Ok("sqlite")),
+            ("sqlite:rel.db", Ok("sqlite")),
+            ("postgres://u:p@h:5432/db", Ok("postgres")),
+            ("postgresql://h/db?sslmode=require", Ok("postgres")),
+            (
+                "oracle://scott:tiger@db.example.com:1521/FREEPDB1",
+                Ok("oracle"),
+            ),
+            ("oracle://scott@db/ORCL", Ok("oracle")),
+            ("mysql://u:p@h/db", Err("not built in")),
+            ("sqlite:", Err("empty path")),
+            ("nourl", Err("no scheme")),
+            ("oracle://db:1521/ORCL", Err("oracle://USER")),
+            ("oracle://scott@db", Err("oracle://USER")),
+            ("postgres:h/db", Err("must start with")),
+        ];
+        for (url, want) in cases {
+            match (parse_url(url), want) {
+                (Ok(u), Ok(kind)) => assert_eq!(u.kind(), *kind, "{url}"),
+                (Err(e), Err(frag)) => assert!(e.contains(frag), "{url}: {e}"),
+                (got, want) => panic!("{url}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn sqlite_paths() {
+        assert_eq!(
+            parse_url("sqlite:///data/x.db").unwrap(),
+            ConnectionUrl::Sqlite(SqliteTarget::File("/data/x.db".into()))
+        );
+        assert_eq!(
+            parse_url("sqlite:rel/x.db").unwrap(),
+            ConnectionUrl::Sqlite(SqliteTarget::File("rel/x.db".into()))
+        );
+    }
+
+    #[test]
+    fn oracle_url_parts_and_decoding() {
+        let u = parse_url("oracle://app%40x:p%3Ass@db:1521/FREEPDB1").unwrap();
+        assert_eq!(
+            u,
+            ConnectionUrl::Oracle {
+                user: "app@x".into(),
+                password: Some("p:ss".into()),
+                connect_string: "//db:1521/FREEPDB1".into()
+            }
+        );
+    }
+
+    #[test]
+    fn secrets_never_shown() {
+        let secret = "s3cr3t-pw";
+        for url in [
+            format!("postgres://app:{secret}@h/db"),
+            format!("oracle://app:{secret}@h:1521/S"),
+        ] {
+            let parsed = parse_url(&url).unwrap();
+            assert!(!format!("{parsed}").contains(secret));
+            assert!(!format!("{parsed:?}").contains(secret));
+        }
+        for bad in [
+            format!("mysql://app:{secret}@h/db"),
+            format!("oracle://app:{secret}@h"),
+            format!("postgres:app:{secret}@h"),
+        ] {
+            let err = parse_url(&bad).unwrap_err();
+            assert!(!err.contains(secret), "{err}");
+        }
+        let err = args(&[&format!("postgres://app:{secret}@h/db")])
+            .resolve_with(FileConfig::default())
+            .unwrap_err();
+        assert!(!err.to_string().contains(secret), "{err}");
+        assert_eq!(
+            redact_url("postgres://app:pw@h/db?x=1"),
+            "postgres://app:***@h/db?x=1"
+        );
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = args(&[]).resolve_with(FileConfig::default()).unwrap();
+        assert_eq!(c.grpc_listen.to_string(), "0.0.0.0:9090");
+        assert_eq!(c.metrics_listen.to_string(), "0.0.0.0:9464");
+        assert_eq!(c.engine, EngineConfig::default());
+        assert!(c.connections.is_empty());
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            grpc_listen = "127.0.0.1:1"
+            default_poll_interval = "20s"
+            [connections.orders]
+            url = "sqlite:/a.db"
+            pool_size = 7
+            [connections.other]
+            url = "sqlite::memory:"
+            "#,
+        )
+        .unwrap();
+        let mut a = args(&["orders=sqlite:/b.db"]);
+        a.grpc_listen = Some("127.0.0.1:2".parse().unwrap());
+        let c = a.resolve_with(file).unwrap();
+        assert_eq!(c.grpc_listen.to_string(), "127.0.0.1:2");
+        assert_eq!(c.engine.default_poll_interval, Duration::from_secs(20));
+        let orders = &c.connections["orders"];
+        assert_eq!(orders.url, parse_url("sqlite:/b.db").unwrap());
+        assert_eq!(orders.pool_size, 7, "the flag overrides only the URL");
+        assert!(c.connections.contains_key("other"));
+    }
+
+    #[test]
+    fn errors_name_key_and_value() {
+        let cases: &[(&str, &str)] = &[
+            ("grpc_listen = \"nope\"", "grpc_listen: value \"nope\""),
+            (
+                "default_poll_interval = \"10\"",
+                "default_poll_interval: value \"10\"",
+            ),
+            (
+                "min_poll_interval = \"0s\"",
+                "min_poll_interval: must be greater than 0",
+            ),
+            (
+                "default_poll_interval = \"500ms\"",
+                "below min_poll_interval",
+            ),
+            (
+                "[connections.x]\npool_size = 2",
+                "connections.x.url: is required",
+            ),
+            (
+                "[connections.x]\nurl = \"ftp://h\"",
+                "connections.x.url: URL scheme \"ftp\"",
+            ),
+            (
+                "[connections.\"a b\"]\nurl = \"sqlite::memory:\"",
+                "connection name \"a b\"",
+            ),
+        ];
+        for (toml_text, want) in cases {
+            let file: FileConfig = toml::from_str(toml_text).unwrap();
+            let err = args(&[]).resolve_with(file).unwrap_err().to_string();
+            assert!(err.contains(want), "{toml_text}: {err}");
+        }
+        let err = args(&["justaname"])
+            .resolve_with(FileConfig::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("must be NAME=URL"), "{err}");
+        assert!(toml::from_str::<FileConfig>("typo_key = 1").is_err());
+    }
+
+    #[test]
+    fn demo_adds_connection() {
+        let mut a = args(&[]);
+        a.demo = true;
+        let c = a.resolve_with(FileConfig::default()).unwrap();
+        assert_eq!(c.connections["demo"].url.kind(), "sqlite");
+        let mut a = args(&["demo=sqlite::memory:"]);
+        a.demo = true;
+        assert!(a.resolve_with(FileConfig::default()).is_err());
+    }
+}

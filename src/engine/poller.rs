@@ -1,0 +1,290 @@
+//! One poller: runs its query at once, then on its interval, and publishes every outcome into
+//! its watch channel. At most one query is in flight (the loop awaits it); a tick missed because
+//! a query ran long is delayed, not bunched; pollers created together spread out, because each
+//! picks a random phase within its interval after the first poll.
+
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::{PollerKey, Sample};
+use crate::source::{Cell, Source, SourceError};
+use crate::telemetry::metrics as m;
+
+/// Extra time the engine grants a source past the query timeout before giving up on it: the
+/// source cancels on the database at the timeout, this only guards against a source that hangs.
+const SOURCE_GRACE: Duration = Duration::from_secs(2);
+
+/// Longest query text quoted in an error message.
+const QUERY_QUOTE_MAX: usize = 200;
+
+/// Who first asked for this poller, for its log lines.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub namespace: String,
+    pub name: String,
+    pub metric: String,
+}
+
+pub struct Poller {
+    pub key: PollerKey,
+    pub source: Arc<dyn Source>,
+    pub tx: watch::Sender<Sample>,
+    pub origin: Origin,
+}
+
+impl Poller {
+    /// Polls until `cancel` fires.
+    pub async fn run(self, cancel: CancellationToken) {
+        let interval = self.key.poll_interval;
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = self.poll() => {}
+        }
+        let phase = interval.mul_f64(random_fraction(&self.key)).min(interval);
+        let mut ticks = tokio::time::interval_at(Instant::now() + phase, interval);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = ticks.tick() => {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = self.poll() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// One query, its metrics, its lifecycle log line, and the publish.
+    async fn poll(&self) {
+        let key = &self.key;
+        let started = Instant::now();
+        let outcome = match tokio::time::timeout(
+            key.query_timeout + SOURCE_GRACE,
+            self.source.query(&key.query, key.query_timeout),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(SourceError::Timeout(key.query_timeout)),
+        };
+        let finished = Instant::now();
+        let (value, result_label) = match outcome {
+            Ok(Cell::Number(v)) => (Ok(v), "ok"),
+            Ok(Cell::Null | Cell::NoRows) if key.ignore_nulls => (Ok(0.0), "null"),
+            Ok(Cell::Null) => (
+                Err("query returned NULL; set ignoreNullValues: \"true\" to read it as 0, or use COALESCE".to_string()),
+                "null",
+            ),
+            Ok(Cell::NoRows) => (
+                Err("query returned no rows; set ignoreNullValues: \"true\" to read it as 0".to_string()),
+                "null",
+            ),
+            Err(e) => {
+                let label = e.result_label();
+                (Err(e.to_string()), label)
+            }
+        };
+        let elapsed = finished - started;
+        m::record_poll(&key.connection, result_label, value.is_ok(), elapsed);
+
+        let before = self.tx.borrow().clone();
+        match value {
+            Ok(v) => {
+                self.tx.send_modify(|s| s.record_ok(v, finished));
+                if before.good.is_none() {
+                    tracing::info!(connection = %key.connection, namespace = %self.origin.namespace,
+                        scaledobject = %self.origin.name, metric = %self.origin.metric,
+                        value = v, elapsed_ms = elapsed.as_millis() as u64, "poller first result");
+                } else if let Some(f) = &before.failure {
+                    tracing::info!(connection = %key.connection, namespace = %self.origin.namespace,
+                        scaledobject = %self.origin.name, metric = %self.origin.metric,
+                        failed_polls = f.streak, value = v, "poller recovered");
+                }
+            }
+            Err(e) => {
+                let message = format!(
+                    "connection {:?}: {e} (query: {})",
+                    key.connection,
+                    quote_query(&key.query)
+                );
+                if before.failure.is_none() {
+                    tracing::warn!(connection = %key.connection, namespace = %self.origin.namespace,
+                        scaledobject = %self.origin.name, metric = %self.origin.metric,
+                        error = %message, "poller query failed");
+                } else {
+                    tracing::debug!(connection = %key.connection, error = %message, "poller query failed again");
+                }
+                self.tx.send_modify(|s| s.record_err(message, finished));
+            }
+        }
+    }
+}
+
+fn quote_query(q: &str) -> String {
+    let one_line: String = q.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() <= QUERY_QUOTE_MAX {
+        one_line
+    } else {
+        let cut: String = one_line.chars().take(QUERY_QUOTE_MAX).collect();
+        format!("{cut}…")
+    }
+}
+
+/// A per-process random number in [0, 1), different for each key.
+fn random_fraction(key: &PollerKey) -> f64 {
+    let h = std::collections::hash_map::RandomState::new().hash_one(key);
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+    use futures::future::BoxFuture;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A scripted source for timing tests under a paused clock; real databases are tested in
+    /// the source modules and in tests/.
+    struct Script {
+        calls: AtomicU32,
+        delay: Duration,
+        cells: Mutex<Vec<Result<Cell, SourceError>>>,
+    }
+
+    impl Source for Script {
+        fn kind(&self) -> &'static str {
+            "script"
+        }
+        fn query<'a>(
+            &'a self,
+            _: &'a str,
+            _: Duration,
+        ) -> BoxFuture<'a, Result<Cell, SourceError>> {
+            async move {
+                self.calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(self.delay).await;
+                let mut cells = self.cells.lock().unwrap();
+                if cells.len() > 1 {
+                    cells.remove(0)
+                } else {
+                    cells[0].clone()
+                }
+            }
+            .boxed()
+        }
+    }
+
+    fn key(ignore_nulls: bool) -> PollerKey {
+        PollerKey {
+            connection: "c".into(),
+            query: "select 1".into(),
+            poll_interval: Duration::from_secs(10),
+            query_timeout: Duration::from_secs(5),
+            ignore_nulls,
+        }
+    }
+
+    fn start(key: PollerKey, script: Arc<Script>) -> (watch::Receiver<Sample>, CancellationToken) {
+        let (tx, rx) = watch::channel(Sample::default());
+        let cancel = CancellationToken::new();
+        let poller = Poller {
+            key,
+            source: script,
+            tx,
+            origin: Origin {
+                namespace: "ns".into(),
+                name: "so".into(),
+                metric: "m".into(),
+            },
+        };
+        tokio::spawn(poller.run(cancel.clone()));
+        (rx, cancel)
+    }
+
+    fn script(delay: Duration, cells: Vec<Result<Cell, SourceError>>) -> Arc<Script> {
+        Arc::new(Script {
+            calls: AtomicU32::new(0),
+            delay,
+            cells: Mutex::new(cells),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_poll_at_once_then_on_interval() {
+        let s = script(Duration::from_millis(5), vec![Ok(Cell::Number(3.0))]);
+        let (mut rx, cancel) = start(key(false), s.clone());
+        rx.wait_for(|s| s.has_outcome()).await.unwrap();
+        assert_eq!(s.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(rx.borrow().good.unwrap().value, 3.0);
+        // Over 100 s at a 10 s interval: 10 more polls, give or take the random phase.
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        let calls = s.calls.load(Ordering::SeqCst);
+        assert!((10..=11).contains(&calls), "{calls}");
+        cancel.cancel();
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        assert_eq!(
+            s.calls.load(Ordering::SeqCst),
+            calls,
+            "no poll after cancel"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_queries_are_never_concurrent_nor_bunched() {
+        // Each query takes 25 s at a 10 s interval: one in flight at a time.
+        let s = script(Duration::from_secs(25), vec![Ok(Cell::Number(1.0))]);
+        let (_rx, cancel) = start(key(false), s.clone());
+        tokio::time::sleep(Duration::from_secs(101)).await;
+        let calls = s.calls.load(Ordering::SeqCst);
+        // The engine's own timeout (5 s + grace) cuts each one at 7 s, so about 100 / 10.
+        assert!((5..=11).contains(&calls), "{calls}");
+        cancel.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nulls_follow_ignore_null_values() {
+        for (ignore, want_ok) in [(true, true), (false, false)] {
+            for cell in [Cell::Null, Cell::NoRows] {
+                let s = script(Duration::ZERO, vec![Ok(cell)]);
+                let (mut rx, cancel) = start(key(ignore), s);
+                let sample = rx.wait_for(|s| s.has_outcome()).await.unwrap().clone();
+                let got = sample.value(Instant::now(), Duration::from_secs(30));
+                assert_eq!(got.is_ok(), want_ok, "{cell:?} ignore={ignore}: {got:?}");
+                if ignore {
+                    assert_eq!(got.unwrap().value, 0.0);
+                } else {
+                    assert!(got.unwrap_err().contains("ignoreNullValues"));
+                }
+                cancel.cancel();
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn errors_name_connection_and_query_and_keep_last_good() {
+        let s = script(
+            Duration::ZERO,
+            vec![
+                Ok(Cell::Number(4.0)),
+                Err(SourceError::Query("no such table: x".into())),
+            ],
+        );
+        let (mut rx, cancel) = start(key(false), s);
+        rx.wait_for(|s| s.polls >= 2).await.unwrap();
+        let sample = rx.borrow().clone();
+        assert_eq!(sample.good.unwrap().value, 4.0);
+        let msg = sample.failure.unwrap().message;
+        assert!(msg.contains("connection \"c\""), "{msg}");
+        assert!(msg.contains("no such table: x"), "{msg}");
+        assert!(msg.contains("query: select 1"), "{msg}");
+        cancel.cancel();
+    }
+}

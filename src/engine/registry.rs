@@ -1,0 +1,342 @@
+//! The registry: key → poller. Read-mostly: handlers take a read lock to find their poller and
+//! touch its clock; a miss takes the write lock once to create it. A janitor evicts pollers that
+//! have had no stream and no call for the idle timeout. No lock is held across an `.await`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::poller::{Origin, Poller};
+use super::{EngineError, PollerKey, Reading, Sample};
+use crate::config::EngineConfig;
+use crate::source::Source;
+use crate::telemetry::metrics as m;
+
+/// One live poller as the handlers see it.
+pub struct Entry {
+    rx: watch::Receiver<Sample>,
+    /// Milliseconds since the registry's epoch of the latest call or stream.
+    last_used_ms: AtomicU64,
+    streams: AtomicUsize,
+    cancel: CancellationToken,
+}
+
+pub struct Registry {
+    sources: BTreeMap<String, Arc<dyn Source>>,
+    config: EngineConfig,
+    entries: RwLock<HashMap<PollerKey, Arc<Entry>>>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    epoch: Instant,
+}
+
+impl Registry {
+    /// Builds the registry and starts its janitor on `tracker`; everything stops with `shutdown`.
+    pub fn new(
+        sources: BTreeMap<String, Arc<dyn Source>>,
+        config: EngineConfig,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Arc<Self> {
+        let registry = Arc::new(Registry {
+            sources,
+            config,
+            entries: RwLock::new(HashMap::new()),
+            shutdown,
+            tracker,
+            epoch: Instant::now(),
+        });
+        let janitor = Arc::downgrade(&registry);
+        let every = (registry.config.idle_timeout / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(30));
+        let stop = registry.shutdown.clone();
+        registry.tracker.spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = ticks.tick() => match janitor.upgrade() {
+                        Some(r) => r.evict_idle(),
+                        None => return,
+                    },
+                }
+            }
+        });
+        registry
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Configured connection names, sorted.
+    pub fn connection_names(&self) -> Vec<String> {
+        self.sources.keys().cloned().collect()
+    }
+
+    /// Live pollers.
+    pub fn pollers(&self) -> usize {
+        self.entries.read().expect("registry lock").len()
+    }
+
+    /// The staleness limit of a poller's last good value.
+    pub fn max_age(&self, key: &PollerKey) -> Duration {
+        key.poll_interval * self.config.stale_after_polls
+    }
+
+    /// The value to answer with now. The very first call for a new poller waits up to
+    /// `first_result_wait` for its first result; every other call answers from the cache.
+    pub async fn read(&self, key: &PollerKey, origin: &Origin) -> Result<Reading, EngineError> {
+        let entry = self.entry(key, origin)?;
+        let mut rx = entry.rx.clone();
+        if !rx.borrow().has_outcome() {
+            let wait = rx.wait_for(Sample::has_outcome);
+            let _ = tokio::time::timeout(self.config.first_result_wait, wait).await;
+        }
+        let sample = rx.borrow().clone();
+        sample
+            .value(Instant::now(), self.max_age(key))
+            .map_err(EngineError::Unavailable)
+    }
+
+    /// A stream's view of a poller; it keeps the poller alive until dropped.
+    pub fn subscribe(&self, key: &PollerKey, origin: &Origin) -> Result<Subscription, EngineError> {
+        let entry = self.entry_with(key, origin, |e| {
+            e.streams.fetch_add(1, Ordering::SeqCst);
+        })?;
+        m::stream_opened();
+        Ok(Subscription {
+            rx: entry.rx.clone(),
+            max_age: self.max_age(key),
+            entry,
+        })
+    }
+
+    fn entry(&self, key: &PollerKey, origin: &Origin) -> Result<Arc<Entry>, EngineError> {
+        self.entry_with(key, origin, |_| {})
+    }
+
+    /// Finds or creates the poller, touches it and runs `also` under the same lock, so the
+    /// janitor never sees a half-registered user.
+    fn entry_with(
+        &self,
+        key: &PollerKey,
+        origin: &Origin,
+        also: impl Fn(&Entry),
+    ) -> Result<Arc<Entry>, EngineError> {
+        if self.shutdown.is_cancelled() {
+            return Err(EngineError::ShuttingDown);
+        }
+        let now = self.now_ms();
+        {
+            let entries = self.entries.read().expect("registry lock");
+            if let Some(e) = entries.get(key) {
+                e.last_used_ms.store(now, Ordering::Relaxed);
+                also(e);
+                return Ok(e.clone());
+            }
+        }
+        let mut entries = self.entries.write().expect("registry lock");
+        if let Some(e) = entries.get(key) {
+            e.last_used_ms.store(now, Ordering::Relaxed);
+            also(e);
+            return Ok(e.clone());
+        }
+        let source = self.sources.get(&key.connection).cloned().ok_or_else(|| {
+            // metadata::parse checks connection names first; this is a programming error guard.
+            EngineError::Unavailable(format!("connection {:?} is not configured", key.connection))
+        })?;
+        let (tx, rx) = watch::channel(Sample::default());
+        let cancel = self.shutdown.child_token();
+        let entry = Arc::new(Entry {
+            rx,
+            last_used_ms: AtomicU64::new(now),
+            streams: AtomicUsize::new(0),
+            cancel: cancel.clone(),
+        });
+        also(&entry);
+        entries.insert(key.clone(), entry.clone());
+        m::set_pollers(entries.len());
+        tracing::info!(connection = %key.connection, namespace = %origin.namespace,
+            scaledobject = %origin.name, metric = %origin.metric,
+            poll_interval = %humantime::format_duration(key.poll_interval),
+            query_timeout = %humantime::format_duration(key.query_timeout),
+            pollers = entries.len(), "poller created");
+        let poller = Poller {
+            key: key.clone(),
+            source,
+            tx,
+            origin: origin.clone(),
+        };
+        self.tracker.spawn(poller.run(cancel));
+        Ok(entry)
+    }
+
+    /// Stops pollers with no stream that nobody has called for the idle timeout.
+    pub fn evict_idle(&self) {
+        let idle_ms = self.config.idle_timeout.as_millis() as u64;
+        let now = self.now_ms();
+        let mut entries = self.entries.write().expect("registry lock");
+        let before = entries.len();
+        entries.retain(|key, e| {
+            let idle = e.streams.load(Ordering::SeqCst) == 0
+                && now.saturating_sub(e.last_used_ms.load(Ordering::Relaxed)) >= idle_ms;
+            if idle {
+                e.cancel.cancel();
+                tracing::info!(connection = %key.connection,
+                    idle = %humantime::format_duration(self.config.idle_timeout), "poller evicted");
+            }
+            !idle
+        });
+        if entries.len() != before {
+            m::set_pollers(entries.len());
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        Instant::now()
+            .saturating_duration_since(self.epoch)
+            .as_millis() as u64
+    }
+}
+
+/// An open StreamIsActive's hold on a poller.
+pub struct Subscription {
+    entry: Arc<Entry>,
+    rx: watch::Receiver<Sample>,
+    max_age: Duration,
+}
+
+impl Subscription {
+    /// The value to judge activity by now, or why there is none.
+    pub fn current(&self) -> Result<Reading, String> {
+        self.rx.borrow().value(Instant::now(), self.max_age)
+    }
+
+    /// Whether the poller has completed a poll.
+    pub fn has_outcome(&self) -> bool {
+        self.rx.borrow().has_outcome()
+    }
+
+    /// Waits for the poller's next publish; `Err` when the poller has stopped.
+    pub async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
+        self.rx.changed().await
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.entry.streams.fetch_sub(1, Ordering::SeqCst);
+        m::stream_closed();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SqliteTarget;
+    use crate::source::sqlite::Sqlite;
+
+    fn registry(idle: Duration) -> (Arc<Registry>, CancellationToken) {
+        let mut sources: BTreeMap<String, Arc<dyn Source>> = BTreeMap::new();
+        sources.insert(
+            "mem".into(),
+            Arc::new(Sqlite::new("mem", SqliteTarget::Memory, 2)),
+        );
+        let cancel = CancellationToken::new();
+        let config = EngineConfig {
+            idle_timeout: idle,
+            ..EngineConfig::default()
+        };
+        (
+            Registry::new(sources, config, cancel.clone(), TaskTracker::new()),
+            cancel,
+        )
+    }
+
+    fn key(q: &str) -> PollerKey {
+        PollerKey {
+            connection: "mem".into(),
+            query: q.into(),
+            poll_interval: Duration::from_secs(1),
+            query_timeout: Duration::from_secs(5),
+            ignore_nulls: false,
+        }
+    }
+
+    fn origin() -> Origin {
+        Origin {
+            namespace: "ns".into(),
+            name: "so".into(),
+            metric: "m".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn identical_keys_share_a_poller() {
+        let (r, cancel) = registry(Duration::from_secs(600));
+        assert_eq!(
+            r.read(&key("select 5"), &origin()).await.unwrap().value,
+            5.0
+        );
+        assert_eq!(
+            r.read(&key("select 5"), &origin()).await.unwrap().value,
+            5.0
+        );
+        assert_eq!(r.pollers(), 1);
+        let mut other = key("select 5");
+        other.poll_interval = Duration::from_secs(2);
+        r.read(&other, &origin()).await.unwrap();
+        assert_eq!(r.pollers(), 2);
+        cancel.cancel();
+        assert_eq!(
+            r.read(&key("select 5"), &origin()).await.unwrap_err(),
+            EngineError::ShuttingDown
+        );
+    }
+
+    #[tokio::test]
+    async fn idle_pollers_are_evicted_but_not_while_streamed() {
+        let (r, cancel) = registry(Duration::from_millis(300));
+        r.read(&key("select 1"), &origin()).await.unwrap();
+        let sub = r.subscribe(&key("select 2"), &origin()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while r.pollers() != 1 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the unstreamed poller is evicted");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(r.pollers(), 1, "the streamed poller stays");
+        drop(sub);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while r.pollers() != 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("evicted once its stream is gone");
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn errors_are_unavailable_never_zero() {
+        let (r, cancel) = registry(Duration::from_secs(600));
+        let err = r
+            .read(&key("select * from missing"), &origin())
+            .await
+            .unwrap_err();
+        match err {
+            EngineError::Unavailable(m) => assert!(m.contains("no such table: missing"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        cancel.cancel();
+    }
+}

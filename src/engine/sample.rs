@@ -1,0 +1,124 @@
+//! The value a poller publishes, and the one rule that turns it into an answer:
+//! a failed poll keeps the last good value, served while it is younger than the staleness
+//! limit; after that — and when there never was a good value — the answer is the error.
+//! Never 0 and never `false` in place of an error.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// A successful poll.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reading {
+    pub value: f64,
+    pub at: Instant,
+}
+
+/// The latest failed poll, while failures last.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub message: Arc<str>,
+    pub at: Instant,
+    /// Consecutive failed polls.
+    pub streak: u64,
+}
+
+/// Everything a handler needs to answer, copied out of the watch channel.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sample {
+    /// The last successful poll, however old.
+    pub good: Option<Reading>,
+    /// Set when the latest poll failed; cleared by the next success.
+    pub failure: Option<Failure>,
+    /// Polls completed so far.
+    pub polls: u64,
+}
+
+impl Sample {
+    /// Whether any poll has completed.
+    pub fn has_outcome(&self) -> bool {
+        self.polls > 0
+    }
+
+    /// The value to serve now, or why there is none. `max_age` is the staleness limit.
+    pub fn value(&self, now: Instant, max_age: Duration) -> Result<Reading, String> {
+        match (&self.good, &self.failure) {
+            (Some(good), None) => Ok(*good),
+            (Some(good), Some(_)) if now.saturating_duration_since(good.at) < max_age => Ok(*good),
+            (Some(good), Some(f)) => Err(format!(
+                "{} (last good value is {} old, older than the {} staleness limit)",
+                f.message,
+                humantime::format_duration(round_secs(now.saturating_duration_since(good.at))),
+                humantime::format_duration(max_age)
+            )),
+            (None, Some(f)) => Err(f.message.to_string()),
+            (None, None) => Err("no result yet: the first query has not finished".into()),
+        }
+    }
+
+    pub fn record_ok(&mut self, value: f64, at: Instant) {
+        self.good = Some(Reading { value, at });
+        self.failure = None;
+        self.polls += 1;
+    }
+
+    pub fn record_err(&mut self, message: impl Into<Arc<str>>, at: Instant) {
+        let streak = self.failure.as_ref().map_or(0, |f| f.streak) + 1;
+        self.failure = Some(Failure {
+            message: message.into(),
+            at,
+            streak,
+        });
+        self.polls += 1;
+    }
+}
+
+fn round_secs(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn serving_rules() {
+        let t0 = Instant::now();
+        let mut s = Sample::default();
+        assert!(s.value(t0, LIMIT).unwrap_err().contains("no result yet"));
+
+        s.record_err("no such table: jobs", t0);
+        assert_eq!(s.value(t0, LIMIT).unwrap_err(), "no such table: jobs");
+
+        s.record_ok(7.0, t0);
+        assert_eq!(
+            s.value(t0 + Duration::from_secs(3600), LIMIT)
+                .unwrap()
+                .value,
+            7.0,
+            "a success is served however old: the poller's latest word"
+        );
+
+        s.record_err("connection refused", t0 + Duration::from_secs(10));
+        assert_eq!(
+            s.value(t0 + Duration::from_secs(29), LIMIT).unwrap().value,
+            7.0
+        );
+        let err = s.value(t0 + Duration::from_secs(30), LIMIT).unwrap_err();
+        assert!(err.starts_with("connection refused"), "{err}");
+        assert!(err.contains("30s old"), "{err}");
+        s.record_err("connection refused", t0 + Duration::from_secs(20));
+        assert_eq!(s.failure.as_ref().unwrap().streak, 2);
+
+        s.record_ok(0.0, t0 + Duration::from_secs(40));
+        assert_eq!(
+            s.value(t0 + Duration::from_secs(40), LIMIT).unwrap().value,
+            0.0
+        );
+        assert!(s.failure.is_none());
+        assert_eq!(s.polls, 5);
+    }
+}

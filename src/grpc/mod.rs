@@ -1,0 +1,20 @@
+//! KEDA's `ExternalScaler` service over the engine.
+//!
+//! - [`proto`]: the generated protobuf types, client and server; they stay inside this module
+//!   (and the probe client): the engine never sees them.
+//! - [`service`]: the four RPCs.
+//! - [`status`]: the one mapping from our errors to `tonic::Status`.
+
+pub mod service;
+pub mod status;
+
+pub use service::Scaler;
+
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("externalscaler");
+
+    /// The encoded descriptor set, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/externalscaler_descriptor.bin"));
+}

@@ -1,0 +1,330 @@
+//! The four RPCs KEDA calls (see ../shared/KEDA.md for the call pattern).
+//!
+//! - GetMetricSpec: a pure function of the metadata; never touches the database or the engine,
+//!   so it keeps succeeding during an outage and KEDA's fallback can fire.
+//! - GetMetrics / IsActive: read the poller's cached sample; only the very first call for a new
+//!   poller waits (briefly) for its first result.
+//! - StreamIsActive: pushes `true` on inactive→active edges, once at open if already active,
+//!   and again every resend interval while active; never `false`; stays open through database
+//!   errors; ends with OK when the server shuts down.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::proto::external_scaler_server::ExternalScaler;
+use super::proto::{
+    GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec,
+    MetricValue, ScaledObjectRef,
+};
+use super::status::Error;
+use crate::engine::poller::Origin;
+use crate::engine::{Registry, Subscription};
+use crate::metadata::{self, Context, ScalerSpec};
+use crate::telemetry::metrics as m;
+
+/// The service: shared by every connection and request.
+#[derive(Clone)]
+pub struct Scaler {
+    registry: Arc<Registry>,
+    ctx: Arc<Context>,
+    shutdown: CancellationToken,
+}
+
+impl Scaler {
+    pub fn new(registry: Arc<Registry>, shutdown: CancellationToken) -> Self {
+        let ctx = Context {
+            connections: registry.connection_names(),
+            engine: registry.config().clone(),
+        };
+        Scaler {
+            registry,
+            ctx: Arc::new(ctx),
+            shutdown,
+        }
+    }
+
+    fn spec(&self, r: &ScaledObjectRef) -> Result<(ScalerSpec, Origin), Error> {
+        let spec = metadata::parse(&r.scaler_metadata, &self.ctx)?;
+        let origin = Origin {
+            namespace: r.namespace.clone(),
+            name: r.name.clone(),
+            metric: spec.metric_name.clone(),
+        };
+        Ok((spec, origin))
+    }
+
+    async fn value(&self, r: &ScaledObjectRef) -> Result<(ScalerSpec, f64), Error> {
+        let (spec, origin) = self.spec(r)?;
+        let reading = self.registry.read(&spec.poller, &origin).await?;
+        Ok((spec, reading.value))
+    }
+
+    async fn get_metrics_inner(&self, req: GetMetricsRequest) -> Result<GetMetricsResponse, Error> {
+        let r = req
+            .scaled_object_ref
+            .ok_or_else(|| Error::Request("scaledObjectRef is required".into()))?;
+        let (spec, value) = self.value(&r).await?;
+        if !metric_name_matches(&req.metric_name, &spec.metric_name) {
+            return Err(Error::Request(format!(
+                "metricName {:?} is not this trigger's metric {:?}",
+                req.metric_name, spec.metric_name
+            )));
+        }
+        Ok(GetMetricsResponse {
+            metric_values: vec![to_metric_value(&spec.metric_name, value)],
+        })
+    }
+}
+
+/// KEDA sends our own name back; the HPA may have lowercased it and some KEDA versions send
+/// the `s<index>-` prefixed HPA name. An empty name means "the trigger's metric".
+fn metric_name_matches(requested: &str, ours: &str) -> bool {
+    if requested.is_empty() || requested.eq_ignore_ascii_case(ours) {
+        return true;
+    }
+    match requested.split_once('-') {
+        Some((prefix, rest)) => {
+            prefix.len() > 1
+                && prefix.starts_with(['s', 'S'])
+                && prefix[1..].chars().all(|c| c.is_ascii_digit())
+                && rest.eq_ignore_ascii_case(ours)
+        }
+        None => false,
+    }
+}
+
+/// Both the deprecated int64 field (read by KEDA < 2.17) and the double.
+#[allow(deprecated)]
+fn to_metric_value(name: &str, value: f64) -> MetricValue {
+    MetricValue {
+        metric_name: name.to_string(),
+        // `as` saturates; NaN cannot occur (sources reject non-finite values).
+        metric_value: value.round() as i64,
+        metric_value_float: value,
+    }
+}
+
+/// Both target fields; the int64 one is at least 1, because 0 breaks the HPA on old KEDA.
+#[allow(deprecated)]
+fn to_metric_spec(spec: &ScalerSpec) -> MetricSpec {
+    MetricSpec {
+        metric_name: spec.metric_name.clone(),
+        target_size: (spec.target.round() as i64).max(1),
+        target_size_float: spec.target,
+    }
+}
+
+type ActiveStream = Pin<Box<dyn Stream<Item = Result<IsActiveResponse, Status>> + Send>>;
+
+/// Counts a finished unary call by method and code.
+fn observe<T>(method: &'static str, result: Result<T, Error>) -> Result<Response<T>, Status> {
+    match result {
+        Ok(v) => {
+            m::grpc_request(method, tonic::Code::Ok);
+            Ok(Response::new(v))
+        }
+        Err(e) => {
+            let status = Status::from(e);
+            m::grpc_request(method, status.code());
+            Err(status)
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ExternalScaler for Scaler {
+    async fn is_active(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<IsActiveResponse>, Status> {
+        let r = request.into_inner();
+        let result = self.value(&r).await.map(|(spec, value)| IsActiveResponse {
+            result: value > spec.activation,
+        });
+        observe("IsActive", result)
+    }
+
+    type StreamIsActiveStream = ActiveStream;
+
+    async fn stream_is_active(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
+        let r = request.into_inner();
+        let opened = self.spec(&r).and_then(|(spec, origin)| {
+            let sub = self.registry.subscribe(&spec.poller, &origin)?;
+            Ok((spec, sub))
+        });
+        let (spec, sub) = match opened {
+            Ok(v) => v,
+            Err(e) => return observe::<ActiveStream>("StreamIsActive", Err(e)),
+        };
+        let state = Push {
+            sub,
+            activation: spec.activation,
+            resend: self.registry.config().stream_resend_interval,
+            shutdown: self.shutdown.clone(),
+            active: None,
+            resend_at: None,
+            opened: false,
+        };
+        let stream = futures::stream::unfold(state, |mut st| async move {
+            let msg = st.next().await?;
+            m::stream_message();
+            Some((Ok(msg), st))
+        });
+        observe::<ActiveStream>("StreamIsActive", Ok(Box::pin(stream)))
+    }
+
+    async fn get_metric_spec(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<GetMetricSpecResponse>, Status> {
+        let r = request.into_inner();
+        let result = metadata::parse(&r.scaler_metadata, &self.ctx)
+            .map(|spec| GetMetricSpecResponse {
+                metric_specs: vec![to_metric_spec(&spec)],
+            })
+            .map_err(Error::from);
+        observe("GetMetricSpec", result)
+    }
+
+    async fn get_metrics(
+        &self,
+        request: Request<GetMetricsRequest>,
+    ) -> Result<Response<GetMetricsResponse>, Status> {
+        let result = self.get_metrics_inner(request.into_inner()).await;
+        observe("GetMetrics", result)
+    }
+}
+
+/// The state of one StreamIsActive.
+struct Push {
+    sub: Subscription,
+    activation: f64,
+    resend: Duration,
+    shutdown: CancellationToken,
+    /// The last known activity; `None` before the first value and while the value is an error.
+    active: Option<bool>,
+    /// When to re-send `true`, while active.
+    resend_at: Option<Instant>,
+    opened: bool,
+}
+
+impl Push {
+    /// The next `true` to send, or `None` when the stream should end with OK (shutdown, or the
+    /// poller stopped — which only happens at shutdown while a stream holds it).
+    async fn next(&mut self) -> Option<IsActiveResponse> {
+        if !self.opened {
+            self.opened = true;
+            if self.sub.has_outcome() && self.judge() {
+                return Some(IsActiveResponse { result: true });
+            }
+        }
+        loop {
+            let resend_at = self.resend_at;
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return None,
+                changed = self.sub.changed() => {
+                    changed.ok()?;
+                    if self.judge() {
+                        return Some(IsActiveResponse { result: true });
+                    }
+                }
+                _ = sleep_until_opt(resend_at) => {
+                    self.resend_at = Some(Instant::now() + self.resend);
+                    if self.active == Some(true) {
+                        return Some(IsActiveResponse { result: true });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Updates the activity from the current sample; true on an inactive→active edge.
+    fn judge(&mut self) -> bool {
+        match self.sub.current() {
+            Ok(reading) => {
+                let active = reading.value > self.activation;
+                let edge = active && self.active != Some(true);
+                self.active = Some(active);
+                if edge {
+                    self.resend_at = Some(Instant::now() + self.resend);
+                } else if !active {
+                    self.resend_at = None;
+                }
+                edge
+            }
+            // Unknown while the database fails: no `false`, and no re-sends either.
+            Err(_) => {
+                self.active = None;
+                self.resend_at = None;
+                false
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => futures::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_names_match_like_keda_sends_them() {
+        let ours = "orascale-db-0123abcd";
+        for req in [
+            "",
+            ours,
+            "ORASCALE-DB-0123ABCD",
+            "s0-orascale-db-0123abcd",
+            "S12-Orascale-db-0123abcd",
+        ] {
+            assert!(metric_name_matches(req, ours), "{req}");
+        }
+        for req in [
+            "other",
+            "s-orascale-db-0123abcd",
+            "x0-orascale-db-0123abcd",
+            "s0-other",
+        ] {
+            assert!(!metric_name_matches(req, ours), "{req}");
+        }
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn wire_values_fill_both_fields() {
+        let v = to_metric_value("m", 12.6);
+        assert_eq!((v.metric_value, v.metric_value_float), (13, 12.6));
+        let v = to_metric_value("m", 1e300);
+        assert_eq!(v.metric_value, i64::MAX);
+        let spec = ScalerSpec {
+            poller: crate::engine::PollerKey {
+                connection: "c".into(),
+                query: "select 1".into(),
+                poll_interval: Duration::from_secs(1),
+                query_timeout: Duration::from_secs(1),
+                ignore_nulls: false,
+            },
+            target: 0.25,
+            activation: 0.0,
+            metric_name: "m".into(),
+        };
+        let s = to_metric_spec(&spec);
+        assert_eq!((s.target_size, s.target_size_float), (1, 0.25));
+    }
+}

@@ -1,0 +1,36 @@
+//! orascale: a KEDA external scaler that scales Kubernetes workloads on the result of a SQL query.
+//!
+//! # Layout
+//! - [`config`]: process configuration from flags, environment and a TOML file; typed, no I/O
+//!   beyond reading that file.
+//! - [`metadata`]: a trigger's `scalerMetadata` map → a typed [`metadata::ScalerSpec`]; pure.
+//! - [`source`]: the one small trait every database sits behind, and its SQLite implementation.
+//! - [`engine`]: the [`engine::Registry`] of pollers (one per distinct trigger), the poller task and
+//!   the cached [`engine::Sample`] each poller publishes into a `tokio::sync::watch` channel.
+//! - [`grpc`]: KEDA's `ExternalScaler` service over the engine, the single error → `Status`
+//!   mapping, and the generated protobuf types (which never leak into the engine).
+//! - [`telemetry`]: logging setup, metric names, the admin HTTP endpoints (`/metrics`, `/healthz`).
+//! - [`app`]: wires it all together and owns the shutdown sequence.
+//! - [`probe`]: a KEDA-like command-line client, for users and for our tests.
+//! - [`demo`]: the `--demo` SQLite database.
+//!
+//! # Data flow
+//! ```text
+//! KEDA ──gRPC──► grpc::Scaler ──metadata::parse──► ScalerSpec ──► engine::Registry::entry(key)
+//!                     ▲                                                   │ (create on miss)
+//!                     │ read the cached Sample, never the database        ▼
+//!                     └──────────── watch::Receiver<Sample> ◄── Poller ──► source::Source ──► DB
+//! ```
+//! Pollers write, handlers read: only a poller ever talks to a database, so a slow or failing
+//! database delays nobody's gRPC answer, and identical triggers share one query.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod engine;
+pub mod grpc;
+pub mod metadata;
+pub mod probe;
+pub mod source;
+pub mod telemetry;

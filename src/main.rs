@@ -1,0 +1,115 @@
+//! The `orascale` binary: parse the command line, set up logging, hand over to the library.
+//! Bad flags or configuration exit with 64 (EX_USAGE).
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use orascale::config::{Cli, Command, DemoArgs, ServeArgs};
+use orascale::{app, demo, probe, telemetry};
+
+const EX_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version are not errors.
+            return if e.use_stderr() {
+                ExitCode::from(EX_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Probe(args) => {
+            let result = runtime().block_on(probe::run(args));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("orascale probe: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }
+        Command::Demo(args) => demo_action(args),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime")
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let config = match args.resolve() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("orascale: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    telemetry::init_logging(config.log_format);
+    let demo_db = config.demo_db.clone();
+    let grpc = config.grpc_listen;
+    let result = runtime().block_on(async move {
+        let running = app::start(config).await?;
+        if let Some(db) = demo_db {
+            print_demo_instructions(&db, running.grpc_addr.port(), grpc.ip().is_unspecified());
+        }
+        let token = running.shutdown_token();
+        tokio::select! {
+            _ = app::shutdown_signal() => tracing::info!("shutdown signal received: draining"),
+            _ = token.cancelled() => {}
+        }
+        running.stop().await;
+        tracing::info!("orascale stopped");
+        Ok::<(), app::StartError>(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "orascale cannot start");
+            eprintln!("orascale: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn print_demo_instructions(db: &std::path::Path, port: u16, _any_ip: bool) {
+    // Under `cargo run` the binary lives in target/; suggest the command the user typed.
+    let exe = std::env::args().next().unwrap_or_default();
+    let me = if exe.contains("/target/") {
+        "cargo run --release --"
+    } else {
+        "orascale"
+    };
+    tracing::info!(
+        "demo database {} is ready (table jobs). In another terminal:\n  \
+         watch:    {me} probe --addr 127.0.0.1:{port} -m \"query={}\" -m targetQueryValue=5 -m pollInterval=2s --watch\n  \
+         values:   {me} probe --addr 127.0.0.1:{port} -m \"query={}\" -m targetQueryValue=5\n  \
+         add work: {me} demo enqueue 12\n  \
+         drain:    {me} demo drain",
+        db.display(),
+        demo::QUERY,
+        demo::QUERY
+    );
+}
+
+fn demo_action(args: DemoArgs) -> ExitCode {
+    match demo::act(&args.db, args.action) {
+        Ok(queued) => {
+            println!("{queued} queued jobs in {}", args.db.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("orascale demo: {}: {e}", args.db.display());
+            ExitCode::FAILURE
+        }
+    }
+}

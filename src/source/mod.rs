@@ -1,0 +1,115 @@
+//! The one small trait every database sits behind, and how a connection's config becomes one.
+//!
+//! A [`Source`] runs one query with a timeout that it enforces on the database side, and returns
+//! the first column of the first row as a [`Cell`]. What a NULL or an empty result means is the
+//! engine's decision (`ignoreNullValues`), not the source's.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use crate::config::{ConnectionConfig, ConnectionUrl};
+
+pub mod sqlite;
+
+/// The first column of the first row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Cell {
+    Number(f64),
+    Null,
+    NoRows,
+}
+
+/// Why a query produced no value. Messages are lowercase fragments that say what the database
+/// said; they never carry credentials.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SourceError {
+    #[error("query timed out after {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("{0}")]
+    Query(String),
+    #[error("first column is not numeric: {0}")]
+    NotNumeric(String),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl SourceError {
+    /// A short, bounded label for metrics: `timeout` or `error`.
+    pub fn result_label(&self) -> &'static str {
+        match self {
+            SourceError::Timeout(_) => "timeout",
+            _ => "error",
+        }
+    }
+}
+
+/// A database that can answer one scalar query.
+pub trait Source: Send + Sync + 'static {
+    /// `sqlite`, `postgres` or `oracle`.
+    fn kind(&self) -> &'static str;
+
+    /// Runs `sql` and returns its first cell. The source cancels the query on the database once
+    /// `timeout` has passed (waiting for a free connection counts against it) and then returns
+    /// [`SourceError::Timeout`].
+    fn query<'a>(
+        &'a self,
+        sql: &'a str,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Cell, SourceError>>;
+}
+
+/// Opens the source of one configured connection. Opening does no I/O: connections are made
+/// by the first poll, so a database that is down at startup does not stop the scaler.
+pub fn open(conn: &ConnectionConfig) -> Result<Arc<dyn Source>, SourceError> {
+    match &conn.url {
+        ConnectionUrl::Sqlite(target) => Ok(Arc::new(sqlite::Sqlite::new(
+            &conn.name,
+            target.clone(),
+            conn.pool_size,
+        ))),
+        other => Err(SourceError::Unsupported(format!(
+            "connection {:?}: the {} source is not part of this build yet; use sqlite",
+            conn.name,
+            other.kind()
+        ))),
+    }
+}
+
+/// Numeric text (`"42"`, `" 3.5 "`, `"1e3"`) → f64; anything else is [`SourceError::NotNumeric`].
+pub fn parse_numeric_text(text: &str) -> Result<f64, SourceError> {
+    match text.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        _ => {
+            let shown: String = text.chars().take(40).collect();
+            Err(SourceError::NotNumeric(format!("text {shown:?}")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numeric_text() {
+        for (text, want) in [
+            ("42", 42.0),
+            (" 3.5 ", 3.5),
+            ("1e3", 1000.0),
+            ("-2", -2.0),
+            ("0010", 10.0),
+        ] {
+            assert_eq!(parse_numeric_text(text).unwrap(), want, "{text}");
+        }
+        for text in ["", "abc", "12abc", "NaN", "inf", "-infinity", "1,5"] {
+            assert!(
+                matches!(parse_numeric_text(text), Err(SourceError::NotNumeric(_))),
+                "{text}"
+            );
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! The embedded SQLite source (rusqlite, bundled): the default for `--demo` and the tests.
+//!
+//! rusqlite is blocking, so every query runs in `spawn_blocking`. The database is opened
+//! read-only and with `PRAGMA query_only`, because a scaler never writes: a `delete` in a query
+//! fails instead of deleting. A timeout interrupts the running statement inside SQLite
+//! (`sqlite3_interrupt`), it does not merely stop waiting for it. A semaphore bounds the queries
+//! of one connection that run at once; its permit is held by the blocking task itself, so a
+//! statement that ignores the interrupt still counts against the bound until it really ends.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, InterruptHandle, OpenFlags};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use super::{Cell, Source, SourceError, parse_numeric_text};
+use crate::config::SqliteTarget;
+
+/// How long a finished-but-interrupted statement may take to hand its connection back.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(1);
+
+pub struct Sqlite {
+    target: SqliteTarget,
+    /// Idle connections, reused so prepared statements stay cached.
+    idle: Arc<Mutex<Vec<Connection>>>,
+    permits: Arc<Semaphore>,
+    max_idle: usize,
+}
+
+impl Sqlite {
+    pub fn new(_name: &str, target: SqliteTarget, pool_size: usize) -> Self {
+        Sqlite {
+            target,
+            idle: Arc::new(Mutex::new(Vec::new())),
+            permits: Arc::new(Semaphore::new(pool_size.max(1))),
+            max_idle: pool_size.max(1),
+        }
+    }
+
+    fn location(&self) -> String {
+        match &self.target {
+            SqliteTarget::File(p) => p.display().to_string(),
+            SqliteTarget::Memory => ":memory:".into(),
+        }
+    }
+}
+
+/// Shared between the async side (which may interrupt) and the blocking side (which runs).
+#[derive(Default)]
+struct Interrupt {
+    handle: Option<InterruptHandle>,
+    cancelled: bool,
+}
+
+impl Source for Sqlite {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn query<'a>(
+        &'a self,
+        sql: &'a str,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Cell, SourceError>> {
+        async move {
+            let deadline = Instant::now() + timeout;
+            // Waiting for a slot counts against the timeout: a poll never takes longer than it.
+            let permit = tokio::time::timeout_at(deadline, self.permits.clone().acquire_owned())
+                .await
+                .map_err(|_| SourceError::Timeout(timeout))?
+                .map_err(|_| SourceError::Query("sqlite source is closed".into()))?;
+
+            let conn = self.idle.lock().expect("idle pool lock").pop();
+            let interrupt = Arc::new(Mutex::new(Interrupt::default()));
+            let job = {
+                let interrupt = interrupt.clone();
+                let target = self.target.clone();
+                let location = self.location();
+                let sql = sql.to_string();
+                tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    let conn = match conn {
+                        Some(c) => c,
+                        None => open(&target).map_err(|e| {
+                            SourceError::Connect(format!("sqlite {location}: {e}"))
+                        })?,
+                    };
+                    {
+                        let mut i = interrupt.lock().expect("interrupt lock");
+                        if i.cancelled {
+                            return Err(SourceError::Timeout(timeout));
+                        }
+                        i.handle = Some(conn.get_interrupt_handle());
+                    }
+                    // A writer holding the lock makes us wait, but never past our deadline.
+                    let _ = conn.busy_timeout(timeout);
+                    let result = first_cell(&conn, &sql);
+                    Ok((conn, result))
+                })
+            };
+            tokio::pin!(job);
+
+            let outcome = tokio::select! {
+                joined = &mut job => joined,
+                _ = tokio::time::sleep_until(deadline) => {
+                    {
+                        let mut i = interrupt.lock().expect("interrupt lock");
+                        i.cancelled = true;
+                        if let Some(h) = &i.handle {
+                            h.interrupt();
+                        }
+                    }
+                    // The interrupted statement returns at its next VM step; take the
+                    // connection back if it does so promptly, else leave it to finish alone.
+                    if let Ok(Ok(Ok((conn, _)))) = tokio::time::timeout(INTERRUPT_GRACE, &mut job).await {
+                        self.release(conn);
+                    }
+                    return Err(SourceError::Timeout(timeout));
+                }
+            };
+            let (conn, result) = match outcome {
+                Ok(Ok(pair)) => pair,
+                Ok(Err(e)) => return Err(e),
+                Err(join) => return Err(SourceError::Query(format!("sqlite query task failed: {join}"))),
+            };
+            self.release(conn);
+            result
+        }
+        .boxed()
+    }
+}
+
+impl Sqlite {
+    fn release(&self, conn: Connection) {
+        let mut idle = self.idle.lock().expect("idle pool lock");
+        if idle.len() < self.max_idle {
+            idle.push(conn);
+        }
+    }
+}
+
+fn open(target: &SqliteTarget) -> rusqlite::Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = match target {
+        SqliteTarget::File(path) => open_file(path, flags)?,
+        SqliteTarget::Memory => Connection::open_in_memory_with_flags(flags)?,
+    };
+    // Belt and braces: even a connection that could write refuses to.
+    conn.pragma_update(None, "query_only", true)?;
+    Ok(conn)
+}
+
+fn open_file(path: &PathBuf, flags: OpenFlags) -> rusqlite::Result<Connection> {
+    Connection::open_with_flags(path, flags)
+}
+
+/// Runs the statement and reads only the first row's first column.
+fn first_cell(conn: &Connection, sql: &str) -> Result<Cell, SourceError> {
+    let db_err = |e: rusqlite::Error| SourceError::Query(format!("sqlite: {e}"));
+    let mut stmt = conn.prepare_cached(sql).map_err(|e| match e {
+        rusqlite::Error::MultipleStatement => {
+            SourceError::Query("sqlite: the query must be a single statement".into())
+        }
+        other => db_err(other),
+    })?;
+    if !stmt.readonly() {
+        return Err(SourceError::Query(
+            "sqlite: the query is not read-only; a scaler only reads".into(),
+        ));
+    }
+    if stmt.column_count() == 0 {
+        return Err(SourceError::Query(
+            "sqlite: the query returns no columns".into(),
+        ));
+    }
+    let mut rows = stmt.query([]).map_err(db_err)?;
+    let Some(row) = rows.next().map_err(interrupted_or(db_err))? else {
+        return Ok(Cell::NoRows);
+    };
+    match row.get_ref(0).map_err(db_err)? {
+        ValueRef::Null => Ok(Cell::Null),
+        ValueRef::Integer(i) => Ok(Cell::Number(i as f64)),
+        ValueRef::Real(f) => Ok(Cell::Number(f)),
+        ValueRef::Text(t) => parse_numeric_text(&String::from_utf8_lossy(t)).map(Cell::Number),
+        ValueRef::Blob(_) => Err(SourceError::NotNumeric("a blob".into())),
+    }
+}
+
+fn interrupted_or(
+    other: impl Fn(rusqlite::Error) -> SourceError,
+) -> impl Fn(rusqlite::Error) -> SourceError {
+    move |e| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::OperationInterrupted) => {
+            SourceError::Query("sqlite: interrupted".into())
+        }
+        _ => other(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_db(setup: &str) -> (tempfile::TempDir, Sqlite) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(setup).unwrap();
+        drop(conn);
+        let src = Sqlite::new("t", SqliteTarget::File(path), 2);
+        (dir, src)
+    }
+
+    const T: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn converts_cells() {
+        let (_dir, src) = file_db(
+            "create table t(i integer, r real, s text, n, b blob);
+             insert into t values (7, 2.5, ' 12 ', null, x'00');
+             create table empty(x);",
+        );
+        let cases: &[(&str, Result<Cell, &str>)] = &[
+            ("select i from t", Ok(Cell::Number(7.0))),
+            ("select r from t", Ok(Cell::Number(2.5))),
+            ("select s from t", Ok(Cell::Number(12.0))),
+            ("select n from t", Ok(Cell::Null)),
+            ("select x from empty", Ok(Cell::NoRows)),
+            ("select count(*) from t", Ok(Cell::Number(1.0))),
+            ("select 'abc'", Err("not numeric")),
+            ("select b from t", Err("blob")),
+            ("select * from missing", Err("no such table: missing")),
+            ("delete from t", Err("read-only")),
+            ("select 1; select 2", Err("single statement")),
+        ];
+        for (sql, want) in cases {
+            let got = src.query(sql, T).await;
+            match (got, want) {
+                (Ok(c), Ok(w)) => assert_eq!(c, *w, "{sql}"),
+                (Err(e), Err(frag)) => assert!(e.to_string().contains(frag), "{sql}: {e}"),
+                (got, want) => panic!("{sql}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn never_writes() {
+        let (dir, src) = file_db("create table t(x); insert into t values (1);");
+        for sql in [
+            "delete from t",
+            "drop table t",
+            "insert into t values (2)",
+            "update t set x = 5",
+            "create table u(y)",
+            "pragma user_version = 5",
+            "with d as (select 1) delete from t",
+        ] {
+            assert!(src.query(sql, T).await.is_err(), "{sql} must fail");
+        }
+        let conn = Connection::open(dir.path().join("t.db")).unwrap();
+        let n: i64 = conn
+            .query_row("select count(*) from t where x = 1", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        let tables: i64 = conn
+            .query_row("select count(*) from sqlite_master", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(tables, 1);
+    }
+
+    #[tokio::test]
+    async fn timeout_interrupts_the_statement() {
+        let src = Sqlite::new("m", SqliteTarget::Memory, 1);
+        // A recursive CTE that would run for minutes.
+        let slow = "with recursive c(x) as (select 1 union all select x + 1 from c) \
+                    select count(*) from c";
+        let started = std::time::Instant::now();
+        let err = src
+            .query(slow, Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert_eq!(err, SourceError::Timeout(Duration::from_millis(200)));
+        // The one slot is free again: the statement really stopped.
+        assert_eq!(
+            src.query("select 41 + 1", T).await.unwrap(),
+            Cell::Number(42.0)
+        );
+        assert!(started.elapsed() < Duration::from_secs(30));
+    }
+
+    #[tokio::test]
+    async fn missing_file_is_a_connect_error() {
+        let src = Sqlite::new("x", SqliteTarget::File("/nonexistent/dir/x.db".into()), 1);
+        let err = src.query("select 1", T).await.unwrap_err();
+        assert!(
+            matches!(err, SourceError::Connect(ref m) if m.contains("/nonexistent/dir/x.db")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn memory_database_answers_constants() {
+        let src = Sqlite::new("m", SqliteTarget::Memory, 1);
+        assert_eq!(src.query("select 3", T).await.unwrap(), Cell::Number(3.0));
+        assert!(src.query("create table x(y)", T).await.is_err());
+    }
+}
