@@ -1,0 +1,335 @@
+//! The real binary: flags, exit codes, the probe, the demo, and shutdown on signals.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .env_remove("ORASCALE_CONNECTIONS")
+        .env_remove("ORASCALE_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn version_and_help_show_env_names() {
+    let (code, out, _) = run(&["--version"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.trim(),
+        format!("orascale {}", env!("CARGO_PKG_VERSION"))
+    );
+
+    let (code, out, _) = run(&["serve", "--help"]);
+    assert_eq!(code, 0);
+    for env in [
+        "ORASCALE_GRPC_LISTEN",
+        "ORASCALE_METRICS_LISTEN",
+        "ORASCALE_CONNECTIONS",
+        "ORASCALE_CONFIG",
+        "ORASCALE_DEFAULT_POLL_INTERVAL",
+        "ORASCALE_MIN_POLL_INTERVAL",
+        "ORASCALE_DEFAULT_QUERY_TIMEOUT",
+        "ORASCALE_IDLE_TIMEOUT",
+        "ORASCALE_STREAM_RESEND_INTERVAL",
+    ] {
+        assert!(
+            out.contains(&format!("env: {env}")),
+            "serve --help lacks {env}:\n{out}"
+        );
+    }
+    for flag in [
+        "--grpc-listen",
+        "--metrics-listen",
+        "--connection",
+        "--config",
+        "--default-poll-interval",
+        "--min-poll-interval",
+        "--default-query-timeout",
+        "--idle-timeout",
+        "--stream-resend-interval",
+        "--demo",
+    ] {
+        assert!(out.contains(flag), "serve --help lacks {flag}");
+    }
+    let (code, out, _) = run(&["probe", "--help"]);
+    assert_eq!(code, 0);
+    for flag in ["--addr", "--name", "--namespace", "--metadata", "--watch"] {
+        assert!(out.contains(flag), "probe --help lacks {flag}");
+    }
+    let (code, _, _) = run(&["--help"]);
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn bad_configuration_exits_64_naming_the_value_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(
+        &typo,
+        "grpc_listen = \"127.0.0.1:0\"\npoll_intervall = \"5s\"\n",
+    )
+    .unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--connection".into(), "x=mysql://app:hunter2@db/x".into()],
+            "\"mysql\" is not built in",
+        ),
+        (vec!["--connection".into(), "nourl".into()], "NAME=URL"),
+        (vec!["--default-poll-interval".into(), "10".into()], "unit"),
+        (
+            vec!["--grpc-listen".into(), "nowhere".into()],
+            "--grpc-listen",
+        ),
+        (
+            vec!["--config".into(), typo.display().to_string()],
+            "poll_intervall",
+        ),
+        (
+            vec!["--config".into(), "/nonexistent/orascale.toml".into()],
+            "/nonexistent/orascale.toml",
+        ),
+    ];
+    for (args, frag) in cases {
+        let mut full = vec![
+            "serve".to_string(),
+            "--grpc-listen".into(),
+            "127.0.0.1:0".into(),
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
+        ];
+        if args[0] == "--grpc-listen" {
+            full.truncate(1);
+            full.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
+        }
+        full.extend(args.iter().cloned());
+        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+        let (code, _, err) = run(&refs);
+        assert_eq!(code, 64, "{args:?}: {err}");
+        assert!(err.contains(frag), "{args:?}: {err:?} lacks {frag:?}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}
+
+#[test]
+fn sigterm_ends_open_streams_with_ok_and_exits_zero_within_five_seconds() {
+    for sig in ["TERM", "INT"] {
+        let db = TestDb::new();
+        db.set_queued(2);
+        let dir = tempfile::tempdir().unwrap();
+        let mut server =
+            Binary::start(&["--connection", &format!("jobs={}", db.url())], dir.path());
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let grpc = server.grpc;
+        let streams = rt.block_on(async {
+            let c = client(grpc).await;
+            let mut streams = Vec::new();
+            for i in 0..20 {
+                let mut c = c.clone();
+                let obj = object(
+                    &format!("so-{i}"),
+                    &[
+                        ("query", QUEUED),
+                        ("targetQueryValue", "1"),
+                        ("pollInterval", "1s"),
+                    ],
+                );
+                let mut s = c.stream_is_active(obj).await.unwrap().into_inner();
+                let first = tokio::time::timeout(Duration::from_secs(10), s.message())
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap();
+                assert!(first.result, "active at open: true at once");
+                streams.push(s);
+            }
+            streams
+        });
+        let sent = Instant::now();
+        server.signal(sig);
+        rt.block_on(async {
+            for mut s in streams {
+                let end = tokio::time::timeout(Duration::from_secs(5), s.message())
+                    .await
+                    .expect("stream ends");
+                assert!(
+                    end.expect("with OK").is_none(),
+                    "SIG{sig}: stream ends with OK, not an error"
+                );
+            }
+        });
+        let code = server.wait_exit(Duration::from_secs(10));
+        let took = sent.elapsed();
+        assert_eq!(
+            code,
+            Some(0),
+            "SIG{sig}: exit code; log:\n{}",
+            server.log_text()
+        );
+        assert!(
+            took < Duration::from_secs(5),
+            "SIG{sig}: exited after {took:?}"
+        );
+    }
+}
+
+#[test]
+fn probe_prints_answers_and_fails_with_the_status_message() {
+    let db = TestDb::new();
+    db.set_queued(6);
+    let dir = tempfile::tempdir().unwrap();
+    let server = Binary::start(&["--connection", &format!("jobs={}", db.url())], dir.path());
+    let addr = server.grpc.to_string();
+    let (code, out, err) = run(&[
+        "probe",
+        "--addr",
+        &addr,
+        "--name",
+        "w",
+        "--namespace",
+        "n",
+        "-m",
+        &format!("query={QUEUED}"),
+        "-m",
+        "targetQueryValue=4",
+        "-m",
+        "metricName=jobs",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("GetMetricSpec: metricName=jobs targetSize=4 targetSizeFloat=4"),
+        "{out}"
+    );
+    assert!(
+        out.contains("GetMetrics: metricName=jobs metricValue=6 metricValueFloat=6"),
+        "{out}"
+    );
+    assert!(out.contains("IsActive: result=true"), "{out}");
+
+    let (code, _, err) = run(&[
+        "probe",
+        "--addr",
+        &addr,
+        "-m",
+        "query=select count(*) from nope",
+        "-m",
+        "targetQueryValue=4",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("GetMetrics")
+            && err.contains("Unavailable")
+            && err.contains("no such table: nope"),
+        "{err}"
+    );
+
+    let (code, _, err) = run(&[
+        "probe",
+        "--addr",
+        &addr,
+        "-m",
+        "query=select 1",
+        "-m",
+        "targetQueryValue=4",
+        "-m",
+        "pollingInterval=5s",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("InvalidArgument") && err.contains("pollingInterval"),
+        "{err}"
+    );
+
+    let (code, _, err) = run(&[
+        "probe",
+        "--addr",
+        "127.0.0.1:1",
+        "-m",
+        "query=select 1",
+        "-m",
+        "targetQueryValue=1",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot connect"), "{err}");
+}
+
+#[test]
+fn probe_watch_prints_timestamped_messages_until_the_stream_ends() {
+    let db = TestDb::new();
+    db.set_queued(1);
+    let dir = tempfile::tempdir().unwrap();
+    let server = Binary::start(&["--connection", &format!("jobs={}", db.url())], dir.path());
+    let addr = server.grpc.to_string();
+    let child = Command::new(bin())
+        .args([
+            "probe",
+            "--addr",
+            &addr,
+            "-m",
+            &format!("query={QUEUED}"),
+            "-m",
+            "targetQueryValue=1",
+            "--watch",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    server.signal("TERM");
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    let pushed = lines
+        .iter()
+        .find(|l| l.contains("StreamIsActive: result=true"))
+        .expect(&text);
+    // An RFC 3339 timestamp first.
+    assert!(
+        pushed.starts_with("20") && pushed.as_bytes()[10] == b'T',
+        "{pushed}"
+    );
+    assert!(text.contains("StreamIsActive: ended OK"), "{text}");
+}
+
+#[test]
+fn demo_creates_its_database_and_serves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Binary::start(&["--demo"], dir.path());
+    assert!(dir.path().join("orascale-demo.db").exists());
+    let log = server.log_text();
+    assert!(
+        log.contains("demo enqueue"),
+        "the demo logs how to use it: {log}"
+    );
+    let db = dir.path().join("orascale-demo.db");
+    let db = db.to_str().unwrap();
+    let (code, out, _) = run(&["demo", "--db", db, "enqueue", "3"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("3 queued"), "{out}");
+    let addr = server.grpc.to_string();
+    let (code, out, err) = run(&[
+        "probe",
+        "--addr",
+        &addr,
+        "-m",
+        "query=select count(*) from jobs where status = 'queued'",
+        "-m",
+        "targetQueryValue=5",
+        "-m",
+        "connection=demo",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("metricValueFloat=3"), "{out}");
+    assert!(out.contains("IsActive: result=true"), "{out}");
+}

@@ -1,0 +1,298 @@
+//! Test fixtures: a real SQLite file the tests change, the server in-process or as the real
+//! binary on 127.0.0.1:0, a KEDA-like client, and a timeout guard for every async test.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use orascale::app::{self, Running};
+use orascale::config::{ConnectionConfig, ConnectionUrl, EngineConfig, LogFormat, SqliteTarget};
+use orascale::grpc::proto::external_scaler_client::ExternalScalerClient;
+use orascale::grpc::proto::{GetMetricsRequest, ScaledObjectRef};
+use tonic::transport::Channel;
+
+/// Every async test runs under this bound, so a hang fails instead of stalling CI.
+pub async fn guard<F: Future>(limit: Duration, f: F) -> F::Output {
+    tokio::time::timeout(limit, f)
+        .await
+        .unwrap_or_else(|_| panic!("test did not finish within {limit:?}"))
+}
+
+/// A SQLite database file with a `jobs` table, changed by the test as an application would.
+pub struct TestDb {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl TestDb {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.db");
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.pragma_update(None, "journal_mode", "wal").unwrap();
+        conn.execute_batch(
+            "create table jobs (id integer primary key, status text not null);
+             create table secrets (v text); insert into secrets values ('keep me');",
+        )
+        .unwrap();
+        TestDb { dir, path }
+    }
+
+    pub fn url(&self) -> String {
+        format!("sqlite:{}", self.path.display())
+    }
+
+    /// Sets the number of queued jobs to `n`.
+    pub fn set_queued(&self, n: usize) {
+        let mut conn = rusqlite::Connection::open(&self.path).unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        let tx = conn.transaction().unwrap();
+        tx.execute("delete from jobs", []).unwrap();
+        for _ in 0..n {
+            tx.execute("insert into jobs(status) values ('queued')", [])
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+
+    /// Every row of every table, to prove a batch of inputs changed nothing.
+    pub fn dump(&self) -> Vec<String> {
+        let conn = rusqlite::Connection::open(&self.path).unwrap();
+        let mut out = Vec::new();
+        let tables: Vec<String> = conn
+            .prepare("select name from sqlite_master order by name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        for t in &tables {
+            out.push(format!("table {t}"));
+            let mut stmt = conn.prepare(&format!("select * from \"{t}\"")).unwrap();
+            let cols = stmt.column_count();
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((0..cols)
+                        .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
+                        .collect::<Vec<_>>()
+                        .join("|"))
+                })
+                .unwrap();
+            out.extend(rows.map(Result::unwrap));
+        }
+        out
+    }
+}
+
+pub const QUEUED: &str = "select count(*) from jobs where status = 'queued'";
+
+/// Engine settings for tests: a 1 s minimum so tests can poll fast.
+pub fn engine() -> EngineConfig {
+    EngineConfig {
+        min_poll_interval: Duration::from_millis(100),
+        default_poll_interval: Duration::from_secs(1),
+        ..EngineConfig::default()
+    }
+}
+
+pub fn connection(name: &str, url: &str) -> ConnectionConfig {
+    ConnectionConfig {
+        name: name.into(),
+        url: orascale::config::parse_url(url).unwrap(),
+        pool_size: 4,
+    }
+}
+
+pub fn memory(name: &str) -> ConnectionConfig {
+    ConnectionConfig {
+        name: name.into(),
+        url: ConnectionUrl::Sqlite(SqliteTarget::Memory),
+        pool_size: 4,
+    }
+}
+
+/// Starts the server in this process on loopback ports chosen by the OS.
+pub async fn start(connections: Vec<ConnectionConfig>, engine: EngineConfig) -> Running {
+    let config = orascale::config::Config {
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        connections: connections
+            .into_iter()
+            .map(|c| (c.name.clone(), c))
+            .collect(),
+        engine,
+        log_format: LogFormat::Text,
+        demo_db: None,
+    };
+    app::start(config).await.expect("server starts")
+}
+
+/// One HTTP/2 connection, like KEDA's.
+pub async fn client(addr: SocketAddr) -> ExternalScalerClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to the scaler");
+    ExternalScalerClient::new(channel)
+}
+
+pub fn object(name: &str, meta: &[(&str, &str)]) -> ScaledObjectRef {
+    ScaledObjectRef {
+        name: name.into(),
+        namespace: "test".into(),
+        scaler_metadata: meta
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<HashMap<_, _>>(),
+    }
+}
+
+pub fn metrics_request(obj: &ScaledObjectRef, metric_name: &str) -> GetMetricsRequest {
+    GetMetricsRequest {
+        scaled_object_ref: Some(obj.clone()),
+        metric_name: metric_name.into(),
+    }
+}
+
+/// A unary request with KEDA's 3 s deadline.
+pub fn deadline<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(Duration::from_secs(3));
+    r
+}
+
+/// GET an admin path, blocking (run it in spawn_blocking from async tests).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    let status = body
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = body
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one Prometheus sample line whose name and labels contain all of `parts`.
+pub fn metric_value(text: &str, name: &str, parts: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && parts.iter().all(|p| l.contains(p)))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .reduce(|a, b| a + b)
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_orascale")
+}
+
+/// The real binary, started with `orascale serve ARGS` on loopback ports it picks itself.
+pub struct Binary {
+    pub child: Child,
+    pub grpc: SocketAddr,
+    pub metrics: SocketAddr,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Binary {
+    pub fn start(args: &[&str], cwd: &Path) -> Binary {
+        let mut child = Command::new(bin())
+            .arg("serve")
+            .args([
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .args(args)
+            .current_dir(cwd)
+            .env("RUST_LOG", "info")
+            .env_remove("ORASCALE_CONNECTIONS")
+            .env_remove("ORASCALE_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn orascale");
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in stderr.lines().map_while(Result::ok) {
+                if line.contains("orascale ready") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(line.clone());
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let ready = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("orascale did not become ready: {:?}", log.lock().unwrap());
+            }
+        };
+        let field = |name: &str| -> SocketAddr {
+            let start = ready.find(&format!("{name}=")).unwrap() + name.len() + 1;
+            ready[start..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        Binary {
+            grpc: field("grpc"),
+            metrics: field("metrics"),
+            child,
+            log,
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits up to `limit` for exit; returns the exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let started = std::time::Instant::now();
+        while started.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
