@@ -233,10 +233,10 @@ impl Binary {
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in stderr.lines().map_while(Result::ok) {
-                if line.contains("orascale ready") {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(line.clone());
-                    }
+                if line.contains("orascale ready")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(line.clone());
                 }
                 sink.lock().unwrap().push(line);
             }
