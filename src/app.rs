@@ -31,6 +31,11 @@ const GRPC_DRAIN: Duration = Duration::from_secs(3);
 const TASK_DRAIN: Duration = Duration::from_secs(1);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 connection receive window. h2 bounds the small DATA frames it buffers per connection
+/// at half this window and answers more with GOAWAY(ENHANCE_YOUR_CALM): each StreamIsActive
+/// request is one small frame, so the window sets how many ScaledObjects can (re)open their
+/// streams in one burst over KEDA's single connection. 16 MiB allows ~80,000.
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -164,6 +169,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(Some(config.engine.max_concurrent_streams))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW))
         .add_service(health_service)
         .add_service(ExternalScalerServer::new(scaler))
         .serve_with_incoming_shutdown(
