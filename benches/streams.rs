@@ -46,11 +46,10 @@ async fn run(count: usize) {
     db.pragma_update(None, "journal_mode", "wal").unwrap();
     db.execute_batch("create table jobs(id integer primary key, status text);")
         .unwrap();
-    let conn = ConnectionConfig {
-        name: "bench".into(),
-        url: ConnectionUrl::Sqlite(SqliteTarget::File(path.clone())),
-        pool_size: 4,
-    };
+    let conn = ConnectionConfig::new(
+        "bench",
+        ConnectionUrl::Sqlite(SqliteTarget::File(path.clone())),
+    );
     let config = Config {
         grpc_listen: "127.0.0.1:0".parse().unwrap(),
         metrics_listen: "127.0.0.1:0".parse().unwrap(),

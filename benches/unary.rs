@@ -43,11 +43,7 @@ async fn run(duration: Duration, concurrency: usize) {
         )
         .unwrap();
     }
-    let conn = ConnectionConfig {
-        name: "bench".into(),
-        url: ConnectionUrl::Sqlite(SqliteTarget::File(path)),
-        pool_size: 4,
-    };
+    let conn = ConnectionConfig::new("bench", ConnectionUrl::Sqlite(SqliteTarget::File(path)));
     let config = Config {
         grpc_listen: "127.0.0.1:0".parse().unwrap(),
         metrics_listen: "127.0.0.1:0".parse().unwrap(),

@@ -226,6 +226,41 @@ pub struct ConnectionConfig {
     pub url: ConnectionUrl,
     /// Queries of this connection that may run at once.
     pub pool_size: usize,
+    /// A file holding the password (a mounted Kubernetes Secret); re-read for every new
+    /// database session, so a rotated secret is picked up without a restart.
+    pub password_file: Option<PathBuf>,
+    /// PEM file of extra CA certificates to trust for TLS to the database.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl ConnectionConfig {
+    /// A connection with default settings.
+    pub fn new(name: impl Into<String>, url: ConnectionUrl) -> Self {
+        ConnectionConfig {
+            name: name.into(),
+            url,
+            pool_size: defaults::POOL_SIZE,
+            password_file: None,
+            ca_file: None,
+        }
+    }
+
+    /// `ORASCALE_<NAME>_PASSWORD`: the environment variable that may hold this connection's
+    /// password (name upper-cased, other characters as `_`).
+    pub fn password_env(&self) -> String {
+        let name: String = self
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("ORASCALE_{name}_PASSWORD")
+    }
 }
 
 /// A parsed connection URL. `Debug` and `Display` never show a password.
@@ -350,6 +385,8 @@ struct FileConfig {
 struct FileConnection {
     url: Option<String>,
     pool_size: Option<usize>,
+    password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -444,20 +481,19 @@ impl ServeArgs {
             connections.insert(
                 name.clone(),
                 ConnectionConfig {
-                    name: name.clone(),
-                    url,
                     pool_size,
+                    password_file: conn.password_file.clone(),
+                    ca_file: conn.ca_file.clone(),
+                    ..ConnectionConfig::new(name.clone(), url)
                 },
             );
         }
         for raw in &self.connections {
             let (name, url) = parse_connection_flag(raw)?;
             // A flag for a name the file also has overrides only its URL.
-            let entry = connections.entry(name.clone()).or_insert(ConnectionConfig {
-                name: name.clone(),
-                url: url.clone(),
-                pool_size: defaults::POOL_SIZE,
-            });
+            let entry = connections
+                .entry(name.clone())
+                .or_insert_with(|| ConnectionConfig::new(name.clone(), url.clone()));
             entry.url = url;
         }
 
@@ -471,11 +507,10 @@ impl ServeArgs {
             }
             connections.insert(
                 "demo".into(),
-                ConnectionConfig {
-                    name: "demo".into(),
-                    url: ConnectionUrl::Sqlite(SqliteTarget::File(path.clone())),
-                    pool_size: defaults::POOL_SIZE,
-                },
+                ConnectionConfig::new(
+                    "demo",
+                    ConnectionUrl::Sqlite(SqliteTarget::File(path.clone())),
+                ),
             );
         }
 

@@ -25,6 +25,8 @@ pub struct Entry {
     last_used_ms: AtomicU64,
     streams: AtomicUsize,
     cancel: CancellationToken,
+    /// Calls made before the first result wait, but never past `created + first_result_wait`.
+    created: Instant,
 }
 
 pub struct Registry {
@@ -90,14 +92,16 @@ impl Registry {
         key.poll_interval * self.config.stale_after_polls
     }
 
-    /// The value to answer with now. The very first call for a new poller waits up to
-    /// `first_result_wait` for its first result; every other call answers from the cache.
+    /// The value to answer with now. The first call for a new poller waits up to
+    /// `first_result_wait` for its first result (as does any call in that window); every other
+    /// call answers from the cache at once.
     pub async fn read(&self, key: &PollerKey, origin: &Origin) -> Result<Reading, EngineError> {
         let entry = self.entry(key, origin)?;
         let mut rx = entry.rx.clone();
         if !rx.borrow().has_outcome() {
             let wait = rx.wait_for(Sample::has_outcome);
-            let _ = tokio::time::timeout(self.config.first_result_wait, wait).await;
+            let _ =
+                tokio::time::timeout_at(entry.created + self.config.first_result_wait, wait).await;
         }
         let sample = rx.borrow().clone();
         sample
@@ -159,10 +163,11 @@ impl Registry {
             last_used_ms: AtomicU64::new(now),
             streams: AtomicUsize::new(0),
             cancel: cancel.clone(),
+            created: Instant::now(),
         });
         also(&entry);
         entries.insert(key.clone(), entry.clone());
-        m::set_pollers(entries.len());
+        m::pollers_started(1);
         tracing::info!(connection = %key.connection, namespace = %origin.namespace,
             scaledobject = %origin.name, metric = %origin.metric,
             poll_interval = %humantime::format_duration(key.poll_interval),
@@ -194,9 +199,7 @@ impl Registry {
             }
             !idle
         });
-        if entries.len() != before {
-            m::set_pollers(entries.len());
-        }
+        m::pollers_stopped(before - entries.len());
     }
 
     fn now_ms(&self) -> u64 {

@@ -11,6 +11,7 @@ use futures::future::BoxFuture;
 
 use crate::config::{ConnectionConfig, ConnectionUrl};
 
+pub mod postgres;
 pub mod sqlite;
 
 /// The first column of the first row.
@@ -27,6 +28,14 @@ pub enum Cell {
 pub enum SourceError {
     #[error("query timed out after {}", humantime::format_duration(*.0))]
     Timeout(Duration),
+    #[error("query timed out after {}, {} of it waiting for a free database session (pool of {size})", humantime::format_duration(*timeout), humantime::format_duration(*waited))]
+    TimeoutAfterWait {
+        timeout: Duration,
+        waited: Duration,
+        size: usize,
+    },
+    #[error("no free database session within {} (all {size} of the pool busy)", humantime::format_duration(*waited))]
+    PoolTimeout { waited: Duration, size: usize },
     #[error("cannot connect: {0}")]
     Connect(String),
     #[error("{0}")]
@@ -41,7 +50,9 @@ impl SourceError {
     /// A short, bounded label for metrics: `timeout` or `error`.
     pub fn result_label(&self) -> &'static str {
         match self {
-            SourceError::Timeout(_) => "timeout",
+            SourceError::Timeout(_)
+            | SourceError::TimeoutAfterWait { .. }
+            | SourceError::PoolTimeout { .. } => "timeout",
             _ => "error",
         }
     }
@@ -71,6 +82,7 @@ pub fn open(conn: &ConnectionConfig) -> Result<Arc<dyn Source>, SourceError> {
             target.clone(),
             conn.pool_size,
         ))),
+        ConnectionUrl::Postgres { url } => Ok(Arc::new(postgres::Postgres::new(conn, url)?)),
         other => Err(SourceError::Unsupported(format!(
             "connection {:?}: the {} source is not part of this build yet; use sqlite",
             conn.name,

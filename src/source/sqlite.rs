@@ -72,7 +72,7 @@ impl Source for Sqlite {
             // Waiting for a slot counts against the timeout: a poll never takes longer than it.
             let permit = tokio::time::timeout_at(deadline, self.permits.clone().acquire_owned())
                 .await
-                .map_err(|_| SourceError::Timeout(timeout))?
+                .map_err(|_| SourceError::PoolTimeout { waited: timeout, size: self.max_idle })?
                 .map_err(|_| SourceError::Query("sqlite source is closed".into()))?;
 
             let conn = self.idle.lock().expect("idle pool lock").pop();

@@ -74,8 +74,12 @@ pub fn record_poll(connection: &str, result: &'static str, ok: bool, elapsed: Du
     counter!(POLLS, "connection" => connection.to_string(), "result" => result).increment(1);
 }
 
-pub fn set_pollers(n: usize) {
-    gauge!(POLLERS).set(n as f64);
+pub fn pollers_started(n: usize) {
+    gauge!(POLLERS).increment(n as f64);
+}
+
+pub fn pollers_stopped(n: usize) {
+    gauge!(POLLERS).decrement(n as f64);
 }
 
 pub fn stream_opened() {

@@ -2,6 +2,8 @@
 //! binary on 127.0.0.1:0, a KEDA-like client, and a timeout guard for every async test.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -101,19 +103,11 @@ pub fn engine() -> EngineConfig {
 }
 
 pub fn connection(name: &str, url: &str) -> ConnectionConfig {
-    ConnectionConfig {
-        name: name.into(),
-        url: orascale::config::parse_url(url).unwrap(),
-        pool_size: 4,
-    }
+    ConnectionConfig::new(name, orascale::config::parse_url(url).unwrap())
 }
 
 pub fn memory(name: &str) -> ConnectionConfig {
-    ConnectionConfig {
-        name: name.into(),
-        url: ConnectionUrl::Sqlite(SqliteTarget::Memory),
-        pool_size: 4,
-    }
+    ConnectionConfig::new(name, ConnectionUrl::Sqlite(SqliteTarget::Memory))
 }
 
 /// Starts the server in this process on loopback ports chosen by the OS.
@@ -209,6 +203,10 @@ pub struct Binary {
 
 impl Binary {
     pub fn start(args: &[&str], cwd: &Path) -> Binary {
+        Binary::start_with_env(args, cwd, &[])
+    }
+
+    pub fn start_with_env(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Binary {
         let mut child = Command::new(bin())
             .arg("serve")
             .args([
@@ -222,6 +220,7 @@ impl Binary {
             .env("RUST_LOG", "info")
             .env_remove("ORASCALE_CONNECTIONS")
             .env_remove("ORASCALE_CONFIG")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

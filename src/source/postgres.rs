@@ -1,0 +1,526 @@
+//! The PostgreSQL source: `tokio-postgres` (async, no blocking threads) behind a small
+//! `deadpool` pool per connection.
+//!
+//! - Sessions are read-only (`SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY`) and carry a
+//!   `statement_timeout` backstop, so nothing a trigger runs can write or run forever.
+//! - The query timeout covers waiting for a pooled session and the query. When it expires the
+//!   query is cancelled on the server (a cancel request, awaited) and the session is discarded,
+//!   so the query is gone from `pg_stat_activity` when the poll reports the timeout.
+//! - A session whose connection broke (server restarted, backend terminated) is discarded and
+//!   the next poll makes a new one; recycling is a local check, no round-trip.
+//! - The password comes from `password_file` (re-read for every new session), else
+//!   `ORASCALE_<NAME>_PASSWORD`, else the URL.
+//! - Any numeric column (int2/4/8, float4/8, numeric, oid) and numeric text convert to f64, so
+//!   users never have to cast `count(*)` (int8) or `sum(numeric)`.
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool::managed::{self, Metrics, Object, Pool, RecycleError, RecycleResult};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use tokio::time::Instant;
+use tokio_postgres::config::SslMode;
+use tokio_postgres::types::{FromSql, Type};
+use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::{Cell, Source, SourceError, parse_numeric_text};
+use crate::config::ConnectionConfig;
+
+/// Server-side backstop for every statement of a session, whatever the trigger's timeout:
+/// even a lost cancel request cannot leave a query running longer.
+const STATEMENT_TIMEOUT_BACKSTOP: Duration = Duration::from_secs(300);
+/// How long a cancel request may take before we give up on it (the session is dropped anyway).
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Prepared statements kept per session.
+const STATEMENT_CACHE: usize = 64;
+
+pub struct Postgres {
+    name: String,
+    pool: Pool<Sessions>,
+    pool_size: usize,
+    tls: Tls,
+}
+
+/// How to make a session: the parsed URL without the password, where the password comes from,
+/// and TLS.
+struct Sessions {
+    name: String,
+    config: tokio_postgres::Config,
+    url_password: Option<Vec<u8>>,
+    password_env: String,
+    password_file: Option<PathBuf>,
+    tls: Tls,
+}
+
+#[derive(Clone)]
+enum Tls {
+    Off,
+    Rustls(MakeRustlsConnect),
+}
+
+/// One pooled session and its prepared statements.
+pub struct Session {
+    client: Client,
+    statements: HashMap<String, Statement>,
+}
+
+impl Postgres {
+    /// Parses the URL and builds the pool; connects nothing yet.
+    pub fn new(conn: &ConnectionConfig, url: &str) -> Result<Self, SourceError> {
+        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
+            SourceError::Unsupported(format!(
+                "connection {:?}: invalid PostgreSQL URL {}: {}",
+                conn.name,
+                crate::config::redact_url(url),
+                e.source()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| e.to_string())
+            ))
+        })?;
+        let url_password = config.get_password().map(<[u8]>::to_vec);
+        config.password(Vec::<u8>::new());
+        if config.get_application_name().is_none() {
+            config.application_name("orascale");
+        }
+        let tls = match config.get_ssl_mode() {
+            SslMode::Disable => Tls::Off,
+            _ => Tls::Rustls(rustls_connector(conn)?),
+        };
+        let sessions = Sessions {
+            name: conn.name.clone(),
+            config,
+            url_password,
+            password_env: conn.password_env(),
+            password_file: conn.password_file.clone(),
+            tls: tls.clone(),
+        };
+        let pool = Pool::builder(sessions)
+            .max_size(conn.pool_size.max(1))
+            .build()
+            .map_err(|e| SourceError::Unsupported(format!("connection {:?}: {e}", conn.name)))?;
+        Ok(Postgres {
+            name: conn.name.clone(),
+            pool,
+            pool_size: conn.pool_size.max(1),
+            tls,
+        })
+    }
+
+    /// Sessions in the pool (open), and callers waiting for one.
+    pub fn pool_status(&self) -> (usize, usize) {
+        let s = self.pool.status();
+        (s.size, s.waiting)
+    }
+
+    async fn run(&self, sql: &str, timeout: Duration) -> Result<Cell, SourceError> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let mut session = match tokio::time::timeout_at(deadline, self.pool.get()).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(managed::PoolError::Backend(e))) => return Err(e),
+            Ok(Err(e)) => return Err(SourceError::Connect(format!("postgres pool: {e}"))),
+            Err(_) => {
+                let (size, _) = self.pool_status();
+                return Err(if size >= self.pool_size {
+                    SourceError::PoolTimeout {
+                        waited: timeout,
+                        size: self.pool_size,
+                    }
+                } else {
+                    SourceError::Timeout(timeout)
+                });
+            }
+        };
+        let waited = started.elapsed();
+        let cancel = session.client.cancel_token();
+        match tokio::time::timeout_at(deadline, first_cell(&mut session, sql)).await {
+            Ok(result) => {
+                if session.client.is_closed() {
+                    // The server went away under us: never hand this session out again.
+                    let _ = Object::take(session);
+                }
+                result
+            }
+            Err(_) => {
+                // Cancel on the server, then drop the session: its connection may still be
+                // busy delivering the cancelled query's error.
+                let sent = tokio::time::timeout(CANCEL_TIMEOUT, async {
+                    match &self.tls {
+                        Tls::Off => cancel.cancel_query(NoTls).await,
+                        Tls::Rustls(tls) => cancel.cancel_query(tls.clone()).await,
+                    }
+                })
+                .await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    tracing::warn!(connection = %self.name, "postgres: cancel request for a timed-out query failed; the session is dropped and statement_timeout backstops it");
+                }
+                let _ = Object::take(session);
+                // Say so when most of the budget went to waiting: the pool is the bottleneck.
+                Err(if waited >= timeout / 4 {
+                    SourceError::TimeoutAfterWait {
+                        timeout,
+                        waited: Duration::from_millis(waited.as_millis() as u64),
+                        size: self.pool_size,
+                    }
+                } else {
+                    SourceError::Timeout(timeout)
+                })
+            }
+        }
+    }
+}
+
+impl Source for Postgres {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn query<'a>(
+        &'a self,
+        sql: &'a str,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Cell, SourceError>> {
+        self.run(sql, timeout).boxed()
+    }
+}
+
+impl Sessions {
+    fn password(&self) -> Result<Option<Vec<u8>>, SourceError> {
+        if let Some(path) = &self.password_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                SourceError::Connect(format!("password_file {}: {e}", path.display()))
+            })?;
+            // Secrets mounted from Kubernetes often end with a newline.
+            return Ok(Some(
+                text.trim_end_matches(['\n', '\r']).as_bytes().to_vec(),
+            ));
+        }
+        if let Ok(pw) = std::env::var(&self.password_env)
+            && !pw.is_empty()
+        {
+            return Ok(Some(pw.into_bytes()));
+        }
+        Ok(self.url_password.clone())
+    }
+
+    async fn connect(&self) -> Result<Client, SourceError> {
+        let mut config = self.config.clone();
+        if let Some(pw) = self.password()? {
+            config.password(pw);
+        }
+        let connect_err =
+            |e: tokio_postgres::Error| SourceError::Connect(format!("postgres: {}", describe(&e)));
+        let client = match &self.tls {
+            Tls::Off => {
+                let (client, connection) = config.connect(NoTls).await.map_err(connect_err)?;
+                tokio::spawn(drive(self.name.clone(), connection));
+                client
+            }
+            Tls::Rustls(tls) => {
+                let (client, connection) =
+                    config.connect(tls.clone()).await.map_err(connect_err)?;
+                tokio::spawn(drive(self.name.clone(), connection));
+                client
+            }
+        };
+        client
+            .batch_execute(&format!(
+                "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY; SET statement_timeout = {}",
+                STATEMENT_TIMEOUT_BACKSTOP.as_millis()
+            ))
+            .await
+            .map_err(|e| {
+                SourceError::Connect(format!("postgres session setup: {}", describe(&e)))
+            })?;
+        Ok(client)
+    }
+}
+
+/// Runs a connection's I/O until it closes.
+async fn drive<S, T>(name: String, connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(e) = connection.await {
+        tracing::debug!(connection = %name, error = %describe(&e), "postgres connection closed");
+    }
+}
+
+impl managed::Manager for Sessions {
+    type Type = Session;
+    type Error = SourceError;
+
+    async fn create(&self) -> Result<Session, SourceError> {
+        Ok(Session {
+            client: self.connect().await?,
+            statements: HashMap::new(),
+        })
+    }
+
+    async fn recycle(&self, session: &mut Session, _: &Metrics) -> RecycleResult<SourceError> {
+        if session.client.is_closed() {
+            return Err(RecycleError::message("connection closed"));
+        }
+        Ok(())
+    }
+}
+
+/// Prepares (cached per session) and reads the first row's first column. Only the first row
+/// is read; write queries that return one row (an aggregate or `LIMIT 1`).
+async fn first_cell(session: &mut Session, sql: &str) -> Result<Cell, SourceError> {
+    let query_err =
+        |e: tokio_postgres::Error| SourceError::Query(format!("postgres: {}", describe(&e)));
+    let statement = match session.statements.get(sql) {
+        Some(s) => s.clone(),
+        None => {
+            let s = session.client.prepare(sql).await.map_err(query_err)?;
+            if session.statements.len() >= STATEMENT_CACHE {
+                session.statements.clear();
+            }
+            session.statements.insert(sql.to_string(), s.clone());
+            s
+        }
+    };
+    if statement.columns().is_empty() {
+        return Err(SourceError::Query(
+            "postgres: the query returns no columns".into(),
+        ));
+    }
+    let rows = session
+        .client
+        .query_raw(&statement, std::iter::empty::<i32>())
+        .await
+        .map_err(query_err)?;
+    futures::pin_mut!(rows);
+    let Some(row) = rows.next().await.transpose().map_err(query_err)? else {
+        return Ok(Cell::NoRows);
+    };
+    match row.try_get::<_, PgValue>(0).map_err(query_err)? {
+        PgValue::Null => Ok(Cell::Null),
+        PgValue::Number(v) => Ok(Cell::Number(v)),
+        PgValue::Text(t) => parse_numeric_text(&t).map(Cell::Number),
+        PgValue::Other(ty) => Err(SourceError::NotNumeric(format!("a value of type {ty}"))),
+    }
+}
+
+/// The error's own message with its SQLSTATE, never the connection parameters.
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+    }
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// A first column decoded by its type.
+#[derive(Debug, PartialEq)]
+enum PgValue {
+    Null,
+    Number(f64),
+    Text(String),
+    Other(String),
+}
+
+impl<'a> FromSql<'a> for PgValue {
+    fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn StdError + Sync + Send>> {
+        Ok(match *ty {
+            Type::INT2 => PgValue::Number(f64::from(i16::from_sql(ty, raw)?)),
+            Type::INT4 => PgValue::Number(f64::from(i32::from_sql(ty, raw)?)),
+            Type::INT8 => PgValue::Number(i64::from_sql(ty, raw)? as f64),
+            Type::OID => PgValue::Number(f64::from(u32::from_sql(ty, raw)?)),
+            Type::FLOAT4 => finite(f64::from(f32::from_sql(ty, raw)?)),
+            Type::FLOAT8 => finite(f64::from_sql(ty, raw)?),
+            Type::NUMERIC => match decode_numeric(raw)? {
+                Some(v) => finite(v),
+                None => PgValue::Other("numeric NaN".into()),
+            },
+            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => {
+                PgValue::Text(String::from_utf8_lossy(raw).into_owned())
+            }
+            ref other => PgValue::Other(other.name().to_string()),
+        })
+    }
+
+    fn from_sql_null(_: &Type) -> Result<Self, Box<dyn StdError + Sync + Send>> {
+        Ok(PgValue::Null)
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+fn finite(v: f64) -> PgValue {
+    if v.is_finite() {
+        PgValue::Number(v)
+    } else {
+        PgValue::Other(format!("non-finite number {v}"))
+    }
+}
+
+/// PostgreSQL's binary NUMERIC: `ndigits, weight, sign, dscale` (i16/i16/u16/u16) then base-10000
+/// digits. Converted through decimal text so the f64 is correctly rounded. `None` for NaN.
+fn decode_numeric(raw: &[u8]) -> Result<Option<f64>, Box<dyn StdError + Sync + Send>> {
+    let word = |i: usize| -> Result<u16, Box<dyn StdError + Sync + Send>> {
+        raw.get(i * 2..i * 2 + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            .ok_or_else(|| "truncated numeric".into())
+    };
+    let ndigits = word(0)? as usize;
+    let weight = word(1)? as i16 as i64;
+    let sign = word(2)?;
+    match sign {
+        0x0000 | 0x4000 => {}
+        0xC000 => return Ok(None),
+        0xD000 => return Ok(Some(f64::INFINITY)),
+        0xF000 => return Ok(Some(f64::NEG_INFINITY)),
+        other => return Err(format!("invalid numeric sign {other:#x}").into()),
+    }
+    if ndigits == 0 {
+        return Ok(Some(0.0));
+    }
+    let mut mantissa = String::with_capacity(ndigits * 4 + 1);
+    if sign == 0x4000 {
+        mantissa.push('-');
+    }
+    for i in 0..ndigits {
+        let d = word(4 + i)?;
+        if d > 9999 {
+            return Err(format!("invalid numeric digit {d}").into());
+        }
+        mantissa.push_str(&format!("{d:04}"));
+    }
+    let exponent = 4 * (weight - ndigits as i64 + 1);
+    Ok(Some(format!("{mantissa}e{exponent}").parse::<f64>()?))
+}
+
+fn rustls_connector(conn: &ConnectionConfig) -> Result<MakeRustlsConnect, SourceError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = &conn.ca_file {
+        let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
+            SourceError::Unsupported(format!(
+                "connection {:?}: ca_file {}: {e}",
+                conn.name,
+                path.display()
+            ))
+        })?;
+        for cert in certs {
+            let cert = cert.map_err(|e| {
+                SourceError::Unsupported(format!(
+                    "connection {:?}: ca_file {}: {e}",
+                    conn.name,
+                    path.display()
+                ))
+            })?;
+            roots.add(cert).map_err(|e| {
+                SourceError::Unsupported(format!(
+                    "connection {:?}: ca_file {}: {e}",
+                    conn.name,
+                    path.display()
+                ))
+            })?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SourceError::Unsupported(format!("connection {:?}: tls: {e}", conn.name)))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Encodes like PostgreSQL's numeric_send.
+    fn numeric(ndigits: &[u16], weight: i16, negative: bool) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend((ndigits.len() as u16).to_be_bytes());
+        v.extend(weight.to_be_bytes());
+        v.extend((if negative { 0x4000u16 } else { 0 }).to_be_bytes());
+        v.extend(0u16.to_be_bytes());
+        for d in ndigits {
+            v.extend(d.to_be_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn numeric_decoding() {
+        let cases: &[(&[u16], i16, bool, f64)] = &[
+            (&[], 0, false, 0.0),
+            (&[42], 0, false, 42.0),
+            (&[1, 2345], 1, false, 12345.0),
+            (&[1, 2345, 6700], 1, false, 12345.67),
+            (&[5000], -1, false, 0.5),
+            (&[12], -2, true, -0.0012),
+            (&[1], 3, false, 1e12),
+        ];
+        for (digits, weight, neg, want) in cases {
+            let got = decode_numeric(&numeric(digits, *weight, *neg))
+                .unwrap()
+                .unwrap();
+            assert_eq!(got, *want, "{digits:?} w={weight}");
+        }
+        let mut nan = numeric(&[], 0, false);
+        nan[4] = 0xC0;
+        assert_eq!(decode_numeric(&nan).unwrap(), None);
+        assert!(decode_numeric(&[0, 1]).is_err(), "truncated");
+    }
+
+    #[test]
+    fn values_by_type() {
+        let v = |ty: Type, raw: &[u8]| PgValue::from_sql(&ty, raw).unwrap();
+        assert_eq!(v(Type::INT2, &7i16.to_be_bytes()), PgValue::Number(7.0));
+        assert_eq!(v(Type::INT4, &(-7i32).to_be_bytes()), PgValue::Number(-7.0));
+        assert_eq!(
+            v(Type::INT8, &9_000_000_000i64.to_be_bytes()),
+            PgValue::Number(9e9)
+        );
+        assert_eq!(v(Type::FLOAT4, &1.5f32.to_be_bytes()), PgValue::Number(1.5));
+        assert_eq!(
+            v(Type::FLOAT8, &2.25f64.to_be_bytes()),
+            PgValue::Number(2.25)
+        );
+        assert_eq!(
+            v(Type::FLOAT8, &f64::NAN.to_be_bytes()),
+            PgValue::Other("non-finite number NaN".into())
+        );
+        assert_eq!(v(Type::TEXT, b" 12 "), PgValue::Text(" 12 ".into()));
+        assert_eq!(v(Type::BOOL, &[1]), PgValue::Other("bool".into()));
+        assert_eq!(PgValue::from_sql_null(&Type::INT8).unwrap(), PgValue::Null);
+    }
+
+    #[test]
+    fn url_errors_hide_the_password() {
+        let conn =
+            ConnectionConfig::new("pg", crate::config::parse_url("postgres://h/db").unwrap());
+        let err = Postgres::new(&conn, "postgres://app:s3cret@h:notaport/db")
+            .err()
+            .unwrap();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        assert!(err.to_string().contains("connection \"pg\""), "{err}");
+    }
+}

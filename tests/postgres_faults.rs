@@ -1,0 +1,517 @@
+//! Fault tolerance proven against a real PostgreSQL server that the tests stop, restart, slow
+//! down and kill. Each test asserts what KEDA would see.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::pg::{self, Pg};
+use support::*;
+use tonic::Code;
+
+const LIMIT: Duration = Duration::from_secs(180);
+
+fn value(r: tonic::Response<orascale::grpc::proto::GetMetricsResponse>) -> f64 {
+    r.into_inner().metric_values[0].metric_value_float
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    tokio::task::spawn_blocking(move || http_get(addr, "/metrics").1)
+        .await
+        .unwrap()
+}
+
+async fn polls(addr: std::net::SocketAddr, connection: &str, result: &str) -> f64 {
+    let text = scrape(addr).await;
+    metric_value(
+        &text,
+        "orascale_polls_total",
+        &[
+            &format!("connection=\"{connection}\""),
+            &format!("result=\"{result}\""),
+        ],
+    )
+    .unwrap_or(0.0)
+}
+
+/// 1 and 2: the server stops, then comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_stopped_then_restarted() {
+    let Some(pg) = Pg::start_or_skip("server_stopped_then_restarted") else {
+        return;
+    };
+    guard(LIMIT, async {
+        let admin = pg.setup().await;
+        pg::set_queued(&admin, 5).await;
+        drop(admin);
+        let mut e = engine();
+        e.stale_after_polls = 3;
+        let server = start(vec![connection("pgstop", &pg.scaler_url())], e).await;
+        let mut c = client(server.grpc_addr).await;
+        let obj = object(
+            "w",
+            &[
+                ("query", "select count(*) from jobs"),
+                ("targetQueryValue", "1"),
+                ("pollInterval", "1s"),
+            ],
+        );
+        assert_eq!(
+            value(
+                c.get_metrics(deadline(metrics_request(&obj, "")))
+                    .await
+                    .unwrap()
+            ),
+            5.0
+        );
+        let mut stream = c.stream_is_active(obj.clone()).await.unwrap().into_inner();
+        assert!(
+            stream.message().await.unwrap().unwrap().result,
+            "active at open"
+        );
+
+        pg.stop();
+        let stopped = Instant::now();
+        // 1. While the last good value is younger than 3 × 1 s it is served; then UNAVAILABLE
+        // with the database error; never 0; GetMetricSpec keeps succeeding.
+        let unavailable = loop {
+            assert!(
+                c.get_metric_spec(deadline(obj.clone())).await.is_ok(),
+                "GetMetricSpec never fails"
+            );
+            match c.get_metrics(deadline(metrics_request(&obj, ""))).await {
+                Ok(r) => {
+                    assert_eq!(value(r), 5.0, "the last good value, never 0");
+                    assert!(
+                        stopped.elapsed() < Duration::from_secs(6),
+                        "served past the staleness limit"
+                    );
+                }
+                Err(s) => break s,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(unavailable.code(), Code::Unavailable);
+        assert!(
+            stopped.elapsed() >= Duration::from_secs(2),
+            "stale value was served for a while"
+        );
+        assert!(
+            unavailable.message().contains("connection \"pgstop\""),
+            "{}",
+            unavailable.message()
+        );
+        assert!(
+            unavailable.message().contains("cannot connect")
+                || unavailable.message().contains("closed"),
+            "carries the database error: {}",
+            unavailable.message()
+        );
+        assert!(!unavailable.message().contains(pg::SCALER_PASSWORD));
+        let e = c.is_active(deadline(obj.clone())).await.unwrap_err();
+        assert_eq!(
+            e.code(),
+            Code::Unavailable,
+            "never false in place of an error"
+        );
+        // The stream stays open and sends nothing (never false) during the outage.
+        match tokio::time::timeout(Duration::from_secs(2), stream.message()).await {
+            Err(_) => {}
+            Ok(m) => panic!("the stream must stay silent and open during the outage, got {m:?}"),
+        }
+
+        // 2. Restart: values are served again within one poll interval, no orascale restart.
+        pg.start();
+        let restarted = Instant::now();
+        loop {
+            if let Ok(r) = c.get_metrics(deadline(metrics_request(&obj, ""))).await {
+                assert_eq!(value(r), 5.0);
+                break;
+            }
+            assert!(
+                restarted.elapsed() < Duration::from_secs(10),
+                "recovers after the restart"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let took = restarted.elapsed();
+        // One 1 s poll interval plus scheduling slack.
+        assert!(
+            took < Duration::from_millis(2500),
+            "recovered after {took:?}"
+        );
+        // The stream, still open, pushes true again: the value is active.
+        let m = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(m.result);
+        server.stop().await;
+    })
+    .await;
+}
+
+/// 3. A slow query is cut by queryTimeout and cancelled on the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_query_is_cancelled_on_the_server_and_delays_nobody() {
+    let Some(pg) = Pg::start_or_skip("slow_query_is_cancelled_on_the_server_and_delays_nobody")
+    else {
+        return;
+    };
+    guard(LIMIT, async {
+        let admin = pg.setup().await;
+        pg::set_queued(&admin, 2).await;
+        let server = start(vec![connection("pgslow", &pg.scaler_url())], engine()).await;
+        let mut c = client(server.grpc_addr).await;
+        let slow = object("slow", &[("query", "select count(*) from (select pg_sleep(30)) s"), ("targetQueryValue", "1"),
+            ("pollInterval", "1s"), ("queryTimeout", "500ms")]);
+        let fast = object("fast", &[("query", "select count(*) from jobs"), ("targetQueryValue", "1"), ("pollInterval", "1s")]);
+        let err = c.get_metrics(deadline(metrics_request(&slow, ""))).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable);
+        assert!(err.message().contains("timed out after 500ms"), "{}", err.message());
+        assert_eq!(value(c.get_metrics(deadline(metrics_request(&fast, ""))).await.unwrap()), 2.0);
+
+        let timeouts_before = polls(server.metrics_addr, "pgslow", "timeout").await;
+        let ok_before = polls(server.metrics_addr, "pgslow", "ok").await;
+        let window = Instant::now();
+        let mut oldest_sleep = 0.0f64;
+        while window.elapsed() < Duration::from_secs(5) {
+            // No pg_sleep ever runs much longer than the 500 ms timeout: each is cancelled.
+            let age: Option<f64> = admin
+                .query_one(
+                    "select max(extract(epoch from now() - query_start))::float8 from pg_stat_activity \
+                     where usename = $1 and state = 'active' and query like '%pg_sleep%'",
+                    &[&pg::SCALER_USER],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            oldest_sleep = oldest_sleep.max(age.unwrap_or(0.0));
+            // The other poller's ScaledObject answers at once, with its fresh value.
+            let t = Instant::now();
+            assert_eq!(value(c.get_metrics(deadline(metrics_request(&fast, ""))).await.unwrap()), 2.0);
+            assert!(t.elapsed() < Duration::from_secs(1), "GetMetrics waited {:?}", t.elapsed());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(oldest_sleep < 1.5, "a timed-out query lived {oldest_sleep:.2}s on the server");
+        let timeouts = polls(server.metrics_addr, "pgslow", "timeout").await - timeouts_before;
+        let oks = polls(server.metrics_addr, "pgslow", "ok").await - ok_before;
+        // Both pollers keep their 1 s schedule over 5 s.
+        assert!((3.0..=7.0).contains(&timeouts), "slow poller ran {timeouts} times in 5 s");
+        assert!((3.0..=7.0).contains(&oks), "fast poller ran {oks} times in 5 s");
+        // Stop the slow poller's successors and check nothing is left running.
+        server.stop().await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let left = pg::scaler_sessions(&admin).await;
+        assert!(
+            !left.iter().any(|(state, q)| state == "active" && q.contains("pg_sleep")),
+            "{left:?}"
+        );
+    })
+    .await;
+}
+
+/// 4. A terminated backend costs one failed poll at most.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_connection_costs_at_most_one_failed_poll() {
+    let Some(pg) = Pg::start_or_skip("killed_connection_costs_at_most_one_failed_poll") else {
+        return;
+    };
+    guard(LIMIT, async {
+        let admin = pg.setup().await;
+        pg::set_queued(&admin, 3).await;
+        let server = start(vec![connection("pgkill", &pg.scaler_url())], engine()).await;
+        let mut c = client(server.grpc_addr).await;
+        let obj = object("k", &[("query", "select count(*) from jobs"), ("targetQueryValue", "1"), ("pollInterval", "200ms")]);
+        assert_eq!(value(c.get_metrics(deadline(metrics_request(&obj, ""))).await.unwrap()), 3.0);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for round in 0..3 {
+            let errors_before = polls(server.metrics_addr, "pgkill", "error").await;
+            let ok_before = polls(server.metrics_addr, "pgkill", "ok").await;
+            let killed: i64 = admin
+                .query_one(
+                    "select count(pg_terminate_backend(pid)) from pg_stat_activity where usename = $1",
+                    &[&pg::SCALER_USER],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert!(killed >= 1, "round {round}: a session to kill");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let errors = polls(server.metrics_addr, "pgkill", "error").await - errors_before;
+            let oks = polls(server.metrics_addr, "pgkill", "ok").await - ok_before;
+            assert!(errors <= 1.0, "round {round}: {errors} failed polls");
+            assert!(oks >= 5.0, "round {round}: recovered ({oks} good polls in 2 s)");
+            assert_eq!(value(c.get_metrics(deadline(metrics_request(&obj, ""))).await.unwrap()), 3.0);
+        }
+        server.stop().await;
+    })
+    .await;
+}
+
+/// 5. More slow pollers than pool slots: waiting is bounded, nobody's answers block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_exhaustion_queues_with_a_bound_and_blocks_no_answer() {
+    let Some(pg) = Pg::start_or_skip("pool_exhaustion_queues_with_a_bound_and_blocks_no_answer")
+    else {
+        return;
+    };
+    guard(LIMIT, async {
+        let admin = pg.setup().await;
+        pg::set_queued(&admin, 1).await;
+        let mut conn = connection("pgpool", &pg.scaler_url());
+        conn.pool_size = 2;
+        let server = start(vec![conn], engine()).await;
+        let mut c = client(server.grpc_addr).await;
+        let objects: Vec<_> = (0..6)
+            .map(|i| {
+                let q = format!("select count(*) from (select pg_sleep(1.5), {i}) s");
+                object(
+                    &format!("slow-{i}"),
+                    &[
+                        ("query", &q),
+                        ("targetQueryValue", "1"),
+                        ("pollInterval", "1s"),
+                        ("queryTimeout", "2s"),
+                    ],
+                )
+            })
+            .collect();
+        // Create the six pollers; only calls in a poller's first 2 s may wait for its result.
+        let first = objects.iter().map(|o| {
+            let mut c = c.clone();
+            let o = o.clone();
+            async move { c.get_metrics(deadline(metrics_request(&o, ""))).await }
+        });
+        futures::future::join_all(first).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let window = Instant::now();
+        let mut max_sessions = 0;
+        let mut answered = 0;
+        while window.elapsed() < Duration::from_secs(8) {
+            for obj in &objects {
+                let t = Instant::now();
+                // KEDA's 3 s deadline: an answer (value or UNAVAILABLE), never a hang.
+                match c.get_metrics(deadline(metrics_request(obj, ""))).await {
+                    Ok(r) => assert_eq!(value(r), 1.0),
+                    Err(s) => assert_eq!(s.code(), Code::Unavailable, "{s:?}"),
+                }
+                match c.is_active(deadline(obj.clone())).await {
+                    Ok(r) => assert!(r.into_inner().result),
+                    Err(s) => assert_eq!(s.code(), Code::Unavailable, "{s:?}"),
+                }
+                assert!(
+                    t.elapsed() < Duration::from_secs(1),
+                    "an answer took {:?}",
+                    t.elapsed()
+                );
+                answered += 1;
+            }
+            max_sessions = max_sessions.max(pg::scaler_sessions(&admin).await.len());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(answered > 30);
+        assert!(
+            max_sessions <= 2,
+            "the pool bounds sessions: saw {max_sessions}"
+        );
+        let waits = polls(server.metrics_addr, "pgpool", "timeout").await;
+        assert!(
+            waits >= 3.0,
+            "waiting for a slot times out as an error ({waits})"
+        );
+        let text = scrape(server.metrics_addr).await;
+        assert!(text.contains("connection=\"pgpool\""));
+        // The error says why.
+        let mut saw_pool_message = false;
+        for obj in &objects {
+            if let Err(s) = c.get_metrics(deadline(metrics_request(obj, ""))).await
+                && s.message().contains("free database session")
+            {
+                saw_pool_message = true;
+            }
+        }
+        assert!(
+            saw_pool_message,
+            "time lost waiting for the pool is reported as such"
+        );
+        server.stop().await;
+    })
+    .await;
+}
+
+/// 6. Bad SQL is that ScaledObject's error only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_sql_fails_only_its_own_scaled_object() {
+    let Some(pg) = Pg::start_or_skip("bad_sql_fails_only_its_own_scaled_object") else {
+        return;
+    };
+    guard(LIMIT, async {
+        let admin = pg.setup().await;
+        pg::set_queued(&admin, 4).await;
+        let server = start(vec![connection("pgbad", &pg.scaler_url())], engine()).await;
+        let mut c = client(server.grpc_addr).await;
+        let good = object(
+            "good",
+            &[
+                ("query", "select count(*) from jobs"),
+                ("targetQueryValue", "1"),
+                ("pollInterval", "1s"),
+            ],
+        );
+        let mut stream = c.stream_is_active(good.clone()).await.unwrap().into_inner();
+        let cases = [
+            ("select count(* from jobs", "42601", "syntax error"),
+            (
+                "select count(*) from missing_table",
+                "42P01",
+                "does not exist",
+            ),
+            ("select count(*) from secrets", "42501", "permission denied"),
+            ("select 1/0", "22012", "division by zero"),
+        ];
+        for (q, code, text) in cases {
+            let obj = object("bad", &[("query", q), ("targetQueryValue", "1")]);
+            assert!(c.get_metric_spec(deadline(obj.clone())).await.is_ok());
+            let e = c
+                .get_metrics(deadline(metrics_request(&obj, "")))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::Unavailable, "{q}");
+            for frag in [code, text, q] {
+                assert!(
+                    e.message().contains(frag),
+                    "{q}: {:?} lacks {frag:?}",
+                    e.message()
+                );
+            }
+            assert_eq!(
+                value(
+                    c.get_metrics(deadline(metrics_request(&good, "")))
+                        .await
+                        .unwrap()
+                ),
+                4.0
+            );
+        }
+        assert!(
+            stream.message().await.unwrap().unwrap().result,
+            "the good stream got its true"
+        );
+        let n: i64 = admin
+            .query_one("select count(*) from jobs", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 4);
+        server.stop().await;
+    })
+    .await;
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// 7. Soak: 200 pollers at 1 s for 2 minutes, the server stopped and started twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_two_hundred_pollers_through_two_outages_leaks_nothing() {
+    let Some(pg) = Pg::start_or_skip("soak_two_hundred_pollers_through_two_outages_leaks_nothing")
+    else {
+        return;
+    };
+    guard(Duration::from_secs(300), async {
+        let admin = pg.setup().await;
+        pg::set_queued(&admin, 3).await;
+        let server = start(vec![connection("pgsoak", &pg.scaler_url())], engine()).await;
+        let c = client(server.grpc_addr).await;
+        let objects: Vec<_> = (0..200)
+            .map(|i| {
+                let q = format!("select count(*) from jobs where id > {}", -i);
+                object(&format!("so-{i}"), &[("query", &q), ("targetQueryValue", "1"), ("pollInterval", "1s")])
+            })
+            .collect();
+        // A stream per ScaledObject keeps every poller alive, as external-push triggers do.
+        let mut streams = Vec::new();
+        for o in &objects {
+            streams.push(c.clone().stream_is_active(o.clone()).await.unwrap().into_inner());
+        }
+        let all_ok = |c: &orascale::grpc::proto::external_scaler_client::ExternalScalerClient<tonic::transport::Channel>| {
+            let c = c.clone();
+            let objects = objects.clone();
+            async move {
+                let calls = objects.into_iter().map(|o| {
+                    let mut c = c.clone();
+                    async move { c.get_metrics(deadline(metrics_request(&o, ""))).await.map(value) }
+                });
+                futures::future::join_all(calls).await.into_iter().all(|r| matches!(r, Ok(v) if v == 3.0))
+            }
+        };
+        let wait_all_ok = |label: &'static str| {
+            let all_ok = &all_ok;
+            let c = &c;
+            async move {
+                let t = Instant::now();
+                while !all_ok(c).await {
+                    assert!(t.elapsed() < Duration::from_secs(20), "{label}: all 200 recover");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        wait_all_ok("warm-up").await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let tasks_before = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+        let fds_before = open_fds();
+        let rss_before = rss_kib();
+
+        let soak = Instant::now();
+        for outage in 0..2 {
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            pg.stop();
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            // Streams stay open through the outage.
+            for s in streams.iter_mut().take(10) {
+                assert!(tokio::time::timeout(Duration::from_millis(10), s.message()).await.is_err(), "outage {outage}");
+            }
+            pg.start();
+            wait_all_ok("after restart").await;
+        }
+        while soak.elapsed() < Duration::from_secs(110) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        wait_all_ok("end").await;
+        // Let connections that failed during the outage finish closing.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+
+        let tasks_after = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+        let fds_after = open_fds();
+        let rss_after = rss_kib();
+        let sessions = pg::scaler_sessions(&admin).await.len();
+        eprintln!(
+            "soak: tasks {tasks_before}→{tasks_after}, fds {fds_before}→{fds_after}, rss {rss_before}→{rss_after} KiB, sessions {sessions}"
+        );
+        assert!(tasks_after <= tasks_before + 5, "task leak: {tasks_before} → {tasks_after}");
+        assert!(fds_after <= fds_before + 5, "fd leak: {fds_before} → {fds_after}");
+        assert!(sessions <= 4, "at most the pool's 4 sessions: {sessions}");
+        assert!(rss_after < rss_before + 32 * 1024, "memory grew {rss_before} → {rss_after} KiB");
+        let pollers = metric_value(&scrape(server.metrics_addr).await, "orascale_pollers", &[]).unwrap();
+        assert!(pollers >= 200.0, "{pollers}");
+        drop(streams);
+        server.stop().await;
+    })
+    .await;
+}
