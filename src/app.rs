@@ -109,7 +109,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut sources: BTreeMap<String, Arc<dyn Source>> = BTreeMap::new();
     for (name, conn) in &config.connections {
         let src = source::open(conn).map_err(|e| StartError::Config(e.to_string()))?;
-        tracing::info!(connection = %name, kind = src.kind(), url = %conn.url, pool_size = conn.pool_size, "connection configured");
+        match src.driver() {
+            Ok(driver) => tracing::info!(connection = %name, kind = src.kind(), url = %conn.url,
+                pool_size = conn.pool_size, driver = %driver, "connection configured"),
+            // Keep serving: GetMetricSpec works, and GetMetrics/IsActive carry this error.
+            Err(e) => tracing::warn!(connection = %name, kind = src.kind(), url = %conn.url,
+                error = %e, "connection configured, but its driver cannot be used"),
+        }
         sources.insert(name.clone(), src);
     }
     if sources.is_empty() {

@@ -49,8 +49,33 @@ pub enum Command {
     Serve(ServeArgs),
     /// Call a running scaler like KEDA does and print what it answers.
     Probe(ProbeArgs),
+    /// Check every configured connection: driver, connect, server version, round-trip.
+    Check(CheckArgs),
     /// Change the rows of the --demo database, to watch the scaler react.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The same configuration as `serve` (flags, environment, --config file)
+    #[command(flatten)]
+    pub serve: ServeArgs,
+
+    /// Also run this query and print the value a trigger would report
+    #[arg(long, value_name = "SQL")]
+    pub query: Option<String>,
+
+    /// Check only this connection
+    #[arg(long, value_name = "NAME")]
+    pub only: Option<String>,
+
+    /// Print one JSON document instead of a table
+    #[arg(long)]
+    pub json: bool,
+
+    /// Time allowed for each step (connect, version, query)
+    #[arg(long, default_value = "10s", value_parser = parse_duration_arg)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -384,6 +409,11 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct FileConnection {
     url: Option<String>,
+    /// Instead of `url` for Oracle: `kind = "oracle"`, `user`, `connect_string` (EZConnect, a
+    /// TNS alias or a full descriptor).
+    kind: Option<String>,
+    user: Option<String>,
+    connect_string: Option<String>,
     pool_size: Option<usize>,
     password_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
@@ -466,11 +496,7 @@ impl ServeArgs {
         for (name, conn) in &file.connections {
             let key = format!("connections.{name}");
             validate_name(name).map_err(|m| invalid(&key, m))?;
-            let url = conn
-                .url
-                .as_deref()
-                .ok_or_else(|| invalid(format!("{key}.url"), "is required"))?;
-            let url = parse_url(url).map_err(|m| invalid(format!("{key}.url"), m))?;
+            let url = file_connection_url(&key, conn)?;
             let pool_size = conn.pool_size.unwrap_or(defaults::POOL_SIZE);
             if pool_size == 0 {
                 return Err(invalid(
@@ -535,6 +561,38 @@ impl ServeArgs {
                 .unwrap_or(LogFormat::Text),
             demo_db,
         })
+    }
+}
+
+fn file_connection_url(key: &str, conn: &FileConnection) -> Result<ConnectionUrl, ConfigError> {
+    match (&conn.url, conn.kind.as_deref()) {
+        (Some(url), None) => parse_url(url).map_err(|m| invalid(format!("{key}.url"), m)),
+        (Some(_), Some(_)) => Err(invalid(
+            format!("{key}.kind"),
+            "give either url or kind (with user and connect_string), not both",
+        )),
+        (None, Some("oracle")) => {
+            let connect_string = conn
+                .connect_string
+                .clone()
+                .filter(|c| !c.trim().is_empty())
+                .ok_or_else(|| {
+                    invalid(
+                        format!("{key}.connect_string"),
+                        "is required with kind = \"oracle\"",
+                    )
+                })?;
+            Ok(ConnectionUrl::Oracle {
+                user: conn.user.clone().unwrap_or_default(),
+                password: None,
+                connect_string,
+            })
+        }
+        (None, Some(other)) => Err(invalid(
+            format!("{key}.kind"),
+            format!("value {other:?} is not supported here; use kind = \"oracle\" or a url"),
+        )),
+        (None, None) => Err(invalid(format!("{key}.url"), "is required")),
     }
 }
 
@@ -661,25 +719,30 @@ pub fn parse_url(url: &str) -> Result<ConnectionUrl, String> {
 fn parse_oracle(url: &str, rest: &str) -> Result<ConnectionUrl, String> {
     let bad = || {
         format!(
-            "URL {:?} must be oracle://USER[:PASSWORD]@HOST[:PORT]/SERVICE",
+            "URL {:?} must be oracle://USER[:PASSWORD]@HOST[:PORT]/SERVICE or oracle://USER@TNS_ALIAS",
             redact_url(url)
         )
     };
     let rest = rest.strip_prefix("//").ok_or_else(bad)?;
-    let (userinfo, hostpart) = rest.rsplit_once('@').ok_or_else(bad)?;
+    let (userinfo, target) = rest.rsplit_once('@').ok_or_else(bad)?;
     let (user, password) = match userinfo.split_once(':') {
         Some((u, p)) => (u, Some(percent_decode(p).ok_or_else(bad)?)),
         None => (userinfo, None),
     };
     let user = percent_decode(user).ok_or_else(bad)?;
-    let (host, service) = hostpart.split_once('/').ok_or_else(bad)?;
-    if user.is_empty() || host.is_empty() || service.is_empty() {
+    if target.is_empty() || (user.is_empty() && password.is_some()) {
         return Err(bad());
     }
+    // HOST[:PORT]/SERVICE is EZConnect; a bare name is a TNS alias (tnsnames.ora in TNS_ADMIN).
+    let connect_string = match target.split_once('/') {
+        Some((host, service)) if !host.is_empty() && !service.is_empty() => format!("//{target}"),
+        Some(_) => return Err(bad()),
+        None => target.to_string(),
+    };
     Ok(ConnectionUrl::Oracle {
         user,
         password,
-        connect_string: format!("//{host}/{service}"),
+        connect_string,
     })
 }
 
@@ -730,7 +793,10 @@ mod tests {
             ("sqlite:", Err("empty path")),
             ("nourl", Err("no scheme")),
             ("oracle://db:1521/ORCL", Err("oracle://USER")),
-            ("oracle://scott@db", Err("oracle://USER")),
+            ("oracle://scott@ORCL_ALIAS", Ok("oracle")),
+            ("oracle://@WALLET_ALIAS", Ok("oracle")),
+            ("oracle://scott@db/", Err("oracle://USER")),
+            ("oracle://:pw@db/S", Err("oracle://USER")),
             ("postgres:h/db", Err("must start with")),
         ];
         for (url, want) in cases {
@@ -768,6 +834,53 @@ mod tests {
     }
 
     #[test]
+    fn oracle_forms() {
+        assert_eq!(
+            parse_url("oracle://scott@ORCL_ALIAS").unwrap(),
+            ConnectionUrl::Oracle {
+                user: "scott".into(),
+                password: None,
+                connect_string: "ORCL_ALIAS".into()
+            }
+        );
+        let file: FileConfig = toml::from_str(
+            r#"
+            [connections.ora]
+            kind = "oracle"
+            user = "scaler"
+            connect_string = "(DESCRIPTION=(ADDRESS=(PROTOCOL=TCP)(HOST=db)(PORT=1521))(CONNECT_DATA=(SERVICE_NAME=X)))"
+            password_file = "/run/secrets/pw"
+            "#,
+        )
+        .unwrap();
+        let c = args(&[]).resolve_with(file).unwrap();
+        let ora = &c.connections["ora"];
+        assert_eq!(ora.url.kind(), "oracle");
+        assert_eq!(
+            ora.password_file.as_deref(),
+            Some(Path::new("/run/secrets/pw"))
+        );
+        for (text, frag) in [
+            (
+                "[connections.o]\nkind = \"oracle\"\nuser = \"u\"",
+                "connections.o.connect_string: is required",
+            ),
+            (
+                "[connections.o]\nkind = \"mysql\"",
+                "connections.o.kind: value \"mysql\"",
+            ),
+            (
+                "[connections.o]\nkind = \"oracle\"\nurl = \"sqlite::memory:\"",
+                "not both",
+            ),
+        ] {
+            let file: FileConfig = toml::from_str(text).unwrap();
+            let err = args(&[]).resolve_with(file).unwrap_err().to_string();
+            assert!(err.contains(frag), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn secrets_never_shown() {
         let secret = "s3cr3t-pw";
         for url in [
@@ -780,7 +893,7 @@ mod tests {
         }
         for bad in [
             format!("mysql://app:{secret}@h/db"),
-            format!("oracle://app:{secret}@h"),
+            format!("oracle://app:{secret}@h/"),
             format!("postgres:app:{secret}@h"),
         ] {
             let err = parse_url(&bad).unwrap_err();

@@ -13,6 +13,7 @@
 //! - [`app`]: wires it all together and owns the shutdown sequence.
 //! - [`probe`]: a KEDA-like command-line client, for users and for our tests.
 //! - [`demo`]: the `--demo` SQLite database.
+//! - [`check`]: `orascale check`, the connection doctor.
 //!
 //! # Data flow
 //! ```text
@@ -26,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod check;
 pub mod config;
 pub mod demo;
 pub mod engine;

@@ -5,8 +5,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use orascale::config::{Cli, Command, DemoArgs, ServeArgs};
-use orascale::{app, demo, probe, telemetry};
+use orascale::config::{CheckArgs, Cli, Command, DemoArgs, ServeArgs};
+use orascale::{app, check, demo, probe, telemetry};
 
 const EX_USAGE: u8 = 64;
 
@@ -35,7 +35,38 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Check(args) => check_connections(args),
         Command::Demo(args) => demo_action(args),
+    }
+}
+
+fn check_connections(args: CheckArgs) -> ExitCode {
+    let config = match args.serve.resolve() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("orascale: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let report = match runtime().block_on(check::check(&config, &args)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("orascale check: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serializes")
+        );
+    } else {
+        print!("{}", check::render_table(&report));
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -163,6 +163,15 @@ mod tests {
         fn kind(&self) -> &'static str {
             "script"
         }
+        fn driver(&self) -> Result<String, SourceError> {
+            Ok("script".into())
+        }
+        fn server_info<'a>(
+            &'a self,
+            _: Duration,
+        ) -> BoxFuture<'a, Result<crate::source::ServerInfo, SourceError>> {
+            async { Err(SourceError::Unsupported("script".into())) }.boxed()
+        }
         fn query<'a>(
             &'a self,
             _: &'a str,

@@ -11,6 +11,7 @@ use futures::future::BoxFuture;
 
 use crate::config::{ConnectionConfig, ConnectionUrl};
 
+pub mod oracle;
 pub mod postgres;
 pub mod sqlite;
 
@@ -58,10 +59,27 @@ impl SourceError {
     }
 }
 
+/// What `orascale check` reports about a database.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerInfo {
+    pub version: String,
+    /// Round-trip time of a trivial query (`select 1`, `select 1 from dual`).
+    pub round_trip: Duration,
+}
+
 /// A database that can answer one scalar query.
 pub trait Source: Send + Sync + 'static {
     /// `sqlite`, `postgres` or `oracle`.
     fn kind(&self) -> &'static str;
+
+    /// Whether the driver (and any client library it loads) is usable, and its version.
+    fn driver(&self) -> Result<String, SourceError>;
+
+    /// Connects, reads the server version and times a trivial query.
+    fn server_info<'a>(
+        &'a self,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<ServerInfo, SourceError>>;
 
     /// Runs `sql` and returns its first cell. The source cancels the query on the database once
     /// `timeout` has passed (waiting for a free connection counts against it) and then returns
@@ -83,11 +101,16 @@ pub fn open(conn: &ConnectionConfig) -> Result<Arc<dyn Source>, SourceError> {
             conn.pool_size,
         ))),
         ConnectionUrl::Postgres { url } => Ok(Arc::new(postgres::Postgres::new(conn, url)?)),
-        other => Err(SourceError::Unsupported(format!(
-            "connection {:?}: the {} source is not part of this build yet; use sqlite",
-            conn.name,
-            other.kind()
-        ))),
+        ConnectionUrl::Oracle {
+            user,
+            password,
+            connect_string,
+        } => Ok(Arc::new(oracle::Oracle::new(
+            conn,
+            user,
+            password.as_deref(),
+            connect_string,
+        )?)),
     }
 }
 

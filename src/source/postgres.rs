@@ -29,7 +29,7 @@ use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::{Client, NoTls, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{Cell, Source, SourceError, parse_numeric_text};
+use super::{Cell, ServerInfo, Source, SourceError, parse_numeric_text};
 use crate::config::ConnectionConfig;
 
 /// Server-side backstop for every statement of a session, whatever the trigger's timeout:
@@ -179,6 +179,47 @@ impl Postgres {
 impl Source for Postgres {
     fn kind(&self) -> &'static str {
         "postgres"
+    }
+
+    fn driver(&self) -> Result<String, SourceError> {
+        Ok("tokio-postgres (native Rust, no client library)".into())
+    }
+
+    fn server_info<'a>(
+        &'a self,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<ServerInfo, SourceError>> {
+        async move {
+            let deadline = Instant::now() + timeout;
+            let session = tokio::time::timeout_at(deadline, self.pool.get())
+                .await
+                .map_err(|_| SourceError::Timeout(timeout))?
+                .map_err(|e| match e {
+                    managed::PoolError::Backend(e) => e,
+                    other => SourceError::Connect(format!("postgres pool: {other}")),
+                })?;
+            let err = |e: tokio_postgres::Error| {
+                SourceError::Query(format!("postgres: {}", describe(&e)))
+            };
+            let version: String = tokio::time::timeout_at(
+                deadline,
+                session.client.query_one("select version()", &[]),
+            )
+            .await
+            .map_err(|_| SourceError::Timeout(timeout))?
+            .map_err(err)?
+            .get(0);
+            let started = std::time::Instant::now();
+            tokio::time::timeout_at(deadline, session.client.query_one("select 1", &[]))
+                .await
+                .map_err(|_| SourceError::Timeout(timeout))?
+                .map_err(err)?;
+            Ok(ServerInfo {
+                version,
+                round_trip: started.elapsed(),
+            })
+        }
+        .boxed()
     }
 
     fn query<'a>(
@@ -475,7 +516,8 @@ mod tests {
             (&[1, 2345], 1, false, 12345.0),
             (&[1, 2345, 6700], 1, false, 12345.67),
             (&[5000], -1, false, 0.5),
-            (&[12], -2, true, -0.0012),
+            (&[12], -1, true, -0.0012),
+            (&[12], -2, false, 1.2e-7),
             (&[1], 3, false, 1e12),
         ];
         for (digits, weight, neg, want) in cases {

@@ -18,7 +18,7 @@ use rusqlite::{Connection, InterruptHandle, OpenFlags};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::{Cell, Source, SourceError, parse_numeric_text};
+use super::{Cell, ServerInfo, Source, SourceError, parse_numeric_text};
 use crate::config::SqliteTarget;
 
 /// How long a finished-but-interrupted statement may take to hand its connection back.
@@ -60,6 +60,25 @@ struct Interrupt {
 impl Source for Sqlite {
     fn kind(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn driver(&self) -> Result<String, SourceError> {
+        Ok(format!("SQLite {} (bundled)", rusqlite::version()))
+    }
+
+    fn server_info<'a>(
+        &'a self,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<ServerInfo, SourceError>> {
+        async move {
+            let started = std::time::Instant::now();
+            self.query("select 1", timeout).await?;
+            Ok(ServerInfo {
+                version: format!("SQLite {} at {}", rusqlite::version(), self.location()),
+                round_trip: started.elapsed(),
+            })
+        }
+        .boxed()
     }
 
     fn query<'a>(

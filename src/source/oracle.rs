@@ -1,0 +1,603 @@
+//! The Oracle source: the `oracle` crate (ODPI-C, which loads Oracle Instant Client at run
+//! time) behind a `deadpool` pool of sessions per connection.
+//!
+//! - ODPI-C is blocking: connecting and every query run in `spawn_blocking`, with the pooled
+//!   session moved into the blocking task, so a slow network never blocks a runtime worker.
+//! - The query timeout covers waiting for a session and the query. The remaining time becomes the
+//!   session's `call_timeout`, which Oracle enforces per round-trip (DPI-1067 on expiry). Should a
+//!   call still not return, `break_execution()` is sent from another thread. A session that
+//!   timed out or lost its connection (ORA-03113, ORA-03114, ORA-03135, DPI-1010, DPI-1080 …) is
+//!   discarded, never returned to the pool.
+//! - Statements go through the OCI statement cache (20 per session); only one row is fetched
+//!   (prefetch and array size 1); `Statement::query` refuses anything that is not a query before
+//!   executing it, and autocommit is off, so nothing a trigger runs is ever committed.
+//! - Without Instant Client every connect fails with DPI-1047; that becomes one startup warning
+//!   and an UNAVAILABLE answer carrying the install hint ([`CLIENT_MISSING_HINT`]).
+//!
+//! The conversion and error-classification rules are pure functions over the driver's types and
+//! error codes ([`column_kind`], [`to_cell`], [`classify`]), unit-tested without a database.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool::managed::{self, Metrics, Object, Pool, RecycleError, RecycleResult};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use oracle::sql_type::OracleType;
+use oracle::{ConnStatus, Connection, Connector};
+use tokio::time::Instant;
+
+use super::{Cell, ServerInfo, Source, SourceError, parse_numeric_text};
+use crate::config::ConnectionConfig;
+
+/// What the operator must do when Instant Client cannot be loaded.
+pub const CLIENT_MISSING_HINT: &str = "Oracle Instant Client not found: install instantclient-basic(lite) and set LD_LIBRARY_PATH, see docs/oracle.md";
+
+/// Statements cached per session (the OCI statement cache).
+const STATEMENT_CACHE: u32 = 20;
+/// How long past the deadline we wait for a call before breaking it from another thread.
+const BREAK_GRACE: Duration = Duration::from_secs(2);
+
+pub struct Oracle {
+    name: String,
+    pool: Pool<Sessions>,
+    pool_size: usize,
+}
+
+struct Sessions {
+    user: String,
+    url_password: Option<String>,
+    password_env: String,
+    password_file: Option<PathBuf>,
+    connect_string: String,
+}
+
+/// A pooled session; the `Arc` lets another thread break a call in progress.
+pub struct Session {
+    conn: Arc<Connection>,
+}
+
+/// Whether the Oracle client library can be loaded in this process; `Err` carries the
+/// operator's hint. Cheap after the first call.
+pub fn client_status() -> Result<String, SourceError> {
+    oracle::InitParams::new()
+        .init()
+        .and_then(|_| oracle::Version::client())
+        .map(|v| format!("Oracle Client {v}"))
+        .map_err(|e| to_source_error(&e, Fault::classify_error(&e)))
+}
+
+impl Oracle {
+    pub fn new(
+        conn: &ConnectionConfig,
+        user: &str,
+        password: Option<&str>,
+        connect_string: &str,
+    ) -> Result<Self, SourceError> {
+        let sessions = Sessions {
+            user: user.to_string(),
+            url_password: password.map(str::to_string),
+            password_env: conn.password_env(),
+            password_file: conn.password_file.clone(),
+            connect_string: connect_string.to_string(),
+        };
+        let pool = Pool::builder(sessions)
+            .max_size(conn.pool_size.max(1))
+            .build()
+            .map_err(|e| SourceError::Unsupported(format!("connection {:?}: {e}", conn.name)))?;
+        Ok(Oracle {
+            name: conn.name.clone(),
+            pool,
+            pool_size: conn.pool_size.max(1),
+        })
+    }
+
+    async fn session(
+        &self,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Object<Sessions>, SourceError> {
+        match tokio::time::timeout_at(deadline, self.pool.get()).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(managed::PoolError::Backend(e))) => Err(e),
+            Ok(Err(e)) => Err(SourceError::Connect(format!("oracle pool: {e}"))),
+            Err(_) => Err(if self.pool.status().size >= self.pool_size {
+                SourceError::PoolTimeout {
+                    waited: timeout,
+                    size: self.pool_size,
+                }
+            } else {
+                SourceError::Timeout(timeout)
+            }),
+        }
+    }
+
+    /// Runs `work` on the session in a blocking thread with the call timeout set to what is
+    /// left until `deadline`; discards the session when the outcome says it is unusable.
+    async fn with_session<T: Send + 'static>(
+        &self,
+        timeout: Duration,
+        work: impl FnOnce(&Connection) -> Result<T, oracle::Error> + Send + 'static,
+    ) -> Result<T, SourceError> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let session = self.session(deadline, timeout).await?;
+        let waited = started.elapsed();
+        let remaining = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        let conn = session.conn.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            conn.set_call_timeout(Some(remaining))?;
+            work(&conn)
+        });
+        tokio::pin!(job);
+        let outcome = tokio::select! {
+            joined = &mut job => joined,
+            _ = tokio::time::sleep_until(deadline + BREAK_GRACE) => {
+                // The call timeout did not fire (a hung network, an old client): break the call
+                // from here, and never reuse this session.
+                let conn = session.conn.clone();
+                let _ = tokio::task::spawn_blocking(move || conn.break_execution()).await;
+                tracing::warn!(connection = %self.name, "oracle: call did not return after its timeout; sent a break and dropped the session");
+                discard(session);
+                return Err(SourceError::Timeout(timeout));
+            }
+        };
+        let result = match outcome {
+            Ok(r) => r,
+            Err(join) => {
+                discard(session);
+                return Err(SourceError::Query(format!(
+                    "oracle query task failed: {join}"
+                )));
+            }
+        };
+        match result {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let fault = Fault::classify_error(&e);
+                if fault.discards_session() {
+                    discard(session);
+                }
+                Err(match fault {
+                    Fault::Timeout if waited >= timeout / 4 => SourceError::TimeoutAfterWait {
+                        timeout,
+                        waited: Duration::from_millis(waited.as_millis() as u64),
+                        size: self.pool_size,
+                    },
+                    Fault::Timeout => SourceError::Timeout(timeout),
+                    _ => to_source_error(&e, fault),
+                })
+            }
+        }
+    }
+}
+
+/// Takes the session out of the pool and closes it off the runtime.
+fn discard(session: Object<Sessions>) {
+    let s = Object::take(session);
+    tokio::task::spawn_blocking(move || drop(s));
+}
+
+impl Source for Oracle {
+    fn kind(&self) -> &'static str {
+        "oracle"
+    }
+
+    fn query<'a>(
+        &'a self,
+        sql: &'a str,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Cell, SourceError>> {
+        let sql = sql.to_string();
+        self.with_session(timeout, move |conn| first_cell(conn, &sql))
+            .map(|r| r.and_then(|c| c))
+            .boxed()
+    }
+
+    fn driver(&self) -> Result<String, SourceError> {
+        client_status()
+    }
+
+    fn server_info<'a>(
+        &'a self,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<ServerInfo, SourceError>> {
+        async move {
+            let version = self
+                .with_session(timeout, |conn| {
+                    conn.server_version()
+                        .map(|(v, banner)| format!("{v} ({banner})"))
+                })
+                .await?;
+            let t = std::time::Instant::now();
+            self.with_session(timeout, |conn| {
+                conn.query_row_as::<i64>("select 1 from dual", &[])
+            })
+            .await?;
+            Ok(ServerInfo {
+                version,
+                round_trip: t.elapsed(),
+            })
+        }
+        .boxed()
+    }
+}
+
+impl Sessions {
+    fn password(&self) -> Result<String, SourceError> {
+        if let Some(path) = &self.password_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                SourceError::Connect(format!("password_file {}: {e}", path.display()))
+            })?;
+            return Ok(text.trim_end_matches(['\n', '\r']).to_string());
+        }
+        if let Ok(pw) = std::env::var(&self.password_env)
+            && !pw.is_empty()
+        {
+            return Ok(pw);
+        }
+        Ok(self.url_password.clone().unwrap_or_default())
+    }
+}
+
+impl managed::Manager for Sessions {
+    type Type = Session;
+    type Error = SourceError;
+
+    async fn create(&self) -> Result<Session, SourceError> {
+        let password = self.password()?;
+        let user = self.user.clone();
+        let connect_string = self.connect_string.clone();
+        let made = tokio::task::spawn_blocking(move || {
+            oracle::InitParams::new().init()?;
+            let mut connector =
+                Connector::new(user.as_str(), password.as_str(), connect_string.as_str());
+            connector.stmt_cache_size(STATEMENT_CACHE);
+            // No user: authenticate with the wallet / OS (external authentication).
+            if user.is_empty() {
+                connector.external_auth(true);
+            }
+            let conn = connector.connect()?;
+            // Visible in v$session.module for DBAs.
+            let _ = conn.set_module("orascale");
+            Ok::<_, oracle::Error>(conn)
+        })
+        .await
+        .map_err(|e| SourceError::Connect(format!("oracle connect task failed: {e}")))?;
+        match made {
+            Ok(conn) => Ok(Session {
+                conn: Arc::new(conn),
+            }),
+            Err(e) => Err(to_source_error(&e, Fault::classify_error(&e))),
+        }
+    }
+
+    async fn recycle(&self, session: &mut Session, _: &Metrics) -> RecycleResult<SourceError> {
+        // A local check of the socket's state, no round-trip.
+        match session.conn.status() {
+            Ok(ConnStatus::Normal) => Ok(()),
+            _ => Err(RecycleError::message("oracle session not connected")),
+        }
+    }
+}
+
+/// Fetches one row and converts its first column.
+fn first_cell(conn: &Connection, sql: &str) -> Result<Result<Cell, SourceError>, oracle::Error> {
+    let mut stmt = conn
+        .statement(sql)
+        .fetch_array_size(1)
+        .prefetch_rows(1)
+        .build()?;
+    let mut rows = stmt.query(&[])?;
+    let Some(row) = rows.next() else {
+        return Ok(Ok(Cell::NoRows));
+    };
+    let row = row?;
+    let Some(column) = row.column_info().first() else {
+        return Ok(Err(SourceError::Query(
+            "oracle: the query returns no columns".into(),
+        )));
+    };
+    let raw = match column_kind(column.oracle_type()) {
+        ColumnKind::Decimal | ColumnKind::Text => match row.get::<_, Option<String>>(0)? {
+            None => Raw::Null,
+            Some(t) => Raw::Text(t),
+        },
+        ColumnKind::Binary => match row.get::<_, Option<f64>>(0)? {
+            None => Raw::Null,
+            Some(v) => Raw::Float(v),
+        },
+        ColumnKind::Other(name) => {
+            return Ok(Err(SourceError::NotNumeric(format!(
+                "a value of type {name}"
+            ))));
+        }
+    };
+    Ok(to_cell(raw))
+}
+
+/// How a first column is read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ColumnKind {
+    /// NUMBER, FLOAT, INTEGER: read as decimal text, so the f64 is correctly rounded.
+    Decimal,
+    /// BINARY_DOUBLE, BINARY_FLOAT: read as f64.
+    Binary,
+    /// VARCHAR2, CHAR, NVARCHAR2, NCHAR, LONG, CLOB: numeric text only.
+    Text,
+    /// Anything else is not a metric.
+    Other(String),
+}
+
+pub fn column_kind(ty: &OracleType) -> ColumnKind {
+    match ty {
+        OracleType::Number(..) | OracleType::Float(_) | OracleType::Int64 | OracleType::UInt64 => {
+            ColumnKind::Decimal
+        }
+        OracleType::BinaryDouble | OracleType::BinaryFloat => ColumnKind::Binary,
+        OracleType::Varchar2(_)
+        | OracleType::NVarchar2(_)
+        | OracleType::Char(_)
+        | OracleType::NChar(_)
+        | OracleType::Long
+        | OracleType::CLOB
+        | OracleType::NCLOB => ColumnKind::Text,
+        other => ColumnKind::Other(other.to_string()),
+    }
+}
+
+/// A first column's value as the driver gave it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Raw {
+    Null,
+    Text(String),
+    Float(f64),
+}
+
+pub fn to_cell(raw: Raw) -> Result<Cell, SourceError> {
+    match raw {
+        Raw::Null => Ok(Cell::Null),
+        Raw::Text(t) => parse_numeric_text(&t).map(Cell::Number),
+        Raw::Float(v) if v.is_finite() => Ok(Cell::Number(v)),
+        Raw::Float(v) => Err(SourceError::NotNumeric(format!("non-finite number {v}"))),
+    }
+}
+
+/// What an Oracle error means for the scaler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// DPI-1047 and friends: Instant Client cannot be loaded.
+    ClientMissing,
+    /// The call timeout fired (DPI-1067, ORA-03156): discard the session.
+    Timeout,
+    /// The session or its connection is gone: discard it.
+    SessionLost,
+    /// Could not log on (listener, service, credentials, account).
+    Connect,
+    /// The query itself failed; the session is fine.
+    Query,
+}
+
+/// `ORA-`/`DPI-` codes of sessions that are gone.
+const SESSION_LOST: &[&str] = &[
+    "ORA-00028", // your session has been killed
+    "ORA-01012", // not logged on
+    "ORA-02396", // exceeded maximum idle time
+    "ORA-03113", // end-of-file on communication channel
+    "ORA-03114", // not connected to ORACLE
+    "ORA-03135", // connection lost contact
+    "ORA-12537", // TNS: connection closed
+    "ORA-12547", // TNS: lost contact
+    "ORA-12570", // TNS: packet reader failure
+    "ORA-12571", // TNS: packet writer failure
+    "ORA-25408", // can not safely replay call
+    "DPI-1010",  // not connected
+    "DPI-1080",  // connection was closed by ORA-%d
+];
+
+/// Codes of failures to log on.
+const CONNECT: &[&str] = &[
+    "ORA-01017", // invalid username/password
+    "ORA-28000", // account locked
+    "ORA-28001", // password expired
+    "ORA-01045", // lacks CREATE SESSION
+    "ORA-12154", // could not resolve the connect identifier
+    "ORA-12514", // listener does not know the service
+    "ORA-12505", // listener does not know the SID
+    "ORA-12541", // no listener
+    "ORA-12543", // destination host unreachable
+    "ORA-12170", // connect timeout
+    "ORA-12545", // target host does not exist
+    "DPI-1001",  // out of memory
+];
+
+impl Fault {
+    /// Classifies an error by the `ORA-NNNNN` / `DPI-NNNN` code at the start of its message.
+    pub fn classify(message: &str) -> Fault {
+        let code: String = message.chars().take(9).collect();
+        let code = code.trim_end_matches(':');
+        if message.starts_with("DPI-1047")
+            || message.starts_with("DPI-1072")
+            || message.contains("libclntsh")
+        {
+            Fault::ClientMissing
+        } else if code == "DPI-1067" || code == "ORA-03156" || code == "ORA-01013" {
+            Fault::Timeout
+        } else if SESSION_LOST.contains(&code) {
+            Fault::SessionLost
+        } else if CONNECT.contains(&code) {
+            Fault::Connect
+        } else {
+            Fault::Query
+        }
+    }
+
+    fn classify_error(e: &oracle::Error) -> Fault {
+        match e.db_error() {
+            Some(db) => Fault::classify(db.message()),
+            None => Fault::Query,
+        }
+    }
+
+    pub fn discards_session(self) -> bool {
+        matches!(
+            self,
+            Fault::Timeout | Fault::SessionLost | Fault::ClientMissing
+        )
+    }
+}
+
+fn to_source_error(e: &oracle::Error, fault: Fault) -> SourceError {
+    let message = match e.db_error() {
+        // Oracle messages end with a newline and sometimes a "Help:" URL line.
+        Some(db) => db
+            .message()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        None => e.to_string(),
+    };
+    match fault {
+        Fault::ClientMissing => SourceError::Connect(format!("{CLIENT_MISSING_HINT} ({message})")),
+        Fault::Connect | Fault::SessionLost => SourceError::Connect(format!("oracle: {message}")),
+        Fault::Timeout | Fault::Query => SourceError::Query(format!("oracle: {message}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_kinds() {
+        let cases = [
+            (OracleType::Number(10, 0), ColumnKind::Decimal),
+            (OracleType::Number(0, -127), ColumnKind::Decimal),
+            (OracleType::Float(126), ColumnKind::Decimal),
+            (OracleType::Int64, ColumnKind::Decimal),
+            (OracleType::BinaryDouble, ColumnKind::Binary),
+            (OracleType::BinaryFloat, ColumnKind::Binary),
+            (OracleType::Varchar2(20), ColumnKind::Text),
+            (OracleType::NVarchar2(20), ColumnKind::Text),
+            (OracleType::Char(3), ColumnKind::Text),
+            (OracleType::CLOB, ColumnKind::Text),
+        ];
+        for (ty, want) in cases {
+            assert_eq!(column_kind(&ty), want, "{ty}");
+        }
+        assert!(matches!(column_kind(&OracleType::Date), ColumnKind::Other(n) if n == "DATE"));
+        assert!(matches!(
+            column_kind(&OracleType::BLOB),
+            ColumnKind::Other(_)
+        ));
+        assert!(matches!(
+            column_kind(&OracleType::Timestamp(6)),
+            ColumnKind::Other(_)
+        ));
+    }
+
+    #[test]
+    fn conversions() {
+        let ok = |raw: Raw| to_cell(raw).unwrap();
+        assert_eq!(ok(Raw::Text("42".into())), Cell::Number(42.0));
+        assert_eq!(ok(Raw::Text("-.5".into())), Cell::Number(-0.5));
+        // NUMBER keeps its digits: 38-digit values round once, correctly.
+        assert_eq!(
+            ok(Raw::Text("12345678901234567890123456789012345678".into())),
+            Cell::Number(1.2345678901234568e37)
+        );
+        assert_eq!(ok(Raw::Text("0.1".into())), Cell::Number(0.1));
+        assert_eq!(ok(Raw::Text(" 17 ".into())), Cell::Number(17.0));
+        assert_eq!(ok(Raw::Float(2.5)), Cell::Number(2.5));
+        assert_eq!(ok(Raw::Null), Cell::Null);
+        assert!(matches!(
+            to_cell(Raw::Text("QUEUED".into())),
+            Err(SourceError::NotNumeric(_))
+        ));
+        assert!(matches!(
+            to_cell(Raw::Text("1,5".into())),
+            Err(SourceError::NotNumeric(_))
+        ));
+        assert!(matches!(
+            to_cell(Raw::Float(f64::INFINITY)),
+            Err(SourceError::NotNumeric(_))
+        ));
+        assert!(matches!(
+            to_cell(Raw::Float(f64::NAN)),
+            Err(SourceError::NotNumeric(_))
+        ));
+    }
+
+    #[test]
+    fn error_classification() {
+        let cases = [
+            (
+                "DPI-1047: Cannot locate a 64-bit Oracle Client library: \"libclntsh.so: cannot open shared object file\"",
+                Fault::ClientMissing,
+            ),
+            (
+                "DPI-1067: call timeout of 5000 ms exceeded with ORA-3156",
+                Fault::Timeout,
+            ),
+            (
+                "ORA-01013: user requested cancel of current operation",
+                Fault::Timeout,
+            ),
+            (
+                "ORA-03113: end-of-file on communication channel",
+                Fault::SessionLost,
+            ),
+            ("ORA-03114: not connected to ORACLE", Fault::SessionLost),
+            ("ORA-03135: connection lost contact", Fault::SessionLost),
+            (
+                "ORA-00028: your session has been killed",
+                Fault::SessionLost,
+            ),
+            ("DPI-1010: not connected", Fault::SessionLost),
+            (
+                "DPI-1080: connection was closed by ORA-3113",
+                Fault::SessionLost,
+            ),
+            (
+                "ORA-01017: invalid username/password; logon denied",
+                Fault::Connect,
+            ),
+            ("ORA-12541: TNS:no listener", Fault::Connect),
+            (
+                "ORA-12514: TNS:listener does not currently know of service requested",
+                Fault::Connect,
+            ),
+            ("ORA-00942: table or view does not exist", Fault::Query),
+            ("ORA-00904: \"X\": invalid identifier", Fault::Query),
+            ("ORA-01722: invalid number", Fault::Query),
+            ("ORA-01476: divisor is equal to zero", Fault::Query),
+        ];
+        for (msg, want) in cases {
+            assert_eq!(Fault::classify(msg), want, "{msg}");
+        }
+        for f in [Fault::Timeout, Fault::SessionLost, Fault::ClientMissing] {
+            assert!(f.discards_session(), "{f:?}");
+        }
+        for f in [Fault::Query, Fault::Connect] {
+            assert!(!f.discards_session(), "{f:?}");
+        }
+    }
+
+    /// This machine has no Instant Client: the real driver must say so with the hint.
+    #[test]
+    fn missing_client_is_reported_with_the_hint() {
+        match client_status() {
+            Ok(version) => eprintln!("Oracle client present here: {version}"),
+            Err(e) => {
+                let m = e.to_string();
+                assert!(m.contains(CLIENT_MISSING_HINT), "{m}");
+                assert!(m.contains("DPI-1047"), "{m}");
+            }
+        }
+    }
+}
