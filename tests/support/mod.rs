@@ -18,6 +18,25 @@ use orascale::grpc::proto::external_scaler_client::ExternalScalerClient;
 use orascale::grpc::proto::{GetMetricsRequest, ScaledObjectRef};
 use tonic::transport::Channel;
 
+/// Prints a SKIP line that `cargo test` shows even for passing tests (it writes to the real
+/// stderr, not the captured one), once per distinct `reason` in this test binary.
+pub fn skip(test: &str, reason: &str) {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let first = SEEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .insert(reason.to_string());
+    if first {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIP {test} (and every test of this suite with the same cause): {reason}"
+        );
+    }
+}
+
 /// Every async test runs under this bound, so a hang fails instead of stalling CI.
 pub async fn guard<F: Future>(limit: Duration, f: F) -> F::Output {
     tokio::time::timeout(limit, f)
