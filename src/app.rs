@@ -164,36 +164,56 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     let ready = Arc::new(AtomicBool::new(true));
 
+    let state: telemetry::http::StateRenderer = {
+        let registry = registry.clone();
+        Arc::new(move || telemetry::metrics::render_state(&registry.snapshot(), &registry.pools()))
+    };
     tracker.spawn(telemetry::http::serve(
         metrics_listener,
         metrics,
+        state,
         ready.clone(),
         shutdown.clone(),
     ));
 
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::grpc::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Config(format!("gRPC reflection: {e}")))?;
     let grpc = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(Some(config.engine.max_concurrent_streams))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
         .add_service(health_service)
+        .add_service(reflection)
         .add_service(ExternalScalerServer::new(scaler))
         .serve_with_incoming_shutdown(
             TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             shutdown.clone().cancelled_owned(),
         );
 
-    let token = shutdown.clone();
+    // Decide: `stop` is cancelled by a signal or the caller; `shutdown` tells everything else.
+    let stop = CancellationToken::new();
+    let decided = stop.clone();
+    let delay = config.engine.shutdown_delay;
     let done = tokio::spawn(async move {
         let server = tokio::spawn(grpc);
-        token.cancelled().await;
-        // Tell: readiness first, so Kubernetes stops routing here while we drain.
+        decided.cancelled().await;
+        // Tell: readiness first, so Kubernetes stops routing new connections here; keep
+        // serving through the optional delay while endpoints update.
         ready.store(false, Ordering::SeqCst);
         for service in ["", "readiness", "externalscaler.ExternalScaler"] {
             health
                 .set_service_status(service, ServingStatus::NotServing)
                 .await;
         }
+        if !delay.is_zero() {
+            tracing::info!(delay = %humantime::format_duration(delay), "not ready; serving until the shutdown delay has passed");
+            tokio::time::sleep(delay).await;
+        }
+        shutdown.cancel();
         // Wait, bounded: streams end themselves on the token; a client that does not read
         // its stream's end cannot hold us.
         match tokio::time::timeout(GRPC_DRAIN, server).await {
@@ -215,7 +235,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     Ok(Running {
         grpc_addr,
         metrics_addr,
-        shutdown,
+        shutdown: stop,
         done,
     })
 }

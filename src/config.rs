@@ -26,6 +26,7 @@ pub mod defaults {
     pub const FIRST_RESULT_WAIT: Duration = Duration::from_secs(2);
     pub const POOL_SIZE: usize = 4;
     pub const MAX_CONCURRENT_STREAMS: u32 = 100_000;
+    pub const SHUTDOWN_DELAY: Duration = Duration::ZERO;
     pub const DEMO_DB: &str = "orascale-demo.db";
 }
 
@@ -135,6 +136,11 @@ pub struct ServeArgs {
     #[arg(long, env = "ORASCALE_STALE_AFTER_POLLS", value_name = "N")]
     pub stale_after_polls: Option<u32>,
 
+    /// On SIGTERM, stay up this long after readiness turns NOT_SERVING, so endpoints update
+    /// before streams end; the exit then follows within 5 s [default: 0s]
+    #[arg(long, env = "ORASCALE_SHUTDOWN_DELAY", value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub shutdown_delay: Option<Duration>,
+
     /// Log format [default: text]
     #[arg(long, env = "ORASCALE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -228,6 +234,8 @@ pub struct EngineConfig {
     pub stale_after_polls: u32,
     pub first_result_wait: Duration,
     pub max_concurrent_streams: u32,
+    /// Between readiness going NOT_SERVING and the servers stopping, on SIGTERM.
+    pub shutdown_delay: Duration,
 }
 
 impl Default for EngineConfig {
@@ -241,6 +249,7 @@ impl Default for EngineConfig {
             stale_after_polls: defaults::STALE_AFTER_POLLS,
             first_result_wait: defaults::FIRST_RESULT_WAIT,
             max_concurrent_streams: defaults::MAX_CONCURRENT_STREAMS,
+            shutdown_delay: defaults::SHUTDOWN_DELAY,
         }
     }
 }
@@ -400,6 +409,7 @@ struct FileConfig {
     idle_timeout: Option<String>,
     stream_resend_interval: Option<String>,
     stale_after_polls: Option<u32>,
+    shutdown_delay: Option<String>,
     log_format: Option<LogFormat>,
     #[serde(default)]
     connections: BTreeMap<String, FileConnection>,
@@ -483,6 +493,12 @@ impl ServeArgs {
                 &file.stream_resend_interval,
                 "stream_resend_interval",
                 defaults::STREAM_RESEND_INTERVAL,
+            )?,
+            shutdown_delay: duration(
+                self.shutdown_delay,
+                &file.shutdown_delay,
+                "shutdown_delay",
+                defaults::SHUTDOWN_DELAY,
             )?,
             stale_after_polls: self
                 .stale_after_polls

@@ -307,7 +307,7 @@ fn demo_creates_its_database_and_serves_it() {
     let dir = tempfile::tempdir().unwrap();
     let server = Binary::start(&["--demo"], dir.path());
     assert!(dir.path().join("orascale-demo.db").exists());
-    let log = server.log_text();
+    let log = server.wait_log("demo enqueue", Duration::from_secs(10));
     assert!(
         log.contains("demo enqueue"),
         "the demo logs how to use it: {log}"

@@ -35,7 +35,7 @@ fn without_instant_client_the_binary_serves_specs_and_reports_the_hint() {
     );
     let server = Binary::start(&["--connection", &format!("ora={url}")], dir.path());
     let present = client_present();
-    let log = server.log_text();
+    let log = server.wait_log("connection=ora", Duration::from_secs(10));
     if !present {
         let warning = log
             .lines()

@@ -166,6 +166,9 @@ mod tests {
         fn driver(&self) -> Result<String, SourceError> {
             Ok("script".into())
         }
+        fn pool(&self) -> crate::source::PoolStatus {
+            crate::source::PoolStatus::default()
+        }
         fn server_info<'a>(
             &'a self,
             _: Duration,

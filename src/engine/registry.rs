@@ -27,6 +27,23 @@ pub struct Entry {
     cancel: CancellationToken,
     /// Calls made before the first result wait, but never past `created + first_result_wait`.
     created: Instant,
+    /// The ScaledObject that created the poller: its labels in logs and per-poller metrics.
+    origin: Origin,
+}
+
+/// One poller's state, for the per-poller metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PollerStatus {
+    pub connection: String,
+    pub namespace: String,
+    pub scaledobject: String,
+    pub metric: String,
+    /// Unix time of the last successful poll.
+    pub last_success_unix: Option<f64>,
+    /// Age of the last good value.
+    pub sample_age: Option<Duration>,
+    pub consecutive_failures: u64,
+    pub streams: usize,
 }
 
 pub struct Registry {
@@ -164,6 +181,7 @@ impl Registry {
             streams: AtomicUsize::new(0),
             cancel: cancel.clone(),
             created: Instant::now(),
+            origin: origin.clone(),
         });
         also(&entry);
         entries.insert(key.clone(), entry.clone());
@@ -194,12 +212,56 @@ impl Registry {
                 && now.saturating_sub(e.last_used_ms.load(Ordering::Relaxed)) >= idle_ms;
             if idle {
                 e.cancel.cancel();
-                tracing::info!(connection = %key.connection,
+                tracing::info!(connection = %key.connection, namespace = %e.origin.namespace,
+                    scaledobject = %e.origin.name, metric = %e.origin.metric,
                     idle = %humantime::format_duration(self.config.idle_timeout), "poller evicted");
             }
             !idle
         });
         m::pollers_stopped(before - entries.len());
+    }
+
+    /// Every live poller's state, sorted by connection and metric.
+    pub fn snapshot(&self) -> Vec<PollerStatus> {
+        let now = Instant::now();
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let entries: Vec<(PollerKey, Arc<Entry>)> = self
+            .entries
+            .read()
+            .expect("registry lock")
+            .iter()
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect();
+        let mut out: Vec<PollerStatus> = entries
+            .into_iter()
+            .map(|(key, e)| {
+                let sample = e.rx.borrow().clone();
+                let age = sample.good.map(|g| now.saturating_duration_since(g.at));
+                PollerStatus {
+                    connection: key.connection,
+                    namespace: e.origin.namespace.clone(),
+                    scaledobject: e.origin.name.clone(),
+                    metric: e.origin.metric.clone(),
+                    last_success_unix: age.map(|a| wall - a.as_secs_f64()),
+                    sample_age: age,
+                    consecutive_failures: sample.failure.map_or(0, |f| f.streak),
+                    streams: e.streams.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.connection, &a.metric).cmp(&(&b.connection, &b.metric)));
+        out
+    }
+
+    /// Each connection's pool.
+    pub fn pools(&self) -> Vec<(String, crate::source::PoolStatus)> {
+        self.sources
+            .iter()
+            .map(|(name, s)| (name.clone(), s.pool()))
+            .collect()
     }
 
     fn now_ms(&self) -> u64 {

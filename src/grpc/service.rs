@@ -59,9 +59,14 @@ impl Scaler {
         Ok((spec, origin))
     }
 
-    async fn value(&self, r: &ScaledObjectRef) -> Result<(ScalerSpec, f64), Error> {
+    async fn value(
+        &self,
+        r: &ScaledObjectRef,
+        method: &'static str,
+    ) -> Result<(ScalerSpec, f64), Error> {
         let (spec, origin) = self.spec(r)?;
         let reading = self.registry.read(&spec.poller, &origin).await?;
+        m::sample_age(&spec.poller.connection, method, reading.at.elapsed());
         Ok((spec, reading.value))
     }
 
@@ -69,7 +74,7 @@ impl Scaler {
         let r = req
             .scaled_object_ref
             .ok_or_else(|| Error::Request("scaledObjectRef is required".into()))?;
-        let (spec, value) = self.value(&r).await?;
+        let (spec, value) = self.value(&r, "GetMetrics").await?;
         if !metric_name_matches(&req.metric_name, &spec.metric_name) {
             return Err(Error::Request(format!(
                 "metricName {:?} is not this trigger's metric {:?}",
@@ -122,16 +127,20 @@ fn to_metric_spec(spec: &ScalerSpec) -> MetricSpec {
 
 type ActiveStream = Pin<Box<dyn Stream<Item = Result<IsActiveResponse, Status>> + Send>>;
 
-/// Counts a finished unary call by method and code.
-fn observe<T>(method: &'static str, result: Result<T, Error>) -> Result<Response<T>, Status> {
+/// Counts and times a finished call (a stream: its opening) by method and code.
+fn observe<T>(
+    method: &'static str,
+    started: Instant,
+    result: Result<T, Error>,
+) -> Result<Response<T>, Status> {
     match result {
         Ok(v) => {
-            m::grpc_request(method, tonic::Code::Ok);
+            m::grpc_request(method, tonic::Code::Ok, started.elapsed());
             Ok(Response::new(v))
         }
         Err(e) => {
             let status = Status::from(e);
-            m::grpc_request(method, status.code());
+            m::grpc_request(method, status.code(), started.elapsed());
             Err(status)
         }
     }
@@ -143,11 +152,15 @@ impl ExternalScaler for Scaler {
         &self,
         request: Request<ScaledObjectRef>,
     ) -> Result<Response<IsActiveResponse>, Status> {
+        let started = Instant::now();
         let r = request.into_inner();
-        let result = self.value(&r).await.map(|(spec, value)| IsActiveResponse {
-            result: value > spec.activation,
-        });
-        observe("IsActive", result)
+        let result = self
+            .value(&r, "IsActive")
+            .await
+            .map(|(spec, value)| IsActiveResponse {
+                result: value > spec.activation,
+            });
+        observe("IsActive", started, result)
     }
 
     type StreamIsActiveStream = ActiveStream;
@@ -156,6 +169,7 @@ impl ExternalScaler for Scaler {
         &self,
         request: Request<ScaledObjectRef>,
     ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
+        let started = Instant::now();
         let r = request.into_inner();
         let opened = self.spec(&r).and_then(|(spec, origin)| {
             let sub = self.registry.subscribe(&spec.poller, &origin)?;
@@ -163,7 +177,7 @@ impl ExternalScaler for Scaler {
         });
         let (spec, sub) = match opened {
             Ok(v) => v,
-            Err(e) => return observe::<ActiveStream>("StreamIsActive", Err(e)),
+            Err(e) => return observe::<ActiveStream>("StreamIsActive", started, Err(e)),
         };
         let state = Push {
             sub,
@@ -179,28 +193,30 @@ impl ExternalScaler for Scaler {
             m::stream_message();
             Some((Ok(msg), st))
         });
-        observe::<ActiveStream>("StreamIsActive", Ok(Box::pin(stream)))
+        observe::<ActiveStream>("StreamIsActive", started, Ok(Box::pin(stream)))
     }
 
     async fn get_metric_spec(
         &self,
         request: Request<ScaledObjectRef>,
     ) -> Result<Response<GetMetricSpecResponse>, Status> {
+        let started = Instant::now();
         let r = request.into_inner();
         let result = metadata::parse(&r.scaler_metadata, &self.ctx)
             .map(|spec| GetMetricSpecResponse {
                 metric_specs: vec![to_metric_spec(&spec)],
             })
             .map_err(Error::from);
-        observe("GetMetricSpec", result)
+        observe("GetMetricSpec", started, result)
     }
 
     async fn get_metrics(
         &self,
         request: Request<GetMetricsRequest>,
     ) -> Result<Response<GetMetricsResponse>, Status> {
+        let started = Instant::now();
         let result = self.get_metrics_inner(request.into_inner()).await;
-        observe("GetMetrics", result)
+        observe("GetMetrics", started, result)
     }
 }
 

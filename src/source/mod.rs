@@ -67,6 +67,30 @@ pub struct ServerInfo {
     pub round_trip: Duration,
 }
 
+/// The connection pool of a source, for the pool gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// The most sessions (or concurrent queries) allowed.
+    pub max: usize,
+    /// Sessions open now.
+    pub size: usize,
+    /// Sessions running a query now.
+    pub in_use: usize,
+    /// Polls waiting for a session.
+    pub waiting: usize,
+}
+
+impl From<deadpool::Status> for PoolStatus {
+    fn from(s: deadpool::Status) -> Self {
+        PoolStatus {
+            max: s.max_size,
+            size: s.size,
+            in_use: s.size.saturating_sub(s.available),
+            waiting: s.waiting,
+        }
+    }
+}
+
 /// A database that can answer one scalar query.
 pub trait Source: Send + Sync + 'static {
     /// `sqlite`, `postgres` or `oracle`.
@@ -74,6 +98,9 @@ pub trait Source: Send + Sync + 'static {
 
     /// Whether the driver (and any client library it loads) is usable, and its version.
     fn driver(&self) -> Result<String, SourceError>;
+
+    /// The pool's state now.
+    fn pool(&self) -> PoolStatus;
 
     /// Connects, reads the server version and times a trivial query.
     fn server_info<'a>(

@@ -28,7 +28,7 @@ use oracle::sql_type::OracleType;
 use oracle::{ConnStatus, Connection, Connector};
 use tokio::time::Instant;
 
-use super::{Cell, ServerInfo, Source, SourceError, parse_numeric_text};
+use super::{Cell, PoolStatus, ServerInfo, Source, SourceError, parse_numeric_text};
 use crate::config::ConnectionConfig;
 
 /// What the operator must do when Instant Client cannot be loaded.
@@ -128,6 +128,12 @@ impl Oracle {
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
         let conn = session.conn.clone();
+        // If this future is dropped mid-call (shutdown), break the call and discard the session:
+        // it must never go back to the pool while a blocking thread still uses it.
+        let mut flight = InFlight {
+            session: Some(session),
+            armed: true,
+        };
         let job = tokio::task::spawn_blocking(move || {
             conn.set_call_timeout(Some(remaining))?;
             work(&conn)
@@ -138,13 +144,12 @@ impl Oracle {
             _ = tokio::time::sleep_until(deadline + BREAK_GRACE) => {
                 // The call timeout did not fire (a hung network, an old client): break the call
                 // from here, and never reuse this session.
-                let conn = session.conn.clone();
-                let _ = tokio::task::spawn_blocking(move || conn.break_execution()).await;
                 tracing::warn!(connection = %self.name, "oracle: call did not return after its timeout; sent a break and dropped the session");
-                discard(session);
+                drop(flight);
                 return Err(SourceError::Timeout(timeout));
             }
         };
+        let session = flight.land();
         let result = match outcome {
             Ok(r) => r,
             Err(join) => {
@@ -175,10 +180,42 @@ impl Oracle {
     }
 }
 
+/// A call on its way; see `with_session`.
+struct InFlight {
+    session: Option<Object<Sessions>>,
+    armed: bool,
+}
+
+impl InFlight {
+    fn land(&mut self) -> Object<Sessions> {
+        self.armed = false;
+        self.session.take().expect("lands once")
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            if self.armed {
+                let conn = session.conn.clone();
+                if tokio::runtime::Handle::try_current().is_ok() {
+                    tokio::task::spawn_blocking(move || conn.break_execution());
+                }
+            }
+            discard(session);
+        }
+    }
+}
+
 /// Takes the session out of the pool and closes it off the runtime.
 fn discard(session: Object<Sessions>) {
     let s = Object::take(session);
-    tokio::task::spawn_blocking(move || drop(s));
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn_blocking(move || drop(s));
+        }
+        Err(_) => drop(s),
+    }
 }
 
 impl Source for Oracle {
@@ -199,6 +236,10 @@ impl Source for Oracle {
 
     fn driver(&self) -> Result<String, SourceError> {
         client_status()
+    }
+
+    fn pool(&self) -> PoolStatus {
+        self.pool.status().into()
     }
 
     fn server_info<'a>(

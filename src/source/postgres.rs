@@ -29,7 +29,7 @@ use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::{Client, NoTls, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{Cell, ServerInfo, Source, SourceError, parse_numeric_text};
+use super::{Cell, PoolStatus, ServerInfo, Source, SourceError, parse_numeric_text};
 use crate::config::ConnectionConfig;
 
 /// Server-side backstop for every statement of a session, whatever the trigger's timeout:
@@ -112,22 +112,15 @@ impl Postgres {
         })
     }
 
-    /// Sessions in the pool (open), and callers waiting for one.
-    pub fn pool_status(&self) -> (usize, usize) {
-        let s = self.pool.status();
-        (s.size, s.waiting)
-    }
-
     async fn run(&self, sql: &str, timeout: Duration) -> Result<Cell, SourceError> {
         let started = Instant::now();
         let deadline = started + timeout;
-        let mut session = match tokio::time::timeout_at(deadline, self.pool.get()).await {
+        let session = match tokio::time::timeout_at(deadline, self.pool.get()).await {
             Ok(Ok(s)) => s,
             Ok(Err(managed::PoolError::Backend(e))) => return Err(e),
             Ok(Err(e)) => return Err(SourceError::Connect(format!("postgres pool: {e}"))),
             Err(_) => {
-                let (size, _) = self.pool_status();
-                return Err(if size >= self.pool_size {
+                return Err(if self.pool.status().size >= self.pool_size {
                     SourceError::PoolTimeout {
                         waited: timeout,
                         size: self.pool_size,
@@ -138,9 +131,17 @@ impl Postgres {
             }
         };
         let waited = started.elapsed();
-        let cancel = session.client.cancel_token();
-        match tokio::time::timeout_at(deadline, first_cell(&mut session, sql)).await {
+        let mut flight = InFlight {
+            cancel: Some((session.client.cancel_token(), self.tls.clone())),
+            session: Some(session),
+        };
+        let session = flight
+            .session
+            .as_mut()
+            .expect("session present until landed");
+        match tokio::time::timeout_at(deadline, first_cell(session, sql)).await {
             Ok(result) => {
+                let session = flight.land();
                 if session.client.is_closed() {
                     // The server went away under us: never hand this session out again.
                     let _ = Object::take(session);
@@ -150,17 +151,13 @@ impl Postgres {
             Err(_) => {
                 // Cancel on the server, then drop the session: its connection may still be
                 // busy delivering the cancelled query's error.
-                let sent = tokio::time::timeout(CANCEL_TIMEOUT, async {
-                    match &self.tls {
-                        Tls::Off => cancel.cancel_query(NoTls).await,
-                        Tls::Rustls(tls) => cancel.cancel_query(tls.clone()).await,
-                    }
-                })
-                .await;
+                let (token, tls) = flight.cancel.take().expect("armed");
+                let sent = tokio::time::timeout(CANCEL_TIMEOUT, cancel_query(&token, &tls)).await;
                 if !matches!(sent, Ok(Ok(()))) {
                     tracing::warn!(connection = %self.name, "postgres: cancel request for a timed-out query failed; the session is dropped and statement_timeout backstops it");
                 }
-                let _ = Object::take(session);
+                // Dropping the armed-less guard discards the session.
+                drop(flight);
                 // Say so when most of the budget went to waiting: the pool is the bottleneck.
                 Err(if waited >= timeout / 4 {
                     SourceError::TimeoutAfterWait {
@@ -176,6 +173,46 @@ impl Postgres {
     }
 }
 
+async fn cancel_query(
+    token: &tokio_postgres::CancelToken,
+    tls: &Tls,
+) -> Result<(), tokio_postgres::Error> {
+    match tls {
+        Tls::Off => token.cancel_query(NoTls).await,
+        Tls::Rustls(tls) => token.cancel_query(tls.clone()).await,
+    }
+}
+
+/// A query on its way. If the poll is abandoned before it lands (shutdown, a dropped future)
+/// the query is cancelled on the server and the session discarded, so nothing keeps running.
+struct InFlight {
+    session: Option<Object<Sessions>>,
+    cancel: Option<(tokio_postgres::CancelToken, Tls)>,
+}
+
+impl InFlight {
+    /// The query finished: hand the session back to the caller, nothing to cancel.
+    fn land(&mut self) -> Object<Sessions> {
+        self.cancel = None;
+        self.session.take().expect("lands once")
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            let _ = Object::take(session);
+        }
+        if let Some((token, tls)) = self.cancel.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                let _ = tokio::time::timeout(CANCEL_TIMEOUT, cancel_query(&token, &tls)).await;
+            });
+        }
+    }
+}
+
 impl Source for Postgres {
     fn kind(&self) -> &'static str {
         "postgres"
@@ -183,6 +220,10 @@ impl Source for Postgres {
 
     fn driver(&self) -> Result<String, SourceError> {
         Ok("tokio-postgres (native Rust, no client library)".into())
+    }
+
+    fn pool(&self) -> PoolStatus {
+        self.pool.status().into()
     }
 
     fn server_info<'a>(

@@ -18,7 +18,7 @@ use rusqlite::{Connection, InterruptHandle, OpenFlags};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::{Cell, ServerInfo, Source, SourceError, parse_numeric_text};
+use super::{Cell, PoolStatus, ServerInfo, Source, SourceError, parse_numeric_text};
 use crate::config::SqliteTarget;
 
 /// How long a finished-but-interrupted statement may take to hand its connection back.
@@ -30,6 +30,8 @@ pub struct Sqlite {
     idle: Arc<Mutex<Vec<Connection>>>,
     permits: Arc<Semaphore>,
     max_idle: usize,
+    /// Polls waiting for a permit, for the pool gauges.
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Sqlite {
@@ -39,6 +41,7 @@ impl Sqlite {
             idle: Arc::new(Mutex::new(Vec::new())),
             permits: Arc::new(Semaphore::new(pool_size.max(1))),
             max_idle: pool_size.max(1),
+            waiting: Arc::default(),
         }
     }
 
@@ -66,6 +69,17 @@ impl Source for Sqlite {
         Ok(format!("SQLite {} (bundled)", rusqlite::version()))
     }
 
+    fn pool(&self) -> PoolStatus {
+        use std::sync::atomic::Ordering;
+        let in_use = self.max_idle - self.permits.available_permits().min(self.max_idle);
+        PoolStatus {
+            max: self.max_idle,
+            size: self.idle.lock().expect("idle pool lock").len() + in_use,
+            in_use,
+            waiting: self.waiting.load(Ordering::Relaxed),
+        }
+    }
+
     fn server_info<'a>(
         &'a self,
         timeout: Duration,
@@ -89,8 +103,10 @@ impl Source for Sqlite {
         async move {
             let deadline = Instant::now() + timeout;
             // Waiting for a slot counts against the timeout: a poll never takes longer than it.
-            let permit = tokio::time::timeout_at(deadline, self.permits.clone().acquire_owned())
-                .await
+            let permit = {
+                let _waiting = Counted::new(&self.waiting);
+                tokio::time::timeout_at(deadline, self.permits.clone().acquire_owned()).await
+            }
                 .map_err(|_| SourceError::PoolTimeout { waited: timeout, size: self.max_idle })?
                 .map_err(|_| SourceError::Query("sqlite source is closed".into()))?;
 
@@ -123,17 +139,13 @@ impl Source for Sqlite {
                 })
             };
             tokio::pin!(job);
+            // Abandoned mid-statement (shutdown): stop the statement inside SQLite.
+            let mut flight = InterruptOnDrop(Some(interrupt.clone()));
 
             let outcome = tokio::select! {
                 joined = &mut job => joined,
                 _ = tokio::time::sleep_until(deadline) => {
-                    {
-                        let mut i = interrupt.lock().expect("interrupt lock");
-                        i.cancelled = true;
-                        if let Some(h) = &i.handle {
-                            h.interrupt();
-                        }
-                    }
+                    flight.fire();
                     // The interrupted statement returns at its next VM step; take the
                     // connection back if it does so promptly, else leave it to finish alone.
                     if let Ok(Ok(Ok((conn, _)))) = tokio::time::timeout(INTERRUPT_GRACE, &mut job).await {
@@ -142,6 +154,7 @@ impl Source for Sqlite {
                     return Err(SourceError::Timeout(timeout));
                 }
             };
+            flight.0 = None;
             let (conn, result) = match outcome {
                 Ok(Ok(pair)) => pair,
                 Ok(Err(e)) => return Err(e),
@@ -151,6 +164,43 @@ impl Source for Sqlite {
             result
         }
         .boxed()
+    }
+}
+
+/// Counts a waiter while alive.
+struct Counted<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(n: &'a std::sync::atomic::AtomicUsize) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Counted(n)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Interrupts the running statement when dropped (or fired) while still armed.
+struct InterruptOnDrop(Option<Arc<Mutex<Interrupt>>>);
+
+impl InterruptOnDrop {
+    fn fire(&mut self) {
+        if let Some(shared) = self.0.take() {
+            let mut i = shared.lock().expect("interrupt lock");
+            i.cancelled = true;
+            if let Some(h) = &i.handle {
+                h.interrupt();
+            }
+        }
+    }
+}
+
+impl Drop for InterruptOnDrop {
+    fn drop(&mut self) {
+        self.fire();
     }
 }
 
@@ -310,6 +360,26 @@ mod tests {
             Cell::Number(42.0)
         );
         assert!(started.elapsed() < Duration::from_secs(30));
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_query_is_interrupted() {
+        let src = Sqlite::new("m", SqliteTarget::Memory, 1);
+        let slow = "with recursive c(x) as (select 1 union all select x + 1 from c) select count(*) from c";
+        // The poll is dropped mid-statement (as at shutdown), long before its own timeout.
+        let abandoned = tokio::time::timeout(
+            Duration::from_millis(200),
+            src.query(slow, Duration::from_secs(600)),
+        )
+        .await;
+        assert!(abandoned.is_err());
+        // The single slot frees up: the statement stopped instead of running for minutes.
+        assert_eq!(
+            src.query("select 7", Duration::from_secs(10))
+                .await
+                .unwrap(),
+            Cell::Number(7.0)
+        );
     }
 
     #[tokio::test]

@@ -13,9 +13,13 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// Renders the families computed from live state at scrape time.
+pub type StateRenderer = Arc<dyn Fn() -> String + Send + Sync>;
+
 #[derive(Clone)]
 struct Admin {
     metrics: PrometheusHandle,
+    state: StateRenderer,
     ready: Arc<AtomicBool>,
 }
 
@@ -23,6 +27,7 @@ struct Admin {
 pub async fn serve(
     listener: TcpListener,
     metrics: PrometheusHandle,
+    state: StateRenderer,
     ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
@@ -30,7 +35,11 @@ pub async fn serve(
         .route("/metrics", get(render))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(Admin { metrics, ready });
+        .with_state(Admin {
+            metrics,
+            state,
+            ready,
+        });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
@@ -39,7 +48,11 @@ pub async fn serve(
 async fn render(State(admin): State<Admin>) -> ([(&'static str, &'static str); 1], String) {
     (
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-        admin.metrics.render(),
+        {
+            let mut text = admin.metrics.render();
+            text.push_str(&(admin.state)());
+            text
+        },
     )
 }
 

@@ -14,11 +14,53 @@ pub const POLLERS: &str = "orascale_pollers";
 pub const STREAMS: &str = "orascale_streams";
 pub const STREAM_MESSAGES: &str = "orascale_stream_messages_total";
 pub const GRPC_REQUESTS: &str = "orascale_grpc_requests_total";
+pub const GRPC_DURATION: &str = "orascale_grpc_request_duration_seconds";
+pub const SAMPLE_AGE: &str = "orascale_sample_age_seconds";
 pub const BUILD_INFO: &str = "orascale_build_info";
+// Rendered at scrape time from the registry and the pools (see `render_state`).
+pub const LAST_SUCCESS: &str = "orascale_last_success_timestamp_seconds";
+pub const POLLER_SAMPLE_AGE: &str = "orascale_poller_sample_age_seconds";
+pub const POLLER_FAILURES: &str = "orascale_poller_consecutive_failures";
+pub const POLLER_STREAMS: &str = "orascale_poller_streams";
+pub const POOL_MAX: &str = "orascale_pool_max_sessions";
+pub const POOL_SIZE: &str = "orascale_pool_sessions";
+pub const POOL_IN_USE: &str = "orascale_pool_sessions_in_use";
+pub const POOL_WAITING: &str = "orascale_pool_waiting";
+
+/// Every metric family orascale exports (for tests and the monitoring files' validation).
+pub const ALL: &[&str] = &[
+    POLL_DURATION,
+    POLLS,
+    POLLERS,
+    STREAMS,
+    STREAM_MESSAGES,
+    GRPC_REQUESTS,
+    GRPC_DURATION,
+    SAMPLE_AGE,
+    BUILD_INFO,
+    LAST_SUCCESS,
+    POLLER_SAMPLE_AGE,
+    POLLER_FAILURES,
+    POLLER_STREAMS,
+    POOL_MAX,
+    POOL_SIZE,
+    POOL_IN_USE,
+    POOL_WAITING,
+];
 
 /// Database round-trips: 1 ms … 30 s.
 const POLL_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// gRPC handling time: 100 µs … 3 s (KEDA's deadline).
+const GRPC_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0,
+];
+
+/// Age of the value behind an answer: 100 ms … 10 min.
+const AGE_BUCKETS: &[f64] = &[
+    0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -29,6 +71,12 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(POLL_DURATION.into()), POLL_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(GRPC_DURATION.into()), GRPC_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(SAMPLE_AGE.into()), AGE_BUCKETS)
+                })
                 .expect("static buckets are valid")
                 .build_recorder();
             let handle = recorder.handle();
@@ -94,8 +142,109 @@ pub fn stream_message() {
     counter!(STREAM_MESSAGES).increment(1);
 }
 
-pub fn grpc_request(method: &'static str, code: tonic::Code) {
-    counter!(GRPC_REQUESTS, "method" => method, "code" => code_label(code)).increment(1);
+pub fn grpc_request(method: &'static str, code: tonic::Code, elapsed: Duration) {
+    let code = code_label(code);
+    counter!(GRPC_REQUESTS, "method" => method, "code" => code).increment(1);
+    histogram!(GRPC_DURATION, "method" => method, "code" => code).record(elapsed.as_secs_f64());
+}
+
+pub fn sample_age(connection: &str, method: &'static str, age: Duration) {
+    histogram!(SAMPLE_AGE, "connection" => connection.to_string(), "method" => method)
+        .record(age.as_secs_f64());
+}
+
+/// The per-poller and per-pool families, written at scrape time from live state so that an
+/// evicted poller's series disappear with it. One series per poller: bounded by the number of
+/// pollers (distinct triggers), labelled with the ScaledObject that created the poller.
+pub fn render_state(
+    pollers: &[crate::engine::PollerStatus],
+    pools: &[(String, crate::source::PoolStatus)],
+) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let mut family = |name: &str, help: &str, lines: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (labels, v) in lines {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+        out.push('\n');
+    };
+    let poller_labels = |p: &crate::engine::PollerStatus| {
+        format!(
+            "connection=\"{}\",namespace=\"{}\",scaledobject=\"{}\",metric=\"{}\"",
+            escape(&p.connection),
+            escape(&p.namespace),
+            escape(&p.scaledobject),
+            escape(&p.metric)
+        )
+    };
+    family(
+        LAST_SUCCESS,
+        "Unix time of each poller's last successful poll (absent until one succeeds).",
+        pollers
+            .iter()
+            .filter_map(|p| p.last_success_unix.map(|t| (poller_labels(p), t)))
+            .collect(),
+    );
+    family(
+        POLLER_SAMPLE_AGE,
+        "Age of each poller's last good value, in seconds.",
+        pollers
+            .iter()
+            .filter_map(|p| p.sample_age.map(|a| (poller_labels(p), a.as_secs_f64())))
+            .collect(),
+    );
+    family(
+        POLLER_FAILURES,
+        "Consecutive failed polls of each poller (0 when the latest poll succeeded).",
+        pollers
+            .iter()
+            .map(|p| (poller_labels(p), p.consecutive_failures as f64))
+            .collect(),
+    );
+    family(
+        POLLER_STREAMS,
+        "Open StreamIsActive streams on each poller.",
+        pollers
+            .iter()
+            .map(|p| (poller_labels(p), p.streams as f64))
+            .collect(),
+    );
+    let pool = |f: fn(&crate::source::PoolStatus) -> usize| {
+        pools
+            .iter()
+            .map(|(c, s)| (format!("connection=\"{}\"", escape(c)), f(s) as f64))
+            .collect::<Vec<_>>()
+    };
+    family(
+        POOL_MAX,
+        "Most database sessions (concurrent queries) a connection may use.",
+        pool(|s| s.max),
+    );
+    family(
+        POOL_SIZE,
+        "Database sessions open now, per connection.",
+        pool(|s| s.size),
+    );
+    family(
+        POOL_IN_USE,
+        "Database sessions running a query now, per connection.",
+        pool(|s| s.in_use),
+    );
+    family(
+        POOL_WAITING,
+        "Polls waiting for a free database session, per connection.",
+        pool(|s| s.waiting),
+    );
+    out
+}
+
+/// Prometheus label-value escaping.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn code_label(code: tonic::Code) -> &'static str {

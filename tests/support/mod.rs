@@ -303,6 +303,18 @@ impl Binary {
         None
     }
 
+    /// Waits up to `limit` for a log line containing `fragment`; returns the whole log.
+    pub fn wait_log(&self, fragment: &str, limit: Duration) -> String {
+        let started = std::time::Instant::now();
+        loop {
+            let log = self.log_text();
+            if log.contains(fragment) || started.elapsed() > limit {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
