@@ -1,4 +1,4 @@
-//! 7. Soak: 200 pollers at 1 s for 2 minutes against a real PostgreSQL server that is stopped
+//! Fault test 7, the soak: 200 pollers at 1 s for 2 minutes against a real PostgreSQL server that is stopped
 //! and started twice. In a test binary of its own, so the process-wide counts it compares
 //! (tasks, file descriptors, memory) are not disturbed by other tests running beside it.
 
