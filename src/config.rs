@@ -919,6 +919,15 @@ mod tests {
             .resolve_with(FileConfig::default())
             .unwrap_err();
         assert!(!err.to_string().contains(secret), "{err}");
+        let config = args(&[
+            &format!("pg=postgres://app:{secret}@h/db"),
+            &format!("ora=oracle://app:{secret}@h:1521/S"),
+        ])
+        .resolve_with(FileConfig::default())
+        .unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains(secret), "{debug}");
+        assert!(debug.contains("app:***@h"), "{debug}");
         assert_eq!(
             redact_url("postgres://app:pw@h/db?x=1"),
             "postgres://app:***@h/db?x=1"

@@ -109,10 +109,24 @@ fn describe() {
         GRPC_REQUESTS,
         "gRPC requests answered, by method and status code."
     );
+    describe_histogram!(
+        GRPC_DURATION,
+        metrics::Unit::Seconds,
+        "Time to answer a gRPC request (for StreamIsActive: to open it), by method and status code."
+    );
+    describe_histogram!(
+        SAMPLE_AGE,
+        metrics::Unit::Seconds,
+        "Age of the value behind each GetMetrics/IsActive answer, by connection and method."
+    );
     describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label says which build runs."
     );
+    // Unlabelled families exist from the start, at 0, so dashboards and alerts see them.
+    gauge!(POLLERS).increment(0.0);
+    gauge!(STREAMS).increment(0.0);
+    counter!(STREAM_MESSAGES).increment(0);
 }
 
 pub fn record_poll(connection: &str, result: &'static str, ok: bool, elapsed: Duration) {

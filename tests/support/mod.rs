@@ -266,7 +266,12 @@ impl Binary {
                 panic!("orascale did not become ready: {:?}", log.lock().unwrap());
             }
         };
+        // Text (`grpc=ADDR`) or JSON (`"grpc":"ADDR"`) log lines.
         let field = |name: &str| -> SocketAddr {
+            if ready.trim_start().starts_with('{') {
+                let v: serde_json::Value = serde_json::from_str(&ready).unwrap();
+                return v[name].as_str().unwrap().parse().unwrap();
+            }
             let start = ready.find(&format!("{name}=")).unwrap() + name.len() + 1;
             ready[start..]
                 .split_whitespace()
