@@ -33,26 +33,25 @@ fn balanced(expr: &str) -> bool {
     let mut stack = Vec::new();
     let mut in_string = false;
     for c in expr.chars() {
-        match c {
-            '"' => in_string = !in_string,
-            _ if in_string => {}
-            '(' | '[' | '{' => stack.push(c),
-            ')' => {
-                if stack.pop() != Some('(') {
-                    return false;
-                }
+        if c == '"' {
+            in_string = !in_string;
+            continue;
+        }
+        if in_string {
+            continue;
+        }
+        let open = match c {
+            '(' | '[' | '{' => {
+                stack.push(c);
+                continue;
             }
-            ']' => {
-                if stack.pop() != Some('[') {
-                    return false;
-                }
-            }
-            '}' => {
-                if stack.pop() != Some('{') {
-                    return false;
-                }
-            }
-            _ => {}
+            ')' => '(',
+            ']' => '[',
+            '}' => '{',
+            _ => continue,
+        };
+        if stack.pop() != Some(open) {
+            return false;
         }
     }
     stack.is_empty() && !in_string
