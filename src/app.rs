@@ -154,7 +154,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown.clone(),
         tracker.clone(),
     );
-    let scaler = Scaler::new(registry.clone(), shutdown.clone());
+    let scaler = Scaler::new(
+        registry.clone(),
+        config.connections.clone(),
+        shutdown.clone(),
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for service in ["", "liveness", "readiness", "externalscaler.ExternalScaler"] {

@@ -27,6 +27,14 @@ pub mod defaults {
     pub const POOL_SIZE: usize = 4;
     pub const MAX_CONCURRENT_STREAMS: u32 = 100_000;
     pub const SHUTDOWN_DELAY: Duration = Duration::ZERO;
+    pub const MAX_POLLERS: usize = 10_000;
+    pub const MAX_POLLERS_PER_NAMESPACE: usize = 1_000;
+    pub const MAX_STREAMS: usize = 50_000;
+    pub const MAX_QUERY_LENGTH: usize = 8 * 1024;
+    pub const MAX_METADATA_ENTRIES: usize = 32;
+    pub const MAX_METADATA_KEY_LENGTH: usize = 128;
+    pub const MAX_METADATA_VALUE_LENGTH: usize = 16 * 1024;
+    pub const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
     pub const DEMO_DB: &str = "orascale-demo.db";
 }
 
@@ -141,6 +149,22 @@ pub struct ServeArgs {
     #[arg(long, env = "ORASCALE_SHUTDOWN_DELAY", value_name = "DURATION", value_parser = parse_duration_arg)]
     pub shutdown_delay: Option<Duration>,
 
+    /// Most pollers (distinct triggers) in total; past it new triggers get RESOURCE_EXHAUSTED [default: 10000]
+    #[arg(long, env = "ORASCALE_MAX_POLLERS", value_name = "N")]
+    pub max_pollers: Option<usize>,
+
+    /// Most pollers created by ScaledObjects of one namespace [default: 1000]
+    #[arg(long, env = "ORASCALE_MAX_POLLERS_PER_NAMESPACE", value_name = "N")]
+    pub max_pollers_per_namespace: Option<usize>,
+
+    /// Most open StreamIsActive streams [default: 50000]
+    #[arg(long, env = "ORASCALE_MAX_STREAMS", value_name = "N")]
+    pub max_streams: Option<usize>,
+
+    /// Longest `query`, in bytes [default: 8192]
+    #[arg(long, env = "ORASCALE_MAX_QUERY_LENGTH", value_name = "BYTES")]
+    pub max_query_length: Option<usize>,
+
     /// Log format [default: text]
     #[arg(long, env = "ORASCALE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -236,6 +260,33 @@ pub struct EngineConfig {
     pub max_concurrent_streams: u32,
     /// Between readiness going NOT_SERVING and the servers stopping, on SIGTERM.
     pub shutdown_delay: Duration,
+    pub limits: Limits,
+}
+
+/// Bounds on what ScaledObjects can make the server hold; each is an error past its value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub max_pollers: usize,
+    pub max_pollers_per_namespace: usize,
+    pub max_streams: usize,
+    pub max_query_length: usize,
+    pub max_metadata_entries: usize,
+    pub max_metadata_key_length: usize,
+    pub max_metadata_value_length: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_pollers: defaults::MAX_POLLERS,
+            max_pollers_per_namespace: defaults::MAX_POLLERS_PER_NAMESPACE,
+            max_streams: defaults::MAX_STREAMS,
+            max_query_length: defaults::MAX_QUERY_LENGTH,
+            max_metadata_entries: defaults::MAX_METADATA_ENTRIES,
+            max_metadata_key_length: defaults::MAX_METADATA_KEY_LENGTH,
+            max_metadata_value_length: defaults::MAX_METADATA_VALUE_LENGTH,
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -250,6 +301,7 @@ impl Default for EngineConfig {
             first_result_wait: defaults::FIRST_RESULT_WAIT,
             max_concurrent_streams: defaults::MAX_CONCURRENT_STREAMS,
             shutdown_delay: defaults::SHUTDOWN_DELAY,
+            limits: Limits::default(),
         }
     }
 }
@@ -265,6 +317,15 @@ pub struct ConnectionConfig {
     pub password_file: Option<PathBuf>,
     /// PEM file of extra CA certificates to trust for TLS to the database.
     pub ca_file: Option<PathBuf>,
+    /// Namespaces whose ScaledObjects may use this connection (`None`: all). An entry ending in
+    /// `*` is a prefix.
+    pub namespaces: Option<Vec<String>>,
+    /// Overrides the server's minimum `pollInterval` for this connection.
+    pub min_poll_interval: Option<Duration>,
+    /// The largest `queryTimeout` a trigger may ask for on this connection.
+    pub max_query_timeout: Option<Duration>,
+    /// Oracle: allow `table@dblink` in queries.
+    pub allow_dblinks: bool,
 }
 
 impl ConnectionConfig {
@@ -276,6 +337,21 @@ impl ConnectionConfig {
             pool_size: defaults::POOL_SIZE,
             password_file: None,
             ca_file: None,
+            namespaces: None,
+            min_poll_interval: None,
+            max_query_timeout: None,
+            allow_dblinks: false,
+        }
+    }
+
+    /// Whether ScaledObjects of `namespace` may use this connection.
+    pub fn allows_namespace(&self, namespace: &str) -> bool {
+        match &self.namespaces {
+            None => true,
+            Some(list) => list.iter().any(|n| match n.strip_suffix('*') {
+                Some(prefix) => namespace.starts_with(prefix),
+                None => n == namespace,
+            }),
         }
     }
 
@@ -410,6 +486,13 @@ struct FileConfig {
     stream_resend_interval: Option<String>,
     stale_after_polls: Option<u32>,
     shutdown_delay: Option<String>,
+    max_pollers: Option<usize>,
+    max_pollers_per_namespace: Option<usize>,
+    max_streams: Option<usize>,
+    max_query_length: Option<usize>,
+    max_metadata_entries: Option<usize>,
+    max_metadata_key_length: Option<usize>,
+    max_metadata_value_length: Option<usize>,
     log_format: Option<LogFormat>,
     #[serde(default)]
     connections: BTreeMap<String, FileConnection>,
@@ -427,6 +510,10 @@ struct FileConnection {
     pool_size: Option<usize>,
     password_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
+    namespaces: Option<Vec<String>>,
+    min_poll_interval: Option<String>,
+    max_query_timeout: Option<String>,
+    allow_dblinks: Option<bool>,
 }
 
 impl ServeArgs {
@@ -504,6 +591,33 @@ impl ServeArgs {
                 .stale_after_polls
                 .or(file.stale_after_polls)
                 .unwrap_or(defaults::STALE_AFTER_POLLS),
+            limits: Limits {
+                max_pollers: self
+                    .max_pollers
+                    .or(file.max_pollers)
+                    .unwrap_or(defaults::MAX_POLLERS),
+                max_pollers_per_namespace: self
+                    .max_pollers_per_namespace
+                    .or(file.max_pollers_per_namespace)
+                    .unwrap_or(defaults::MAX_POLLERS_PER_NAMESPACE),
+                max_streams: self
+                    .max_streams
+                    .or(file.max_streams)
+                    .unwrap_or(defaults::MAX_STREAMS),
+                max_query_length: self
+                    .max_query_length
+                    .or(file.max_query_length)
+                    .unwrap_or(defaults::MAX_QUERY_LENGTH),
+                max_metadata_entries: file
+                    .max_metadata_entries
+                    .unwrap_or(defaults::MAX_METADATA_ENTRIES),
+                max_metadata_key_length: file
+                    .max_metadata_key_length
+                    .unwrap_or(defaults::MAX_METADATA_KEY_LENGTH),
+                max_metadata_value_length: file
+                    .max_metadata_value_length
+                    .unwrap_or(defaults::MAX_METADATA_VALUE_LENGTH),
+            },
             ..EngineConfig::default()
         };
         validate_engine(&engine)?;
@@ -520,12 +634,39 @@ impl ServeArgs {
                     "value 0 must be at least 1",
                 ));
             }
+            let per_conn = |value: &Option<String>, field: &str| {
+                value
+                    .as_deref()
+                    .map(|v| {
+                        parse_duration(v).map_err(|e| {
+                            invalid(
+                                format!("{key}.{field}"),
+                                format!("value {v:?} is not a duration: {e}"),
+                            )
+                        })
+                    })
+                    .transpose()
+            };
+            let min_poll_interval = per_conn(&conn.min_poll_interval, "min_poll_interval")?;
+            let max_query_timeout = per_conn(&conn.max_query_timeout, "max_query_timeout")?;
+            if let Some(list) = &conn.namespaces
+                && list.iter().any(|n| n.trim().is_empty())
+            {
+                return Err(invalid(
+                    format!("{key}.namespaces"),
+                    "contains an empty name",
+                ));
+            }
             connections.insert(
                 name.clone(),
                 ConnectionConfig {
                     pool_size,
                     password_file: conn.password_file.clone(),
                     ca_file: conn.ca_file.clone(),
+                    namespaces: conn.namespaces.clone(),
+                    min_poll_interval,
+                    max_query_timeout,
+                    allow_dblinks: conn.allow_dblinks.unwrap_or(false),
                     ..ConnectionConfig::new(name.clone(), url)
                 },
             );
@@ -653,6 +794,20 @@ fn validate_engine(e: &EngineConfig) -> Result<(), ConfigError> {
     }
     if e.stale_after_polls == 0 {
         return Err(invalid("stale_after_polls", "value 0 must be at least 1"));
+    }
+    let l = &e.limits;
+    for (key, v) in [
+        ("max_pollers", l.max_pollers),
+        ("max_pollers_per_namespace", l.max_pollers_per_namespace),
+        ("max_streams", l.max_streams),
+        ("max_query_length", l.max_query_length),
+        ("max_metadata_entries", l.max_metadata_entries),
+        ("max_metadata_key_length", l.max_metadata_key_length),
+        ("max_metadata_value_length", l.max_metadata_value_length),
+    ] {
+        if v == 0 {
+            return Err(invalid(key, "value 0 must be at least 1"));
+        }
     }
     Ok(())
 }

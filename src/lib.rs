@@ -4,6 +4,7 @@
 //! - [`config`]: process configuration from flags, environment and a TOML file; typed, no I/O
 //!   beyond reading that file.
 //! - [`metadata`]: a trigger's `scalerMetadata` map → a typed [`metadata::ScalerSpec`]; pure.
+//! - [`guard`]: the SQL guard on every trigger's `query`; pure.
 //! - [`source`]: the one small trait every database sits behind, and its SQLite implementation.
 //! - [`engine`]: the [`engine::Registry`] of pollers (one per distinct trigger), the poller task and
 //!   the cached [`engine::Sample`] each poller publishes into a `tokio::sync::watch` channel.
@@ -32,6 +33,7 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod grpc;
+pub mod guard;
 pub mod metadata;
 pub mod probe;
 pub mod source;

@@ -7,8 +7,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::config::{EngineConfig, parse_duration};
+use std::collections::BTreeMap;
+
+use crate::config::{ConnectionConfig, ConnectionUrl, EngineConfig, parse_duration};
 use crate::engine::PollerKey;
+use crate::guard::{self, Dialect};
 
 pub const QUERY: &str = "query";
 pub const TARGET_QUERY_VALUE: &str = "targetQueryValue";
@@ -115,6 +118,19 @@ pub enum MetadataError {
     ConnectionRequired { known: Vec<String> },
     #[error("this server has no connections configured: start it with --connection NAME=URL")]
     NoConnections,
+    #[error("connection {connection:?} may not be used from namespace {namespace:?}")]
+    Forbidden {
+        connection: String,
+        namespace: String,
+    },
+    #[error("metadata {what} (limit {limit})")]
+    TooLarge { what: String, limit: usize },
+    #[error("metadata key \"query\" is rejected by the SQL guard: {0}")]
+    Guard(#[from] guard::Rejection),
+    #[error(
+        "metadata key {key:?}: credentials in metadata are disabled on this server (it needs --allow-metadata-credentials and TLS); use \"connection\" with a server-side connection"
+    )]
+    CredentialsDisabled { key: &'static str },
 }
 
 fn list(names: &[String]) -> String {
@@ -142,17 +158,63 @@ fn invalid(key: &'static str, value: &str, reason: impl Into<String>) -> Metadat
     }
 }
 
-/// What the parser needs from the server: its connections and engine defaults.
+/// Per-ScaledObject credentials (KEDA resolves `…FromEnv` keys and sends the value under the
+/// same key): accepted only with `--allow-metadata-credentials`.
+const CREDENTIAL_KEYS: &[&str] = &["connectionFromEnv", "userFromEnv", "passwordFromEnv"];
+
+/// What the parser needs from the server: its connections (with their policies), engine
+/// defaults and limits.
 #[derive(Debug, Clone)]
 pub struct Context {
-    /// Sorted connection names.
-    pub connections: Vec<String>,
+    pub connections: BTreeMap<String, ConnectionConfig>,
     pub engine: EngineConfig,
 }
 
-/// Parses one trigger's metadata.
-pub fn parse(meta: &HashMap<String, String>, ctx: &Context) -> Result<ScalerSpec, MetadataError> {
+impl Context {
+    fn names(&self) -> Vec<String> {
+        self.connections.keys().cloned().collect()
+    }
+}
+
+fn dialect(url: &ConnectionUrl) -> Dialect {
+    match url {
+        ConnectionUrl::Oracle { .. } => Dialect::Oracle,
+        ConnectionUrl::Postgres { .. } => Dialect::Postgres,
+        ConnectionUrl::Sqlite(_) => Dialect::Sqlite,
+    }
+}
+
+/// Parses one trigger's metadata, sent for a ScaledObject in `namespace`.
+pub fn parse(
+    meta: &HashMap<String, String>,
+    namespace: &str,
+    ctx: &Context,
+) -> Result<ScalerSpec, MetadataError> {
+    let limits = &ctx.engine.limits;
+    if meta.len() > limits.max_metadata_entries {
+        return Err(MetadataError::TooLarge {
+            what: format!("has {} entries", meta.len()),
+            limit: limits.max_metadata_entries,
+        });
+    }
+    for (k, v) in meta {
+        if k.len() > limits.max_metadata_key_length {
+            return Err(MetadataError::TooLarge {
+                what: format!("key {:?} is {} bytes long", quote(k), k.len()),
+                limit: limits.max_metadata_key_length,
+            });
+        }
+        if v.len() > limits.max_metadata_value_length {
+            return Err(MetadataError::TooLarge {
+                what: format!("value of key {:?} is {} bytes long", quote(k), v.len()),
+                limit: limits.max_metadata_value_length,
+            });
+        }
+    }
     // Report unknown keys first, in a stable order, so the answer does not depend on map order.
+    if let Some(key) = CREDENTIAL_KEYS.iter().find(|k| meta.contains_key(**k)) {
+        return Err(MetadataError::CredentialsDisabled { key });
+    }
     let mut unknown: Vec<&String> = meta
         .keys()
         .filter(|k| !KEYS.contains(&k.as_str()) && !KEDA_KEYS.contains(&k.as_str()))
@@ -174,7 +236,13 @@ pub fn parse(meta: &HashMap<String, String>, ctx: &Context) -> Result<ScalerSpec
                 what: "one SELECT whose first column of the first row is the metric",
             });
         }
-        Some(q) => parse_query(q)?,
+        Some(q) if q.len() > limits.max_query_length => {
+            return Err(MetadataError::TooLarge {
+                what: format!("key \"query\" is {} bytes long", q.len()),
+                limit: limits.max_query_length,
+            });
+        }
+        Some(q) => q,
     };
 
     let target = match get(TARGET_QUERY_VALUE) {
@@ -204,15 +272,15 @@ pub fn parse(meta: &HashMap<String, String>, ctx: &Context) -> Result<ScalerSpec
 
     let connection = match get(CONNECTION) {
         Some(name) if !name.is_empty() => {
-            if !ctx.connections.iter().any(|c| c == name) {
+            if !ctx.connections.contains_key(name) {
                 return Err(MetadataError::UnknownConnection {
                     name: quote(name),
-                    known: ctx.connections.clone(),
+                    known: ctx.names(),
                 });
             }
             name.to_string()
         }
-        _ => match ctx.connections.as_slice() {
+        _ => match ctx.names().as_slice() {
             [only] => only.clone(),
             [] => return Err(MetadataError::NoConnections),
             many => {
@@ -222,25 +290,38 @@ pub fn parse(meta: &HashMap<String, String>, ctx: &Context) -> Result<ScalerSpec
             }
         },
     };
+    let conn = &ctx.connections[&connection];
+    if !conn.allows_namespace(namespace) {
+        return Err(MetadataError::Forbidden {
+            connection,
+            namespace: quote(namespace),
+        });
+    }
+    let query = guard::check(query, dialect(&conn.url), conn.allow_dblinks)?;
+    let min_poll_interval = conn
+        .min_poll_interval
+        .unwrap_or(ctx.engine.min_poll_interval);
 
     let poll_interval = match get(POLL_INTERVAL) {
         None | Some("") => ctx.engine.default_poll_interval,
         Some(v) => {
             let d = parse_duration(v)
                 .map_err(|e| invalid(POLL_INTERVAL, v, format!("is not a duration: {e}")))?;
-            if d < ctx.engine.min_poll_interval {
+            if d < min_poll_interval {
                 return Err(invalid(
                     POLL_INTERVAL,
                     v,
                     format!(
                         "is below the server minimum poll interval {}",
-                        humantime::format_duration(ctx.engine.min_poll_interval)
+                        humantime::format_duration(min_poll_interval)
                     ),
                 ));
             }
             d
         }
     };
+    // The server default may itself be below a connection's minimum.
+    let poll_interval = poll_interval.max(min_poll_interval);
 
     let query_timeout = match get(QUERY_TIMEOUT) {
         None | Some("") => ctx.engine.default_query_timeout,
@@ -250,9 +331,24 @@ pub fn parse(meta: &HashMap<String, String>, ctx: &Context) -> Result<ScalerSpec
             if d < Duration::from_millis(1) {
                 return Err(invalid(QUERY_TIMEOUT, v, "must be at least 1ms"));
             }
+            if let Some(max) = conn.max_query_timeout
+                && d > max
+            {
+                return Err(invalid(
+                    QUERY_TIMEOUT,
+                    v,
+                    format!(
+                        "is above the maximum query timeout {} of connection {connection:?}",
+                        humantime::format_duration(max)
+                    ),
+                ));
+            }
             d
         }
     };
+    let query_timeout = conn
+        .max_query_timeout
+        .map_or(query_timeout, |max| query_timeout.min(max));
 
     let ignore_nulls = match get(IGNORE_NULL_VALUES) {
         None | Some("") => false,
@@ -284,26 +380,6 @@ pub fn parse(meta: &HashMap<String, String>, ctx: &Context) -> Result<ScalerSpec
         activation,
         metric_name,
     })
-}
-
-/// A first, cheap check that the query is a single SELECT; the database enforces the rest
-/// (sources open read-only sessions).
-fn parse_query(q: &str) -> Result<String, MetadataError> {
-    // Oracle rejects a trailing `;`, so strip exactly one.
-    let q = q.strip_suffix(';').unwrap_or(q).trim_end();
-    let first_word: String = q
-        .trim_start_matches(|c: char| c.is_whitespace() || c == '(')
-        .chars()
-        .take_while(|c| c.is_ascii_alphabetic())
-        .collect();
-    if !(first_word.eq_ignore_ascii_case("select") || first_word.eq_ignore_ascii_case("with")) {
-        return Err(invalid(
-            QUERY,
-            q,
-            "must be a single SELECT (or WITH … SELECT) statement",
-        ));
-    }
-    Ok(q.to_string())
 }
 
 fn parse_number(key: &'static str, v: &str) -> Result<f64, MetadataError> {
@@ -413,9 +489,19 @@ mod tests {
 
     fn ctx(conns: &[&str]) -> Context {
         Context {
-            connections: conns.iter().map(|s| s.to_string()).collect(),
+            connections: conns
+                .iter()
+                .map(|s| {
+                    let url = crate::config::parse_url("sqlite::memory:").unwrap();
+                    (s.to_string(), ConnectionConfig::new(*s, url))
+                })
+                .collect(),
             engine: EngineConfig::default(),
         }
+    }
+
+    fn parse(meta: &HashMap<String, String>, ctx: &Context) -> Result<ScalerSpec, MetadataError> {
+        super::parse(meta, "ns", ctx)
     }
 
     fn meta(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -486,11 +572,19 @@ mod tests {
             (&[Q], &["\"targetQueryValue\" is required"]),
             (
                 &[("query", "delete from jobs"), T],
-                &["\"query\"", "delete from jobs", "SELECT"],
+                &["\"query\"", "SQL guard", "starts with DELETE"],
             ),
             (
                 &[("query", "update jobs set x=1"), T],
                 &["\"query\"", "SELECT"],
+            ),
+            (
+                &[("query", "select 1; delete from jobs"), T],
+                &["\"query\"", "exactly one statement"],
+            ),
+            (
+                &[("query", "select 1"), T, ("passwordFromEnv", "hunter2")],
+                &["\"passwordFromEnv\"", "--allow-metadata-credentials"],
             ),
             (
                 &[Q, ("targetQueryValue", "abc")],
@@ -579,6 +673,75 @@ mod tests {
                 "unknown values are not echoed: {err}"
             );
         }
+    }
+
+    #[test]
+    fn connection_policies() {
+        let mut c = ctx(&["a"]);
+        let a = c.connections.get_mut("a").unwrap();
+        a.namespaces = Some(vec!["team-*".into(), "ops".into()]);
+        a.min_poll_interval = Some(Duration::from_secs(30));
+        a.max_query_timeout = Some(Duration::from_secs(2));
+        for ns in ["team-a", "team-", "ops"] {
+            let spec = super::parse(&meta(&[Q, T]), ns, &c).unwrap();
+            // The server default (10s) is raised to the connection's minimum.
+            assert_eq!(spec.poller.poll_interval, Duration::from_secs(30));
+            // The default timeout (5s) is capped at the connection's maximum.
+            assert_eq!(spec.poller.query_timeout, Duration::from_secs(2));
+        }
+        for ns in ["ops2", "team", "default", ""] {
+            let e = super::parse(&meta(&[Q, T]), ns, &c).unwrap_err();
+            assert!(matches!(e, MetadataError::Forbidden { .. }), "{ns}: {e}");
+            assert_eq!(
+                e.to_string(),
+                format!("connection \"a\" may not be used from namespace {ns:?}")
+            );
+        }
+        let e = super::parse(&meta(&[Q, T, ("pollInterval", "10s")]), "ops", &c).unwrap_err();
+        assert!(e.to_string().contains("minimum poll interval 30s"), "{e}");
+        let e = super::parse(&meta(&[Q, T, ("queryTimeout", "3s")]), "ops", &c).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("maximum query timeout 2s of connection \"a\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn limits_on_size() {
+        let c = ctx(&["db"]);
+        let many: Vec<(String, String)> = (0..40)
+            .map(|i| (format!("k{i}"), "v".to_string()))
+            .collect();
+        let many: HashMap<String, String> = many.into_iter().collect();
+        assert!(
+            parse(&many, &c)
+                .unwrap_err()
+                .to_string()
+                .contains("has 40 entries (limit 32)")
+        );
+        let long_query = format!("select {}1", "1 + ".repeat(3000));
+        let e = parse(&meta(&[("query", &long_query), T]), &c).unwrap_err();
+        assert!(e.to_string().contains("(limit 8192)"), "{e}");
+        let long_key = "k".repeat(200);
+        let e = parse(&meta(&[Q, T, (&long_key, "v")]), &c).unwrap_err();
+        assert!(e.to_string().contains("(limit 128)"), "{e}");
+        let long_value = "v".repeat(20_000);
+        let e = parse(&meta(&[Q, T, ("scalerAddress", &long_value)]), &c).unwrap_err();
+        assert!(e.to_string().contains("(limit 16384)"), "{e}");
+        assert!(e.to_string().len() < 400);
+    }
+
+    #[test]
+    fn dialect_follows_the_connection() {
+        let mut c = ctx(&["ora"]);
+        c.connections.get_mut("ora").unwrap().url =
+            crate::config::parse_url("oracle://u@h:1521/S").unwrap();
+        let q = ("query", "select count(*) from jobs@remote");
+        let e = parse(&meta(&[q, T]), &c).unwrap_err();
+        assert!(e.to_string().contains("database links"), "{e}");
+        c.connections.get_mut("ora").unwrap().allow_dblinks = true;
+        assert!(parse(&meta(&[q, T]), &c).is_ok());
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub enum EngineError {
     /// The database failed (or has not answered yet); carries its message.
     #[error("{0}")]
     Unavailable(String),
+    /// A limit on pollers or streams was reached.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The server is shutting down.
     #[error("orascale is shutting down")]
     ShuttingDown,

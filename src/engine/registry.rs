@@ -50,6 +50,8 @@ pub struct Registry {
     sources: BTreeMap<String, Arc<dyn Source>>,
     config: EngineConfig,
     entries: RwLock<HashMap<PollerKey, Arc<Entry>>>,
+    /// Open streams, for `max_streams`.
+    streams: AtomicUsize,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     epoch: Instant,
@@ -67,6 +69,7 @@ impl Registry {
             sources,
             config,
             entries: RwLock::new(HashMap::new()),
+            streams: AtomicUsize::new(0),
             shutdown,
             tracker,
             epoch: Instant::now(),
@@ -127,15 +130,38 @@ impl Registry {
     }
 
     /// A stream's view of a poller; it keeps the poller alive until dropped.
-    pub fn subscribe(&self, key: &PollerKey, origin: &Origin) -> Result<Subscription, EngineError> {
-        let entry = self.entry_with(key, origin, |e| {
+    pub fn subscribe(
+        self: &Arc<Self>,
+        key: &PollerKey,
+        origin: &Origin,
+    ) -> Result<Subscription, EngineError> {
+        let max = self.config.limits.max_streams;
+        if self
+            .streams
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return Err(EngineError::ResourceExhausted(format!(
+                "this server already has {max} open streams (--max-streams)"
+            )));
+        }
+        let entry = match self.entry_with(key, origin, |e| {
             e.streams.fetch_add(1, Ordering::SeqCst);
-        })?;
+        }) {
+            Ok(e) => e,
+            Err(err) => {
+                self.streams.fetch_sub(1, Ordering::SeqCst);
+                return Err(err);
+            }
+        };
         m::stream_opened();
         Ok(Subscription {
             rx: entry.rx.clone(),
             max_age: self.max_age(key),
             entry,
+            registry: self.clone(),
         })
     }
 
@@ -168,6 +194,24 @@ impl Registry {
             e.last_used_ms.store(now, Ordering::Relaxed);
             also(e);
             return Ok(e.clone());
+        }
+        let limits = &self.config.limits;
+        if entries.len() >= limits.max_pollers {
+            return Err(EngineError::ResourceExhausted(format!(
+                "this server already polls {} distinct triggers (--max-pollers {}); reuse an existing trigger or raise the limit",
+                entries.len(),
+                limits.max_pollers
+            )));
+        }
+        let in_namespace = entries
+            .values()
+            .filter(|e| e.origin.namespace == origin.namespace)
+            .count();
+        if in_namespace >= limits.max_pollers_per_namespace {
+            return Err(EngineError::ResourceExhausted(format!(
+                "namespace {:?} already has {in_namespace} distinct triggers (--max-pollers-per-namespace {})",
+                origin.namespace, limits.max_pollers_per_namespace
+            )));
         }
         let source = self.sources.get(&key.connection).cloned().ok_or_else(|| {
             // metadata::parse checks connection names first; this is a programming error guard.
@@ -276,6 +320,7 @@ pub struct Subscription {
     entry: Arc<Entry>,
     rx: watch::Receiver<Sample>,
     max_age: Duration,
+    registry: Arc<Registry>,
 }
 
 impl Subscription {
@@ -298,6 +343,7 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.entry.streams.fetch_sub(1, Ordering::SeqCst);
+        self.registry.streams.fetch_sub(1, Ordering::SeqCst);
         m::stream_closed();
     }
 }

@@ -8,6 +8,7 @@
 //!   and again every resend interval while active; never `false`; stays open through database
 //!   errors; ends with OK when the server shuts down.
 
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,7 @@ use super::proto::{
     MetricValue, ScaledObjectRef,
 };
 use super::status::Error;
+use crate::config::ConnectionConfig;
 use crate::engine::poller::Origin;
 use crate::engine::{Registry, Subscription};
 use crate::metadata::{self, Context, ScalerSpec};
@@ -37,9 +39,13 @@ pub struct Scaler {
 }
 
 impl Scaler {
-    pub fn new(registry: Arc<Registry>, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        registry: Arc<Registry>,
+        connections: BTreeMap<String, ConnectionConfig>,
+        shutdown: CancellationToken,
+    ) -> Self {
         let ctx = Context {
-            connections: registry.connection_names(),
+            connections,
             engine: registry.config().clone(),
         };
         Scaler {
@@ -50,7 +56,7 @@ impl Scaler {
     }
 
     fn spec(&self, r: &ScaledObjectRef) -> Result<(ScalerSpec, Origin), Error> {
-        let spec = metadata::parse(&r.scaler_metadata, &self.ctx)?;
+        let spec = metadata::parse(&r.scaler_metadata, &r.namespace, &self.ctx)?;
         let origin = Origin {
             namespace: r.namespace.clone(),
             name: r.name.clone(),
@@ -202,7 +208,7 @@ impl ExternalScaler for Scaler {
     ) -> Result<Response<GetMetricSpecResponse>, Status> {
         let started = Instant::now();
         let r = request.into_inner();
-        let result = metadata::parse(&r.scaler_metadata, &self.ctx)
+        let result = metadata::parse(&r.scaler_metadata, &r.namespace, &self.ctx)
             .map(|spec| GetMetricSpecResponse {
                 metric_specs: vec![to_metric_spec(&spec)],
             })

@@ -21,7 +21,14 @@ pub enum Error {
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
         match &e {
+            // Never the connection's URL: only its name and the namespace.
+            Error::Metadata(MetadataError::Forbidden { .. }) => {
+                Status::permission_denied(e.to_string())
+            }
             Error::Metadata(_) | Error::Request(_) => Status::invalid_argument(e.to_string()),
+            Error::Engine(EngineError::ResourceExhausted(_)) => {
+                Status::resource_exhausted(e.to_string())
+            }
             Error::Engine(EngineError::Unavailable(_)) => Status::unavailable(e.to_string()),
             Error::Engine(EngineError::ShuttingDown) => Status::unavailable(e.to_string()),
         }
@@ -43,6 +50,18 @@ mod tests {
                 Code::Unavailable,
             ),
             (EngineError::ShuttingDown.into(), Code::Unavailable),
+            (
+                EngineError::ResourceExhausted("x".into()).into(),
+                Code::ResourceExhausted,
+            ),
+            (
+                MetadataError::Forbidden {
+                    connection: "c".into(),
+                    namespace: "n".into(),
+                }
+                .into(),
+                Code::PermissionDenied,
+            ),
         ];
         for (e, code) in cases {
             let msg = e.to_string();
