@@ -59,6 +59,8 @@ async fn run(count: usize) {
             ..EngineConfig::default()
         },
         log_format: LogFormat::Text,
+        tls: None,
+        tls_reload_interval: std::time::Duration::from_secs(10),
         demo_db: None,
     };
     let server = orascale::app::start(config).await.unwrap();

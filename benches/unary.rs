@@ -50,6 +50,8 @@ async fn run(duration: Duration, concurrency: usize) {
         connections: [("bench".to_string(), conn)].into_iter().collect(),
         engine: EngineConfig::default(),
         log_format: LogFormat::Text,
+        tls: None,
+        tls_reload_interval: std::time::Duration::from_secs(10),
         demo_db: None,
     };
     let server = orascale::app::start(config).await.unwrap();

@@ -124,6 +124,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         );
     }
 
+    crate::tls::install_crypto_provider();
+    let tls = match &config.tls {
+        Some(files) => Some(
+            crate::tls::Reloading::new(files.clone())
+                .map_err(|e| StartError::Config(e.to_string()))?,
+        ),
+        None => None,
+    };
     let grpc_listener = TcpListener::bind(config.grpc_listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -185,25 +193,34 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| StartError::Config(format!("gRPC reflection: {e}")))?;
-    let grpc = Server::builder()
+    let router = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(Some(config.engine.max_concurrent_streams))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(ExternalScalerServer::new(scaler))
-        .serve_with_incoming_shutdown(
+        .add_service(ExternalScalerServer::new(scaler));
+    let server = match tls {
+        Some(tls) => {
+            tls.clone()
+                .watch(config.tls_reload_interval, shutdown.clone(), &tracker);
+            let incoming = crate::tls::incoming(grpc_listener, tls, shutdown.clone(), &tracker);
+            tokio::spawn(
+                router.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned()),
+            )
+        }
+        None => tokio::spawn(router.serve_with_incoming_shutdown(
             TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             shutdown.clone().cancelled_owned(),
-        );
+        )),
+    };
 
     // Decide: `stop` is cancelled by a signal or the caller; `shutdown` tells everything else.
     let stop = CancellationToken::new();
     let decided = stop.clone();
     let delay = config.engine.shutdown_delay;
     let done = tokio::spawn(async move {
-        let server = tokio::spawn(grpc);
         decided.cancelled().await;
         // Tell: readiness first, so Kubernetes stops routing new connections here; keep
         // serving through the optional delay while endpoints update.
@@ -235,7 +252,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
     });
 
-    tracing::info!(grpc = %grpc_addr, metrics = %metrics_addr, "orascale ready");
+    tracing::info!(grpc = %grpc_addr, metrics = %metrics_addr, tls = config.tls.is_some(),
+        mtls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()), "orascale ready");
     Ok(Running {
         grpc_addr,
         metrics_addr,

@@ -165,6 +165,32 @@ pub struct ServeArgs {
     #[arg(long, env = "ORASCALE_MAX_QUERY_LENGTH", value_name = "BYTES")]
     pub max_query_length: Option<usize>,
 
+    /// PEM certificate chain for TLS on the gRPC port (re-read when the file changes)
+    #[arg(
+        long,
+        env = "ORASCALE_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert
+    #[arg(
+        long,
+        env = "ORASCALE_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle: clients must present a certificate it signed (mTLS)
+    #[arg(long, env = "ORASCALE_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// How often the TLS files are checked for changes [default: 10s]
+    #[arg(long, env = "ORASCALE_TLS_RELOAD_INTERVAL", value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub tls_reload_interval: Option<Duration>,
+
     /// Log format [default: text]
     #[arg(long, env = "ORASCALE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -243,6 +269,9 @@ pub struct Config {
     pub connections: BTreeMap<String, ConnectionConfig>,
     pub engine: EngineConfig,
     pub log_format: LogFormat,
+    /// TLS on the gRPC port, when configured.
+    pub tls: Option<crate::tls::TlsFiles>,
+    pub tls_reload_interval: Duration,
     /// Set by `--demo`: the demo database to create before serving.
     pub demo_db: Option<PathBuf>,
 }
@@ -493,6 +522,10 @@ struct FileConfig {
     max_metadata_entries: Option<usize>,
     max_metadata_key_length: Option<usize>,
     max_metadata_value_length: Option<usize>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    tls_reload_interval: Option<String>,
     log_format: Option<LogFormat>,
     #[serde(default)]
     connections: BTreeMap<String, FileConnection>,
@@ -716,6 +749,13 @@ impl ServeArgs {
                 .log_format
                 .or(file.log_format)
                 .unwrap_or(LogFormat::Text),
+            tls: self.tls_files(&file)?,
+            tls_reload_interval: duration(
+                self.tls_reload_interval,
+                &file.tls_reload_interval,
+                "tls_reload_interval",
+                defaults::TLS_RELOAD_INTERVAL,
+            )?,
             demo_db,
         })
     }
@@ -750,6 +790,31 @@ fn file_connection_url(key: &str, conn: &FileConnection) -> Result<ConnectionUrl
             format!("value {other:?} is not supported here; use kind = \"oracle\" or a url"),
         )),
         (None, None) => Err(invalid(format!("{key}.url"), "is required")),
+    }
+}
+
+impl ServeArgs {
+    fn tls_files(&self, file: &FileConfig) -> Result<Option<crate::tls::TlsFiles>, ConfigError> {
+        let cert = self.tls_cert.clone().or_else(|| file.tls_cert.clone());
+        let key = self.tls_key.clone().or_else(|| file.tls_key.clone());
+        let client_ca = self
+            .tls_client_ca
+            .clone()
+            .or_else(|| file.tls_client_ca.clone());
+        match (cert, key) {
+            (Some(cert), Some(key)) => Ok(Some(crate::tls::TlsFiles {
+                cert,
+                key,
+                client_ca,
+            })),
+            (None, None) if client_ca.is_some() => Err(invalid(
+                "--tls-client-ca",
+                "needs --tls-cert and --tls-key: mTLS is on top of TLS",
+            )),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(invalid("--tls-key", "is required with --tls-cert")),
+            (None, Some(_)) => Err(invalid("--tls-cert", "is required with --tls-key")),
+        }
     }
 }
 

@@ -11,6 +11,7 @@
 //! - [`grpc`]: KEDA's `ExternalScaler` service over the engine, the single error → `Status`
 //!   mapping, and the generated protobuf types (which never leak into the engine).
 //! - [`telemetry`]: logging setup, metric names, the admin HTTP endpoints (`/metrics`, `/healthz`).
+//! - [`tls`]: TLS and mTLS for the gRPC port, with certificate reload.
 //! - [`app`]: wires it all together and owns the shutdown sequence.
 //! - [`probe`]: a KEDA-like command-line client, for users and for our tests.
 //! - [`demo`]: the `--demo` SQLite database.
@@ -38,3 +39,4 @@ pub mod metadata;
 pub mod probe;
 pub mod source;
 pub mod telemetry;
+pub mod tls;

@@ -11,6 +11,7 @@ use orascale::{app, check, demo, probe, telemetry};
 const EX_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
+    orascale::tls::install_crypto_provider();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

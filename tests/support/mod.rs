@@ -131,7 +131,17 @@ pub fn memory(name: &str) -> ConnectionConfig {
 
 /// Starts the server in this process on loopback ports chosen by the OS.
 pub async fn start(connections: Vec<ConnectionConfig>, engine: EngineConfig) -> Running {
-    let config = orascale::config::Config {
+    app::start(config(connections, engine))
+        .await
+        .expect("server starts")
+}
+
+/// The configuration `start` uses, to adjust before `app::start`.
+pub fn config(
+    connections: Vec<ConnectionConfig>,
+    engine: EngineConfig,
+) -> orascale::config::Config {
+    orascale::config::Config {
         grpc_listen: "127.0.0.1:0".parse().unwrap(),
         metrics_listen: "127.0.0.1:0".parse().unwrap(),
         connections: connections
@@ -140,9 +150,10 @@ pub async fn start(connections: Vec<ConnectionConfig>, engine: EngineConfig) -> 
             .collect(),
         engine,
         log_format: LogFormat::Text,
+        tls: None,
+        tls_reload_interval: std::time::Duration::from_secs(10),
         demo_db: None,
-    };
-    app::start(config).await.expect("server starts")
+    }
 }
 
 /// One HTTP/2 connection, like KEDA's.

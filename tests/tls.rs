@@ -1,0 +1,382 @@
+//! TLS and mTLS on the gRPC port, with certificates generated at test time: a KEDA-like client
+//! with and without a client certificate, a wrong CA, an expired certificate, ALPN h2, and a
+//! certificate rotation that does not drop an open stream.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use orascale::grpc::proto::external_scaler_client::ExternalScalerClient;
+use orascale::tls::TlsFiles;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use support::*;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+struct Ca {
+    cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn ca(name: &str) -> Ca {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    Ca {
+        cert_pem: cert.pem(),
+        issuer: Issuer::new(params, key),
+    }
+}
+
+/// A leaf certificate signed by `ca`: (cert PEM, key PEM).
+fn leaf(ca: &Ca, cn: &str, sans: &[&str], expired: bool) -> (String, String) {
+    let mut params =
+        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    if expired {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: Ca,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        Pki {
+            dir: tempfile::tempdir().unwrap(),
+            ca: ca("orascale test CA"),
+        }
+    }
+
+    fn write(&self, name: &str, content: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        // Write-then-rename, as cert-manager's atomic updates do.
+        let tmp = self.dir.path().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, content).unwrap();
+        std::fs::rename(&tmp, &p).unwrap();
+        p
+    }
+
+    fn server_files(&self, mtls: bool) -> TlsFiles {
+        let (cert, key) = leaf(&self.ca, "orascale", &["localhost", "127.0.0.1"], false);
+        TlsFiles {
+            cert: self.write("tls.crt", &cert),
+            key: self.write("tls.key", &key),
+            client_ca: mtls.then(|| self.write("client-ca.crt", &self.ca.cert_pem)),
+        }
+    }
+}
+
+async fn start_tls(files: TlsFiles, reload: Duration) -> orascale::app::Running {
+    let mut config = config(vec![memory("mem")], engine());
+    config.tls = Some(files);
+    config.tls_reload_interval = reload;
+    orascale::app::start(config)
+        .await
+        .expect("TLS server starts")
+}
+
+async fn tls_client(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+    identity: Option<(String, String)>,
+) -> Result<ExternalScalerClient<Channel>, String> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    let channel = Channel::from_shared(format!("https://127.0.0.1:{}", addr.port()))
+        .unwrap()
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    Ok(ExternalScalerClient::new(channel))
+}
+
+/// A full KEDA-like exchange; Err when the connection or the call is refused.
+async fn exchange(client: Result<ExternalScalerClient<Channel>, String>) -> Result<f64, String> {
+    let mut c = client?;
+    let obj = object("tls", &[("query", "select 5"), ("targetQueryValue", "1")]);
+    let r = c
+        .get_metrics(deadline(metrics_request(&obj, "")))
+        .await
+        .map_err(|s| format!("{s:?}"))?;
+    Ok(r.into_inner().metric_values[0].metric_value_float)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_h2_and_refuses_plaintext_and_wrong_ca() {
+    guard(LIMIT, async {
+        let pki = Pki::new();
+        let server = start_tls(pki.server_files(false), Duration::from_secs(10)).await;
+        let addr = server.grpc_addr;
+        assert_eq!(
+            exchange(tls_client(addr, &pki.ca.cert_pem, None).await).await,
+            Ok(5.0)
+        );
+
+        // Plaintext gRPC to a TLS port fails.
+        let plain = async {
+            let ch = Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect_timeout(Duration::from_secs(3))
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut c = ExternalScalerClient::new(ch);
+            let obj = object("tls", &[("query", "select 5"), ("targetQueryValue", "1")]);
+            c.get_metrics(deadline(metrics_request(&obj, "")))
+                .await
+                .map_err(|e| e.to_string())
+                .map(|_| ())
+        };
+        assert!(plain.await.is_err(), "plaintext must not work");
+
+        // A client that trusts another CA refuses the server.
+        let other = ca("some other CA");
+        assert!(
+            exchange(tls_client(addr, &other.cert_pem, None).await)
+                .await
+                .is_err()
+        );
+
+        // ALPN h2 and TLS 1.2+, as KEDA's gRPC client requires.
+        let (alpn, version) = rustls_probe(addr, &pki.ca.cert_pem, None)
+            .await
+            .expect("handshake");
+        assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+        assert!(matches!(
+            version,
+            rustls::ProtocolVersion::TLSv1_3 | rustls::ProtocolVersion::TLSv1_2
+        ));
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_requires_a_valid_client_certificate() {
+    guard(LIMIT, async {
+        let pki = Pki::new();
+        let server = start_tls(pki.server_files(true), Duration::from_secs(10)).await;
+        let addr = server.grpc_addr;
+        let good = leaf(&pki.ca, "keda-operator", &["keda-operator"], false);
+        assert_eq!(
+            exchange(tls_client(addr, &pki.ca.cert_pem, Some(good)).await).await,
+            Ok(5.0)
+        );
+
+        // No client certificate.
+        assert!(
+            exchange(tls_client(addr, &pki.ca.cert_pem, None).await)
+                .await
+                .is_err()
+        );
+        // A client certificate from another CA.
+        let other = ca("rogue CA");
+        let rogue = leaf(&other, "keda-operator", &["keda-operator"], false);
+        assert!(
+            exchange(tls_client(addr, &pki.ca.cert_pem, Some(rogue)).await)
+                .await
+                .is_err()
+        );
+        // An expired client certificate from the right CA.
+        let expired = leaf(&pki.ca, "keda-operator", &["keda-operator"], true);
+        assert!(
+            exchange(tls_client(addr, &pki.ca.cert_pem, Some(expired)).await)
+                .await
+                .is_err()
+        );
+        // And the server still serves good clients afterwards.
+        let good = leaf(&pki.ca, "keda-operator", &["keda-operator"], false);
+        assert_eq!(
+            exchange(tls_client(addr, &pki.ca.cert_pem, Some(good)).await).await,
+            Ok(5.0)
+        );
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_certificates_are_picked_up_without_dropping_streams() {
+    guard(LIMIT, async {
+        let pki = Pki::new();
+        let files = pki.server_files(false);
+        let server = start_tls(files.clone(), Duration::from_millis(200)).await;
+        let addr = server.grpc_addr;
+        let first_serial = peer_serial(addr, &pki.ca.cert_pem).await;
+
+        // A stream open across the rotation.
+        let mut c = tls_client(addr, &pki.ca.cert_pem, None).await.unwrap();
+        let obj = object("tls", &[("query", "select 5"), ("targetQueryValue", "1")]);
+        let mut stream = c.stream_is_active(obj.clone()).await.unwrap().into_inner();
+        assert!(stream.message().await.unwrap().unwrap().result);
+
+        // Rotate: a new certificate and key, written in place.
+        let (cert, key) = leaf(&pki.ca, "orascale-rotated", &["localhost"], false);
+        pki.write("tls.key", &key);
+        pki.write("tls.crt", &cert);
+        let started = std::time::Instant::now();
+        loop {
+            if peer_serial(addr, &pki.ca.cert_pem).await != first_serial {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "new connections get the new certificate"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The stream opened before the rotation is still open, and its connection still serves.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), stream.message())
+                .await
+                .is_err(),
+            "still open, silent"
+        );
+        let v = c
+            .get_metrics(deadline(metrics_request(&obj, "")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(v.metric_values[0].metric_value_float, 5.0);
+
+        // A broken rotation (garbage key) keeps the previous certificate in force.
+        pki.write("tls.key", "not a key");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(
+            exchange(tls_client(addr, &pki.ca.cert_pem, None).await).await,
+            Ok(5.0)
+        );
+        server.stop().await;
+        assert!(
+            stream.message().await.unwrap().is_none(),
+            "ends with OK on shutdown"
+        );
+    })
+    .await;
+}
+
+#[test]
+fn bad_tls_configuration_exits_64_naming_the_file() {
+    let pki = Pki::new();
+    let files = pki.server_files(false);
+    let missing = Path::new("/nonexistent/tls.crt");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "--tls-cert".into(),
+                missing.display().to_string(),
+                "--tls-key".into(),
+                files.key.display().to_string(),
+            ],
+            "/nonexistent/tls.crt",
+        ),
+        (
+            vec!["--tls-cert".into(), files.cert.display().to_string()],
+            "--tls-key",
+        ),
+        (
+            vec!["--tls-client-ca".into(), files.cert.display().to_string()],
+            "--tls-client-ca",
+        ),
+        (
+            vec![
+                "--tls-cert".into(),
+                files.key.display().to_string(),
+                "--tls-key".into(),
+                files.key.display().to_string(),
+            ],
+            "--tls-cert",
+        ),
+    ];
+    for (args, frag) in cases {
+        let out = std::process::Command::new(bin())
+            .args([
+                "serve",
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--connection",
+                "m=sqlite::memory:",
+            ])
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
+        assert!(err.contains(frag), "{args:?}: {err}");
+    }
+}
+
+/// Handshakes with rustls directly: the negotiated ALPN and protocol version.
+async fn rustls_probe(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+    _identity: Option<()>,
+) -> Result<(Option<Vec<u8>>, rustls::ProtocolVersion), String> {
+    let conn = handshake(addr, ca_pem).await?;
+    let (_, session) = conn.get_ref();
+    Ok((
+        session.alpn_protocol().map(<[u8]>::to_vec),
+        session.protocol_version().unwrap(),
+    ))
+}
+
+async fn peer_serial(addr: std::net::SocketAddr, ca_pem: &str) -> Vec<u8> {
+    let conn = handshake(addr, ca_pem).await.unwrap();
+    let (_, session) = conn.get_ref();
+    session.peer_certificates().unwrap()[0].as_ref().to_vec()
+}
+
+async fn handshake(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())
+}
