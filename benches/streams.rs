@@ -61,6 +61,7 @@ async fn run(count: usize) {
         log_format: LogFormat::Text,
         tls: None,
         tls_reload_interval: std::time::Duration::from_secs(10),
+        allow_metadata_credentials: false,
         demo_db: None,
     };
     let server = orascale::app::start(config).await.unwrap();

@@ -165,6 +165,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let scaler = Scaler::new(
         registry.clone(),
         config.connections.clone(),
+        config.allow_metadata_credentials,
         shutdown.clone(),
     );
 

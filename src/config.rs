@@ -165,6 +165,11 @@ pub struct ServeArgs {
     #[arg(long, env = "ORASCALE_MAX_QUERY_LENGTH", value_name = "BYTES")]
     pub max_query_length: Option<usize>,
 
+    /// Accept per-ScaledObject credentials (connectionFromEnv, userFromEnv, passwordFromEnv
+    /// metadata keys); requires TLS, since they travel in every request [default: off]
+    #[arg(long, env = "ORASCALE_ALLOW_METADATA_CREDENTIALS")]
+    pub allow_metadata_credentials: bool,
+
     /// PEM certificate chain for TLS on the gRPC port (re-read when the file changes)
     #[arg(
         long,
@@ -272,6 +277,8 @@ pub struct Config {
     /// TLS on the gRPC port, when configured.
     pub tls: Option<crate::tls::TlsFiles>,
     pub tls_reload_interval: Duration,
+    /// Per-ScaledObject credentials in metadata (only with TLS).
+    pub allow_metadata_credentials: bool,
     /// Set by `--demo`: the demo database to create before serving.
     pub demo_db: Option<PathBuf>,
 }
@@ -434,6 +441,85 @@ impl ConnectionUrl {
     }
 }
 
+impl ConnectionUrl {
+    /// The same database with other credentials (per-ScaledObject credentials). `None` keeps
+    /// what the URL has.
+    pub fn with_credentials(&self, user: Option<&str>, password: Option<&str>) -> ConnectionUrl {
+        match self {
+            ConnectionUrl::Oracle {
+                user: u,
+                password: p,
+                connect_string,
+            } => ConnectionUrl::Oracle {
+                user: user.map_or_else(|| u.clone(), str::to_string),
+                password: password.map(str::to_string).or_else(|| p.clone()),
+                connect_string: connect_string.clone(),
+            },
+            ConnectionUrl::Postgres { url } => {
+                let Some((scheme, rest)) = url.split_once("://") else {
+                    return self.clone();
+                };
+                let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+                let (authority, tail) = rest.split_at(authority_end);
+                let (userinfo, host) = match authority.rsplit_once('@') {
+                    Some((ui, h)) => (Some(ui), h),
+                    None => (None, authority),
+                };
+                let (old_user, old_pw) = match userinfo {
+                    Some(ui) => match ui.split_once(':') {
+                        Some((u, p)) => (percent_decode(u).unwrap_or_default(), percent_decode(p)),
+                        None => (percent_decode(ui).unwrap_or_default(), None),
+                    },
+                    None => (String::new(), None),
+                };
+                let user = user.map_or(old_user, str::to_string);
+                let password = password.map(str::to_string).or(old_pw);
+                let userinfo = match password {
+                    Some(p) => format!("{}:{}@", percent_encode(&user), percent_encode(&p)),
+                    None if user.is_empty() => String::new(),
+                    None => format!("{}@", percent_encode(&user)),
+                };
+                ConnectionUrl::Postgres {
+                    url: format!("{scheme}://{userinfo}{host}{tail}"),
+                }
+            }
+            ConnectionUrl::Sqlite(_) => self.clone(),
+        }
+    }
+
+    /// Everything that identifies the database and its credentials, for keyed hashing only:
+    /// never print it.
+    pub fn identity_for_hashing(&self) -> String {
+        match self {
+            ConnectionUrl::Sqlite(SqliteTarget::Memory) => "sqlite::memory:".into(),
+            ConnectionUrl::Sqlite(SqliteTarget::File(p)) => format!("sqlite:{}", p.display()),
+            ConnectionUrl::Postgres { url } => url.clone(),
+            ConnectionUrl::Oracle {
+                user,
+                password,
+                connect_string,
+            } => {
+                format!(
+                    "oracle\u{0}{user}\u{0}{}\u{0}{connect_string}",
+                    password.as_deref().unwrap_or("")
+                )
+            }
+        }
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 impl fmt::Display for ConnectionUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -526,6 +612,7 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
     tls_reload_interval: Option<String>,
+    allow_metadata_credentials: Option<bool>,
     log_format: Option<LogFormat>,
     #[serde(default)]
     connections: BTreeMap<String, FileConnection>,
@@ -713,6 +800,15 @@ impl ServeArgs {
             entry.url = url;
         }
 
+        let tls = self.tls_files(&file)?;
+        let allow_metadata_credentials =
+            self.allow_metadata_credentials || file.allow_metadata_credentials.unwrap_or(false);
+        if allow_metadata_credentials && tls.is_none() {
+            return Err(invalid(
+                "--allow-metadata-credentials",
+                "needs TLS (--tls-cert and --tls-key): the credentials travel in every request",
+            ));
+        }
         let demo_db = self.demo.then(|| PathBuf::from(defaults::DEMO_DB));
         if let Some(path) = &demo_db {
             if connections.contains_key("demo") {
@@ -749,13 +845,14 @@ impl ServeArgs {
                 .log_format
                 .or(file.log_format)
                 .unwrap_or(LogFormat::Text),
-            tls: self.tls_files(&file)?,
+            tls: tls.clone(),
             tls_reload_interval: duration(
                 self.tls_reload_interval,
                 &file.tls_reload_interval,
                 "tls_reload_interval",
                 defaults::TLS_RELOAD_INTERVAL,
             )?,
+            allow_metadata_credentials,
             demo_db,
         })
     }
@@ -1227,6 +1324,63 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("must be NAME=URL"), "{err}");
         assert!(toml::from_str::<FileConfig>("typo_key = 1").is_err());
+    }
+
+    #[test]
+    fn credentials_are_replaced_in_urls() {
+        let pg = parse_url("postgres://app:old@db:5432/shop?sslmode=require").unwrap();
+        assert_eq!(
+            pg.with_credentials(Some("so-user"), Some("p@ss:w/rd"))
+                .identity_for_hashing(),
+            "postgres://so-user:p%40ss%3Aw%2Frd@db:5432/shop?sslmode=require"
+        );
+        assert_eq!(
+            pg.with_credentials(None, Some("x")).identity_for_hashing(),
+            "postgres://app:x@db:5432/shop?sslmode=require"
+        );
+        let bare = parse_url("postgres://db/shop").unwrap();
+        assert_eq!(
+            bare.with_credentials(Some("u"), None)
+                .identity_for_hashing(),
+            "postgres://u@db/shop"
+        );
+        let ora = parse_url("oracle://app@db:1521/S").unwrap();
+        assert_eq!(
+            ora.with_credentials(Some("u"), Some("p")),
+            ConnectionUrl::Oracle {
+                user: "u".into(),
+                password: Some("p".into()),
+                connect_string: "//db:1521/S".into()
+            }
+        );
+        // Parsed back, the new password round-trips and is hidden in Display.
+        let round = parse_url(
+            &pg.with_credentials(None, Some("s3cr3t"))
+                .identity_for_hashing(),
+        )
+        .unwrap();
+        assert!(!round.to_string().contains("s3cr3t"));
+    }
+
+    #[test]
+    fn metadata_credentials_need_tls() {
+        let mut a = args(&[]);
+        a.allow_metadata_credentials = true;
+        let err = a
+            .resolve_with(FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--allow-metadata-credentials") && err.contains("TLS"),
+            "{err}"
+        );
+        a.tls_cert = Some("/c".into());
+        a.tls_key = Some("/k".into());
+        assert!(
+            a.resolve_with(FileConfig::default())
+                .unwrap()
+                .allow_metadata_credentials
+        );
     }
 
     #[test]

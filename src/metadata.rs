@@ -89,6 +89,8 @@ pub struct ScalerSpec {
     pub target: f64,
     pub activation: f64,
     pub metric_name: String,
+    /// A connection made from the trigger's own credentials; `poller.connection` is its name.
+    pub dynamic: Option<ConnectionConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -158,9 +160,17 @@ fn invalid(key: &'static str, value: &str, reason: impl Into<String>) -> Metadat
     }
 }
 
+pub const CONNECTION_FROM_ENV: &str = "connectionFromEnv";
+pub const USER_FROM_ENV: &str = "userFromEnv";
+pub const PASSWORD_FROM_ENV: &str = "passwordFromEnv";
+
 /// Per-ScaledObject credentials (KEDA resolves `…FromEnv` keys and sends the value under the
 /// same key): accepted only with `--allow-metadata-credentials`.
-const CREDENTIAL_KEYS: &[&str] = &["connectionFromEnv", "userFromEnv", "passwordFromEnv"];
+const CREDENTIAL_KEYS: &[&str] = &[CONNECTION_FROM_ENV, USER_FROM_ENV, PASSWORD_FROM_ENV];
+
+/// Sessions per pool made from metadata credentials: these pools are per ScaledObject
+/// credentials, so they are kept small.
+const METADATA_POOL_SIZE: usize = 2;
 
 /// What the parser needs from the server: its connections (with their policies), engine
 /// defaults and limits.
@@ -168,6 +178,8 @@ const CREDENTIAL_KEYS: &[&str] = &["connectionFromEnv", "userFromEnv", "password
 pub struct Context {
     pub connections: BTreeMap<String, ConnectionConfig>,
     pub engine: EngineConfig,
+    /// `--allow-metadata-credentials`.
+    pub allow_credentials: bool,
 }
 
 impl Context {
@@ -212,12 +224,18 @@ pub fn parse(
         }
     }
     // Report unknown keys first, in a stable order, so the answer does not depend on map order.
-    if let Some(key) = CREDENTIAL_KEYS.iter().find(|k| meta.contains_key(**k)) {
+    if !ctx.allow_credentials
+        && let Some(key) = CREDENTIAL_KEYS.iter().find(|k| meta.contains_key(**k))
+    {
         return Err(MetadataError::CredentialsDisabled { key });
     }
     let mut unknown: Vec<&String> = meta
         .keys()
-        .filter(|k| !KEYS.contains(&k.as_str()) && !KEDA_KEYS.contains(&k.as_str()))
+        .filter(|k| {
+            !KEYS.contains(&k.as_str())
+                && !KEDA_KEYS.contains(&k.as_str())
+                && !CREDENTIAL_KEYS.contains(&k.as_str())
+        })
         .collect();
     unknown.sort();
     if let Some(key) = unknown.first() {
@@ -270,6 +288,31 @@ pub fn parse(
         Some(v) => parse_number(ACTIVATION_TARGET_QUERY_VALUE, v)?,
     };
 
+    let user = get(USER_FROM_ENV).filter(|u| !u.is_empty());
+    // Passwords are taken as sent: spaces may be part of them.
+    let password = meta
+        .get(PASSWORD_FROM_ENV)
+        .map(String::as_str)
+        .filter(|p| !p.is_empty());
+    if let Some(url) = get(CONNECTION_FROM_ENV).filter(|u| !u.is_empty()) {
+        let parsed = crate::config::parse_url(url).map_err(|reason| MetadataError::Invalid {
+            key: CONNECTION_FROM_ENV,
+            value: "(not shown: it may hold a password)".into(),
+            reason,
+        })?;
+        if matches!(parsed, ConnectionUrl::Sqlite(_)) {
+            return Err(MetadataError::Invalid {
+                key: CONNECTION_FROM_ENV,
+                value: "(not shown)".into(),
+                reason: "must be a postgres:// or oracle:// URL: files on the scaler's host are not reachable from metadata".into(),
+            });
+        }
+        let url = parsed.with_credentials(user, password);
+        let mut conn = ConnectionConfig::new(dynamic_name(&url), url);
+        conn.pool_size = METADATA_POOL_SIZE;
+        return finish(meta, query, target, activation, "meta", conn, true, ctx);
+    }
+
     let connection = match get(CONNECTION) {
         Some(name) if !name.is_empty() => {
             if !ctx.connections.contains_key(name) {
@@ -297,6 +340,67 @@ pub fn parse(
             namespace: quote(namespace),
         });
     }
+    if user.is_some() || password.is_some() {
+        if matches!(conn.url, ConnectionUrl::Sqlite(_)) {
+            return Err(MetadataError::Invalid {
+                key: if user.is_some() {
+                    USER_FROM_ENV
+                } else {
+                    PASSWORD_FROM_ENV
+                },
+                value: "(not shown)".into(),
+                reason: format!("connection {connection:?} is SQLite, which has no credentials"),
+            });
+        }
+        // The server's connection, with the ScaledObject's own credentials: its own pool.
+        let url = conn.url.with_credentials(user, password);
+        let mut own = conn.clone();
+        own.name = dynamic_name(&url);
+        own.url = url;
+        own.pool_size = METADATA_POOL_SIZE;
+        own.password_file = None;
+        return finish(meta, query, target, activation, &connection, own, true, ctx);
+    }
+    finish(
+        meta,
+        query,
+        target,
+        activation,
+        &connection,
+        conn.clone(),
+        false,
+        ctx,
+    )
+}
+
+/// A name for a connection made from metadata credentials: a hash keyed with a per-process
+/// secret, so equal credentials share one pool, different ones never do, and the name reveals
+/// nothing about the password.
+fn dynamic_name(url: &ConnectionUrl) -> String {
+    use std::hash::BuildHasher;
+    static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    let h = KEY
+        .get_or_init(Default::default)
+        .hash_one(url.identity_for_hashing());
+    format!("meta-{h:016x}")
+}
+
+/// The rest of the parse, once the connection is known. `label` names the connection in the
+/// default metric name (stable across replicas).
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    meta: &HashMap<String, String>,
+    query: &str,
+    target: f64,
+    activation: f64,
+    label: &str,
+    conn: ConnectionConfig,
+    dynamic: bool,
+    ctx: &Context,
+) -> Result<ScalerSpec, MetadataError> {
+    let get = |key: &'static str| meta.get(key).map(|v| v.trim());
+    let connection = conn.name.clone();
     let query = guard::check(query, dialect(&conn.url), conn.allow_dblinks)?;
     let min_poll_interval = conn
         .min_poll_interval
@@ -364,7 +468,7 @@ pub fn parse(
     };
 
     let metric_name = match get(METRIC_NAME) {
-        None | Some("") => default_metric_name(&connection, &query),
+        None | Some("") => default_metric_name(label, &query),
         Some(v) => parse_metric_name(v)?,
     };
 
@@ -379,6 +483,7 @@ pub fn parse(
         target,
         activation,
         metric_name,
+        dynamic: dynamic.then_some(conn),
     })
 }
 
@@ -497,6 +602,7 @@ mod tests {
                 })
                 .collect(),
             engine: EngineConfig::default(),
+            allow_credentials: false,
         }
     }
 
@@ -742,6 +848,93 @@ mod tests {
         assert!(e.to_string().contains("database links"), "{e}");
         c.connections.get_mut("ora").unwrap().allow_dblinks = true;
         assert!(parse(&meta(&[q, T]), &c).is_ok());
+    }
+
+    #[test]
+    fn metadata_credentials_make_their_own_connection() {
+        let mut c = ctx(&["orders"]);
+        c.allow_credentials = true;
+        c.connections.get_mut("orders").unwrap().url =
+            crate::config::parse_url("postgres://srv:srvpw@db/shop").unwrap();
+        let so = |extra: &[(&str, &str)]| {
+            let mut pairs = vec![Q, T];
+            pairs.extend_from_slice(extra);
+            parse(&meta(&pairs), &c)
+        };
+        let a = so(&[
+            ("connectionFromEnv", "postgres://db2/shop"),
+            ("userFromEnv", "alice"),
+            ("passwordFromEnv", "pw-a"),
+        ])
+        .unwrap();
+        let a2 = so(&[
+            ("connectionFromEnv", "postgres://db2/shop"),
+            ("userFromEnv", "alice"),
+            ("passwordFromEnv", "pw-a"),
+        ])
+        .unwrap();
+        let b = so(&[
+            ("connectionFromEnv", "postgres://db2/shop"),
+            ("userFromEnv", "alice"),
+            ("passwordFromEnv", "pw-b"),
+        ])
+        .unwrap();
+        assert!(
+            a.poller.connection.starts_with("meta-"),
+            "{}",
+            a.poller.connection
+        );
+        assert_eq!(
+            a.poller, a2.poller,
+            "equal credentials share a poller and pool"
+        );
+        assert_ne!(
+            a.poller.connection, b.poller.connection,
+            "different credentials never share"
+        );
+        assert!(a.metric_name.starts_with("orascale-meta-"));
+        let dynamic = a.dynamic.unwrap();
+        assert_eq!(dynamic.pool_size, METADATA_POOL_SIZE);
+        assert!(!format!("{dynamic:?}").contains("pw-a"));
+        assert!(!a.poller.connection.contains("pw-a"));
+
+        // The server's connection with the ScaledObject's own credentials.
+        let own = so(&[
+            ("connection", "orders"),
+            ("userFromEnv", "bob"),
+            ("passwordFromEnv", "pw-bob"),
+        ])
+        .unwrap();
+        assert!(own.poller.connection.starts_with("meta-"));
+        assert!(
+            own.metric_name.starts_with("orascale-orders-"),
+            "{}",
+            own.metric_name
+        );
+        let plain = so(&[("connection", "orders")]).unwrap();
+        assert_eq!(plain.poller.connection, "orders");
+        assert!(plain.dynamic.is_none());
+
+        for (extra, frag) in [
+            (
+                vec![("connectionFromEnv", "sqlite:/etc/passwd-ish.db")],
+                "postgres:// or oracle://",
+            ),
+            (
+                vec![("connectionFromEnv", "mysql://u:hunter2@h/db")],
+                "not built in",
+            ),
+        ] {
+            let e = so(&extra).unwrap_err().to_string();
+            assert!(e.contains(frag), "{e}");
+            assert!(!e.contains("hunter2") && !e.contains("passwd-ish"), "{e}");
+        }
+        let mut lite = ctx(&["lite"]);
+        lite.allow_credentials = true;
+        let e = super::parse(&meta(&[Q, T, ("passwordFromEnv", "pw")]), "ns", &lite)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SQLite") && !e.contains("pw\""), "{e}");
     }
 
     #[test]

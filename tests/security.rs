@@ -59,6 +59,23 @@ async fn the_sql_guard_refuses_with_invalid_argument_and_changes_nothing() {
                 );
             }
         }
+        // Credentials in metadata are refused unless the server allows them (it does not here).
+        let creds = object(
+            "c",
+            &[
+                ("query", "select 1"),
+                ("targetQueryValue", "1"),
+                ("passwordFromEnv", "hunter2"),
+            ],
+        );
+        let e = c.get_metric_spec(deadline(creds)).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(
+            e.message().contains("--allow-metadata-credentials")
+                && !e.message().contains("hunter2"),
+            "{}",
+            e.message()
+        );
         // A string literal or comment mentioning DML is fine.
         let ok = object(
             "ok",

@@ -280,6 +280,63 @@ async fn rotated_certificates_are_picked_up_without_dropping_streams() {
     .await;
 }
 
+/// Per-ScaledObject credentials: only over TLS, with `--allow-metadata-credentials`; pools keyed
+/// by credentials, never shared; passwords never shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_credentials_get_their_own_pools_over_tls() {
+    let Some(pg) =
+        support::pg::Pg::start_or_skip("metadata_credentials_get_their_own_pools_over_tls")
+    else {
+        return;
+    };
+    guard(Duration::from_secs(120), async {
+        let admin = pg.setup().await;
+        support::pg::set_queued(&admin, 6).await;
+        admin
+            .batch_execute("create role alice login password 'Alice-Pw-123'; grant select on jobs to alice;")
+            .await
+            .unwrap();
+        let pki = Pki::new();
+        let mut config = config(vec![connection("orders", &pg.scaler_url())], engine());
+        config.tls = Some(pki.server_files(false));
+        config.allow_metadata_credentials = true;
+        let server = orascale::app::start(config).await.unwrap();
+        let mut c = tls_client(server.grpc_addr, &pki.ca.cert_pem, None).await.unwrap();
+        let q = ("query", "select count(*) from jobs");
+        let t = ("targetQueryValue", "1");
+        let alice_url = pg.url("alice", None);
+        let alice = object("alice-so", &[q, t, ("connectionFromEnv", &alice_url), ("passwordFromEnv", "Alice-Pw-123")]);
+        let wrong = object("wrong-so", &[q, t, ("connectionFromEnv", &alice_url), ("passwordFromEnv", "Not-Her-Password")]);
+        let server_creds = object("server-so", &[q, t, ("connection", "orders")]);
+        let value = |r: tonic::Response<orascale::grpc::proto::GetMetricsResponse>| r.into_inner().metric_values[0].metric_value_float;
+        assert_eq!(value(c.get_metrics(deadline(metrics_request(&alice, ""))).await.unwrap()), 6.0);
+        assert_eq!(value(c.get_metrics(deadline(metrics_request(&server_creds, ""))).await.unwrap()), 6.0);
+        let e = c.get_metrics(deadline(metrics_request(&wrong, ""))).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable);
+        assert!(e.message().contains("password authentication failed for user \"alice\""), "{}", e.message());
+        assert!(!e.message().contains("Not-Her-Password") && !e.message().contains("Alice-Pw-123"));
+        // Alice's ScaledObject is undisturbed by the wrong one, and runs as alice.
+        assert_eq!(value(c.get_metrics(deadline(metrics_request(&alice, ""))).await.unwrap()), 6.0);
+        let users: Vec<String> = admin
+            .query("select distinct usename::text from pg_stat_activity where usename in ('alice', 'scaler')", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(users.contains(&"alice".to_string()) && users.contains(&"scaler".to_string()), "{users:?}");
+        let metrics = tokio::task::spawn_blocking({
+            let addr = server.metrics_addr;
+            move || http_get(addr, "/metrics").1
+        })
+        .await
+        .unwrap();
+        assert!(!metrics.contains("Alice-Pw-123") && !metrics.contains("Not-Her-Password"));
+        server.stop().await;
+    })
+    .await;
+}
+
 #[test]
 fn bad_tls_configuration_exits_64_naming_the_file() {
     let pki = Pki::new();

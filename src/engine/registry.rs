@@ -48,6 +48,9 @@ pub struct PollerStatus {
 
 pub struct Registry {
     sources: BTreeMap<String, Arc<dyn Source>>,
+    /// Sources made from per-ScaledObject credentials, by their keyed-hash name; dropped by the
+    /// janitor once no poller uses them.
+    dynamic: RwLock<HashMap<String, Arc<dyn Source>>>,
     config: EngineConfig,
     entries: RwLock<HashMap<PollerKey, Arc<Entry>>>,
     /// Open streams, for `max_streams`.
@@ -67,6 +70,7 @@ impl Registry {
     ) -> Arc<Self> {
         let registry = Arc::new(Registry {
             sources,
+            dynamic: RwLock::new(HashMap::new()),
             config,
             entries: RwLock::new(HashMap::new()),
             streams: AtomicUsize::new(0),
@@ -213,7 +217,7 @@ impl Registry {
                 origin.namespace, limits.max_pollers_per_namespace
             )));
         }
-        let source = self.sources.get(&key.connection).cloned().ok_or_else(|| {
+        let source = self.source(&key.connection).ok_or_else(|| {
             // metadata::parse checks connection names first; this is a programming error guard.
             EngineError::Unavailable(format!("connection {:?} is not configured", key.connection))
         })?;
@@ -245,6 +249,43 @@ impl Registry {
         Ok(entry)
     }
 
+    /// Makes the source of a connection built from metadata credentials, once per name.
+    pub fn ensure_source(&self, conn: &crate::config::ConnectionConfig) -> Result<(), EngineError> {
+        if self
+            .dynamic
+            .read()
+            .expect("registry lock")
+            .contains_key(&conn.name)
+        {
+            return Ok(());
+        }
+        let mut dynamic = self.dynamic.write().expect("registry lock");
+        if dynamic.contains_key(&conn.name) {
+            return Ok(());
+        }
+        if dynamic.len() >= self.config.limits.max_pollers {
+            return Err(EngineError::ResourceExhausted(format!(
+                "this server already holds {} connections made from metadata credentials (--max-pollers)",
+                dynamic.len()
+            )));
+        }
+        let source =
+            crate::source::open(conn).map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        tracing::info!(connection = %conn.name, kind = source.kind(), url = %conn.url, "connection made from metadata credentials");
+        dynamic.insert(conn.name.clone(), source);
+        Ok(())
+    }
+
+    fn source(&self, name: &str) -> Option<Arc<dyn Source>> {
+        self.sources.get(name).cloned().or_else(|| {
+            self.dynamic
+                .read()
+                .expect("registry lock")
+                .get(name)
+                .cloned()
+        })
+    }
+
     /// Stops pollers with no stream that nobody has called for the idle timeout.
     pub fn evict_idle(&self) {
         let idle_ms = self.config.idle_timeout.as_millis() as u64;
@@ -263,6 +304,13 @@ impl Registry {
             !idle
         });
         m::pollers_stopped(before - entries.len());
+        // Sources made from metadata credentials live as long as a poller uses them.
+        let in_use: std::collections::HashSet<&str> =
+            entries.keys().map(|k| k.connection.as_str()).collect();
+        self.dynamic
+            .write()
+            .expect("registry lock")
+            .retain(|name, _| in_use.contains(name.as_str()));
     }
 
     /// Every live poller's state, sorted by connection and metric.

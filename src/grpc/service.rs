@@ -42,11 +42,13 @@ impl Scaler {
     pub fn new(
         registry: Arc<Registry>,
         connections: BTreeMap<String, ConnectionConfig>,
+        allow_credentials: bool,
         shutdown: CancellationToken,
     ) -> Self {
         let ctx = Context {
             connections,
             engine: registry.config().clone(),
+            allow_credentials,
         };
         Scaler {
             registry,
@@ -57,6 +59,9 @@ impl Scaler {
 
     fn spec(&self, r: &ScaledObjectRef) -> Result<(ScalerSpec, Origin), Error> {
         let spec = metadata::parse(&r.scaler_metadata, &r.namespace, &self.ctx)?;
+        if let Some(conn) = &spec.dynamic {
+            self.registry.ensure_source(conn)?;
+        }
         let origin = Origin {
             namespace: r.namespace.clone(),
             name: r.name.clone(),
@@ -345,6 +350,7 @@ mod tests {
             target: 0.25,
             activation: 0.0,
             metric_name: "m".into(),
+            dynamic: None,
         };
         let s = to_metric_spec(&spec);
         assert_eq!((s.target_size, s.target_size_float), (1, 0.25));

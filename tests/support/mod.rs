@@ -152,6 +152,7 @@ pub fn config(
         log_format: LogFormat::Text,
         tls: None,
         tls_reload_interval: std::time::Duration::from_secs(10),
+        allow_metadata_credentials: false,
         demo_db: None,
     }
 }
