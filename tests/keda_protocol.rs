@@ -368,9 +368,6 @@ async fn a_failed_poll_serves_the_last_good_value_until_stale_then_unavailable()
                 ("pollInterval", "300ms"),
             ],
         );
-        let value = |r: tonic::Response<orascale::grpc::proto::GetMetricsResponse>| {
-            r.into_inner().metric_values[0].metric_value_float
-        };
         assert_eq!(
             value(
                 c.get_metrics(deadline(metrics_request(&obj, "")))

@@ -13,12 +13,6 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    tokio::task::spawn_blocking(move || http_get(addr, "/metrics").1)
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_after_real_traffic_have_every_family_label_and_move() {
     guard(LIMIT, async {

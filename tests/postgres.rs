@@ -10,10 +10,6 @@ use tonic::Code;
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-fn value(r: tonic::Response<orascale::grpc::proto::GetMetricsResponse>) -> f64 {
-    r.into_inner().metric_values[0].metric_value_float
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_numeric_type_converts_without_casts() {
     let Some(pg) = Pg::start_or_skip("every_numeric_type_converts_without_casts") else {

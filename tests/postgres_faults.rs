@@ -11,16 +11,6 @@ use tonic::Code;
 
 const LIMIT: Duration = Duration::from_secs(180);
 
-fn value(r: tonic::Response<orascale::grpc::proto::GetMetricsResponse>) -> f64 {
-    r.into_inner().metric_values[0].metric_value_float
-}
-
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    tokio::task::spawn_blocking(move || http_get(addr, "/metrics").1)
-        .await
-        .unwrap()
-}
-
 async fn polls(addr: std::net::SocketAddr, connection: &str, result: &str) -> f64 {
     let text = scrape(addr).await;
     metric_value(

@@ -9,16 +9,6 @@ use std::time::{Duration, Instant};
 use support::pg::{self, Pg};
 use support::*;
 
-fn value(r: tonic::Response<orascale::grpc::proto::GetMetricsResponse>) -> f64 {
-    r.into_inner().metric_values[0].metric_value_float
-}
-
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    tokio::task::spawn_blocking(move || http_get(addr, "/metrics").1)
-        .await
-        .unwrap()
-}
-
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .map(|d| d.count())

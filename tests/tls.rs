@@ -308,7 +308,6 @@ async fn metadata_credentials_get_their_own_pools_over_tls() {
         let alice = object("alice-so", &[q, t, ("connectionFromEnv", &alice_url), ("passwordFromEnv", "Alice-Pw-123")]);
         let wrong = object("wrong-so", &[q, t, ("connectionFromEnv", &alice_url), ("passwordFromEnv", "Not-Her-Password")]);
         let server_creds = object("server-so", &[q, t, ("connection", "orders")]);
-        let value = |r: tonic::Response<orascale::grpc::proto::GetMetricsResponse>| r.into_inner().metric_values[0].metric_value_float;
         assert_eq!(value(c.get_metrics(deadline(metrics_request(&alice, ""))).await.unwrap()), 6.0);
         assert_eq!(value(c.get_metrics(deadline(metrics_request(&server_creds, ""))).await.unwrap()), 6.0);
         let e = c.get_metrics(deadline(metrics_request(&wrong, ""))).await.unwrap_err();

@@ -141,6 +141,44 @@ pub fn open(conn: &ConnectionConfig) -> Result<Arc<dyn Source>, SourceError> {
     }
 }
 
+/// Where a connection's password comes from, checked for every new database session:
+/// `password_file` (re-read each time, so a rotated Kubernetes Secret is picked up), else
+/// `ORASCALE_<NAME>_PASSWORD`, else the URL.
+#[derive(Clone)]
+pub struct PasswordSource {
+    file: Option<std::path::PathBuf>,
+    env: String,
+    url: Option<Vec<u8>>,
+}
+
+impl PasswordSource {
+    pub fn new(conn: &ConnectionConfig, url: Option<Vec<u8>>) -> Self {
+        PasswordSource {
+            file: conn.password_file.clone(),
+            env: conn.password_env(),
+            url,
+        }
+    }
+
+    pub fn get(&self) -> Result<Option<Vec<u8>>, SourceError> {
+        if let Some(path) = &self.file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                SourceError::Connect(format!("password_file {}: {e}", path.display()))
+            })?;
+            // Secrets mounted from Kubernetes often end with a newline.
+            return Ok(Some(
+                text.trim_end_matches(['\n', '\r']).as_bytes().to_vec(),
+            ));
+        }
+        if let Ok(pw) = std::env::var(&self.env)
+            && !pw.is_empty()
+        {
+            return Ok(Some(pw.into_bytes()));
+        }
+        Ok(self.url.clone())
+    }
+}
+
 /// Numeric text (`"42"`, `" 3.5 "`, `"1e3"`) → f64; anything else is [`SourceError::NotNumeric`].
 pub fn parse_numeric_text(text: &str) -> Result<f64, SourceError> {
     match text.trim().parse::<f64>() {

@@ -17,7 +17,6 @@
 //! The conversion and error-classification rules are pure functions over the driver's types and
 //! error codes ([`column_kind`], [`to_cell`], [`classify`]), unit-tested without a database.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +27,9 @@ use oracle::sql_type::OracleType;
 use oracle::{ConnStatus, Connection, Connector};
 use tokio::time::Instant;
 
-use super::{Cell, PoolStatus, ServerInfo, Source, SourceError, parse_numeric_text};
+use super::{
+    Cell, PasswordSource, PoolStatus, ServerInfo, Source, SourceError, parse_numeric_text,
+};
 use crate::config::ConnectionConfig;
 
 /// What the operator must do when Instant Client cannot be loaded.
@@ -47,9 +48,7 @@ pub struct Oracle {
 
 struct Sessions {
     user: String,
-    url_password: Option<String>,
-    password_env: String,
-    password_file: Option<PathBuf>,
+    password: PasswordSource,
     connect_string: String,
 }
 
@@ -77,9 +76,7 @@ impl Oracle {
     ) -> Result<Self, SourceError> {
         let sessions = Sessions {
             user: user.to_string(),
-            url_password: password.map(str::to_string),
-            password_env: conn.password_env(),
-            password_file: conn.password_file.clone(),
+            password: PasswordSource::new(conn, password.map(|p| p.as_bytes().to_vec())),
             connect_string: connect_string.to_string(),
         };
         let pool = Pool::builder(sessions)
@@ -267,29 +264,13 @@ impl Source for Oracle {
     }
 }
 
-impl Sessions {
-    fn password(&self) -> Result<String, SourceError> {
-        if let Some(path) = &self.password_file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                SourceError::Connect(format!("password_file {}: {e}", path.display()))
-            })?;
-            return Ok(text.trim_end_matches(['\n', '\r']).to_string());
-        }
-        if let Ok(pw) = std::env::var(&self.password_env)
-            && !pw.is_empty()
-        {
-            return Ok(pw);
-        }
-        Ok(self.url_password.clone().unwrap_or_default())
-    }
-}
-
 impl managed::Manager for Sessions {
     type Type = Session;
     type Error = SourceError;
 
     async fn create(&self) -> Result<Session, SourceError> {
-        let password = self.password()?;
+        let password =
+            String::from_utf8_lossy(&self.password.get()?.unwrap_or_default()).into_owned();
         let user = self.user.clone();
         let connect_string = self.connect_string.clone();
         let made = tokio::task::spawn_blocking(move || {

@@ -15,7 +15,6 @@
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +28,9 @@ use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::{Client, NoTls, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{Cell, PoolStatus, ServerInfo, Source, SourceError, parse_numeric_text};
+use super::{
+    Cell, PasswordSource, PoolStatus, ServerInfo, Source, SourceError, parse_numeric_text,
+};
 use crate::config::ConnectionConfig;
 
 /// Server-side backstop for every statement of a session, whatever the trigger's timeout:
@@ -52,9 +53,7 @@ pub struct Postgres {
 struct Sessions {
     name: String,
     config: tokio_postgres::Config,
-    url_password: Option<Vec<u8>>,
-    password_env: String,
-    password_file: Option<PathBuf>,
+    password: PasswordSource,
     tls: Tls,
 }
 
@@ -95,9 +94,7 @@ impl Postgres {
         let sessions = Sessions {
             name: conn.name.clone(),
             config,
-            url_password,
-            password_env: conn.password_env(),
-            password_file: conn.password_file.clone(),
+            password: PasswordSource::new(conn, url_password),
             tls: tls.clone(),
         };
         let pool = Pool::builder(sessions)
@@ -273,27 +270,9 @@ impl Source for Postgres {
 }
 
 impl Sessions {
-    fn password(&self) -> Result<Option<Vec<u8>>, SourceError> {
-        if let Some(path) = &self.password_file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                SourceError::Connect(format!("password_file {}: {e}", path.display()))
-            })?;
-            // Secrets mounted from Kubernetes often end with a newline.
-            return Ok(Some(
-                text.trim_end_matches(['\n', '\r']).as_bytes().to_vec(),
-            ));
-        }
-        if let Ok(pw) = std::env::var(&self.password_env)
-            && !pw.is_empty()
-        {
-            return Ok(Some(pw.into_bytes()));
-        }
-        Ok(self.url_password.clone())
-    }
-
     async fn connect(&self) -> Result<Client, SourceError> {
         let mut config = self.config.clone();
-        if let Some(pw) = self.password()? {
+        if let Some(pw) = self.password.get()? {
             config.password(pw);
         }
         let connect_err =

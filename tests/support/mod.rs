@@ -185,6 +185,18 @@ pub fn metrics_request(obj: &ScaledObjectRef, metric_name: &str) -> GetMetricsRe
     }
 }
 
+/// The one value of a GetMetrics answer.
+pub fn value(r: tonic::Response<orascale::grpc::proto::GetMetricsResponse>) -> f64 {
+    r.into_inner().metric_values[0].metric_value_float
+}
+
+/// `/metrics` of a server, from an async test.
+pub async fn scrape(addr: SocketAddr) -> String {
+    tokio::task::spawn_blocking(move || http_get(addr, "/metrics").1)
+        .await
+        .unwrap()
+}
+
 /// A unary request with KEDA's 3 s deadline.
 pub fn deadline<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
