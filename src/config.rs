@@ -348,6 +348,8 @@ pub struct ConnectionConfig {
     pub url: ConnectionUrl,
     /// Queries of this connection that may run at once.
     pub pool_size: usize,
+    /// The longest a poll waits for a free session (never past its query timeout).
+    pub pool_timeout: Option<Duration>,
     /// A file holding the password (a mounted Kubernetes Secret); re-read for every new
     /// database session, so a rotated secret is picked up without a restart.
     pub password_file: Option<PathBuf>,
@@ -371,6 +373,7 @@ impl ConnectionConfig {
             name: name.into(),
             url,
             pool_size: defaults::POOL_SIZE,
+            pool_timeout: None,
             password_file: None,
             ca_file: None,
             namespaces: None,
@@ -628,6 +631,7 @@ struct FileConnection {
     user: Option<String>,
     connect_string: Option<String>,
     pool_size: Option<usize>,
+    pool_timeout: Option<String>,
     password_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
     namespaces: Option<Vec<String>>,
@@ -769,6 +773,7 @@ impl ServeArgs {
             };
             let min_poll_interval = per_conn(&conn.min_poll_interval, "min_poll_interval")?;
             let max_query_timeout = per_conn(&conn.max_query_timeout, "max_query_timeout")?;
+            let pool_timeout = per_conn(&conn.pool_timeout, "pool_timeout")?;
             if let Some(list) = &conn.namespaces
                 && list.iter().any(|n| n.trim().is_empty())
             {
@@ -781,6 +786,7 @@ impl ServeArgs {
                 name.clone(),
                 ConnectionConfig {
                     pool_size,
+                    pool_timeout,
                     password_file: conn.password_file.clone(),
                     ca_file: conn.ca_file.clone(),
                     namespaces: conn.namespaces.clone(),
@@ -1269,6 +1275,11 @@ mod tests {
             [connections.orders]
             url = "sqlite:/a.db"
             pool_size = 7
+            pool_timeout = "250ms"
+            namespaces = ["shop", "team-*"]
+            min_poll_interval = "5s"
+            max_query_timeout = "2s"
+            allow_dblinks = true
             [connections.other]
             url = "sqlite::memory:"
             "#,
@@ -1282,6 +1293,11 @@ mod tests {
         let orders = &c.connections["orders"];
         assert_eq!(orders.url, parse_url("sqlite:/b.db").unwrap());
         assert_eq!(orders.pool_size, 7, "the flag overrides only the URL");
+        assert_eq!(orders.pool_timeout, Some(Duration::from_millis(250)));
+        assert_eq!(orders.min_poll_interval, Some(Duration::from_secs(5)));
+        assert_eq!(orders.max_query_timeout, Some(Duration::from_secs(2)));
+        assert!(orders.allow_dblinks);
+        assert!(orders.allows_namespace("team-x") && !orders.allows_namespace("other"));
         assert!(c.connections.contains_key("other"));
     }
 

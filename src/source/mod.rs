@@ -122,11 +122,10 @@ pub trait Source: Send + Sync + 'static {
 /// by the first poll, so a database that is down at startup does not stop the scaler.
 pub fn open(conn: &ConnectionConfig) -> Result<Arc<dyn Source>, SourceError> {
     match &conn.url {
-        ConnectionUrl::Sqlite(target) => Ok(Arc::new(sqlite::Sqlite::new(
-            &conn.name,
-            target.clone(),
-            conn.pool_size,
-        ))),
+        ConnectionUrl::Sqlite(target) => Ok(Arc::new(
+            sqlite::Sqlite::new(&conn.name, target.clone(), conn.pool_size)
+                .with_pool_timeout(conn.pool_timeout),
+        )),
         ConnectionUrl::Postgres { url } => Ok(Arc::new(postgres::Postgres::new(conn, url)?)),
         ConnectionUrl::Oracle {
             user,
@@ -138,6 +137,39 @@ pub fn open(conn: &ConnectionConfig) -> Result<Arc<dyn Source>, SourceError> {
             password.as_deref(),
             connect_string,
         )?)),
+    }
+}
+
+/// Takes a session from `pool`, waiting until `deadline` or, when the connection sets one, its
+/// `pool_timeout` after `started`, whichever comes first. Waiting never outlasts the query's
+/// budget, and a full pool is reported as such.
+pub async fn checkout<M>(
+    pool: &deadpool::managed::Pool<M>,
+    started: tokio::time::Instant,
+    deadline: tokio::time::Instant,
+    pool_timeout: Option<Duration>,
+    kind: &str,
+) -> Result<deadpool::managed::Object<M>, SourceError>
+where
+    M: deadpool::managed::Manager<Error = SourceError>,
+{
+    let wait_until = pool_timeout.map_or(deadline, |t| deadline.min(started + t));
+    match tokio::time::timeout_at(wait_until, pool.get()).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(deadpool::managed::PoolError::Backend(e))) => Err(e),
+        Ok(Err(e)) => Err(SourceError::Connect(format!("{kind} pool: {e}"))),
+        Err(_) => {
+            let status = pool.status();
+            let waited = Duration::from_millis((wait_until - started).as_millis() as u64);
+            Err(if status.size >= status.max_size {
+                SourceError::PoolTimeout {
+                    waited,
+                    size: status.max_size,
+                }
+            } else {
+                SourceError::Timeout(waited)
+            })
+        }
     }
 }
 

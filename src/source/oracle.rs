@@ -27,6 +27,7 @@ use oracle::sql_type::OracleType;
 use oracle::{ConnStatus, Connection, Connector};
 use tokio::time::Instant;
 
+use super::checkout;
 use super::{
     Cell, PasswordSource, PoolStatus, ServerInfo, Source, SourceError, parse_numeric_text,
 };
@@ -44,6 +45,7 @@ pub struct Oracle {
     name: String,
     pool: Pool<Sessions>,
     pool_size: usize,
+    pool_timeout: Option<Duration>,
 }
 
 struct Sessions {
@@ -87,27 +89,8 @@ impl Oracle {
             name: conn.name.clone(),
             pool,
             pool_size: conn.pool_size.max(1),
+            pool_timeout: conn.pool_timeout,
         })
-    }
-
-    async fn session(
-        &self,
-        deadline: Instant,
-        timeout: Duration,
-    ) -> Result<Object<Sessions>, SourceError> {
-        match tokio::time::timeout_at(deadline, self.pool.get()).await {
-            Ok(Ok(s)) => Ok(s),
-            Ok(Err(managed::PoolError::Backend(e))) => Err(e),
-            Ok(Err(e)) => Err(SourceError::Connect(format!("oracle pool: {e}"))),
-            Err(_) => Err(if self.pool.status().size >= self.pool_size {
-                SourceError::PoolTimeout {
-                    waited: timeout,
-                    size: self.pool_size,
-                }
-            } else {
-                SourceError::Timeout(timeout)
-            }),
-        }
     }
 
     /// Runs `work` on the session in a blocking thread with the call timeout set to what is
@@ -119,7 +102,7 @@ impl Oracle {
     ) -> Result<T, SourceError> {
         let started = Instant::now();
         let deadline = started + timeout;
-        let session = self.session(deadline, timeout).await?;
+        let session = checkout(&self.pool, started, deadline, self.pool_timeout, "oracle").await?;
         let waited = started.elapsed();
         let remaining = deadline
             .saturating_duration_since(Instant::now())

@@ -28,6 +28,7 @@ use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::{Client, NoTls, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::checkout;
 use super::{
     Cell, PasswordSource, PoolStatus, ServerInfo, Source, SourceError, parse_numeric_text,
 };
@@ -45,6 +46,7 @@ pub struct Postgres {
     name: String,
     pool: Pool<Sessions>,
     pool_size: usize,
+    pool_timeout: Option<Duration>,
     tls: Tls,
 }
 
@@ -105,6 +107,7 @@ impl Postgres {
             name: conn.name.clone(),
             pool,
             pool_size: conn.pool_size.max(1),
+            pool_timeout: conn.pool_timeout,
             tls,
         })
     }
@@ -112,21 +115,8 @@ impl Postgres {
     async fn run(&self, sql: &str, timeout: Duration) -> Result<Cell, SourceError> {
         let started = Instant::now();
         let deadline = started + timeout;
-        let session = match tokio::time::timeout_at(deadline, self.pool.get()).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(managed::PoolError::Backend(e))) => return Err(e),
-            Ok(Err(e)) => return Err(SourceError::Connect(format!("postgres pool: {e}"))),
-            Err(_) => {
-                return Err(if self.pool.status().size >= self.pool_size {
-                    SourceError::PoolTimeout {
-                        waited: timeout,
-                        size: self.pool_size,
-                    }
-                } else {
-                    SourceError::Timeout(timeout)
-                });
-            }
-        };
+        let session =
+            checkout(&self.pool, started, deadline, self.pool_timeout, "postgres").await?;
         let waited = started.elapsed();
         let mut flight = InFlight {
             cancel: Some((session.client.cancel_token(), self.tls.clone())),

@@ -32,9 +32,16 @@ pub struct Sqlite {
     max_idle: usize,
     /// Polls waiting for a permit, for the pool gauges.
     waiting: Arc<std::sync::atomic::AtomicUsize>,
+    pool_timeout: Option<Duration>,
 }
 
 impl Sqlite {
+    /// Bounds the wait for a free slot (below the query timeout).
+    pub fn with_pool_timeout(mut self, t: Option<Duration>) -> Self {
+        self.pool_timeout = t;
+        self
+    }
+
     pub fn new(_name: &str, target: SqliteTarget, pool_size: usize) -> Self {
         Sqlite {
             target,
@@ -42,6 +49,7 @@ impl Sqlite {
             permits: Arc::new(Semaphore::new(pool_size.max(1))),
             max_idle: pool_size.max(1),
             waiting: Arc::default(),
+            pool_timeout: None,
         }
     }
 
@@ -103,11 +111,15 @@ impl Source for Sqlite {
         async move {
             let deadline = Instant::now() + timeout;
             // Waiting for a slot counts against the timeout: a poll never takes longer than it.
+            let wait_until = self.pool_timeout.map_or(deadline, |t| deadline.min(Instant::now() + t));
             let permit = {
                 let _waiting = Counted::new(&self.waiting);
-                tokio::time::timeout_at(deadline, self.permits.clone().acquire_owned()).await
+                tokio::time::timeout_at(wait_until, self.permits.clone().acquire_owned()).await
             }
-                .map_err(|_| SourceError::PoolTimeout { waited: timeout, size: self.max_idle })?
+                .map_err(|_| SourceError::PoolTimeout {
+                    waited: self.pool_timeout.map_or(timeout, |t| t.min(timeout)),
+                    size: self.max_idle,
+                })?
                 .map_err(|_| SourceError::Query("sqlite source is closed".into()))?;
 
             let conn = self.idle.lock().expect("idle pool lock").pop();
@@ -380,6 +392,42 @@ mod tests {
                 .unwrap(),
             Cell::Number(7.0)
         );
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_slot_has_its_own_bound() {
+        let src = std::sync::Arc::new(
+            Sqlite::new("m", SqliteTarget::Memory, 1)
+                .with_pool_timeout(Some(Duration::from_millis(100))),
+        );
+        let slow = "with recursive c(x) as (select 1 union all select x + 1 from c) select count(*) from c";
+        let holder = {
+            let src = src.clone();
+            tokio::spawn(async move { src.query(slow, Duration::from_secs(3)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = std::time::Instant::now();
+        let err = src
+            .query("select 1", Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            SourceError::PoolTimeout {
+                waited: Duration::from_millis(100),
+                size: 1
+            }
+        );
+        assert!(
+            err.to_string()
+                .contains("no free database session within 100ms"),
+            "{err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "did not wait for the whole query timeout"
+        );
+        holder.abort();
     }
 
     #[tokio::test]
