@@ -91,25 +91,44 @@ async fn sessions_are_read_only_and_nothing_changes() {
             .unwrap();
         let server = start(vec![connection("pgro", &pg.scaler_url())], engine()).await;
         let mut c = client(server.grpc_addr).await;
+        // The guard stops what it can see…
         for q in [
             "with d as (delete from jobs returning 1) select count(*) from d",
             "select count(*) from jobs; delete from jobs",
             "select 1 from jobs for update",
-            "select count(*) from secrets",
         ] {
             let obj = object("h", &[("query", q), ("targetQueryValue", "1")]);
-            let e = c
-                .get_metrics(deadline(metrics_request(&obj, "")))
-                .await
-                .unwrap_err();
-            assert_eq!(e.code(), Code::Unavailable, "{q}");
+            let e = c.get_metrics(deadline(metrics_request(&obj, ""))).await.unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{q}");
         }
+        // …and the read-only session stops what it cannot: writes hidden in functions.
+        admin
+            .batch_execute(&format!(
+                "create function purge() returns bigint language sql as 'delete from jobs returning 1';
+                 grant execute on function purge() to {0};
+                 grant usage, update on sequence jobs_id_seq to {0};",
+                pg::SCALER_USER
+            ))
+            .await
+            .unwrap();
+        for q in ["select purge()", "select nextval('jobs_id_seq')"] {
+            let obj = object("h", &[("query", q), ("targetQueryValue", "1")]);
+            let e = c.get_metrics(deadline(metrics_request(&obj, ""))).await.unwrap_err();
+            assert_eq!(e.code(), Code::Unavailable, "{q}");
+            assert!(e.message().contains("read-only transaction"), "{q}: {}", e.message());
+        }
+        // And a table the role may not read stays unread.
+        let obj = object("h", &[("query", "select count(*) from secrets"), ("targetQueryValue", "1")]);
+        let e = c.get_metrics(deadline(metrics_request(&obj, ""))).await.unwrap_err();
+        assert!(e.message().contains("permission denied"), "{}", e.message());
         let n: i64 = admin
             .query_one("select count(*) from jobs", &[])
             .await
             .unwrap()
             .get(0);
         assert_eq!(n, 2, "no row changed");
+        let seq: i64 = admin.query_one("select last_value from jobs_id_seq", &[]).await.unwrap().get(0);
+        assert_eq!(seq, 2, "the sequence did not move");
         let v: String = admin
             .query_one("select v from secrets", &[])
             .await
