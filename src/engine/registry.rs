@@ -101,11 +101,6 @@ impl Registry {
         &self.config
     }
 
-    /// Configured connection names, sorted.
-    pub fn connection_names(&self) -> Vec<String> {
-        self.sources.keys().cloned().collect()
-    }
-
     /// Live pollers.
     pub fn pollers(&self) -> usize {
         self.entries.read().expect("registry lock").len()
