@@ -183,13 +183,15 @@ fn lex(q: &str, dialect: Dialect) -> Result<Vec<Token>, Rejection> {
             prev_was_name = false;
             continue;
         }
-        // Oracle alternative quoting: q'[...]', Q'{...}', nq'<...>'.
+        // Oracle alternative quoting: q'[...]', Q'{...}', and the national nq'<...>'.
+        let national = (c == b'n' || c == b'N')
+            && matches!(next, Some(b'q' | b'Q'))
+            && b.get(i + 2) == Some(&b'\'');
         if dialect == Dialect::Oracle
-            && (c == b'q' || c == b'Q')
-            && next == Some(b'\'')
+            && (national || ((c == b'q' || c == b'Q') && next == Some(b'\'')))
             && !prev_was_name
         {
-            i = skip_q_quote(q, i + 2)?;
+            i = skip_q_quote(q, i + if national { 3 } else { 2 })?;
             out.push(Token::Opaque);
             prev_was_name = false;
             continue;
@@ -486,6 +488,11 @@ mod tests {
             "unterminated quoted",
         ),
         (
+            "select nq'[ a' ]' ; delete from t --'",
+            Oracle,
+            "exactly one statement",
+        ),
+        (
             "select 1 /* /* nested */ ; delete from jobs",
             Postgres,
             "unterminated comment",
@@ -578,6 +585,10 @@ mod tests {
         ),
         (
             "select count(*) from jobs where owner = q'[O'Brien; delete]'",
+            Oracle,
+        ),
+        (
+            "select count(*) from jobs where owner = nq'{O'Brien; delete}'",
             Oracle,
         ),
         (

@@ -368,6 +368,7 @@ fn bad_tls_configuration_exits_64_naming_the_file() {
             ],
             "--tls-cert",
         ),
+        (vec!["--allow-metadata-credentials".into()], "needs TLS"),
     ];
     for (args, frag) in cases {
         let out = std::process::Command::new(bin())

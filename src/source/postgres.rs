@@ -289,6 +289,10 @@ impl Sessions {
             .map_err(|e| {
                 SourceError::Connect(format!("postgres session setup: {}", describe(&e)))
             })?;
+        // PostgreSQL 14+: notice a vanished client during a long query. Older servers lack it.
+        let _ = client
+            .batch_execute("SET client_connection_check_interval = 1000")
+            .await;
         Ok(client)
     }
 }
