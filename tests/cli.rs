@@ -333,3 +333,118 @@ fn demo_creates_its_database_and_serves_it() {
     assert!(out.contains("metricValueFloat=3"), "{out}");
     assert!(out.contains("IsActive: result=true"), "{out}");
 }
+
+#[test]
+fn connections_from_the_environment_and_the_config_file() {
+    let db = TestDb::new();
+    db.set_queued(4);
+    let dir = tempfile::tempdir().unwrap();
+    // The shipped example configuration loads (with its listeners moved to free ports).
+    let shipped =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/orascale.toml");
+    let text = std::fs::read_to_string(&shipped).unwrap();
+    let mine = dir.path().join("orascale.toml");
+    std::fs::write(
+        &mine,
+        format!(
+            "{text}\n[connections.jobs]\nurl = \"{}\"\npool_size = 2\nnamespaces = [\"default\"]\n",
+            db.url()
+        ),
+    )
+    .unwrap();
+    let server = Binary::start_with_env(&["--config", mine.to_str().unwrap()], dir.path(), &[]);
+    let addr = server.grpc.to_string();
+    let (code, out, err) = run(&[
+        "probe",
+        "--addr",
+        &addr,
+        "-m",
+        &format!("query={QUEUED}"),
+        "-m",
+        "targetQueryValue=1",
+        "-m",
+        "connection=jobs",
+        "-m",
+        "pollInterval=5s",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("metricValueFloat=4"), "{out}");
+    // The file's min_poll_interval (5s) applies.
+    let (code, _, err) = run(&[
+        "probe",
+        "--addr",
+        &addr,
+        "-m",
+        "query=select 1",
+        "-m",
+        "targetQueryValue=1",
+        "-m",
+        "connection=jobs",
+        "-m",
+        "pollInterval=1s",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("minimum poll interval 5s"), "{err}");
+    // The file's namespace scope applies.
+    let (code, _, err) = run(&[
+        "probe",
+        "--addr",
+        &addr,
+        "--namespace",
+        "other",
+        "-m",
+        "query=select 1",
+        "-m",
+        "targetQueryValue=1",
+        "-m",
+        "connection=jobs",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("PermissionDenied") && err.contains("\"jobs\""),
+        "{err}"
+    );
+    drop(server);
+
+    // ORASCALE_CONNECTIONS: comma-separated NAME=URL pairs.
+    let other = TestDb::new();
+    other.set_queued(9);
+    let server = Binary::start_with_env(
+        &[],
+        dir.path(),
+        &[(
+            "ORASCALE_CONNECTIONS",
+            &format!("a={},b={}", db.url(), other.url()),
+        )],
+    );
+    let addr = server.grpc.to_string();
+    for (conn, want) in [("a", "metricValueFloat=4"), ("b", "metricValueFloat=9")] {
+        let (code, out, err) = run(&[
+            "probe",
+            "--addr",
+            &addr,
+            "-m",
+            &format!("query={QUEUED}"),
+            "-m",
+            "targetQueryValue=1",
+            "-m",
+            &format!("connection={conn}"),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains(want), "{conn}: {out}");
+    }
+    let (code, _, err) = run(&[
+        "probe",
+        "--addr",
+        &addr,
+        "-m",
+        "query=select 1",
+        "-m",
+        "targetQueryValue=1",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("\"connection\" is required") && err.contains("a, b"),
+        "{err}"
+    );
+}
