@@ -87,9 +87,15 @@ impl Running {
     }
 }
 
-/// Serves until `signal` completes, then shuts down gracefully.
-pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<(), StartError> {
+/// Serves until `signal` completes, then shuts down gracefully. `on_ready` runs once the
+/// listeners are bound (the demo prints its instructions there).
+pub async fn run(
+    config: Config,
+    signal: impl Future<Output = ()>,
+    on_ready: impl FnOnce(&Running),
+) -> Result<(), StartError> {
     let running = start(config).await?;
+    on_ready(&running);
     let token = running.shutdown_token();
     tokio::select! {
         _ = signal => tracing::info!("shutdown signal received: draining"),

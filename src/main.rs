@@ -88,21 +88,11 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     telemetry::init_logging(config.log_format);
     let demo_db = config.demo_db.clone();
-    let grpc = config.grpc_listen;
-    let result = runtime().block_on(async move {
-        let running = app::start(config).await?;
-        if let Some(db) = demo_db {
-            print_demo_instructions(&db, running.grpc_addr.port(), grpc.ip().is_unspecified());
+    let result = runtime().block_on(app::run(config, app::shutdown_signal(), |running| {
+        if let Some(db) = &demo_db {
+            print_demo_instructions(db, running.grpc_addr.port());
         }
-        let token = running.shutdown_token();
-        tokio::select! {
-            _ = app::shutdown_signal() => tracing::info!("shutdown signal received: draining"),
-            _ = token.cancelled() => {}
-        }
-        running.stop().await;
-        tracing::info!("orascale stopped");
-        Ok::<(), app::StartError>(())
-    });
+    }));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -113,7 +103,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-fn print_demo_instructions(db: &std::path::Path, port: u16, _any_ip: bool) {
+fn print_demo_instructions(db: &std::path::Path, port: u16) {
     // Under `cargo run` the binary lives in target/; suggest the command the user typed.
     let exe = std::env::args().next().unwrap_or_default();
     let me = if exe.contains("/target/") {

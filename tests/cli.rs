@@ -7,30 +7,16 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin())
-        .args(args)
-        .env_remove("ORASCALE_CONNECTIONS")
-        .env_remove("ORASCALE_CONFIG")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn version_and_help_show_env_names() {
-    let (code, out, _) = run(&["--version"]);
+    let (code, out, _) = run_bin(&["--version"]);
     assert_eq!(code, 0);
     assert_eq!(
         out.trim(),
         format!("orascale {}", env!("CARGO_PKG_VERSION"))
     );
 
-    let (code, out, _) = run(&["serve", "--help"]);
+    let (code, out, _) = run_bin(&["serve", "--help"]);
     assert_eq!(code, 0);
     for env in [
         "ORASCALE_GRPC_LISTEN",
@@ -62,12 +48,12 @@ fn version_and_help_show_env_names() {
     ] {
         assert!(out.contains(flag), "serve --help lacks {flag}");
     }
-    let (code, out, _) = run(&["probe", "--help"]);
+    let (code, out, _) = run_bin(&["probe", "--help"]);
     assert_eq!(code, 0);
     for flag in ["--addr", "--name", "--namespace", "--metadata", "--watch"] {
         assert!(out.contains(flag), "probe --help lacks {flag}");
     }
-    let (code, _, _) = run(&["--help"]);
+    let (code, _, _) = run_bin(&["--help"]);
     assert_eq!(code, 0);
 }
 
@@ -114,7 +100,7 @@ fn bad_configuration_exits_64_naming_the_value_without_secrets() {
         }
         full.extend(args.iter().cloned());
         let refs: Vec<&str> = full.iter().map(String::as_str).collect();
-        let (code, _, err) = run(&refs);
+        let (code, _, err) = run_bin(&refs);
         assert_eq!(code, 64, "{args:?}: {err}");
         assert!(err.contains(frag), "{args:?}: {err:?} lacks {frag:?}");
         assert!(!err.contains("hunter2"), "{err}");
@@ -190,7 +176,7 @@ fn probe_prints_answers_and_fails_with_the_status_message() {
     let dir = tempfile::tempdir().unwrap();
     let server = Binary::start(&["--connection", &format!("jobs={}", db.url())], dir.path());
     let addr = server.grpc.to_string();
-    let (code, out, err) = run(&[
+    let (code, out, err) = run_bin(&[
         "probe",
         "--addr",
         &addr,
@@ -216,7 +202,7 @@ fn probe_prints_answers_and_fails_with_the_status_message() {
     );
     assert!(out.contains("IsActive: result=true"), "{out}");
 
-    let (code, _, err) = run(&[
+    let (code, _, err) = run_bin(&[
         "probe",
         "--addr",
         &addr,
@@ -233,7 +219,7 @@ fn probe_prints_answers_and_fails_with_the_status_message() {
         "{err}"
     );
 
-    let (code, _, err) = run(&[
+    let (code, _, err) = run_bin(&[
         "probe",
         "--addr",
         &addr,
@@ -250,7 +236,7 @@ fn probe_prints_answers_and_fails_with_the_status_message() {
         "{err}"
     );
 
-    let (code, _, err) = run(&[
+    let (code, _, err) = run_bin(&[
         "probe",
         "--addr",
         "127.0.0.1:1",
@@ -314,11 +300,11 @@ fn demo_creates_its_database_and_serves_it() {
     );
     let db = dir.path().join("orascale-demo.db");
     let db = db.to_str().unwrap();
-    let (code, out, _) = run(&["demo", "--db", db, "enqueue", "3"]);
+    let (code, out, _) = run_bin(&["demo", "--db", db, "enqueue", "3"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("3 queued"), "{out}");
     let addr = server.grpc.to_string();
-    let (code, out, err) = run(&[
+    let (code, out, err) = run_bin(&[
         "probe",
         "--addr",
         &addr,
@@ -354,7 +340,7 @@ fn connections_from_the_environment_and_the_config_file() {
     .unwrap();
     let server = Binary::start_with_env(&["--config", mine.to_str().unwrap()], dir.path(), &[]);
     let addr = server.grpc.to_string();
-    let (code, out, err) = run(&[
+    let (code, out, err) = run_bin(&[
         "probe",
         "--addr",
         &addr,
@@ -370,7 +356,7 @@ fn connections_from_the_environment_and_the_config_file() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("metricValueFloat=4"), "{out}");
     // The file's min_poll_interval (5s) applies.
-    let (code, _, err) = run(&[
+    let (code, _, err) = run_bin(&[
         "probe",
         "--addr",
         &addr,
@@ -386,7 +372,7 @@ fn connections_from_the_environment_and_the_config_file() {
     assert_eq!(code, 1);
     assert!(err.contains("minimum poll interval 5s"), "{err}");
     // The file's namespace scope applies.
-    let (code, _, err) = run(&[
+    let (code, _, err) = run_bin(&[
         "probe",
         "--addr",
         &addr,
@@ -419,7 +405,7 @@ fn connections_from_the_environment_and_the_config_file() {
     );
     let addr = server.grpc.to_string();
     for (conn, want) in [("a", "metricValueFloat=4"), ("b", "metricValueFloat=9")] {
-        let (code, out, err) = run(&[
+        let (code, out, err) = run_bin(&[
             "probe",
             "--addr",
             &addr,
@@ -433,7 +419,7 @@ fn connections_from_the_environment_and_the_config_file() {
         assert_eq!(code, 0, "{err}");
         assert!(out.contains(want), "{conn}: {out}");
     }
-    let (code, _, err) = run(&[
+    let (code, _, err) = run_bin(&[
         "probe",
         "--addr",
         &addr,

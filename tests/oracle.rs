@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use support::*;
@@ -107,18 +106,9 @@ fn without_instant_client_the_binary_serves_specs_and_reports_the_hint() {
 }
 
 fn check(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin())
-        .arg("check")
-        .args(args)
-        .env_remove("ORASCALE_CONNECTIONS")
-        .env_remove("ORASCALE_CONFIG")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut full = vec!["check"];
+    full.extend_from_slice(args);
+    run_bin(&full)
 }
 
 #[test]

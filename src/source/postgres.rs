@@ -219,13 +219,14 @@ impl Source for Postgres {
     ) -> BoxFuture<'a, Result<ServerInfo, SourceError>> {
         async move {
             let deadline = Instant::now() + timeout;
-            let session = tokio::time::timeout_at(deadline, self.pool.get())
-                .await
-                .map_err(|_| SourceError::Timeout(timeout))?
-                .map_err(|e| match e {
-                    managed::PoolError::Backend(e) => e,
-                    other => SourceError::Connect(format!("postgres pool: {other}")),
-                })?;
+            let session = checkout(
+                &self.pool,
+                Instant::now(),
+                deadline,
+                self.pool_timeout,
+                "postgres",
+            )
+            .await?;
             let err = |e: tokio_postgres::Error| {
                 SourceError::Query(format!("postgres: {}", describe(&e)))
             };

@@ -236,6 +236,22 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_orascale")
 }
 
+/// Runs the real binary to completion, without the caller's ORASCALE_* configuration:
+/// (exit code, stdout, stderr).
+pub fn run_bin(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .env_remove("ORASCALE_CONNECTIONS")
+        .env_remove("ORASCALE_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// The real binary, started with `orascale serve ARGS` on loopback ports it picks itself.
 pub struct Binary {
     pub child: Child,
