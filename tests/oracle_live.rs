@@ -89,6 +89,19 @@ async fn conversions_nulls_and_no_rows() {
         ("select 'QUEUED' from dual", Err("not numeric")),
         ("select sysdate from dual", Err("DATE")),
         ("select * from no_such_table_orascale", Err("ORA-00942")),
+        // One row only; the rest is never fetched (row 1000 would raise ORA-01476 if it were).
+        (
+            "select level from dual connect by level <= 1000000",
+            Err("fetch first 1 row only"),
+        ),
+        (
+            "select level, 1 / (1000 - level) from dual connect by level <= 1000000",
+            Err("more than one row"),
+        ),
+        (
+            "select level from dual connect by level <= 1000000 fetch first 1 row only",
+            Ok(Cell::Number(1.0)),
+        ),
     ];
     for (sql, want) in cases {
         match (src.query(sql, T).await, want) {

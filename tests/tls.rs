@@ -4,85 +4,17 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use orascale::grpc::proto::external_scaler_client::ExternalScalerClient;
 use orascale::tls::TlsFiles;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use support::pki::{Pki, ca, leaf};
 use support::*;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-struct Ca {
-    cert_pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-fn ca(name: &str) -> Ca {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let key = KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    Ca {
-        cert_pem: cert.pem(),
-        issuer: Issuer::new(params, key),
-    }
-}
-
-/// A leaf certificate signed by `ca`: (cert PEM, key PEM).
-fn leaf(ca: &Ca, cn: &str, sans: &[&str], expired: bool) -> (String, String) {
-    let mut params =
-        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, cn);
-    if expired {
-        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
-    }
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &ca.issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
-
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: Ca,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        Pki {
-            dir: tempfile::tempdir().unwrap(),
-            ca: ca("orascale test CA"),
-        }
-    }
-
-    fn write(&self, name: &str, content: &str) -> PathBuf {
-        let p = self.dir.path().join(name);
-        // Write-then-rename, as cert-manager's atomic updates do.
-        let tmp = self.dir.path().join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, content).unwrap();
-        std::fs::rename(&tmp, &p).unwrap();
-        p
-    }
-
-    fn server_files(&self, mtls: bool) -> TlsFiles {
-        let (cert, key) = leaf(&self.ca, "orascale", &["localhost", "127.0.0.1"], false);
-        TlsFiles {
-            cert: self.write("tls.crt", &cert),
-            key: self.write("tls.key", &key),
-            client_ca: mtls.then(|| self.write("client-ca.crt", &self.ca.cert_pem)),
-        }
-    }
-}
 
 async fn start_tls(files: TlsFiles, reload: Duration) -> orascale::app::Running {
     let mut config = config(vec![memory("mem")], engine());

@@ -1,8 +1,10 @@
 //! The one small trait every database sits behind, and how a connection's config becomes one.
 //!
 //! A [`Source`] runs one query with a timeout that it enforces on the database side, and returns
-//! the first column of the first row as a [`Cell`]. What a NULL or an empty result means is the
-//! engine's decision (`ignoreNullValues`), not the source's.
+//! the first column of its one row as a [`Cell`]. A query must produce exactly one row (or none):
+//! every source fetches at most two rows and answers [`SourceError::ManyRows`] for a second one,
+//! because scaling on "the first row of many" is scaling on noise. What a NULL or an empty result
+//! means is the engine's decision (`ignoreNullValues`), not the source's.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +17,7 @@ pub mod oracle;
 pub mod postgres;
 pub mod sqlite;
 
-/// The first column of the first row.
+/// The first column of the query's only row.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Cell {
     Number(f64),
@@ -43,6 +45,14 @@ pub enum SourceError {
     Query(String),
     #[error("first column is not numeric: {0}")]
     NotNumeric(String),
+    /// A second row came back. Only two rows are ever fetched, so a huge result costs nothing.
+    #[error(
+        "the query returned more than one row; orascale scales on one number: use `select count(*) from (…)`, an aggregate, or `{first_row}` if you mean the first row"
+    )]
+    ManyRows {
+        /// The dialect's way to keep only the first row.
+        first_row: &'static str,
+    },
     #[error("{0}")]
     Unsupported(String),
 }
@@ -108,9 +118,10 @@ pub trait Source: Send + Sync + 'static {
         timeout: Duration,
     ) -> BoxFuture<'a, Result<ServerInfo, SourceError>>;
 
-    /// Runs `sql` and returns its first cell. The source cancels the query on the database once
-    /// `timeout` has passed (waiting for a free connection counts against it) and then returns
-    /// [`SourceError::Timeout`].
+    /// Runs `sql` and returns the first column of its only row; a second row is
+    /// [`SourceError::ManyRows`], detected without fetching more than two rows. The source
+    /// cancels the query on the database once `timeout` has passed (waiting for a free
+    /// connection counts against it) and then returns [`SourceError::Timeout`].
     fn query<'a>(
         &'a self,
         sql: &'a str,

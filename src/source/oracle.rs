@@ -8,8 +8,8 @@
 //!   call still not return, `break_execution()` is sent from another thread. A session that
 //!   timed out or lost its connection (ORA-03113, ORA-03114, ORA-03135, DPI-1010, DPI-1080 …) is
 //!   discarded, never returned to the pool.
-//! - Statements go through the OCI statement cache (20 per session); only one row is fetched
-//!   (prefetch and array size 1); `Statement::query` refuses anything that is not a query before
+//! - Statements go through the OCI statement cache (20 per session); at most two rows are
+//!   fetched (prefetch and array size 2), the second only to refuse it; `Statement::query` refuses anything that is not a query before
 //!   executing it, and autocommit is off, so nothing a trigger runs is ever committed.
 //! - Without Instant Client every connect fails with DPI-1047; that becomes one startup warning
 //!   and an UNAVAILABLE answer carrying the install hint ([`CLIENT_MISSING_HINT`]).
@@ -289,18 +289,29 @@ impl managed::Manager for Sessions {
     }
 }
 
-/// Fetches one row and converts its first column.
+/// Fetches at most two rows (prefetch and array size 2: one round-trip, never more rows) and
+/// converts the first column of the only one; a second row is [`SourceError::ManyRows`].
 fn first_cell(conn: &Connection, sql: &str) -> Result<Result<Cell, SourceError>, oracle::Error> {
     let mut stmt = conn
         .statement(sql)
-        .fetch_array_size(1)
-        .prefetch_rows(1)
+        .fetch_array_size(2)
+        .prefetch_rows(2)
         .build()?;
     let mut rows = stmt.query(&[])?;
     let Some(row) = rows.next() else {
         return Ok(Ok(Cell::NoRows));
     };
-    let row = row?;
+    let cell = convert_first(&row?)?;
+    if rows.next().transpose()?.is_some() {
+        return Ok(Err(SourceError::ManyRows {
+            first_row: "fetch first 1 row only",
+        }));
+    }
+    Ok(cell)
+}
+
+/// The first column of a fetched row as a cell.
+fn convert_first(row: &oracle::Row) -> Result<Result<Cell, SourceError>, oracle::Error> {
     let Some(column) = row.column_info().first() else {
         return Ok(Err(SourceError::Query(
             "oracle: the query returns no columns".into(),

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, Object, Pool, RecycleError, RecycleResult};
+use futures::FutureExt;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
 use tokio::time::Instant;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::types::{FromSql, Type};
@@ -328,8 +328,11 @@ impl managed::Manager for Sessions {
     }
 }
 
-/// Prepares (cached per session) and reads the first row's first column. Only the first row
-/// is read; write queries that return one row (an aggregate or `LIMIT 1`).
+/// Prepares (cached per session) and reads the first column of the only row. The statement runs
+/// in a portal that fetches at most two rows, so a `select *` over a huge table is neither read
+/// nor sent: the server stops after the second row. A portal needs a transaction block; the
+/// session is read-only and the transaction is rolled back when dropped (sent, not awaited:
+/// the next statement on this session queues behind it).
 async fn first_cell(session: &mut Session, sql: &str) -> Result<Cell, SourceError> {
     let query_err =
         |e: tokio_postgres::Error| SourceError::Query(format!("postgres: {}", describe(&e)));
@@ -349,14 +352,17 @@ async fn first_cell(session: &mut Session, sql: &str) -> Result<Cell, SourceErro
             "postgres: the query returns no columns".into(),
         ));
     }
-    let rows = session
-        .client
-        .query_raw(&statement, std::iter::empty::<i32>())
-        .await
-        .map_err(query_err)?;
-    futures::pin_mut!(rows);
-    let Some(row) = rows.next().await.transpose().map_err(query_err)? else {
-        return Ok(Cell::NoRows);
+    let tx = session.client.transaction().await.map_err(query_err)?;
+    let portal = tx.bind(&statement, &[]).await.map_err(query_err)?;
+    let rows = tx.query_portal(&portal, 2).await.map_err(query_err)?;
+    let row = match rows.as_slice() {
+        [] => return Ok(Cell::NoRows),
+        [row] => row,
+        [_, _, ..] => {
+            return Err(SourceError::ManyRows {
+                first_row: "limit 1",
+            });
+        }
     };
     match row.try_get::<_, PgValue>(0).map_err(query_err)? {
         PgValue::Null => Ok(Cell::Null),

@@ -240,7 +240,7 @@ fn open_file(path: &PathBuf, flags: OpenFlags) -> rusqlite::Result<Connection> {
     Connection::open_with_flags(path, flags)
 }
 
-/// Runs the statement and reads only the first row's first column.
+/// Runs the statement and reads the first column of its only row (at most two rows are stepped).
 fn first_cell(conn: &Connection, sql: &str) -> Result<Cell, SourceError> {
     let db_err = |e: rusqlite::Error| SourceError::Query(format!("sqlite: {e}"));
     let mut stmt = conn.prepare_cached(sql).map_err(|e| match e {
@@ -263,13 +263,20 @@ fn first_cell(conn: &Connection, sql: &str) -> Result<Cell, SourceError> {
     let Some(row) = rows.next().map_err(interrupted_or(db_err))? else {
         return Ok(Cell::NoRows);
     };
-    match row.get_ref(0).map_err(db_err)? {
+    let cell = match row.get_ref(0).map_err(db_err)? {
         ValueRef::Null => Ok(Cell::Null),
         ValueRef::Integer(i) => Ok(Cell::Number(i as f64)),
         ValueRef::Real(f) => Ok(Cell::Number(f)),
         ValueRef::Text(t) => parse_numeric_text(&String::from_utf8_lossy(t)).map(Cell::Number),
         ValueRef::Blob(_) => Err(SourceError::NotNumeric("a blob".into())),
+    };
+    // One more step, never more: a second row is an error, and the rest is never read.
+    if rows.next().map_err(interrupted_or(db_err))?.is_some() {
+        return Err(SourceError::ManyRows {
+            first_row: "limit 1",
+        });
     }
+    cell
 }
 
 fn interrupted_or(
@@ -327,6 +334,59 @@ mod tests {
                 (got, want) => panic!("{sql}: got {got:?}, want {want:?}"),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn one_row_only_and_the_rest_is_never_stepped() {
+        let (_dir, src) = file_db(
+            "create table big(id integer primary key);
+             insert into big(id) with recursive n(x) as (select 1 union all select x + 1 from n where x < 100000) select x from n;",
+        );
+        for (sql, want) in [
+            ("select count(*) from big", Ok(Cell::Number(100000.0))),
+            (
+                "select id from big order by id desc limit 1",
+                Ok(Cell::Number(100000.0)),
+            ),
+            ("select id from big where id = 7", Ok(Cell::Number(7.0))),
+            ("select id from big where id = 0", Ok(Cell::NoRows)),
+            ("select id from big where id < 3", Err(())),
+            ("select * from big", Err(())),
+            // Row 1000 overflows if it is ever computed: only two rows are stepped.
+            (
+                "select id, abs(-9223372036854775807 - (id >= 1000)) from big",
+                Err(()),
+            ),
+            // A non-numeric first cell over many rows: the row count is the mistake to report.
+            ("select 'x' from big", Err(())),
+        ] {
+            match (src.query(sql, T).await, want) {
+                (Ok(c), Ok(w)) => assert_eq!(c, w, "{sql}"),
+                (Err(e), Err(())) => {
+                    assert_eq!(
+                        e,
+                        SourceError::ManyRows {
+                            first_row: "limit 1"
+                        },
+                        "{sql}"
+                    );
+                    let text = e.to_string();
+                    assert!(text.contains("select count(*) from (…)"), "{text}");
+                }
+                (got, want) => panic!("{sql}: got {got:?}, want {want:?}"),
+            }
+        }
+        // Past the second row the overflow is real: the trick above proves something.
+        assert!(
+            src.query(
+                "select sum(abs(-9223372036854775807 - (id >= 1000))) from big",
+                T
+            )
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("overflow")
+        );
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod pki;
 
 use std::collections::HashMap;
 use std::future::Future;

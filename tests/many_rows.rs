@@ -1,0 +1,219 @@
+//! One number per query: a query that returns more than one row is an error on every source,
+//! never its first cell read as the metric — and detecting it never reads the rest of the result.
+//! Against the real server over gRPC (SQLite and a real PostgreSQL) and the real binary's `check`.
+
+mod support;
+
+use std::time::Duration;
+
+use support::pg::{self, Pg, SCALER_USER};
+use support::*;
+use tonic::Code;
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// The advice every many-rows error carries.
+fn assert_advice(message: &str, query: &str, first_row: &str) {
+    for part in [
+        "more than one row",
+        "select count(*) from (",
+        "an aggregate",
+        first_row,
+        query,
+    ] {
+        assert!(message.contains(part), "{part:?} missing from: {message}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_one_row_or_an_error_that_says_what_to_write() {
+    guard(LIMIT, async {
+        let db = TestDb::new();
+        db.set_queued(5);
+        let server = start(vec![connection("jobs", &db.url())], engine()).await;
+        let mut c = client(server.grpc_addr).await;
+
+        // The demo walkthrough's query and the other one-row shapes keep working.
+        for (q, want) in [
+            (QUEUED, 5.0),
+            ("select max(id) from jobs", 5.0),
+            ("select id from jobs order by id limit 1", 1.0),
+            (
+                "select count(*) from (select * from jobs where status = 'queued')",
+                5.0,
+            ),
+        ] {
+            let obj = object("ok", &[("query", q), ("targetQueryValue", "5")]);
+            let got = c.get_metrics(deadline(metrics_request(&obj, ""))).await;
+            assert_eq!(
+                value(got.unwrap_or_else(|e| panic!("{q}: {e}"))),
+                want,
+                "{q}"
+            );
+        }
+
+        // The shapes from the issue: an id would have been read as the metric.
+        for q in [
+            "select * from jobs where status = 'queued'",
+            "select id from jobs",
+        ] {
+            for ignore in ["false", "true"] {
+                let obj = object(
+                    "many",
+                    &[
+                        ("query", q),
+                        ("targetQueryValue", "5"),
+                        ("ignoreNullValues", ignore),
+                    ],
+                );
+                let e = c
+                    .get_metrics(deadline(metrics_request(&obj, "")))
+                    .await
+                    .expect_err("many rows is an error");
+                assert_eq!(e.code(), Code::Unavailable, "{q}: {e:?}");
+                assert_advice(e.message(), q, "limit 1");
+                let e = c.is_active(deadline(obj.clone())).await.unwrap_err();
+                assert_eq!(e.code(), Code::Unavailable, "IsActive too: {e:?}");
+            }
+        }
+
+        // The other ScaledObjects on the connection are untouched.
+        let good = object("good", &[("query", QUEUED), ("targetQueryValue", "5")]);
+        assert_eq!(
+            value(
+                c.get_metrics(deadline(metrics_request(&good, "")))
+                    .await
+                    .unwrap()
+            ),
+            5.0
+        );
+        server.stop().await;
+    })
+    .await;
+}
+
+#[test]
+fn check_reports_many_rows_with_the_same_advice() {
+    let db = TestDb::new();
+    db.set_queued(3);
+    let jobs = format!("jobs={}", db.url());
+    let (code, out, err) = run_bin(&[
+        "check",
+        "--connection",
+        &jobs,
+        "--query",
+        "select id from jobs",
+    ]);
+    assert_eq!(code, 1, "a many-rows query fails the check: {out}{err}");
+    assert!(out.contains("FAILED"), "{out}");
+    assert!(out.contains("more than one row"), "{out}");
+    assert!(out.contains("select count(*) from ("), "{out}");
+    assert!(out.contains("limit 1"), "{out}");
+
+    let (code, out, err) = run_bin(&[
+        "check",
+        "--connection",
+        &jobs,
+        "--query",
+        "select id from jobs order by id desc limit 1",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.lines().nth(1).unwrap().trim_end().ends_with(" 3"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_many_rows_is_an_error_and_the_rest_is_never_read() {
+    let Some(pg) = Pg::start_or_skip("postgres_many_rows_is_an_error_and_the_rest_is_never_read")
+    else {
+        return;
+    };
+    guard(LIMIT, async {
+        let admin = pg.setup().await;
+        pg::set_queued(&admin, 5).await;
+        // A million rows; row 1000 divides by zero if anyone ever evaluates it.
+        admin
+            .batch_execute(&format!(
+                "create table big as select g as id from generate_series(1, 1000000) g;
+                 grant select on big to {SCALER_USER};"
+            ))
+            .await
+            .unwrap();
+        let server = start(vec![connection("pg", &pg.scaler_url())], engine()).await;
+        let mut c = client(server.grpc_addr).await;
+
+        for (q, want) in [
+            (QUEUED, 5.0),
+            ("select id from jobs order by id limit 1", 1.0),
+            ("select count(*) from (select * from big) b", 1e6),
+        ] {
+            let obj = object("ok", &[("query", q), ("targetQueryValue", "5")]);
+            let got = c.get_metrics(deadline(metrics_request(&obj, ""))).await;
+            assert_eq!(
+                value(got.unwrap_or_else(|e| panic!("{q}: {e}"))),
+                want,
+                "{q}"
+            );
+        }
+        for q in [
+            "select * from jobs where status = 'queued'",
+            "select id from jobs",
+            "select * from big",
+            // Evaluated past the second row, this would fail with "division by zero" instead.
+            "select id, 1 / (1000 - id) from big",
+        ] {
+            let obj = object(
+                "many",
+                &[
+                    ("query", q),
+                    ("targetQueryValue", "5"),
+                    ("queryTimeout", "20s"),
+                ],
+            );
+            let e = c
+                .get_metrics(deadline(metrics_request(&obj, "")))
+                .await
+                .expect_err("many rows is an error");
+            assert_eq!(e.code(), Code::Unavailable, "{q}: {e:?}");
+            assert_advice(e.message(), q, "limit 1");
+            assert!(!e.message().contains("division by zero"), "{}", e.message());
+        }
+        // The session went back to the pool clean: no transaction left open, the next query works.
+        let good = object("good", &[("query", QUEUED), ("targetQueryValue", "5")]);
+        assert_eq!(
+            value(
+                c.get_metrics(deadline(metrics_request(&good, "")))
+                    .await
+                    .unwrap()
+            ),
+            5.0
+        );
+        // The rollback is sent when the poll ends, not awaited: allow it a moment to land.
+        let mut open = Vec::new();
+        for _ in 0..50 {
+            open = pg::scaler_sessions(&admin)
+                .await
+                .into_iter()
+                .filter(|(state, _)| state.starts_with("idle in transaction"))
+                .collect();
+            if open.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(open.is_empty(), "sessions left in a transaction: {open:?}");
+        assert_eq!(
+            admin
+                .query_one("select count(*) from big", &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0),
+            1_000_000,
+            "nothing changed"
+        );
+        server.stop().await;
+    })
+    .await;
+}
