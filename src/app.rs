@@ -159,6 +159,26 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .local_addr()
         .expect("bound listener has an address");
 
+    // Everything that can fail is done before the first task starts: a failed start leaves
+    // nothing running.
+    // Reflection in both versions: grpcurl before 1.9, grpcui and Python's grpcio-reflection
+    // still ask `grpc.reflection.v1alpha`; newer tools ask `v1`.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::grpc::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // Each version lists only itself by default; list both from either.
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|e| StartError::Config(format!("gRPC reflection: {e}")))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| StartError::Config(format!("gRPC reflection: {e}")))?;
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let metrics = telemetry::metrics::install();
@@ -195,24 +215,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown.clone(),
     ));
 
-    // Reflection in both versions: grpcurl before 1.9, grpcui and Python's grpcio-reflection
-    // still ask `grpc.reflection.v1alpha`; newer tools ask `v1`.
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::grpc::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            // Each version lists only itself by default; list both from either.
-            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(
-                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-            )
-    };
-    let reflection_v1 = reflection()
-        .build_v1()
-        .map_err(|e| StartError::Config(format!("gRPC reflection: {e}")))?;
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .map_err(|e| StartError::Config(format!("gRPC reflection: {e}")))?;
     let router = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
@@ -241,6 +243,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let stop = CancellationToken::new();
     let decided = stop.clone();
     let delay = config.engine.shutdown_delay;
+    let closing = registry.clone();
     let done = tokio::spawn(async move {
         decided.cancelled().await;
         // Tell: readiness first, so Kubernetes stops routing new connections here; keep
@@ -258,11 +261,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown.cancel();
         // Wait, bounded: streams end themselves on the token; a client that does not read
         // its stream's end cannot hold us.
-        match tokio::time::timeout(GRPC_DRAIN, server).await {
+        let mut server = server;
+        match tokio::time::timeout(GRPC_DRAIN, &mut server).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
             Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server task failed"),
-            Err(_) => tracing::warn!("gRPC drain took longer than {GRPC_DRAIN:?}; closing anyway"),
+            Err(_) => {
+                // Dropping a JoinHandle detaches the task: abort it, so no connection outlives us.
+                server.abort();
+                tracing::warn!("gRPC drain took longer than {GRPC_DRAIN:?}; connections closed");
+            }
         }
         tracker.close();
         if tokio::time::timeout(TASK_DRAIN, tracker.wait())
@@ -270,6 +278,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .is_err()
         {
             tracing::warn!("pollers did not stop within {TASK_DRAIN:?}; exiting anyway");
+        }
+        // Then the sources' own tasks (database connection drivers), also bounded.
+        let all = closing.all_sources();
+        let sources = futures::future::join_all(all.iter().map(|s| s.close()));
+        if tokio::time::timeout(TASK_DRAIN, sources).await.is_err() {
+            tracing::warn!(
+                "database connections did not close within {TASK_DRAIN:?}; exiting anyway"
+            );
         }
     });
 

@@ -35,6 +35,19 @@ pub mod defaults {
     pub const MAX_METADATA_KEY_LENGTH: usize = 128;
     pub const MAX_METADATA_VALUE_LENGTH: usize = 16 * 1024;
     pub const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+    /// The longest `pollInterval` a trigger may ask for.
+    pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+    /// The longest `queryTimeout` a trigger may ask for.
+    pub const MAX_QUERY_TIMEOUT: Duration = Duration::from_secs(300);
+    /// No duration setting may exceed this (a year): every deadline the process computes from
+    /// one stays far inside what `Instant` can hold.
+    pub const DURATION_CEILING: Duration = Duration::from_secs(365 * 24 * 3600);
+    /// No poll interval, timeout or delay of the server's own may exceed a day.
+    pub const SERVER_DURATION_MAX: Duration = Duration::from_secs(24 * 3600);
+    /// Most sessions per connection pool.
+    pub const MAX_POOL_SIZE: usize = 1_000;
+    /// Most poll intervals a failed poller's last good value may be served for.
+    pub const MAX_STALE_AFTER_POLLS: u32 = 1_000;
     pub const DEMO_DB: &str = "orascale-demo.db";
 }
 
@@ -126,6 +139,14 @@ pub struct ServeArgs {
     /// Smallest pollInterval a trigger may ask for [default: 1s]
     #[arg(long, env = "ORASCALE_MIN_POLL_INTERVAL", value_name = "DURATION", value_parser = parse_duration_arg)]
     pub min_poll_interval: Option<Duration>,
+
+    /// Longest pollInterval a trigger may ask for; above it is INVALID_ARGUMENT [default: 24h]
+    #[arg(long, env = "ORASCALE_MAX_POLL_INTERVAL", value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub max_poll_interval: Option<Duration>,
+
+    /// Longest queryTimeout a trigger may ask for; above it is INVALID_ARGUMENT [default: 5m]
+    #[arg(long, env = "ORASCALE_MAX_QUERY_TIMEOUT", value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub max_query_timeout: Option<Duration>,
 
     /// Query timeout of triggers without queryTimeout; enforced by the database [default: 5s]
     #[arg(long, env = "ORASCALE_DEFAULT_QUERY_TIMEOUT", value_name = "DURATION", value_parser = parse_duration_arg)]
@@ -288,7 +309,9 @@ pub struct Config {
 pub struct EngineConfig {
     pub default_poll_interval: Duration,
     pub min_poll_interval: Duration,
+    pub max_poll_interval: Duration,
     pub default_query_timeout: Duration,
+    pub max_query_timeout: Duration,
     pub idle_timeout: Duration,
     pub stream_resend_interval: Duration,
     pub stale_after_polls: u32,
@@ -330,7 +353,9 @@ impl Default for EngineConfig {
         EngineConfig {
             default_poll_interval: defaults::POLL_INTERVAL,
             min_poll_interval: defaults::MIN_POLL_INTERVAL,
+            max_poll_interval: defaults::MAX_POLL_INTERVAL,
             default_query_timeout: defaults::QUERY_TIMEOUT,
+            max_query_timeout: defaults::MAX_QUERY_TIMEOUT,
             idle_timeout: defaults::IDLE_TIMEOUT,
             stream_resend_interval: defaults::STREAM_RESEND_INTERVAL,
             stale_after_polls: defaults::STALE_AFTER_POLLS,
@@ -599,7 +624,9 @@ struct FileConfig {
     metrics_listen: Option<String>,
     default_poll_interval: Option<String>,
     min_poll_interval: Option<String>,
+    max_poll_interval: Option<String>,
     default_query_timeout: Option<String>,
+    max_query_timeout: Option<String>,
     idle_timeout: Option<String>,
     stream_resend_interval: Option<String>,
     stale_after_polls: Option<u32>,
@@ -687,11 +714,23 @@ impl ServeArgs {
                 "min_poll_interval",
                 defaults::MIN_POLL_INTERVAL,
             )?,
+            max_poll_interval: duration(
+                self.max_poll_interval,
+                &file.max_poll_interval,
+                "max_poll_interval",
+                defaults::MAX_POLL_INTERVAL,
+            )?,
             default_query_timeout: duration(
                 self.default_query_timeout,
                 &file.default_query_timeout,
                 "default_query_timeout",
                 defaults::QUERY_TIMEOUT,
+            )?,
+            max_query_timeout: duration(
+                self.max_query_timeout,
+                &file.max_query_timeout,
+                "max_query_timeout",
+                defaults::MAX_QUERY_TIMEOUT,
             )?,
             idle_timeout: duration(
                 self.idle_timeout,
@@ -752,10 +791,13 @@ impl ServeArgs {
             validate_name(name).map_err(|m| invalid(&key, m))?;
             let url = file_connection_url(&key, conn)?;
             let pool_size = conn.pool_size.unwrap_or(defaults::POOL_SIZE);
-            if pool_size == 0 {
+            if !(1..=defaults::MAX_POOL_SIZE).contains(&pool_size) {
                 return Err(invalid(
                     format!("{key}.pool_size"),
-                    "value 0 must be at least 1",
+                    format!(
+                        "value {pool_size} must be between 1 and {}",
+                        defaults::MAX_POOL_SIZE
+                    ),
                 ));
             }
             let per_conn = |value: &Option<String>, field: &str| {
@@ -774,6 +816,28 @@ impl ServeArgs {
             let min_poll_interval = per_conn(&conn.min_poll_interval, "min_poll_interval")?;
             let max_query_timeout = per_conn(&conn.max_query_timeout, "max_query_timeout")?;
             let pool_timeout = per_conn(&conn.pool_timeout, "pool_timeout")?;
+            let within = |d: Option<Duration>, field: &str, max: Duration, max_name: &str| match d {
+                Some(d) => in_range(d, &format!("{key}.{field}"), max, max_name),
+                None => Ok(()),
+            };
+            within(
+                min_poll_interval,
+                "min_poll_interval",
+                engine.max_poll_interval,
+                "max_poll_interval",
+            )?;
+            within(
+                max_query_timeout,
+                "max_query_timeout",
+                engine.max_query_timeout,
+                "max_query_timeout",
+            )?;
+            within(
+                pool_timeout,
+                "pool_timeout",
+                engine.max_query_timeout,
+                "max_query_timeout",
+            )?;
             if let Some(list) = &conn.namespaces
                 && list.iter().any(|n| n.trim().is_empty())
             {
@@ -832,6 +896,19 @@ impl ServeArgs {
             );
         }
 
+        let tls_reload_interval = duration(
+            self.tls_reload_interval,
+            &file.tls_reload_interval,
+            "tls_reload_interval",
+            defaults::TLS_RELOAD_INTERVAL,
+        )?;
+        in_range(
+            tls_reload_interval,
+            "tls_reload_interval",
+            defaults::SERVER_DURATION_MAX,
+            "a day",
+        )?;
+
         Ok(Config {
             grpc_listen: addr(
                 self.grpc_listen,
@@ -852,12 +929,7 @@ impl ServeArgs {
                 .or(file.log_format)
                 .unwrap_or(LogFormat::Text),
             tls: tls.clone(),
-            tls_reload_interval: duration(
-                self.tls_reload_interval,
-                &file.tls_reload_interval,
-                "tls_reload_interval",
-                defaults::TLS_RELOAD_INTERVAL,
-            )?,
+            tls_reload_interval,
             allow_metadata_credentials,
             demo_db,
         })
@@ -938,18 +1010,57 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     })
 }
 
+/// `d` must be above zero and at most `max` (named `max_name` in the message).
+fn in_range(d: Duration, key: &str, max: Duration, max_name: &str) -> Result<(), ConfigError> {
+    if d.is_zero() {
+        return Err(invalid(key, "must be greater than 0"));
+    }
+    if d > max {
+        return Err(invalid(
+            key,
+            format!(
+                "value {} is above {max_name} ({})",
+                humantime::format_duration(d),
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn validate_engine(e: &EngineConfig) -> Result<(), ConfigError> {
-    let nonzero = |d: Duration, key: &str| {
-        if d.is_zero() {
-            Err(invalid(key, "must be greater than 0"))
-        } else {
-            Ok(())
-        }
-    };
-    nonzero(e.min_poll_interval, "min_poll_interval")?;
-    nonzero(e.default_query_timeout, "default_query_timeout")?;
-    nonzero(e.idle_timeout, "idle_timeout")?;
-    nonzero(e.stream_resend_interval, "stream_resend_interval")?;
+    let day = defaults::SERVER_DURATION_MAX;
+    let ceiling = defaults::DURATION_CEILING;
+    in_range(e.max_poll_interval, "max_poll_interval", ceiling, "a year")?;
+    in_range(e.max_query_timeout, "max_query_timeout", day, "a day")?;
+    in_range(
+        e.min_poll_interval,
+        "min_poll_interval",
+        e.max_poll_interval,
+        "max_poll_interval",
+    )?;
+    in_range(
+        e.default_poll_interval,
+        "default_poll_interval",
+        e.max_poll_interval,
+        "max_poll_interval",
+    )?;
+    in_range(
+        e.default_query_timeout,
+        "default_query_timeout",
+        e.max_query_timeout,
+        "max_query_timeout",
+    )?;
+    in_range(e.idle_timeout, "idle_timeout", ceiling, "a year")?;
+    in_range(
+        e.stream_resend_interval,
+        "stream_resend_interval",
+        day,
+        "a day",
+    )?;
+    if e.shutdown_delay > defaults::SERVER_DURATION_MAX {
+        in_range(e.shutdown_delay, "shutdown_delay", day, "a day")?;
+    }
     if e.default_poll_interval < e.min_poll_interval {
         return Err(invalid(
             "default_poll_interval",
@@ -957,6 +1068,16 @@ fn validate_engine(e: &EngineConfig) -> Result<(), ConfigError> {
                 "value {} is below min_poll_interval {}",
                 humantime::format_duration(e.default_poll_interval),
                 humantime::format_duration(e.min_poll_interval)
+            ),
+        ));
+    }
+    if e.stale_after_polls > defaults::MAX_STALE_AFTER_POLLS {
+        return Err(invalid(
+            "stale_after_polls",
+            format!(
+                "value {} must be at most {}",
+                e.stale_after_polls,
+                defaults::MAX_STALE_AFTER_POLLS
             ),
         ));
     }
@@ -987,13 +1108,18 @@ fn validate_name(name: &str) -> Result<(), String> {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
+    if !ok {
+        return Err(format!(
             "connection name {name:?} must be 1-63 characters of [A-Za-z0-9._-]"
-        ))
+        ));
     }
+    if crate::metadata::is_dynamic_name(name) {
+        return Err(format!(
+            "connection name {name:?} starts with {:?}, which is reserved for connections made from metadata credentials",
+            crate::metadata::DYNAMIC_PREFIX
+        ));
+    }
+    Ok(())
 }
 
 fn parse_connection_flag(raw: &str) -> Result<(String, ConnectionUrl), ConfigError> {
@@ -1328,6 +1454,66 @@ mod tests {
             (
                 "[connections.\"a b\"]\nurl = \"sqlite::memory:\"",
                 "connection name \"a b\"",
+            ),
+            // Zero and huge values are refused here, not left to panic in a timer later.
+            (
+                "tls_reload_interval = \"0s\"",
+                "tls_reload_interval: must be greater than 0",
+            ),
+            (
+                "tls_reload_interval = \"200000000000y\"",
+                "tls_reload_interval: value",
+            ),
+            (
+                "stream_resend_interval = \"0s\"",
+                "stream_resend_interval: must be greater than 0",
+            ),
+            (
+                "idle_timeout = \"18446744073709551615s\"",
+                "idle_timeout: value",
+            ),
+            ("max_poll_interval = \"0s\"", "max_poll_interval: must be"),
+            (
+                "max_poll_interval = \"2y\"",
+                "max_poll_interval: value 2years",
+            ),
+            (
+                "default_poll_interval = \"2d\"",
+                "default_poll_interval: value 2days is above max_poll_interval",
+            ),
+            ("max_query_timeout = \"2d\"", "max_query_timeout: value"),
+            (
+                "default_query_timeout = \"10m\"",
+                "default_query_timeout: value 10m is above max_query_timeout",
+            ),
+            ("shutdown_delay = \"1000d\"", "shutdown_delay: value"),
+            (
+                "stale_after_polls = 4294967295",
+                "stale_after_polls: value 4294967295",
+            ),
+            (
+                "[connections.x]\nurl = \"sqlite::memory:\"\nmin_poll_interval = \"0s\"",
+                "connections.x.min_poll_interval: must be greater than 0",
+            ),
+            (
+                "[connections.x]\nurl = \"sqlite::memory:\"\nmin_poll_interval = \"1000d\"",
+                "connections.x.min_poll_interval: value",
+            ),
+            (
+                "[connections.x]\nurl = \"sqlite::memory:\"\nmax_query_timeout = \"0s\"",
+                "connections.x.max_query_timeout: must be greater than 0",
+            ),
+            (
+                "[connections.x]\nurl = \"sqlite::memory:\"\npool_timeout = \"0s\"",
+                "connections.x.pool_timeout: must be greater than 0",
+            ),
+            (
+                "[connections.x]\nurl = \"sqlite::memory:\"\npool_size = 18446744073709551615",
+                "connections.x.pool_size: value 18446744073709551615 must be between 1 and 1000",
+            ),
+            (
+                "[connections.meta-1]\nurl = \"sqlite::memory:\"",
+                "reserved for connections made from metadata credentials",
             ),
         ];
         for (toml_text, want) in cases {

@@ -23,7 +23,7 @@ pub const METRIC_NAME: &str = "metricName";
 pub const IGNORE_NULL_VALUES: &str = "ignoreNullValues";
 
 /// Our keys, for the "did you mean" hint.
-const KEYS: &[&str] = &[
+pub const KEYS: &[&str] = &[
     QUERY,
     TARGET_QUERY_VALUE,
     ACTIVATION_TARGET_QUERY_VALUE,
@@ -35,7 +35,7 @@ const KEYS: &[&str] = &[
 ];
 
 /// KEDA's own keys: they arrive in scalerMetadata (KEDA.md) and are accepted and ignored.
-const KEDA_KEYS: &[&str] = &[
+pub const KEDA_KEYS: &[&str] = &[
     "scalerAddress",
     "enableTLS",
     "unsafeSsl",
@@ -376,6 +376,14 @@ pub fn parse(
 /// A name for a connection made from metadata credentials: a hash keyed with a per-process
 /// secret, so equal credentials share one pool, different ones never do, and the name reveals
 /// nothing about the password.
+/// Whether a connection name is one [`dynamic_name`] makes (configured names may not be).
+pub fn is_dynamic_name(name: &str) -> bool {
+    name.starts_with(DYNAMIC_PREFIX)
+}
+
+/// The prefix of connections made from metadata credentials; reserved.
+pub const DYNAMIC_PREFIX: &str = "meta-";
+
 fn dynamic_name(url: &ConnectionUrl) -> String {
     use std::hash::BuildHasher;
     static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
@@ -383,7 +391,7 @@ fn dynamic_name(url: &ConnectionUrl) -> String {
     let h = KEY
         .get_or_init(Default::default)
         .hash_one(url.identity_for_hashing());
-    format!("meta-{h:016x}")
+    format!("{DYNAMIC_PREFIX}{h:016x}")
 }
 
 /// The rest of the parse, once the connection is known. `label` names the connection in the
@@ -421,6 +429,16 @@ fn finish(
                     ),
                 ));
             }
+            if d > ctx.engine.max_poll_interval {
+                return Err(invalid(
+                    POLL_INTERVAL,
+                    v,
+                    format!(
+                        "is above the server maximum poll interval {} (--max-poll-interval)",
+                        humantime::format_duration(ctx.engine.max_poll_interval)
+                    ),
+                ));
+            }
             d
         }
     };
@@ -434,6 +452,16 @@ fn finish(
                 .map_err(|e| invalid(QUERY_TIMEOUT, v, format!("is not a duration: {e}")))?;
             if d < Duration::from_millis(1) {
                 return Err(invalid(QUERY_TIMEOUT, v, "must be at least 1ms"));
+            }
+            if d > ctx.engine.max_query_timeout {
+                return Err(invalid(
+                    QUERY_TIMEOUT,
+                    v,
+                    format!(
+                        "is above the server maximum query timeout {} (--max-query-timeout)",
+                        humantime::format_duration(ctx.engine.max_query_timeout)
+                    ),
+                ));
             }
             if let Some(max) = conn.max_query_timeout
                 && d > max
@@ -731,6 +759,30 @@ mod tests {
             (
                 &[Q, T, ("queryTimeout", "0s")],
                 &["\"queryTimeout\"", "at least 1ms"],
+            ),
+            (
+                &[Q, T, ("pollInterval", "18446744073709551615s")],
+                &[
+                    "\"pollInterval\"",
+                    "\"18446744073709551615s\"",
+                    "above the server maximum poll interval 1day",
+                ],
+            ),
+            (
+                &[Q, T, ("pollInterval", "200000000000y")],
+                &["\"pollInterval\"", "\"200000000000y\""],
+            ),
+            (
+                &[Q, T, ("queryTimeout", "200000000000y")],
+                &["\"queryTimeout\"", "\"200000000000y\""],
+            ),
+            (
+                &[Q, T, ("queryTimeout", "6m")],
+                &[
+                    "\"queryTimeout\"",
+                    "\"6m\"",
+                    "above the server maximum query timeout 5m",
+                ],
             ),
             (
                 &[Q, T, ("ignoreNullValues", "yes")],

@@ -26,6 +26,52 @@ use tokio_util::task::TaskTracker;
 
 /// A handshake that takes longer than this is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS handshakes in progress at once, in all. A connection past it is closed at once: a flood
+/// of connections that never finish their handshake holds at most this many tasks.
+const MAX_HANDSHAKES: usize = 1024;
+/// Handshakes in progress from one IP address: one noisy or hostile peer cannot take the
+/// whole budget from KEDA.
+const MAX_HANDSHAKES_PER_PEER: usize = 64;
+
+/// Counts handshakes in progress, in all and per peer address.
+#[derive(Default)]
+struct Handshakes {
+    per_peer: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One handshake's place in [`Handshakes`], given back when dropped.
+struct HandshakeSlot {
+    all: Arc<Handshakes>,
+    peer: std::net::IpAddr,
+}
+
+impl Handshakes {
+    fn admit(self: &Arc<Self>, peer: std::net::IpAddr) -> Option<HandshakeSlot> {
+        let mut map = self.per_peer.lock().expect("handshake lock");
+        let total: usize = map.values().sum();
+        let mine = map.get(&peer).copied().unwrap_or(0);
+        if total >= MAX_HANDSHAKES || mine >= MAX_HANDSHAKES_PER_PEER {
+            return None;
+        }
+        *map.entry(peer).or_insert(0) += 1;
+        Some(HandshakeSlot {
+            all: self.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut map = self.all.per_peer.lock().expect("handshake lock");
+        if let Some(n) = map.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.peer);
+            }
+        }
+    }
+}
 
 /// The files the server's TLS is made of.
 #[derive(Debug, Clone, PartialEq)]
@@ -203,6 +249,7 @@ pub fn incoming(
 ) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
     let (tx, rx) = tokio::sync::mpsc::channel(128);
     let handshakes = tracker.clone();
+    let in_progress = Arc::new(Handshakes::default());
     tracker.spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -218,10 +265,15 @@ pub fn incoming(
                     continue;
                 }
             };
+            let Some(slot) = in_progress.admit(peer.ip()) else {
+                tracing::debug!(%peer, "too many TLS handshakes in progress; connection closed");
+                continue; // dropping `tcp` closes it
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = tls.acceptor();
             let tx = tx.clone();
             handshakes.spawn(async move {
+                let _slot = slot;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(stream)).await;

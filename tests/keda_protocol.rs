@@ -358,7 +358,8 @@ async fn a_failed_poll_serves_the_last_good_value_until_stale_then_unavailable()
         db.set_queued(5);
         let mut e = engine();
         e.stale_after_polls = 3;
-        let server = start(vec![connection("jobs", &db.url())], e).await;
+        // Its own connection name: the metrics recorder is shared by every test of this binary.
+        let server = start(vec![connection("stale", &db.url())], e).await;
         let mut c = client(server.grpc_addr).await;
         let obj = object(
             "s",
@@ -381,14 +382,33 @@ async fn a_failed_poll_serves_the_last_good_value_until_stale_then_unavailable()
         let conn = rusqlite::Connection::open(&db.path).unwrap();
         conn.execute("alter table jobs rename to jobs_gone", [])
             .unwrap();
-        // Within the 900 ms staleness limit the last good value is still served…
+        // Wait for the first failed poll (counted on /metrics)…
+        let failed = |text: &str| {
+            metric_value(
+                text,
+                "orascale_polls_total",
+                &["connection=\"stale\"", "result=\"error\""],
+            )
+            .unwrap_or(0.0)
+        };
+        let started = std::time::Instant::now();
+        while failed(&scrape(server.metrics_addr).await) < 1.0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no poll failed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // …then, within the 900 ms staleness limit, the last good value is still served, and
+        // only after it the error is reported.
+        let mut stale_served = 0;
         let mut saw_unavailable = false;
         let started = std::time::Instant::now();
         while started.elapsed() < Duration::from_secs(10) {
             match c.get_metrics(deadline(metrics_request(&obj, ""))).await {
                 Ok(r) => {
-                    assert!(!saw_unavailable, "no value after the error was reported");
                     assert_eq!(value(r), 5.0, "the last good value, never 0");
+                    stale_served += 1;
                 }
                 Err(s) => {
                     assert_eq!(s.code(), Code::Unavailable);
@@ -402,8 +422,12 @@ async fn a_failed_poll_serves_the_last_good_value_until_stale_then_unavailable()
                     break;
                 }
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        assert!(
+            stale_served >= 1,
+            "a failed poll first serves the last good value while it is fresh enough"
+        );
         assert!(
             saw_unavailable,
             "after the staleness limit the error is reported"

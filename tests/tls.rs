@@ -369,3 +369,143 @@ async fn handshake(
         .await
         .map_err(|e| e.to_string())
 }
+
+/// Resident memory of this process, in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unfinished_handshakes_is_bounded_and_keda_is_still_served() {
+    guard(LIMIT, async {
+        let pki = Pki::new();
+        let server = start_tls(pki.server_files(false), Duration::from_secs(10)).await;
+        let addr = server.grpc_addr;
+        assert_eq!(
+            exchange(tls_client(addr, &pki.ca.cert_pem, None).await).await,
+            Ok(5.0)
+        );
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let tasks_before = metrics.num_alive_tasks();
+        let rss_before = rss_kib();
+
+        // 2,000 connections from another loopback address that never say a word.
+        let mut flood = Vec::new();
+        for _ in 0..2000 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            flood.push(socket.connect(addr).await.expect("connect"));
+        }
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+
+        let tasks = metrics.num_alive_tasks();
+        assert!(
+            tasks <= tasks_before + 100,
+            "handshake tasks are bounded per peer: {tasks_before} → {tasks}"
+        );
+        let grown_mib = rss_kib().saturating_sub(rss_before) / 1024;
+        assert!(grown_mib < 64, "memory grew by {grown_mib} MiB");
+        // KEDA, from its own address, is served while the flood holds its connections.
+        let started = std::time::Instant::now();
+        assert_eq!(
+            exchange(tls_client(addr, &pki.ca.cert_pem, None).await).await,
+            Ok(5.0)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "within KEDA's deadline"
+        );
+        drop(flood);
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_metadata_credentials_leaves_no_series_and_no_sessions_behind() {
+    let Some(pg) = support::pg::Pg::start_or_skip(
+        "rotating_metadata_credentials_leaves_no_series_and_no_sessions_behind",
+    ) else {
+        return;
+    };
+    guard(Duration::from_secs(120), async {
+        let admin = pg.setup().await;
+        support::pg::set_queued(&admin, 2).await;
+        admin
+            .batch_execute(
+                "create role bob login password 'Bob-Pw-0'; grant select on jobs to bob;",
+            )
+            .await
+            .unwrap();
+        let pki = Pki::new();
+        let mut e = engine();
+        e.idle_timeout = Duration::from_millis(300);
+        let mut config = config(vec![connection("orders", &pg.scaler_url())], e);
+        config.tls = Some(pki.server_files(false));
+        config.allow_metadata_credentials = true;
+        let server = orascale::app::start(config).await.unwrap();
+        let mut c = tls_client(server.grpc_addr, &pki.ca.cert_pem, None)
+            .await
+            .unwrap();
+        let bob_url = pg.url("bob", None);
+        // 100 password rotations: each new password is a new pool, used, then left idle.
+        for i in 1..=100 {
+            let pw = format!("Bob-Pw-{i}");
+            admin
+                .batch_execute(&format!("alter role bob password '{pw}'"))
+                .await
+                .unwrap();
+            let so = object(
+                "bob-so",
+                &[
+                    ("query", "select count(*) from jobs"),
+                    ("targetQueryValue", "1"),
+                    ("connectionFromEnv", &bob_url),
+                    ("passwordFromEnv", &pw),
+                ],
+            );
+            let got = c.get_metrics(deadline(metrics_request(&so, ""))).await;
+            assert_eq!(value(got.unwrap()), 2.0, "rotation {i}");
+        }
+        // Idle pollers are evicted with their pools; their sessions close.
+        let started = std::time::Instant::now();
+        let bob_sessions = || async {
+            admin
+                .query_one(
+                    "select count(*) from pg_stat_activity where usename = 'bob'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        };
+        while bob_sessions().await > 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "bob's sessions outlive their evicted pools: {}",
+                bob_sessions().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let text = scrape(server.metrics_addr).await;
+        let meta_series = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains("connection=\"meta-"))
+            .count();
+        assert_eq!(meta_series, 0, "per-credential series remain:\n{text}");
+        assert!(
+            text.contains("connection=\"metadata-credentials\""),
+            "their polls are counted under one label"
+        );
+        assert!(!text.contains("Bob-Pw-"), "no password in /metrics");
+        server.stop().await;
+    })
+    .await;
+}

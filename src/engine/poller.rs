@@ -46,7 +46,9 @@ impl Poller {
             _ = self.poll() => {}
         }
         let phase = interval.mul_f64(random_fraction(&self.key)).min(interval);
-        let mut ticks = tokio::time::interval_at(Instant::now() + phase, interval);
+        let start = crate::source::deadline_after(Instant::now(), phase);
+        // `interval_at` panics on a zero period; configuration forbids one, this cannot.
+        let mut ticks = tokio::time::interval_at(start, interval.max(Duration::from_millis(1)));
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -66,7 +68,7 @@ impl Poller {
         let key = &self.key;
         let started = Instant::now();
         let outcome = match tokio::time::timeout(
-            key.query_timeout + SOURCE_GRACE,
+            key.query_timeout.saturating_add(SOURCE_GRACE),
             self.source.query(&key.query, key.query_timeout),
         )
         .await

@@ -1,10 +1,17 @@
 //! The registry: key → poller. Read-mostly: handlers take a read lock to find their poller and
 //! touch its clock; a miss takes the write lock once to create it. A janitor evicts pollers that
 //! have had no stream and no call for the idle timeout. No lock is held across an `.await`.
+//!
+//! A poller task that ends for any reason but eviction or shutdown (a panic in a driver, say)
+//! is never mistaken for a live one: its readers answer UNAVAILABLE ("poller stopped: …"), an
+//! ERROR line and `orascale_poller_restarts_total` record it, and the next call replaces it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use futures::FutureExt;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -29,6 +36,20 @@ pub struct Entry {
     created: Instant,
     /// The ScaledObject that created the poller: its labels in logs and per-poller metrics.
     origin: Origin,
+    /// Why the poller task ended, when it ended on its own (not evicted, not shut down).
+    stopped: Arc<OnceLock<String>>,
+}
+
+impl Entry {
+    /// Why the poller is gone, if its task ended without being asked to.
+    fn stopped(&self) -> Option<String> {
+        if let Some(reason) = self.stopped.get() {
+            return Some(reason.clone());
+        }
+        // The sender lives in the task: gone means the task is gone.
+        (self.rx.has_changed().is_err() && !self.cancel.is_cancelled())
+            .then(|| "the poller task ended".to_string())
+    }
 }
 
 /// One poller's state, for the per-poller metrics.
@@ -58,6 +79,8 @@ pub struct Registry {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     epoch: Instant,
+    /// Pollers replaced after their task ended on its own.
+    restarts: AtomicU64,
 }
 
 impl Registry {
@@ -77,6 +100,7 @@ impl Registry {
             shutdown,
             tracker,
             epoch: Instant::now(),
+            restarts: AtomicU64::new(0),
         });
         let janitor = Arc::downgrade(&registry);
         let every = (registry.config.idle_timeout / 4)
@@ -101,6 +125,11 @@ impl Registry {
         &self.config
     }
 
+    /// Pollers replaced because their task had ended on its own, since start.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
     /// Live pollers.
     pub fn pollers(&self) -> usize {
         self.entries.read().expect("registry lock").len()
@@ -108,19 +137,39 @@ impl Registry {
 
     /// The staleness limit of a poller's last good value.
     pub fn max_age(&self, key: &PollerKey) -> Duration {
-        key.poll_interval * self.config.stale_after_polls
+        key.poll_interval
+            .saturating_mul(self.config.stale_after_polls)
     }
 
     /// The value to answer with now. The first call for a new poller waits up to
     /// `first_result_wait` for its first result (as does any call in that window); every other
-    /// call answers from the cache at once.
-    pub async fn read(&self, key: &PollerKey, origin: &Origin) -> Result<Reading, EngineError> {
-        let entry = self.entry(key, origin)?;
+    /// call answers from the cache at once. `source` is the trigger's own source when it carries
+    /// credentials ([`Registry::prepare_source`]).
+    pub async fn read(
+        &self,
+        key: &PollerKey,
+        origin: &Origin,
+        source: Option<&Arc<dyn Source>>,
+    ) -> Result<Reading, EngineError> {
+        let (entry, replaced) = self.entry_with(key, origin, source, |_| {})?;
+        if let Some(reason) = replaced {
+            return Err(EngineError::Unavailable(format!(
+                "poller stopped: {reason}; a new poller was started for this trigger"
+            )));
+        }
         let mut rx = entry.rx.clone();
         if !rx.borrow().has_outcome() {
             let wait = rx.wait_for(Sample::has_outcome);
-            let _ =
-                tokio::time::timeout_at(entry.created + self.config.first_result_wait, wait).await;
+            let _ = tokio::time::timeout_at(
+                crate::source::deadline_after(entry.created, self.config.first_result_wait),
+                wait,
+            )
+            .await;
+        }
+        if let Some(reason) = entry.stopped() {
+            return Err(EngineError::Unavailable(format!(
+                "poller stopped: {reason}"
+            )));
         }
         let sample = rx.borrow().clone();
         sample
@@ -128,11 +177,29 @@ impl Registry {
             .map_err(EngineError::Unavailable)
     }
 
+    /// The source of a connection made from a trigger's own credentials: the live one if any,
+    /// else a new one. Building one may read certificate stores and files, so it runs on the
+    /// blocking pool and under no lock; the registry adopts it when the poller is created.
+    pub async fn prepare_source(
+        &self,
+        conn: &crate::config::ConnectionConfig,
+    ) -> Result<Arc<dyn Source>, EngineError> {
+        if let Some(s) = self.source(&conn.name) {
+            return Ok(s);
+        }
+        let conn = conn.clone();
+        tokio::task::spawn_blocking(move || crate::source::open(&conn))
+            .await
+            .map_err(|e| EngineError::Unavailable(format!("opening the connection failed: {e}")))?
+            .map_err(|e| EngineError::Unavailable(e.to_string()))
+    }
+
     /// A stream's view of a poller; it keeps the poller alive until dropped.
     pub fn subscribe(
         self: &Arc<Self>,
         key: &PollerKey,
         origin: &Origin,
+        source: Option<&Arc<dyn Source>>,
     ) -> Result<Subscription, EngineError> {
         let max = self.config.limits.max_streams;
         if self
@@ -146,10 +213,10 @@ impl Registry {
                 "this server already has {max} open streams (--max-streams)"
             )));
         }
-        let entry = match self.entry_with(key, origin, |e| {
+        let entry = match self.entry_with(key, origin, source, |e| {
             e.streams.fetch_add(1, Ordering::SeqCst);
         }) {
-            Ok(e) => e,
+            Ok((e, _)) => e,
             Err(err) => {
                 self.streams.fetch_sub(1, Ordering::SeqCst);
                 return Err(err);
@@ -161,38 +228,57 @@ impl Registry {
             max_age: self.max_age(key),
             entry,
             registry: self.clone(),
+            key: key.clone(),
+            origin: origin.clone(),
+            source: source.cloned(),
         })
     }
 
-    fn entry(&self, key: &PollerKey, origin: &Origin) -> Result<Arc<Entry>, EngineError> {
-        self.entry_with(key, origin, |_| {})
-    }
-
     /// Finds or creates the poller, touches it and runs `also` under the same lock, so the
-    /// janitor never sees a half-registered user.
+    /// janitor never sees a half-registered user. A poller whose task has ended on its own is
+    /// replaced; the reason comes back with the new entry.
     fn entry_with(
         &self,
         key: &PollerKey,
         origin: &Origin,
+        given: Option<&Arc<dyn Source>>,
         also: impl Fn(&Entry),
-    ) -> Result<Arc<Entry>, EngineError> {
+    ) -> Result<(Arc<Entry>, Option<String>), EngineError> {
         if self.shutdown.is_cancelled() {
             return Err(EngineError::ShuttingDown);
         }
         let now = self.now_ms();
         {
             let entries = self.entries.read().expect("registry lock");
-            if let Some(e) = entries.get(key) {
+            if let Some(e) = entries.get(key)
+                && e.stopped().is_none()
+            {
                 e.last_used_ms.store(now, Ordering::Relaxed);
                 also(e);
-                return Ok(e.clone());
+                return Ok((e.clone(), None));
             }
         }
         let mut entries = self.entries.write().expect("registry lock");
+        let mut replaced = None;
         if let Some(e) = entries.get(key) {
-            e.last_used_ms.store(now, Ordering::Relaxed);
-            also(e);
-            return Ok(e.clone());
+            match e.stopped() {
+                None => {
+                    e.last_used_ms.store(now, Ordering::Relaxed);
+                    also(e);
+                    return Ok((e.clone(), None));
+                }
+                Some(reason) => {
+                    let old = entries.remove(key).expect("present");
+                    old.cancel.cancel();
+                    m::pollers_stopped(1);
+                    m::poller_restarted();
+                    self.restarts.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(connection = %key.connection, namespace = %origin.namespace,
+                        scaledobject = %origin.name, metric = %origin.metric,
+                        reason = %reason, "replacing a stopped poller");
+                    replaced = Some(reason);
+                }
+            }
         }
         let limits = &self.config.limits;
         if entries.len() >= limits.max_pollers {
@@ -212,12 +298,33 @@ impl Registry {
                 origin.namespace, limits.max_pollers_per_namespace
             )));
         }
-        let source = self.source(&key.connection).ok_or_else(|| {
+        let source = match (self.source(&key.connection), given) {
+            (Some(s), _) => s,
+            // A connection from metadata credentials, adopted under the entries lock: the
+            // janitor, which drops unused ones under the same lock, cannot race it.
+            (None, Some(s)) => {
+                let mut dynamic = self.dynamic.write().expect("registry lock");
+                if dynamic.len() >= limits.max_pollers {
+                    return Err(EngineError::ResourceExhausted(format!(
+                        "this server already holds {} connections made from metadata credentials (--max-pollers)",
+                        dynamic.len()
+                    )));
+                }
+                tracing::info!(connection = %key.connection, kind = s.kind(), "connection made from metadata credentials");
+                dynamic.insert(key.connection.clone(), s.clone());
+                s.clone()
+            }
             // metadata::parse checks connection names first; this is a programming error guard.
-            EngineError::Unavailable(format!("connection {:?} is not configured", key.connection))
-        })?;
+            (None, None) => {
+                return Err(EngineError::Unavailable(format!(
+                    "connection {:?} is not configured",
+                    key.connection
+                )));
+            }
+        };
         let (tx, rx) = watch::channel(Sample::default());
         let cancel = self.shutdown.child_token();
+        let stopped = Arc::new(OnceLock::new());
         let entry = Arc::new(Entry {
             rx,
             last_used_ms: AtomicU64::new(now),
@@ -225,6 +332,7 @@ impl Registry {
             cancel: cancel.clone(),
             created: Instant::now(),
             origin: origin.clone(),
+            stopped: stopped.clone(),
         });
         also(&entry);
         entries.insert(key.clone(), entry.clone());
@@ -240,35 +348,26 @@ impl Registry {
             tx,
             origin: origin.clone(),
         };
-        self.tracker.spawn(poller.run(cancel));
-        Ok(entry)
-    }
-
-    /// Makes the source of a connection built from metadata credentials, once per name.
-    pub fn ensure_source(&self, conn: &crate::config::ConnectionConfig) -> Result<(), EngineError> {
-        if self
-            .dynamic
-            .read()
-            .expect("registry lock")
-            .contains_key(&conn.name)
-        {
-            return Ok(());
-        }
-        let mut dynamic = self.dynamic.write().expect("registry lock");
-        if dynamic.contains_key(&conn.name) {
-            return Ok(());
-        }
-        if dynamic.len() >= self.config.limits.max_pollers {
-            return Err(EngineError::ResourceExhausted(format!(
-                "this server already holds {} connections made from metadata credentials (--max-pollers)",
-                dynamic.len()
-            )));
-        }
-        let source =
-            crate::source::open(conn).map_err(|e| EngineError::Unavailable(e.to_string()))?;
-        tracing::info!(connection = %conn.name, kind = source.kind(), url = %conn.url, "connection made from metadata credentials");
-        dynamic.insert(conn.name.clone(), source);
-        Ok(())
+        let who = (key.connection.clone(), origin.clone());
+        self.tracker.spawn(async move {
+            // The task owns the watch sender: however it ends, readers learn of it.
+            let ended = AssertUnwindSafe(poller.run(cancel.clone()))
+                .catch_unwind()
+                .await;
+            if cancel.is_cancelled() {
+                return; // evicted or shutting down: asked to stop
+            }
+            let reason = match ended {
+                Ok(()) => "the poller task ended".to_string(),
+                Err(panic) => format!("the poller task panicked: {}", panic_message(&*panic)),
+            };
+            let (connection, origin) = who;
+            tracing::error!(connection = %connection, namespace = %origin.namespace,
+                scaledobject = %origin.name, metric = %origin.metric, reason = %reason,
+                "poller stopped; the next call for this trigger starts a new one");
+            let _ = stopped.set(reason);
+        });
+        Ok((entry, replaced))
     }
 
     fn source(&self, name: &str) -> Option<Arc<dyn Source>> {
@@ -351,11 +450,33 @@ impl Registry {
             .collect()
     }
 
+    /// Every source, configured and made from credentials, for closing at shutdown.
+    pub fn all_sources(&self) -> Vec<Arc<dyn Source>> {
+        let mut out: Vec<Arc<dyn Source>> = self.sources.values().cloned().collect();
+        out.extend(
+            self.dynamic
+                .read()
+                .expect("registry lock")
+                .values()
+                .cloned(),
+        );
+        out
+    }
+
     fn now_ms(&self) -> u64 {
         Instant::now()
             .saturating_duration_since(self.epoch)
             .as_millis() as u64
     }
+}
+
+/// The text of a panic payload.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text panic".into())
 }
 
 /// An open StreamIsActive's hold on a poller.
@@ -364,12 +485,36 @@ pub struct Subscription {
     rx: watch::Receiver<Sample>,
     max_age: Duration,
     registry: Arc<Registry>,
+    key: PollerKey,
+    origin: Origin,
+    source: Option<Arc<dyn Source>>,
 }
 
 impl Subscription {
     /// The value to judge activity by now, or why there is none.
     pub fn current(&self) -> Result<Reading, String> {
+        if let Some(reason) = self.entry.stopped() {
+            return Err(format!("poller stopped: {reason}"));
+        }
         self.rx.borrow().value(Instant::now(), self.max_age)
+    }
+
+    /// Whether the poller behind this stream stopped on its own.
+    pub fn poller_stopped(&self) -> bool {
+        self.entry.stopped().is_some()
+    }
+
+    /// Moves the stream onto the trigger's live poller (the registry replaces a stopped one).
+    pub fn renew(&mut self) -> Result<(), EngineError> {
+        let (entry, _) =
+            self.registry
+                .entry_with(&self.key, &self.origin, self.source.as_ref(), |e| {
+                    e.streams.fetch_add(1, Ordering::SeqCst);
+                })?;
+        self.entry.streams.fetch_sub(1, Ordering::SeqCst);
+        self.rx = entry.rx.clone();
+        self.entry = entry;
+        Ok(())
     }
 
     /// Whether the poller has completed a poll.
@@ -436,21 +581,27 @@ mod tests {
     async fn identical_keys_share_a_poller() {
         let (r, cancel) = registry(Duration::from_secs(600));
         assert_eq!(
-            r.read(&key("select 5"), &origin()).await.unwrap().value,
+            r.read(&key("select 5"), &origin(), None)
+                .await
+                .unwrap()
+                .value,
             5.0
         );
         assert_eq!(
-            r.read(&key("select 5"), &origin()).await.unwrap().value,
+            r.read(&key("select 5"), &origin(), None)
+                .await
+                .unwrap()
+                .value,
             5.0
         );
         assert_eq!(r.pollers(), 1);
         let mut other = key("select 5");
         other.poll_interval = Duration::from_secs(2);
-        r.read(&other, &origin()).await.unwrap();
+        r.read(&other, &origin(), None).await.unwrap();
         assert_eq!(r.pollers(), 2);
         cancel.cancel();
         assert_eq!(
-            r.read(&key("select 5"), &origin()).await.unwrap_err(),
+            r.read(&key("select 5"), &origin(), None).await.unwrap_err(),
             EngineError::ShuttingDown
         );
     }
@@ -458,8 +609,8 @@ mod tests {
     #[tokio::test]
     async fn idle_pollers_are_evicted_but_not_while_streamed() {
         let (r, cancel) = registry(Duration::from_millis(300));
-        r.read(&key("select 1"), &origin()).await.unwrap();
-        let sub = r.subscribe(&key("select 2"), &origin()).unwrap();
+        r.read(&key("select 1"), &origin(), None).await.unwrap();
+        let sub = r.subscribe(&key("select 2"), &origin(), None).unwrap();
         tokio::time::timeout(Duration::from_secs(10), async {
             while r.pollers() != 1 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -484,7 +635,7 @@ mod tests {
     async fn errors_are_unavailable_never_zero() {
         let (r, cancel) = registry(Duration::from_secs(600));
         let err = r
-            .read(&key("select * from missing"), &origin())
+            .read(&key("select * from missing"), &origin(), None)
             .await
             .unwrap_err();
         match err {

@@ -57,17 +57,19 @@ impl Scaler {
         }
     }
 
-    fn spec(&self, r: &ScaledObjectRef) -> Result<(ScalerSpec, Origin), Error> {
+    /// The parsed trigger, who asks, and the trigger's own source when it carries credentials.
+    async fn spec(&self, r: &ScaledObjectRef) -> Result<Trigger, Error> {
         let spec = metadata::parse(&r.scaler_metadata, &r.namespace, &self.ctx)?;
-        if let Some(conn) = &spec.dynamic {
-            self.registry.ensure_source(conn)?;
-        }
+        let source = match &spec.dynamic {
+            Some(conn) => Some(self.registry.prepare_source(conn).await?),
+            None => None,
+        };
         let origin = Origin {
             namespace: r.namespace.clone(),
             name: r.name.clone(),
             metric: spec.metric_name.clone(),
         };
-        Ok((spec, origin))
+        Ok((spec, origin, source))
     }
 
     async fn value(
@@ -75,8 +77,11 @@ impl Scaler {
         r: &ScaledObjectRef,
         method: &'static str,
     ) -> Result<(ScalerSpec, f64), Error> {
-        let (spec, origin) = self.spec(r)?;
-        let reading = self.registry.read(&spec.poller, &origin).await?;
+        let (spec, origin, source) = self.spec(r).await?;
+        let reading = self
+            .registry
+            .read(&spec.poller, &origin, source.as_ref())
+            .await?;
         m::sample_age(&spec.poller.connection, method, reading.at.elapsed());
         Ok((spec, reading.value))
     }
@@ -136,6 +141,8 @@ fn to_metric_spec(spec: &ScalerSpec) -> MetricSpec {
     }
 }
 
+type Trigger = (ScalerSpec, Origin, Option<Arc<dyn crate::source::Source>>);
+
 type ActiveStream = Pin<Box<dyn Stream<Item = Result<IsActiveResponse, Status>> + Send>>;
 
 /// Counts and times a finished call (a stream: its opening) by method and code.
@@ -182,8 +189,10 @@ impl ExternalScaler for Scaler {
     ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
         let started = Instant::now();
         let r = request.into_inner();
-        let opened = self.spec(&r).and_then(|(spec, origin)| {
-            let sub = self.registry.subscribe(&spec.poller, &origin)?;
+        let opened = self.spec(&r).await.and_then(|(spec, origin, source)| {
+            let sub = self
+                .registry
+                .subscribe(&spec.poller, &origin, source.as_ref())?;
             Ok((spec, sub))
         });
         let (spec, sub) = match opened {
@@ -198,6 +207,11 @@ impl ExternalScaler for Scaler {
             active: None,
             resend_at: None,
             opened: false,
+            renew_every: spec
+                .poller
+                .poll_interval
+                .clamp(Duration::from_secs(1), Duration::from_secs(60)),
+            renew_at: None,
         };
         let stream = futures::stream::unfold(state, |mut st| async move {
             let msg = st.next().await?;
@@ -242,11 +256,17 @@ struct Push {
     /// When to re-send `true`, while active.
     resend_at: Option<Instant>,
     opened: bool,
+    /// How long a stream whose poller stopped on its own waits before moving to a new one.
+    renew_every: Duration,
+    /// Set while the poller is stopped: when to try the trigger's live poller again.
+    renew_at: Option<Instant>,
 }
 
 impl Push {
-    /// The next `true` to send, or `None` when the stream should end with OK (shutdown, or the
-    /// poller stopped — which only happens at shutdown while a stream holds it).
+    /// The next `true` to send, or `None` when the stream should end with OK (shutdown). A
+    /// poller that stopped on its own leaves the stream open and silent until it moves to the
+    /// poller that replaces it, one poll interval later (so a poller that keeps dying is not
+    /// restarted in a loop).
     async fn next(&mut self) -> Option<IsActiveResponse> {
         if !self.opened {
             self.opened = true;
@@ -259,14 +279,35 @@ impl Push {
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => return None,
-                changed = self.sub.changed() => {
-                    changed.ok()?;
+                changed = self.sub.changed(), if self.renew_at.is_none() => {
+                    if changed.is_err() {
+                        if !self.sub.poller_stopped() {
+                            return None; // stopped because asked to: shutting down
+                        }
+                        self.judge(); // activity unknown: no sends
+                        self.renew_at = Some(crate::source::deadline_after(Instant::now(), self.renew_every));
+                        continue;
+                    }
                     if self.judge() {
                         return Some(IsActiveResponse { result: true });
                     }
                 }
+                _ = sleep_until_opt(self.renew_at) => {
+                    match self.sub.renew() {
+                        Ok(()) => {
+                            self.renew_at = None;
+                            if self.sub.has_outcome() && self.judge() {
+                                return Some(IsActiveResponse { result: true });
+                            }
+                        }
+                        Err(crate::engine::EngineError::ShuttingDown) => return None,
+                        Err(_) => {
+                            self.renew_at = Some(crate::source::deadline_after(Instant::now(), self.renew_every));
+                        }
+                    }
+                }
                 _ = sleep_until_opt(resend_at) => {
-                    self.resend_at = Some(Instant::now() + self.resend);
+                    self.resend_at = Some(crate::source::deadline_after(Instant::now(), self.resend));
                     if self.active == Some(true) {
                         return Some(IsActiveResponse { result: true });
                     }
@@ -283,7 +324,8 @@ impl Push {
                 let edge = active && self.active != Some(true);
                 self.active = Some(active);
                 if edge {
-                    self.resend_at = Some(Instant::now() + self.resend);
+                    self.resend_at =
+                        Some(crate::source::deadline_after(Instant::now(), self.resend));
                 } else if !active {
                     self.resend_at = None;
                 }

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use crate::config::{ConnectionConfig, ConnectionUrl};
@@ -118,6 +119,12 @@ pub trait Source: Send + Sync + 'static {
         timeout: Duration,
     ) -> BoxFuture<'a, Result<ServerInfo, SourceError>>;
 
+    /// Stops the source's background tasks (connection drivers, cancel requests) and waits for
+    /// them to end; queries after this fail. At shutdown, after the pollers have stopped.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        futures::future::ready(()).boxed()
+    }
+
     /// Runs `sql` and returns the first column of its only row; a second row is
     /// [`SourceError::ManyRows`], detected without fetching more than two rows. The source
     /// cancels the query on the database once `timeout` has passed (waiting for a free
@@ -151,6 +158,14 @@ pub fn open(conn: &ConnectionConfig) -> Result<Arc<dyn Source>, SourceError> {
     }
 }
 
+/// `start + d`, saturating instead of panicking: no duration a user can write overflows a deadline.
+pub fn deadline_after(start: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
+    start
+        .checked_add(d)
+        .or_else(|| start.checked_add(crate::config::defaults::DURATION_CEILING))
+        .unwrap_or(start)
+}
+
 /// Takes a session from `pool`, waiting until `deadline` or, when the connection sets one, its
 /// `pool_timeout` after `started`, whichever comes first. Waiting never outlasts the query's
 /// budget, and a full pool is reported as such.
@@ -164,7 +179,7 @@ pub async fn checkout<M>(
 where
     M: deadpool::managed::Manager<Error = SourceError>,
 {
-    let wait_until = pool_timeout.map_or(deadline, |t| deadline.min(started + t));
+    let wait_until = pool_timeout.map_or(deadline, |t| deadline.min(deadline_after(started, t)));
     match tokio::time::timeout_at(wait_until, pool.get()).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(deadpool::managed::PoolError::Backend(e))) => Err(e),

@@ -101,7 +101,7 @@ impl Oracle {
         work: impl FnOnce(&Connection) -> Result<T, oracle::Error> + Send + 'static,
     ) -> Result<T, SourceError> {
         let started = Instant::now();
-        let deadline = started + timeout;
+        let deadline = super::deadline_after(started, timeout);
         let session = checkout(&self.pool, started, deadline, self.pool_timeout, "oracle").await?;
         let waited = started.elapsed();
         let remaining = deadline
@@ -121,7 +121,7 @@ impl Oracle {
         tokio::pin!(job);
         let outcome = tokio::select! {
             joined = &mut job => joined,
-            _ = tokio::time::sleep_until(deadline + BREAK_GRACE) => {
+            _ = tokio::time::sleep_until(super::deadline_after(deadline, BREAK_GRACE)) => {
                 // The call timeout did not fire (a hung network, an old client): break the call
                 // from here, and never reuse this session.
                 tracing::warn!(connection = %self.name, "oracle: call did not return after its timeout; sent a break and dropped the session");

@@ -48,6 +48,40 @@ pub struct Postgres {
     pool_size: usize,
     pool_timeout: Option<Duration>,
     tls: Tls,
+    /// Connection drivers and cancel requests: tracked, and stopped with the source.
+    tasks: Tasks,
+}
+
+/// The background tasks of one source. Cancelling `closed` ends every connection driver (the
+/// sessions' sockets close) and every pending cancel request.
+#[derive(Clone, Default)]
+struct Tasks {
+    tracker: tokio_util::task::TaskTracker,
+    closed: tokio_util::sync::CancellationToken,
+}
+
+impl Tasks {
+    /// Runs `f` on the tracker until it ends or the source closes. Outside a runtime (a source
+    /// dropped late) there is nothing to run it on, and nothing to clean up either.
+    fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let closed = self.closed.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                _ = closed.cancelled() => {}
+                _ = f => {}
+            }
+        });
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.tasks.closed.cancel();
+        self.tasks.tracker.close();
+    }
 }
 
 /// How to make a session: the parsed URL without the password, where the password comes from,
@@ -57,6 +91,7 @@ struct Sessions {
     config: tokio_postgres::Config,
     password: PasswordSource,
     tls: Tls,
+    tasks: Tasks,
 }
 
 #[derive(Clone)]
@@ -93,11 +128,13 @@ impl Postgres {
             SslMode::Disable => Tls::Off,
             _ => Tls::Rustls(rustls_connector(conn)?),
         };
+        let tasks = Tasks::default();
         let sessions = Sessions {
             name: conn.name.clone(),
             config,
             password: PasswordSource::new(conn, url_password),
             tls: tls.clone(),
+            tasks: tasks.clone(),
         };
         let pool = Pool::builder(sessions)
             .max_size(conn.pool_size.max(1))
@@ -109,18 +146,20 @@ impl Postgres {
             pool_size: conn.pool_size.max(1),
             pool_timeout: conn.pool_timeout,
             tls,
+            tasks,
         })
     }
 
     async fn run(&self, sql: &str, timeout: Duration) -> Result<Cell, SourceError> {
         let started = Instant::now();
-        let deadline = started + timeout;
+        let deadline = super::deadline_after(started, timeout);
         let session =
             checkout(&self.pool, started, deadline, self.pool_timeout, "postgres").await?;
         let waited = started.elapsed();
         let mut flight = InFlight {
             cancel: Some((session.client.cancel_token(), self.tls.clone())),
             session: Some(session),
+            tasks: self.tasks.clone(),
         };
         let session = flight
             .session
@@ -175,6 +214,7 @@ async fn cancel_query(
 struct InFlight {
     session: Option<Object<Sessions>>,
     cancel: Option<(tokio_postgres::CancelToken, Tls)>,
+    tasks: Tasks,
 }
 
 impl InFlight {
@@ -190,10 +230,8 @@ impl Drop for InFlight {
         if let Some(session) = self.session.take() {
             let _ = Object::take(session);
         }
-        if let Some((token, tls)) = self.cancel.take()
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            rt.spawn(async move {
+        if let Some((token, tls)) = self.cancel.take() {
+            self.tasks.spawn(async move {
                 let _ = tokio::time::timeout(CANCEL_TIMEOUT, cancel_query(&token, &tls)).await;
             });
         }
@@ -203,6 +241,15 @@ impl Drop for InFlight {
 impl Source for Postgres {
     fn kind(&self) -> &'static str {
         "postgres"
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        async move {
+            self.tasks.closed.cancel();
+            self.tasks.tracker.close();
+            self.tasks.tracker.wait().await;
+        }
+        .boxed()
     }
 
     fn driver(&self) -> Result<String, SourceError> {
@@ -218,7 +265,7 @@ impl Source for Postgres {
         timeout: Duration,
     ) -> BoxFuture<'a, Result<ServerInfo, SourceError>> {
         async move {
-            let deadline = Instant::now() + timeout;
+            let deadline = super::deadline_after(Instant::now(), timeout);
             let session = checkout(
                 &self.pool,
                 Instant::now(),
@@ -263,7 +310,12 @@ impl Source for Postgres {
 impl Sessions {
     async fn connect(&self) -> Result<Client, SourceError> {
         let mut config = self.config.clone();
-        if let Some(pw) = self.password.get()? {
+        // A password file is read on the blocking pool, never on a runtime worker.
+        let password = self.password.clone();
+        let pw = tokio::task::spawn_blocking(move || password.get())
+            .await
+            .map_err(|e| SourceError::Connect(format!("reading the password failed: {e}")))??;
+        if let Some(pw) = pw {
             config.password(pw);
         }
         let connect_err =
@@ -271,13 +323,13 @@ impl Sessions {
         let client = match &self.tls {
             Tls::Off => {
                 let (client, connection) = config.connect(NoTls).await.map_err(connect_err)?;
-                tokio::spawn(drive(self.name.clone(), connection));
+                self.tasks.spawn(drive(self.name.clone(), connection));
                 client
             }
             Tls::Rustls(tls) => {
                 let (client, connection) =
                     config.connect(tls.clone()).await.map_err(connect_err)?;
-                tokio::spawn(drive(self.name.clone(), connection));
+                self.tasks.spawn(drive(self.name.clone(), connection));
                 client
             }
         };

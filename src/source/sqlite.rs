@@ -18,7 +18,9 @@ use rusqlite::{Connection, InterruptHandle, OpenFlags};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::{Cell, PoolStatus, ServerInfo, Source, SourceError, parse_numeric_text};
+use super::{
+    Cell, PoolStatus, ServerInfo, Source, SourceError, deadline_after, parse_numeric_text,
+};
 use crate::config::SqliteTarget;
 
 /// How long a finished-but-interrupted statement may take to hand its connection back.
@@ -109,9 +111,9 @@ impl Source for Sqlite {
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Cell, SourceError>> {
         async move {
-            let deadline = Instant::now() + timeout;
+            let deadline = deadline_after(Instant::now(), timeout);
             // Waiting for a slot counts against the timeout: a poll never takes longer than it.
-            let wait_until = self.pool_timeout.map_or(deadline, |t| deadline.min(Instant::now() + t));
+            let wait_until = self.pool_timeout.map_or(deadline, |t| deadline.min(deadline_after(Instant::now(), t)));
             let permit = {
                 let _waiting = Counted::new(&self.waiting);
                 tokio::time::timeout_at(wait_until, self.permits.clone().acquire_owned()).await
@@ -145,7 +147,8 @@ impl Source for Sqlite {
                         i.handle = Some(conn.get_interrupt_handle());
                     }
                     // A writer holding the lock makes us wait, but never past our deadline.
-                    let _ = conn.busy_timeout(timeout);
+                    // rusqlite panics ("too big") past i32::MAX milliseconds.
+                    let _ = conn.busy_timeout(timeout.min(Duration::from_millis(i32::MAX as u64)));
                     let result = first_cell(&conn, &sql);
                     Ok((conn, result))
                 })

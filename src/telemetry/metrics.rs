@@ -1,6 +1,7 @@
 //! Metric names, descriptions and recording functions: the one place a metric is spelled.
-//! Labels are bounded: per connection (configured, so few), per gRPC method and code, per
-//! poll result.
+//! Labels are bounded: per connection (configured, so few; every connection made from
+//! per-ScaledObject credentials shares the one value [`METADATA_CONNECTIONS`]), per gRPC method
+//! and code, per poll result.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -17,6 +18,20 @@ pub const GRPC_REQUESTS: &str = "orascale_grpc_requests_total";
 pub const GRPC_DURATION: &str = "orascale_grpc_request_duration_seconds";
 pub const SAMPLE_AGE: &str = "orascale_sample_age_seconds";
 pub const BUILD_INFO: &str = "orascale_build_info";
+pub const POLLER_RESTARTS: &str = "orascale_poller_restarts_total";
+
+/// The `connection` label of every connection made from metadata credentials: their names are
+/// per-credential hashes, which would grow the label set with every rotated password.
+pub const METADATA_CONNECTIONS: &str = "metadata-credentials";
+
+/// The bounded `connection` label value for a connection name.
+pub fn connection_label(name: &str) -> String {
+    if crate::metadata::is_dynamic_name(name) {
+        METADATA_CONNECTIONS.to_string()
+    } else {
+        name.to_string()
+    }
+}
 // Rendered at scrape time from the registry and the pools (see `render_state`).
 pub const LAST_SUCCESS: &str = "orascale_last_success_timestamp_seconds";
 pub const POLLER_SAMPLE_AGE: &str = "orascale_poller_sample_age_seconds";
@@ -38,6 +53,7 @@ pub const ALL: &[&str] = &[
     GRPC_DURATION,
     SAMPLE_AGE,
     BUILD_INFO,
+    POLLER_RESTARTS,
     LAST_SUCCESS,
     POLLER_SAMPLE_AGE,
     POLLER_FAILURES,
@@ -123,17 +139,23 @@ fn describe() {
         BUILD_INFO,
         "Always 1; the version label says which build runs."
     );
+    describe_counter!(
+        POLLER_RESTARTS,
+        "Pollers replaced because their task had stopped on its own (a panic or a bug): should stay 0."
+    );
     // Unlabelled families exist from the start, at 0, so dashboards and alerts see them.
     gauge!(POLLERS).increment(0.0);
     gauge!(STREAMS).increment(0.0);
     counter!(STREAM_MESSAGES).increment(0);
+    counter!(POLLER_RESTARTS).increment(0);
 }
 
 pub fn record_poll(connection: &str, result: &'static str, ok: bool, elapsed: Duration) {
     let outcome = if ok { "ok" } else { "error" };
-    histogram!(POLL_DURATION, "connection" => connection.to_string(), "outcome" => outcome)
+    let connection = connection_label(connection);
+    histogram!(POLL_DURATION, "connection" => connection.clone(), "outcome" => outcome)
         .record(elapsed.as_secs_f64());
-    counter!(POLLS, "connection" => connection.to_string(), "result" => result).increment(1);
+    counter!(POLLS, "connection" => connection, "result" => result).increment(1);
 }
 
 pub fn pollers_started(n: usize) {
@@ -142,6 +164,10 @@ pub fn pollers_started(n: usize) {
 
 pub fn pollers_stopped(n: usize) {
     gauge!(POLLERS).decrement(n as f64);
+}
+
+pub fn poller_restarted() {
+    counter!(POLLER_RESTARTS).increment(1);
 }
 
 pub fn stream_opened() {
@@ -163,7 +189,7 @@ pub fn grpc_request(method: &'static str, code: tonic::Code, elapsed: Duration) 
 }
 
 pub fn sample_age(connection: &str, method: &'static str, age: Duration) {
-    histogram!(SAMPLE_AGE, "connection" => connection.to_string(), "method" => method)
+    histogram!(SAMPLE_AGE, "connection" => connection_label(connection), "method" => method)
         .record(age.as_secs_f64());
 }
 

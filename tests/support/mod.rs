@@ -267,6 +267,19 @@ impl Binary {
     }
 
     pub fn start_with_env(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Binary {
+        match Binary::try_start(args, cwd, env) {
+            Ok(b) => b,
+            Err((code, log)) => panic!("orascale did not become ready (exit {code:?}): {log}"),
+        }
+    }
+
+    /// Starts `orascale serve ARGS`; `Err((exit code, log))` when it exits instead of
+    /// becoming ready.
+    pub fn try_start(
+        args: &[&str],
+        cwd: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<Binary, (Option<i32>, String)> {
         let mut child = Command::new(bin())
             .arg("serve")
             .args([
@@ -304,7 +317,10 @@ impl Binary {
             Ok(line) => line,
             Err(_) => {
                 let _ = child.kill();
-                panic!("orascale did not become ready: {:?}", log.lock().unwrap());
+                let code = child.wait().ok().and_then(|s| s.code());
+                // The reader thread may still be appending the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return Err((code, log.lock().unwrap().join("\n")));
             }
         };
         // Text (`grpc=ADDR`) or JSON (`"grpc":"ADDR"`) log lines.
@@ -321,12 +337,12 @@ impl Binary {
                 .parse()
                 .unwrap()
         };
-        Binary {
+        Ok(Binary {
             grpc: field("grpc"),
             metrics: field("metrics"),
             child,
             log,
-        }
+        })
     }
 
     pub fn signal(&self, sig: &str) {

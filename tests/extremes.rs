@@ -1,0 +1,351 @@
+//! No input panics the real binary. Every metadata key × extreme values × every RPC answers OK
+//! or INVALID_ARGUMENT; every TOML key × extreme values either starts the server (which then
+//! stops cleanly on SIGTERM) or exits 64 naming the key. The server's log never says "panicked".
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use orascale::grpc::proto::ScaledObjectRef;
+use orascale::metadata;
+use support::*;
+use tonic::Code;
+
+/// Extreme values for any key: zero, negative, the largest u64 in every humantime unit, huge
+/// and tiny numbers, 10k characters, NUL, emoji, bidi controls, NaN and infinities.
+fn extreme_values() -> Vec<String> {
+    let mut v: Vec<String> = [
+        "",
+        " ",
+        "0",
+        "-0",
+        "-1",
+        "-5s",
+        "0s",
+        "1ns",
+        "200000000000y",
+        "1e400",
+        "-1e400",
+        "1.5e308",
+        "NaN",
+        "nan",
+        "inf",
+        "-inf",
+        "infinity",
+        "0.0000001",
+        "\0",
+        "a\0b",
+        "10s\0",
+        "🚀",
+        "🚀s",
+        "1🚀",
+        "\u{202e}1s",
+        "true",
+        "TRUE",
+        "null",
+        "{}",
+        "'",
+        "\"",
+        "--",
+        ";",
+        "\\",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for unit in [
+        "ns", "us", "ms", "s", "m", "h", "d", "w", "M", "y", "nsec", "years",
+    ] {
+        v.push(format!("18446744073709551615{unit}"));
+        v.push(format!("9223372036854775807{unit}"));
+    }
+    v.push("18446744073709551616".into());
+    v.push("x".repeat(10_000));
+    v.push("🚀".repeat(2_500));
+    v
+}
+
+fn with(base: &[(&str, &str)], key: &str, value: &str) -> ScaledObjectRef {
+    let mut meta: HashMap<String, String> = base
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    meta.insert(key.to_string(), value.to_string());
+    ScaledObjectRef {
+        name: "extreme".into(),
+        namespace: "extremes".into(),
+        scaler_metadata: meta,
+    }
+}
+
+fn acceptable(code: Code) -> bool {
+    matches!(code, Code::Ok | Code::InvalidArgument)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metadata_key_and_rpc_survives_extreme_values() {
+    let db = TestDb::new();
+    db.set_queued(3);
+    let dir = tempfile::tempdir().unwrap();
+    let server = Binary::start(
+        &[
+            "--connection",
+            &format!("jobs={}", db.url()),
+            "--min-poll-interval",
+            "100ms",
+        ],
+        dir.path(),
+    );
+    let addr = server.grpc;
+    guard(Duration::from_secs(240), async move {
+        let mut c = client(addr).await;
+        let base = [
+            ("query", QUEUED),
+            ("targetQueryValue", "1"),
+            ("pollInterval", "10s"),
+        ];
+        let mut keys: Vec<&str> = metadata::KEYS.to_vec();
+        keys.extend_from_slice(metadata::KEDA_KEYS);
+        keys.extend_from_slice(&[
+            metadata::CONNECTION_FROM_ENV,
+            metadata::USER_FROM_ENV,
+            metadata::PASSWORD_FROM_ENV,
+            "someUnknownKey",
+            "🚀",
+            "",
+        ]);
+        let values = extreme_values();
+        let mut calls = 0;
+        let mut unexpected = Vec::new();
+        for key in &keys {
+            for value in &values {
+                let obj = with(&base, key, value);
+                let shown = format!("{key}={:?}", value.chars().take(30).collect::<String>());
+                let spec = c.get_metric_spec(deadline(obj.clone())).await;
+                let metrics = c.get_metrics(deadline(metrics_request(&obj, ""))).await;
+                let active = c.is_active(deadline(obj.clone())).await;
+                let codes = [
+                    ("GetMetricSpec", spec.map(|_| ()).err()),
+                    ("GetMetrics", metrics.map(|_| ()).err()),
+                    ("IsActive", active.map(|_| ()).err()),
+                ];
+                for (rpc, err) in codes {
+                    calls += 1;
+                    if let Some(s) = err
+                        && !acceptable(s.code())
+                    {
+                        unexpected.push(format!("{rpc} {shown}: {:?} {}", s.code(), s.message()));
+                    }
+                }
+                calls += 1;
+                match c.stream_is_active(obj.clone()).await {
+                    Ok(r) => {
+                        let mut stream = r.into_inner();
+                        // Either a message soon or silence; never a broken stream.
+                        if let Ok(Some(Err(s))) =
+                            tokio::time::timeout(Duration::from_millis(5), stream.message())
+                                .await
+                                .map(|m| m.transpose())
+                        {
+                            unexpected.push(format!("StreamIsActive {shown}: {s:?}"));
+                        }
+                    }
+                    Err(s) if !acceptable(s.code()) => {
+                        unexpected.push(format!(
+                            "StreamIsActive {shown}: {:?} {}",
+                            s.code(),
+                            s.message()
+                        ));
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        assert!(calls > 3000, "{calls}");
+        assert!(
+            unexpected.is_empty(),
+            "{} unexpected answers:\n{}",
+            unexpected.len(),
+            unexpected.join("\n")
+        );
+        // Still serving, and the other triggers are undisturbed.
+        let obj = with(&base, "metricName", "after-the-storm");
+        assert_eq!(
+            value(
+                c.get_metrics(deadline(metrics_request(&obj, "")))
+                    .await
+                    .unwrap()
+            ),
+            3.0
+        );
+    })
+    .await;
+    let log = server.log_text();
+    assert!(!log.contains("panicked"), "the server panicked:\n{log}");
+}
+
+/// TOML keys by kind: (key, is it inside a connection table, kind).
+#[derive(Clone, Copy)]
+enum Kind {
+    Duration,
+    Integer,
+    Text,
+    Bool,
+    List,
+}
+
+const TOML_KEYS: &[(&str, bool, Kind)] = &[
+    ("grpc_listen", false, Kind::Text),
+    ("metrics_listen", false, Kind::Text),
+    ("default_poll_interval", false, Kind::Duration),
+    ("min_poll_interval", false, Kind::Duration),
+    ("max_poll_interval", false, Kind::Duration),
+    ("default_query_timeout", false, Kind::Duration),
+    ("max_query_timeout", false, Kind::Duration),
+    ("idle_timeout", false, Kind::Duration),
+    ("stream_resend_interval", false, Kind::Duration),
+    ("stale_after_polls", false, Kind::Integer),
+    ("shutdown_delay", false, Kind::Duration),
+    ("max_pollers", false, Kind::Integer),
+    ("max_pollers_per_namespace", false, Kind::Integer),
+    ("max_streams", false, Kind::Integer),
+    ("max_query_length", false, Kind::Integer),
+    ("max_metadata_entries", false, Kind::Integer),
+    ("max_metadata_key_length", false, Kind::Integer),
+    ("max_metadata_value_length", false, Kind::Integer),
+    ("tls_cert", false, Kind::Text),
+    ("tls_key", false, Kind::Text),
+    ("tls_client_ca", false, Kind::Text),
+    ("tls_reload_interval", false, Kind::Duration),
+    ("allow_metadata_credentials", false, Kind::Bool),
+    ("log_format", false, Kind::Text),
+    ("url", true, Kind::Text),
+    ("kind", true, Kind::Text),
+    ("user", true, Kind::Text),
+    ("connect_string", true, Kind::Text),
+    ("pool_size", true, Kind::Integer),
+    ("pool_timeout", true, Kind::Duration),
+    ("password_file", true, Kind::Text),
+    ("ca_file", true, Kind::Text),
+    ("namespaces", true, Kind::List),
+    ("min_poll_interval", true, Kind::Duration),
+    ("max_query_timeout", true, Kind::Duration),
+    ("allow_dblinks", true, Kind::Bool),
+];
+
+/// A TOML string literal (JSON's escapes are TOML's).
+fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+fn toml_values(kind: Kind) -> Vec<String> {
+    let texts = |v: &[&str]| v.iter().map(|s| toml_str(s)).collect::<Vec<_>>();
+    match kind {
+        Kind::Duration => texts(&[
+            "0s",
+            "1ns",
+            "18446744073709551615s",
+            "200000000000y",
+            "-1s",
+            "",
+            "🚀",
+            "\0",
+        ]),
+        Kind::Integer => vec![
+            "0".into(),
+            "-1".into(),
+            "9223372036854775807".into(),
+            "1e400".into(),
+        ],
+        Kind::Text => {
+            let mut v = texts(&["", "\0", "🚀"]);
+            v.push(toml_str(&"x".repeat(10_000)));
+            v
+        }
+        Kind::Bool => vec!["true".into(), "\"yes\"".into()],
+        Kind::List => vec!["[]".into(), "[\"\"]".into(), "[\"🚀\", \"\\u0000\"]".into()],
+    }
+}
+
+#[test]
+fn every_toml_key_survives_extreme_values_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cases = Vec::new();
+    for (key, in_connection, kind) in TOML_KEYS {
+        for value in toml_values(*kind) {
+            let text = if *in_connection {
+                let url = if *key == "url" {
+                    String::new()
+                } else {
+                    "url = \"sqlite::memory:\"\n".to_string()
+                };
+                format!("[connections.db]\n{url}{key} = {value}\n")
+            } else {
+                format!("{key} = {value}\n[connections.db]\nurl = \"sqlite::memory:\"\n")
+            };
+            cases.push((key.to_string(), text));
+        }
+    }
+    assert!(cases.len() > 150, "{}", cases.len());
+    let failures = std::sync::Mutex::new(Vec::new());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some((key, text)) = cases.get(i) else { return };
+                    let file = dir.path().join(format!("case-{i}.toml"));
+                    std::fs::write(&file, text).unwrap();
+                    let outcome = startup(&file, dir.path());
+                    let shown = text.chars().take(120).collect::<String>();
+                    match outcome {
+                        Startup::Served { code: Some(0), log } if !log.contains("panicked") => {}
+                        Startup::Served { code, log } => failures.lock().unwrap().push(format!(
+                            "{shown}: served, then exit {code:?} after SIGTERM (want 0, no panic):\n{log}"
+                        )),
+                        // Named as in the file or as its flag (`tls_cert` / `--tls-cert`).
+                        Startup::Refused(64, log)
+                            if (log.contains(key.as_str())
+                                || log.contains(&format!("--{}", key.replace('_', "-"))))
+                                && !log.contains("panicked") => {}
+                        Startup::Refused(code, log) => failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("{shown}: exit {code}, want 64 naming {key:?}:\n{log}")),
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} cases:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+enum Startup {
+    /// Became ready, served briefly; its exit code after SIGTERM and its log.
+    Served { code: Option<i32>, log: String },
+    /// Exited before ready: exit code and log.
+    Refused(i32, String),
+}
+
+fn startup(file: &std::path::Path, cwd: &std::path::Path) -> Startup {
+    match Binary::try_start(&["--config", file.to_str().unwrap()], cwd, &[]) {
+        Ok(mut b) => {
+            std::thread::sleep(Duration::from_millis(300));
+            b.signal("TERM");
+            let code = b.wait_exit(Duration::from_secs(10));
+            Startup::Served {
+                code,
+                log: b.log_text(),
+            }
+        }
+        Err((code, log)) => Startup::Refused(code.unwrap_or(-1), log),
+    }
+}
