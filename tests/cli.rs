@@ -326,8 +326,8 @@ fn connections_from_the_environment_and_the_config_file() {
     db.set_queued(4);
     let dir = tempfile::tempdir().unwrap();
     // The shipped example configuration loads (with its listeners moved to free ports).
-    let shipped =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/orascale.toml");
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/kubernetes/base/orascale.toml");
     let text = std::fs::read_to_string(&shipped).unwrap();
     let mine = dir.path().join("orascale.toml");
     std::fs::write(
