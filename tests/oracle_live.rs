@@ -2,8 +2,10 @@
 //!
 //! Gated on `ORASCALE_TEST_ORACLE_URL` (e.g. `oracle://system:pw@localhost:1521/FREEPDB1`); the
 //! user needs CREATE SESSION, and ALTER SYSTEM + SELECT on v$session for the killed-session test
-//! (`system` in the gvenzl/oracle-free image has both). Without the variable each test prints one
-//! SKIP line. `.github/workflows/oracle.yml` runs it against gvenzl/oracle-free.
+//! (`system` in the gvenzl/oracle-free image has both). The tests are `#[ignore]`d, so a run
+//! without an Oracle counts them as "ignored", never as passed; run them with
+//! `ORASCALE_TEST_ORACLE_URL=… cargo test --test oracle_live -- --ignored`, where a missing
+//! variable is a failure. `.github/workflows/oracle.yml` runs them against gvenzl/oracle-free.
 
 mod support;
 
@@ -14,7 +16,7 @@ use orascale::source::{self, Cell, SourceError};
 use support::*;
 use tonic::Code;
 
-fn live(test: &str) -> Option<ConnectionConfig> {
+fn live(test: &str) -> ConnectionConfig {
     match std::env::var("ORASCALE_TEST_ORACLE_URL") {
         Ok(url) if !url.is_empty() => {
             let parsed = parse_url(&url).expect("ORASCALE_TEST_ORACLE_URL parses");
@@ -23,15 +25,11 @@ fn live(test: &str) -> Option<ConnectionConfig> {
                 "oracle",
                 "ORASCALE_TEST_ORACLE_URL must be an oracle:// URL"
             );
-            Some(ConnectionConfig::new("ora", parsed))
+            ConnectionConfig::new("ora", parsed)
         }
-        _ => {
-            skip(
-                test,
-                "ORASCALE_TEST_ORACLE_URL is not set; set it to oracle://USER:PASSWORD@HOST:PORT/SERVICE to run the live Oracle suite",
-            );
-            None
-        }
+        _ => panic!(
+            "{test}: ORASCALE_TEST_ORACLE_URL is not set; set it to oracle://USER:PASSWORD@HOST:PORT/SERVICE to run the live Oracle suite"
+        ),
     }
 }
 
@@ -52,10 +50,9 @@ fn admin(conn: &ConnectionConfig) -> oracle::Connection {
 const T: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "live Oracle: set ORASCALE_TEST_ORACLE_URL and run with --ignored"]
 async fn conversions_nulls_and_no_rows() {
-    let Some(conn) = live("conversions_nulls_and_no_rows") else {
-        return;
-    };
+    let conn = live("conversions_nulls_and_no_rows");
     let src = source::open(&conn).unwrap();
     src.driver().expect("Instant Client loads");
     let info = src.server_info(T).await.expect("connects");
@@ -119,10 +116,9 @@ async fn conversions_nulls_and_no_rows() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "live Oracle: set ORASCALE_TEST_ORACLE_URL and run with --ignored"]
 async fn slow_query_is_cut_by_the_timeout_and_the_next_query_works() {
-    let Some(mut conn) = live("slow_query_is_cut_by_the_timeout_and_the_next_query_works") else {
-        return;
-    };
+    let mut conn = live("slow_query_is_cut_by_the_timeout_and_the_next_query_works");
     conn.pool_size = 1;
     let src = source::open(&conn).unwrap();
     assert_eq!(
@@ -157,10 +153,9 @@ async fn slow_query_is_cut_by_the_timeout_and_the_next_query_works() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "live Oracle: set ORASCALE_TEST_ORACLE_URL and run with --ignored"]
 async fn killed_session_is_recovered() {
-    let Some(conn) = live("killed_session_is_recovered") else {
-        return;
-    };
+    let conn = live("killed_session_is_recovered");
     let src = source::open(&conn).unwrap();
     assert_eq!(
         src.query("select 1 from dual", T).await.unwrap(),
@@ -207,10 +202,9 @@ async fn killed_session_is_recovered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "live Oracle: set ORASCALE_TEST_ORACLE_URL and run with --ignored"]
 async fn a_pool_of_n_serves_ten_n_pollers_through_the_server() {
-    let Some(mut conn) = live("a_pool_of_n_serves_ten_n_pollers_through_the_server") else {
-        return;
-    };
+    let mut conn = live("a_pool_of_n_serves_ten_n_pollers_through_the_server");
     const N: usize = 2;
     conn.pool_size = N;
     let server = start(vec![conn], engine()).await;
