@@ -255,6 +255,23 @@ pub struct ProbeArgs {
     /// Deadline of each unary call (KEDA uses 3s on its HPA path)
     #[arg(long, default_value = "3s", value_parser = parse_duration_arg)]
     pub timeout: Duration,
+
+    /// Also print what KEDA and the HPA would do with the value at this many replicas
+    #[arg(long, value_name = "N")]
+    pub current_replicas: Option<u32>,
+
+    /// The trigger's metricType, for --current-replicas (KEDA's default: AverageValue)
+    #[arg(long, value_enum, default_value = "average-value")]
+    pub metric_type: MetricType,
+}
+
+/// A trigger's `metricType` (a ScaledObject field, so the probe has to be told).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MetricType {
+    /// desiredReplicas = ceil(value / target)
+    AverageValue,
+    /// desiredReplicas = ceil(currentReplicas × value / target)
+    Value,
 }
 
 #[derive(Debug, Args)]

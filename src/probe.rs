@@ -139,7 +139,84 @@ pub async fn run(args: ProbeArgs) -> Result<(), ProbeError> {
         .map_err(call_err("IsActive"))?
         .into_inner();
     println!("IsActive: result={}", active.result);
+    if let (Some(current), Some(spec), Some(value)) = (
+        args.current_replicas,
+        spec.metric_specs.first(),
+        metrics.metric_values.first(),
+    ) {
+        let d = decide(
+            current,
+            value.metric_value_float,
+            spec.target_size_float,
+            active.result,
+            args.metric_type,
+        );
+        println!("Scaling: {}", d.explain);
+    }
     Ok(())
+}
+
+/// What KEDA and the HPA would do with one trigger's value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The replicas this trigger asks for (before min/max replica counts apply).
+    pub desired: u32,
+    pub explain: String,
+}
+
+/// The HPA's rule for an external metric (tolerance 10 %, as kube-controller-manager's default),
+/// behind KEDA's activation rule: at 0 replicas only IsActive matters (active → 1, then the
+/// HPA); above 0 an inactive trigger lets KEDA scale to zero after `cooldownPeriod`.
+pub fn decide(
+    current: u32,
+    value: f64,
+    target: f64,
+    active: bool,
+    metric_type: crate::config::MetricType,
+) -> Decision {
+    use crate::config::MetricType;
+    if current == 0 {
+        return if active {
+            Decision {
+                desired: 1,
+                explain: format!(
+                    "currentReplicas=0, IsActive=true: KEDA scales to max(minReplicaCount, 1), then the HPA takes over (value {value} vs target {target})"
+                ),
+            }
+        } else {
+            Decision {
+                desired: 0,
+                explain: "currentReplicas=0, IsActive=false: KEDA keeps the workload at 0 (the HPA is not consulted at 0)".into(),
+            }
+        };
+    }
+    let (raw, formula) = match metric_type {
+        MetricType::AverageValue => (value / target, format!("ceil({value} / {target})")),
+        MetricType::Value => (
+            f64::from(current) * value / target,
+            format!("ceil({current} × {value} / {target})"),
+        ),
+    };
+    let ratio = raw / f64::from(current);
+    let desired = if (ratio - 1.0).abs() <= 0.1 {
+        current
+    } else {
+        raw.ceil().clamp(0.0, f64::from(u32::MAX)) as u32
+    };
+    let mut explain = format!(
+        "currentReplicas={current}, metricType={metric_type:?}: desiredReplicas={desired} ({formula}{})",
+        if desired == current && (ratio - 1.0).abs() <= 0.1 {
+            ", within the HPA's 10% tolerance: no change"
+        } else {
+            ""
+        }
+    );
+    if !active {
+        explain.push_str(
+            "; IsActive=false: after cooldownPeriod KEDA scales to minReplicaCount (0 if so set)",
+        );
+    }
+    Decision { desired, explain }
 }
 
 fn now() -> humantime::Rfc3339Timestamp {
@@ -160,6 +237,39 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decisions_follow_keda_and_the_hpa() {
+        use crate::config::MetricType::{AverageValue, Value};
+        let cases = [
+            // (current, value, target, active, type, desired)
+            (0, 12.0, 5.0, true, AverageValue, 1),
+            (0, 0.0, 5.0, false, AverageValue, 0),
+            (2, 12.0, 5.0, true, AverageValue, 3),
+            (3, 12.0, 5.0, true, AverageValue, 3),
+            (2, 12.0, 5.0, true, Value, 5),
+            (4, 21.0, 5.0, true, AverageValue, 4), // 5 % off: tolerance
+            (4, 0.0, 5.0, false, AverageValue, 0),
+        ];
+        for (current, value, target, active, ty, want) in cases {
+            let d = decide(current, value, target, active, ty);
+            assert_eq!(
+                d.desired, want,
+                "{current} {value} {target} {active} {ty:?}: {}",
+                d.explain
+            );
+        }
+        assert!(
+            decide(4, 0.0, 5.0, false, AverageValue)
+                .explain
+                .contains("cooldownPeriod")
+        );
+        assert!(
+            decide(2, 12.0, 5.0, true, Value)
+                .explain
+                .contains("ceil(2 × 12 / 5)")
+        );
+    }
 
     #[test]
     fn metadata_pairs() {

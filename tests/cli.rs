@@ -201,6 +201,40 @@ fn probe_prints_answers_and_fails_with_the_status_message() {
         "{out}"
     );
     assert!(out.contains("IsActive: result=true"), "{out}");
+    assert!(
+        !out.contains("Scaling:"),
+        "only with --current-replicas: {out}"
+    );
+
+    // The scaling decision, not just a number: 6 queued, 4 per replica.
+    for (current, kind, want) in [
+        (
+            "0",
+            "average-value",
+            "KEDA scales to max(minReplicaCount, 1)",
+        ),
+        ("1", "average-value", "desiredReplicas=2 (ceil(6 / 4))"),
+        ("3", "value", "desiredReplicas=5 (ceil(3 × 6 / 4))"),
+    ] {
+        let (code, out, err) = run_bin(&[
+            "probe",
+            "--addr",
+            &addr,
+            "-m",
+            &format!("query={QUEUED}"),
+            "-m",
+            "targetQueryValue=4",
+            "--current-replicas",
+            current,
+            "--metric-type",
+            kind,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains("Scaling: ") && out.contains(want),
+            "{want}: {out}"
+        );
+    }
 
     let (code, _, err) = run_bin(&[
         "probe",
