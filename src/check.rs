@@ -1,7 +1,8 @@
 //! `orascale check`: a doctor for operators. Loads the same configuration as `serve` and, for
 //! each connection, reports whether its driver (and client library) loads, whether it connects,
 //! the server version and the round-trip time of a trivial query; optionally runs a query and
-//! prints the value a trigger would report. A table for people, `--json` for scripts.
+//! prints the value a trigger would report. With TLS configured it also checks the certificate
+//! files as clients will judge them (`tls::inspect`). A table for people, `--json` for scripts.
 
 use std::time::Duration;
 
@@ -14,6 +15,14 @@ use crate::source::{self, Cell};
 pub struct Report {
     pub ok: bool,
     pub connections: Vec<ConnectionReport>,
+    /// The TLS files, when the gRPC port is configured for TLS.
+    pub tls: Vec<TlsReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TlsReport {
+    pub file: String,
+    pub check: Step<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -109,14 +118,29 @@ pub async fn check(config: &Config, args: &CheckArgs) -> Result<Report, String> 
         }
         reports.push(report);
     }
+    let tls: Vec<TlsReport> = config
+        .tls
+        .as_ref()
+        .map(crate::tls::inspect)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| TlsReport {
+            file: c.what,
+            check: match c.outcome {
+                Ok(v) => Step::Ok(v),
+                Err(e) => Step::Failed(e),
+            },
+        })
+        .collect();
     let ok = reports.iter().all(|r| {
         !r.driver.is_failed()
             && !r.server_version.is_failed()
             && !r.query.as_ref().is_some_and(Step::is_failed)
-    });
+    }) && tls.iter().all(|t| !t.check.is_failed());
     Ok(Report {
         ok,
         connections: reports,
+        tls,
     })
 }
 
@@ -181,6 +205,16 @@ pub fn render_table(report: &Report) -> String {
         for (what, step) in steps {
             if let Some(Step::Failed(e)) = step {
                 out.push_str(&format!("\n{} ({}): {what} failed: {e}\n", r.name, r.url));
+            }
+        }
+    }
+    if !report.tls.is_empty() {
+        out.push_str("\nTLS\n");
+        for t in &report.tls {
+            match &t.check {
+                Step::Ok(v) => out.push_str(&format!("  {}: OK, {v}\n", t.file)),
+                Step::Failed(e) => out.push_str(&format!("  {}: FAILED: {e}\n", t.file)),
+                Step::Skipped => {}
             }
         }
     }

@@ -73,6 +73,39 @@ impl Drop for HandshakeSlot {
     }
 }
 
+/// Failed handshakes are logged at WARN at most this often (the others at DEBUG, counted).
+const HANDSHAKE_WARN_EVERY: Duration = Duration::from_secs(1);
+
+/// Lets one event through per interval; counts those held back.
+struct Throttle {
+    every: Duration,
+    next: std::sync::Mutex<Option<std::time::Instant>>,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl Throttle {
+    fn new(every: Duration) -> Self {
+        Throttle {
+            every,
+            next: std::sync::Mutex::new(None),
+            suppressed: Default::default(),
+        }
+    }
+
+    /// `Some(n)` when this event may be logged (`n` held back since the last one), else `None`.
+    fn admit(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        let now = std::time::Instant::now();
+        let mut next = self.next.lock().expect("throttle lock");
+        if next.is_some_and(|n| now < n) {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *next = Some(now + self.every);
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
+    }
+}
+
 /// The files the server's TLS is made of.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TlsFiles {
@@ -250,6 +283,7 @@ pub fn incoming(
     let (tx, rx) = tokio::sync::mpsc::channel(128);
     let handshakes = tracker.clone();
     let in_progress = Arc::new(Handshakes::default());
+    let warnings = Arc::new(Throttle::new(HANDSHAKE_WARN_EVERY));
     tracker.spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -272,17 +306,138 @@ pub fn incoming(
             let _ = tcp.set_nodelay(true);
             let acceptor = tls.acceptor();
             let tx = tx.clone();
+            let warnings = warnings.clone();
             handshakes.spawn(async move {
                 let _slot = slot;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(stream)).await;
                     }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    // Why a client was refused is visible only here (e.g. a v1 client
+                    // certificate, an unknown CA): WARN, at most one line per interval.
+                    Ok(Err(e)) => match warnings.admit() {
+                        Some(suppressed) => tracing::warn!(%peer, error = %e, suppressed,
+                            "TLS handshake failed"),
+                        None => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    },
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
             });
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// One finding of [`inspect`]: what was checked and its outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileCheck {
+    pub what: String,
+    pub outcome: Result<String, String>,
+}
+
+/// Checks the TLS files the way a client will judge them, one finding each, for
+/// `orascale check`: the certificate chain parses, its leaf is X.509 v3 (rustls refuses v1,
+/// which `openssl x509 -req` makes without extensions) and within its validity; the key matches
+/// it; each client CA is a v3 CA certificate within its validity.
+pub fn inspect(files: &TlsFiles) -> Vec<FileCheck> {
+    let mut out = Vec::new();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let mut push = |what: String, outcome: Result<String, String>| {
+        out.push(FileCheck { what, outcome });
+    };
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|e| e.to_string())
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string()))
+        .and_then(|c| {
+            if c.is_empty() {
+                Err("no PEM certificate in the file".to_string())
+            } else {
+                Ok(c)
+            }
+        });
+    let label = format!("--tls-cert {}", files.cert.display());
+    let certs = match certs {
+        Ok(c) => {
+            push(label, describe_cert(&c[0], now, false));
+            Some(c)
+        }
+        Err(e) => {
+            push(label, Err(e));
+            None
+        }
+    };
+    let label = format!("--tls-key {}", files.key.display());
+    match (PrivateKeyDer::from_pem_file(&files.key), certs) {
+        (Err(e), _) => push(label, Err(e.to_string())),
+        (Ok(_), None) => push(
+            label,
+            Err("not checked: the certificate did not load".into()),
+        ),
+        (Ok(key), Some(certs)) => {
+            let provider = rustls::crypto::ring::default_provider();
+            let outcome = provider
+                .key_provider
+                .load_private_key(key)
+                .map_err(|e| format!("cannot use the key: {e}"))
+                .and_then(
+                    |k| match rustls::sign::CertifiedKey::new(certs, k).keys_match() {
+                        Ok(()) => Ok("matches the certificate".to_string()),
+                        Err(rustls::Error::InconsistentKeys(
+                            rustls::InconsistentKeys::KeyMismatch,
+                        )) => Err("does not match the certificate's public key".to_string()),
+                        Err(e) => Err(format!("cannot compare with the certificate: {e}")),
+                    },
+                );
+            push(label, outcome);
+        }
+    }
+    if let Some(ca) = &files.client_ca {
+        let label = format!("--tls-client-ca {}", ca.display());
+        match CertificateDer::pem_file_iter(ca)
+            .map_err(|e| e.to_string())
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string()))
+        {
+            Err(e) => push(label, Err(e)),
+            Ok(cas) if cas.is_empty() => push(label, Err("no PEM certificate in the file".into())),
+            Ok(cas) => {
+                for (i, der) in cas.iter().enumerate() {
+                    push(format!("{label} #{}", i + 1), describe_cert(der, now, true));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A certificate's subject and expiry, or what makes clients refuse it.
+fn describe_cert(der: &CertificateDer<'_>, now: i64, must_be_ca: bool) -> Result<String, String> {
+    use x509_parser::prelude::{FromDer, X509Certificate, X509Version};
+    let (_, cert) = X509Certificate::from_der(der.as_ref())
+        .map_err(|e| format!("not a valid X.509 certificate: {e}"))?;
+    if cert.version() != X509Version::V3 {
+        return Err(format!(
+            "an X.509 v{} certificate: TLS clients and rustls accept only v3; re-issue it with extensions (e.g. `openssl x509 -req … -extfile` with subjectAltName)",
+            cert.version().0 + 1
+        ));
+    }
+    let not_before = cert.validity().not_before.timestamp();
+    let not_after = cert.validity().not_after.timestamp();
+    if now < not_before {
+        return Err(format!("not valid before {}", cert.validity().not_before));
+    }
+    if now > not_after {
+        return Err(format!("expired on {}", cert.validity().not_after));
+    }
+    if must_be_ca && !cert.is_ca() {
+        return Err("not a CA certificate (basicConstraints CA:TRUE is missing)".into());
+    }
+    let days = (not_after - now) / 86_400;
+    let soon = if days < 14 { " — renew soon" } else { "" };
+    Ok(format!(
+        "v3, {}, expires in {days} days ({}){soon}",
+        cert.subject(),
+        cert.validity().not_after
+    ))
 }

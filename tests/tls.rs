@@ -509,3 +509,145 @@ async fn rotating_metadata_credentials_leaves_no_series_and_no_sessions_behind()
     })
     .await;
 }
+
+/// A client certificate as `openssl x509 -req` makes it without extensions: X.509 v1.
+fn openssl_v1_client_cert(pki: &Pki) -> Option<(String, String)> {
+    let dir = pki.dir.path();
+    let ca_key = pki.write("ca.key", &pki.ca.key_pem);
+    let ca_crt = pki.write("ca-for-openssl.crt", &pki.ca.cert_pem);
+    let run = |args: &[&str]| {
+        std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let ok = run(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "v1.key",
+        "-subj",
+        "/CN=keda-operator",
+        "-out",
+        "v1.csr",
+    ]) && run(&[
+        "x509",
+        "-req",
+        "-in",
+        "v1.csr",
+        "-CA",
+        ca_crt.to_str().unwrap(),
+        "-CAkey",
+        ca_key.to_str().unwrap(),
+        "-CAcreateserial",
+        "-out",
+        "v1.crt",
+        "-days",
+        "30",
+    ]);
+    ok.then(|| {
+        (
+            std::fs::read_to_string(dir.join("v1.crt")).unwrap(),
+            std::fs::read_to_string(dir.join("v1.key")).unwrap(),
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_client_certificate_is_logged_and_check_judges_the_files() {
+    let pki = Pki::new();
+    let Some((v1_cert, v1_key)) = openssl_v1_client_cert(&pki) else {
+        skip(
+            "a_refused_client_certificate_is_logged_and_check_judges_the_files",
+            "openssl is not installed",
+        );
+        return;
+    };
+    let files = pki.server_files(true);
+    let (cert, key, ca) = (
+        files.cert.to_str().unwrap(),
+        files.key.to_str().unwrap(),
+        files.client_ca.as_ref().unwrap().to_str().unwrap(),
+    );
+    let server = Binary::start(
+        &[
+            "--connection",
+            "m=sqlite::memory:",
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+            "--tls-client-ca",
+            ca,
+        ],
+        pki.dir.path(),
+    );
+    // The client presents its v1 certificate (openssl s_client: a TLS stack of its own that, unlike
+    // rustls, sends such a certificate; what KEDA's Go client does with one).
+    let v1 = pki.write("v1-client.crt", &v1_cert);
+    let v1k = pki.write("v1-client.key", &v1_key);
+    let ca_file = pki.write("ca-client-side.crt", &pki.ca.cert_pem);
+    let _ = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &server.grpc.to_string(),
+            "-alpn",
+            "h2",
+            "-cert",
+        ])
+        .arg(&v1)
+        .arg("-key")
+        .arg(&v1k)
+        .arg("-CAfile")
+        .arg(&ca_file)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let log = server.wait_log("TLS handshake failed", Duration::from_secs(10));
+    let line = log
+        .lines()
+        .find(|l| l.contains("TLS handshake failed"))
+        .unwrap_or_else(|| panic!("the refusal is logged:\n{log}"));
+    assert!(
+        line.contains("WARN") && line.contains("127.0.0.1"),
+        "{line}"
+    );
+    assert!(line.to_lowercase().contains("cert"), "the reason: {line}");
+    assert!(!log.contains("PRIVATE KEY"), "no key material in the log");
+
+    // `orascale check` judges the same files before deploying.
+    let check = |cert: &str, key: &str| {
+        run_bin(&[
+            "check",
+            "--connection",
+            "m=sqlite::memory:",
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+            "--tls-client-ca",
+            ca,
+        ])
+    };
+    let (code, out, err) = check(cert, key);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("TLS") && out.contains("OK, v3") && out.contains("matches the certificate"),
+        "{out}"
+    );
+    let v1 = pki.write("v1-server.crt", &v1_cert);
+    let v1k = pki.write("v1-server.key", &v1_key);
+    let (code, out, _) = check(v1.to_str().unwrap(), v1k.to_str().unwrap());
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("X.509 v1") && out.contains("FAILED"), "{out}");
+    let (code, out, _) = check(cert, v1k.to_str().unwrap());
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("does not match"), "{out}");
+}

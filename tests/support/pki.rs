@@ -8,6 +8,8 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, 
 
 pub struct Ca {
     pub cert_pem: String,
+    /// The CA's private key, for signing with other tools (openssl) in tests.
+    pub key_pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -24,6 +26,7 @@ pub fn ca(name: &str) -> Ca {
     let cert = params.self_signed(&key).unwrap();
     Ca {
         cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
         issuer: Issuer::new(params, key),
     }
 }
