@@ -54,6 +54,43 @@ impl Source for Flaky {
     }
 }
 
+/// KEDA's service over a registry whose only connection, `flaky`, is a [`Flaky`] source.
+struct Fixture {
+    flaky: Arc<Flaky>,
+    registry: Arc<Registry>,
+    scaler: Scaler,
+    shutdown: CancellationToken,
+}
+
+fn fixture(panic_on: Vec<u32>) -> Fixture {
+    let flaky = Arc::new(Flaky {
+        calls: AtomicU32::new(0),
+        panic_on,
+    });
+    let mut sources: BTreeMap<String, Arc<dyn Source>> = BTreeMap::new();
+    sources.insert("flaky".into(), flaky.clone());
+    let shutdown = CancellationToken::new();
+    let engine = EngineConfig {
+        min_poll_interval: Duration::from_millis(100),
+        ..EngineConfig::default()
+    };
+    let registry = Registry::new(sources, engine, shutdown.clone(), TaskTracker::new());
+    let scaler = Scaler::new(
+        registry.clone(),
+        [("flaky".to_string(), memory("flaky"))]
+            .into_iter()
+            .collect(),
+        false,
+        shutdown.clone(),
+    );
+    Fixture {
+        flaky,
+        registry,
+        scaler,
+        shutdown,
+    }
+}
+
 /// Log lines written while the test runs (single-threaded runtime: every task logs here).
 #[derive(Clone, Default)]
 struct Log(Arc<Mutex<Vec<u8>>>);
@@ -85,26 +122,12 @@ async fn a_stopped_poller_answers_unavailable_and_is_replaced() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     guard(Duration::from_secs(30), async {
-        let flaky = Arc::new(Flaky {
-            calls: AtomicU32::new(0),
-            panic_on: vec![1],
-        });
-        let mut sources: BTreeMap<String, Arc<dyn Source>> = BTreeMap::new();
-        sources.insert("flaky".into(), flaky.clone());
-        let shutdown = CancellationToken::new();
-        let engine = EngineConfig {
-            min_poll_interval: Duration::from_millis(100),
-            ..EngineConfig::default()
-        };
-        let registry = Registry::new(sources, engine, shutdown.clone(), TaskTracker::new());
-        let scaler = Scaler::new(
-            registry.clone(),
-            [("flaky".to_string(), memory("flaky"))]
-                .into_iter()
-                .collect(),
-            false,
-            shutdown.clone(),
-        );
+        let Fixture {
+            flaky: _,
+            registry,
+            scaler,
+            shutdown,
+        } = fixture(vec![1]);
         let obj = object(
             "w",
             &[
@@ -187,26 +210,12 @@ async fn a_stopped_poller_answers_unavailable_and_is_replaced() {
 async fn a_stopped_poller_never_serves_its_last_value() {
     guard(Duration::from_secs(30), async {
         // Good on the first query, panics on the second: the last good value must not be served.
-        let flaky = Arc::new(Flaky {
-            calls: AtomicU32::new(0),
-            panic_on: vec![2],
-        });
-        let mut sources: BTreeMap<String, Arc<dyn Source>> = BTreeMap::new();
-        sources.insert("flaky".into(), flaky.clone());
-        let shutdown = CancellationToken::new();
-        let engine = EngineConfig {
-            min_poll_interval: Duration::from_millis(100),
-            ..EngineConfig::default()
-        };
-        let registry = Registry::new(sources, engine, shutdown.clone(), TaskTracker::new());
-        let scaler = Scaler::new(
-            registry.clone(),
-            [("flaky".to_string(), memory("flaky"))]
-                .into_iter()
-                .collect(),
-            false,
-            shutdown.clone(),
-        );
+        let Fixture {
+            flaky,
+            registry: _,
+            scaler,
+            shutdown,
+        } = fixture(vec![2]);
         let obj = object(
             "w",
             &[

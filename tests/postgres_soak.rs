@@ -15,17 +15,6 @@ fn open_fds() -> usize {
         .unwrap_or(0)
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_two_hundred_pollers_through_two_outages_leaks_nothing() {
     let Some(pg) = Pg::start_or_skip("soak_two_hundred_pollers_through_two_outages_leaks_nothing")

@@ -198,6 +198,18 @@ pub async fn scrape(addr: SocketAddr) -> String {
         .unwrap()
 }
 
+/// Resident memory of this process, in KiB (0 where /proc is missing).
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// A unary request with KEDA's 3 s deadline.
 pub fn deadline<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
