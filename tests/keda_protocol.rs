@@ -496,3 +496,65 @@ async fn admin_endpoints_answer() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parsed_trigger_never_hides_a_changed_map() {
+    guard(LIMIT, async {
+        let db = TestDb::new();
+        db.set_queued(4);
+        let server = start(vec![connection("jobs", &db.url())], engine()).await;
+        let mut c = client(server.grpc_addr).await;
+        let call = |meta: Vec<(&'static str, &'static str)>| object("same-so", &meta);
+        let first = call(vec![("query", QUEUED), ("targetQueryValue", "2")]);
+        for _ in 0..3 {
+            assert_eq!(
+                value(
+                    c.get_metrics(deadline(metrics_request(&first, "")))
+                        .await
+                        .unwrap()
+                ),
+                4.0
+            );
+        }
+        // KEDA sends the current map every call: an edit shows at once, errors included.
+        let bad = call(vec![("query", QUEUED), ("targetQueryValue", "x")]);
+        for _ in 0..2 {
+            let e = c.get_metric_spec(deadline(bad.clone())).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(
+                e.message().contains("targetQueryValue") && e.message().contains("\"x\""),
+                "{}",
+                e.message()
+            );
+        }
+        let edited = call(vec![
+            ("query", "select count(*) + 100 from jobs"),
+            ("targetQueryValue", "3"),
+        ]);
+        let spec = c
+            .get_metric_spec(deadline(edited.clone()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(spec.metric_specs[0].target_size_float, 3.0);
+        assert_eq!(
+            value(
+                c.get_metrics(deadline(metrics_request(&edited, "")))
+                    .await
+                    .unwrap()
+            ),
+            104.0
+        );
+        // And back: the first map still answers as before.
+        assert_eq!(
+            value(
+                c.get_metrics(deadline(metrics_request(&first, "")))
+                    .await
+                    .unwrap()
+            ),
+            4.0
+        );
+        server.stop().await;
+    })
+    .await;
+}

@@ -23,11 +23,11 @@ use super::proto::{
     GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec,
     MetricValue, ScaledObjectRef,
 };
+use super::specs::{Parsed, Specs};
 use super::status::Error;
 use crate::config::ConnectionConfig;
-use crate::engine::poller::Origin;
 use crate::engine::{Registry, Subscription};
-use crate::metadata::{self, Context, ScalerSpec};
+use crate::metadata::{Context, ScalerSpec};
 use crate::telemetry::metrics as m;
 
 /// The service: shared by every connection and request.
@@ -36,6 +36,8 @@ pub struct Scaler {
     registry: Arc<Registry>,
     ctx: Arc<Context>,
     shutdown: CancellationToken,
+    /// Each calling ScaledObject's parsed trigger: later calls skip parsing.
+    specs: Arc<Specs>,
 }
 
 impl Scaler {
@@ -50,47 +52,53 @@ impl Scaler {
             engine: registry.config().clone(),
             allow_credentials,
         };
+        // Room for several ScaledObjects per poller (identical triggers share one).
+        let specs = Arc::new(Specs::new(ctx.engine.limits.max_pollers.saturating_mul(4)));
         Scaler {
             registry,
             ctx: Arc::new(ctx),
             shutdown,
+            specs,
         }
     }
 
-    /// The parsed trigger, who asks, and the trigger's own source when it carries credentials.
+    /// The parsed trigger (with who asks), and the trigger's own source when it carries
+    /// credentials.
     async fn spec(&self, r: &ScaledObjectRef) -> Result<Trigger, Error> {
-        let spec = metadata::parse(&r.scaler_metadata, &r.namespace, &self.ctx)?;
-        let source = match &spec.dynamic {
+        let parsed = self.parsed(r)?;
+        let source = match &parsed.spec.dynamic {
             Some(conn) => Some(self.registry.prepare_source(conn).await?),
             None => None,
         };
-        let origin = Origin {
-            namespace: r.namespace.clone(),
-            name: r.name.clone(),
-            metric: spec.metric_name.clone(),
-        };
-        Ok((spec, origin, source))
+        Ok((parsed, source))
+    }
+
+    fn parsed(&self, r: &ScaledObjectRef) -> Result<Arc<Parsed>, Error> {
+        Ok(self
+            .specs
+            .get(&r.name, &r.namespace, &r.scaler_metadata, &self.ctx)?)
     }
 
     async fn value(
         &self,
         r: &ScaledObjectRef,
         method: &'static str,
-    ) -> Result<(ScalerSpec, f64), Error> {
-        let (spec, origin, source) = self.spec(r).await?;
+    ) -> Result<(Arc<Parsed>, f64), Error> {
+        let (parsed, source) = self.spec(r).await?;
         let reading = self
             .registry
-            .read(&spec.poller, &origin, source.as_ref())
+            .read(&parsed.spec.poller, &parsed.origin, source.as_ref())
             .await?;
-        m::sample_age(&spec.poller.connection, method, reading.at.elapsed());
-        Ok((spec, reading.value))
+        m::sample_age(&parsed.spec.poller.connection, method, reading.at.elapsed());
+        Ok((parsed, reading.value))
     }
 
     async fn get_metrics_inner(&self, req: GetMetricsRequest) -> Result<GetMetricsResponse, Error> {
         let r = req
             .scaled_object_ref
             .ok_or_else(|| Error::Request("scaledObjectRef is required".into()))?;
-        let (spec, value) = self.value(&r, "GetMetrics").await?;
+        let (parsed, value) = self.value(&r, "GetMetrics").await?;
+        let spec = &parsed.spec;
         if !metric_name_matches(&req.metric_name, &spec.metric_name) {
             return Err(Error::Request(format!(
                 "metricName {:?} is not this trigger's metric {:?}",
@@ -141,7 +149,7 @@ fn to_metric_spec(spec: &ScalerSpec) -> MetricSpec {
     }
 }
 
-type Trigger = (ScalerSpec, Origin, Option<Arc<dyn crate::source::Source>>);
+type Trigger = (Arc<Parsed>, Option<Arc<dyn crate::source::Source>>);
 
 type ActiveStream = Pin<Box<dyn Stream<Item = Result<IsActiveResponse, Status>> + Send>>;
 
@@ -175,8 +183,8 @@ impl ExternalScaler for Scaler {
         let result = self
             .value(&r, "IsActive")
             .await
-            .map(|(spec, value)| IsActiveResponse {
-                result: value > spec.activation,
+            .map(|(parsed, value)| IsActiveResponse {
+                result: value > parsed.spec.activation,
             });
         observe("IsActive", started, result)
     }
@@ -189,25 +197,26 @@ impl ExternalScaler for Scaler {
     ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
         let started = Instant::now();
         let r = request.into_inner();
-        let opened = self.spec(&r).await.and_then(|(spec, origin, source)| {
-            let sub = self
-                .registry
-                .subscribe(&spec.poller, &origin, source.as_ref())?;
-            Ok((spec, sub))
+        let opened = self.spec(&r).await.and_then(|(parsed, source)| {
+            let sub =
+                self.registry
+                    .subscribe(&parsed.spec.poller, &parsed.origin, source.as_ref())?;
+            Ok((parsed, sub))
         });
-        let (spec, sub) = match opened {
+        let (parsed, sub) = match opened {
             Ok(v) => v,
             Err(e) => return observe::<ActiveStream>("StreamIsActive", started, Err(e)),
         };
         let state = Push {
             sub,
-            activation: spec.activation,
+            activation: parsed.spec.activation,
             resend: self.registry.config().stream_resend_interval,
             shutdown: self.shutdown.clone(),
             active: None,
             resend_at: None,
             opened: false,
-            renew_every: spec
+            renew_every: parsed
+                .spec
                 .poller
                 .poll_interval
                 .clamp(Duration::from_secs(1), Duration::from_secs(60)),
@@ -227,11 +236,9 @@ impl ExternalScaler for Scaler {
     ) -> Result<Response<GetMetricSpecResponse>, Status> {
         let started = Instant::now();
         let r = request.into_inner();
-        let result = metadata::parse(&r.scaler_metadata, &r.namespace, &self.ctx)
-            .map(|spec| GetMetricSpecResponse {
-                metric_specs: vec![to_metric_spec(&spec)],
-            })
-            .map_err(Error::from);
+        let result = self.parsed(&r).map(|parsed| GetMetricSpecResponse {
+            metric_specs: vec![to_metric_spec(&parsed.spec)],
+        });
         observe("GetMetricSpec", started, result)
     }
 

@@ -1,0 +1,173 @@
+//! The validated trigger of every ScaledObject that calls, so that a call after the first does no
+//! parsing and no SQL-guard work: KEDA sends the same `scalerMetadata` on every call.
+//!
+//! The key is the ScaledObject's name, namespace and metadata map, hashed without depending on
+//! the map's iteration order. A hit is confirmed by comparing the stored map with the request's,
+//! so a changed map (KEDA always sends the current one) is never answered from a stale entry: it
+//! misses, is parsed, and replaces the entry. Only valid triggers are kept (bad metadata is
+//! parsed, and refused with the same INVALID_ARGUMENT, on every call). The cache is bounded: at
+//! its limit it is emptied and refills with the triggers still in use.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Arc, RwLock};
+
+use crate::engine::poller::Origin;
+use crate::metadata::{self, Context, MetadataError, ScalerSpec};
+
+/// One ScaledObject's trigger, parsed.
+#[derive(Debug)]
+pub struct Parsed {
+    name: String,
+    namespace: String,
+    metadata: HashMap<String, String>,
+    pub spec: ScalerSpec,
+    /// Who asks, for the poller's log lines and per-poller metrics.
+    pub origin: Origin,
+}
+
+pub struct Specs {
+    entries: RwLock<HashMap<u64, Arc<Parsed>>>,
+    hasher: std::collections::hash_map::RandomState,
+    limit: usize,
+}
+
+impl Specs {
+    pub fn new(limit: usize) -> Self {
+        Specs {
+            entries: RwLock::new(HashMap::new()),
+            hasher: Default::default(),
+            limit: limit.max(1),
+        }
+    }
+
+    /// The parsed trigger for this call, from the cache when the same ScaledObject sent the same
+    /// metadata before.
+    pub fn get(
+        &self,
+        name: &str,
+        namespace: &str,
+        meta: &HashMap<String, String>,
+        ctx: &Context,
+    ) -> Result<Arc<Parsed>, MetadataError> {
+        let key = self.key(name, namespace, meta);
+        if let Some(hit) = self.entries.read().expect("specs lock").get(&key)
+            && hit.name == name
+            && hit.namespace == namespace
+            && hit.metadata == *meta
+        {
+            return Ok(hit.clone());
+        }
+        let spec = metadata::parse(meta, namespace, ctx)?;
+        let parsed = Arc::new(Parsed {
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+            metadata: meta.clone(),
+            origin: Origin {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                metric: spec.metric_name.clone(),
+            },
+            spec,
+        });
+        let mut entries = self.entries.write().expect("specs lock");
+        if entries.len() >= self.limit {
+            entries.clear();
+        }
+        entries.insert(key, parsed.clone());
+        Ok(parsed)
+    }
+
+    /// Triggers held now.
+    pub fn len(&self) -> usize {
+        self.entries.read().expect("specs lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Name, namespace and the map's entries, independent of the map's iteration order.
+    fn key(&self, name: &str, namespace: &str, meta: &HashMap<String, String>) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        name.hash(&mut h);
+        namespace.hash(&mut h);
+        meta.len().hash(&mut h);
+        let entries = meta
+            .iter()
+            .map(|kv| self.hasher.hash_one(kv))
+            .fold(0u64, u64::wrapping_add);
+        entries.hash(&mut h);
+        h.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ConnectionConfig, ConnectionUrl, EngineConfig, SqliteTarget};
+
+    fn ctx() -> Context {
+        Context {
+            connections: [(
+                "db".to_string(),
+                ConnectionConfig::new("db", ConnectionUrl::Sqlite(SqliteTarget::Memory)),
+            )]
+            .into_iter()
+            .collect(),
+            engine: EngineConfig::default(),
+            allow_credentials: false,
+        }
+    }
+
+    fn meta(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn hits_only_for_the_same_map_and_never_hides_a_change() {
+        let specs = Specs::new(100);
+        let ctx = ctx();
+        let a = meta(&[("query", "select 1"), ("targetQueryValue", "5")]);
+        let first = specs.get("so", "ns", &a, &ctx).unwrap();
+        // The same map built in another order: a hit, the very same entry.
+        let mut reordered = HashMap::new();
+        reordered.insert("targetQueryValue".to_string(), "5".to_string());
+        reordered.insert("query".to_string(), "select 1".to_string());
+        assert!(Arc::ptr_eq(
+            &first,
+            &specs.get("so", "ns", &reordered, &ctx).unwrap()
+        ));
+        // A changed value is parsed again, and its error is the parser's.
+        let bad = meta(&[("query", "select 1"), ("targetQueryValue", "x")]);
+        let err = specs.get("so", "ns", &bad, &ctx).unwrap_err().to_string();
+        assert!(
+            err.contains("targetQueryValue") && err.contains("\"x\""),
+            "{err}"
+        );
+        let changed = meta(&[("query", "select 2"), ("targetQueryValue", "7")]);
+        let now = specs.get("so", "ns", &changed, &ctx).unwrap();
+        assert_eq!(now.spec.target, 7.0);
+        assert_eq!(now.spec.poller.query, "select 2");
+        // Another ScaledObject or namespace with the same map is its own entry.
+        let other = specs.get("other", "ns", &a, &ctx).unwrap();
+        assert_eq!(other.origin.name, "other");
+        assert!(!Arc::ptr_eq(&first, &other));
+        let elsewhere = specs.get("so", "ns2", &a, &ctx).unwrap();
+        assert_eq!(elsewhere.origin.namespace, "ns2");
+    }
+
+    #[test]
+    fn bounded() {
+        let specs = Specs::new(10);
+        let ctx = ctx();
+        for i in 0..1000 {
+            let m = meta(&[("query", &format!("select {i}")), ("targetQueryValue", "1")]);
+            specs.get("so", "ns", &m, &ctx).unwrap();
+            assert!(specs.len() <= 10);
+        }
+    }
+}
