@@ -2,6 +2,9 @@
 //! hits every HPA sync. The real server runs in-process on SQLite. Prints one JSON line.
 //!
 //! `cargo bench --bench unary` (ORASCALE_BENCH_SECS, ORASCALE_BENCH_CONCURRENCY to change).
+//! ORASCALE_BENCH_REQUESTS=N makes each worker send exactly N calls instead of running for a
+//! time: run under `valgrind --tool=callgrind` at two N, the difference in instructions divided
+//! by the difference in calls is the cost of one GetMetrics (client and server), repeatably.
 #![allow(deprecated)]
 
 use std::time::{Duration, Instant};
@@ -25,14 +28,17 @@ fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
     let secs: f64 = env_or("ORASCALE_BENCH_SECS", if bench { 5.0 } else { 0.5 });
     let concurrency: usize = env_or("ORASCALE_BENCH_CONCURRENCY", 64);
+    let requests: Option<u64> = std::env::var("ORASCALE_BENCH_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(run(Duration::from_secs_f64(secs), concurrency));
+    rt.block_on(run(Duration::from_secs_f64(secs), concurrency, requests));
 }
 
-async fn run(duration: Duration, concurrency: usize) {
+async fn run(duration: Duration, concurrency: usize, requests: Option<u64>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bench.db");
     {
@@ -95,7 +101,9 @@ async fn run(duration: Duration, concurrency: usize) {
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(1 << 16);
                 let mut errors = 0u64;
-                while Instant::now() < deadline {
+                let mut sent = 0u64;
+                while requests.map_or(Instant::now() < deadline, |n| sent < n) {
+                    sent += 1;
                     let t = Instant::now();
                     match client.get_metrics(request.clone()).await {
                         Ok(_) => latencies.push(t.elapsed().as_micros() as u32),
