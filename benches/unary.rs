@@ -1,20 +1,33 @@
-//! GetMetrics at saturation over one HTTP/2 connection, on a warm cache: the hot path KEDA
-//! hits every HPA sync. The real server runs in-process on SQLite. Prints one JSON line.
+//! GetMetrics at saturation on a warm cache — the hot path KEDA hits every HPA sync — against
+//! orascale and against a bare tonic server that answers a constant with the same proto and the
+//! same HTTP/2 settings, alternating orascale / bare / orascale / bare in one run, over 1 and 16
+//! connections. The ratio orascale ÷ bare is the overhead orascale adds to the gRPC stack.
+//! Both servers run in-process on loopback with the load; read absolute numbers as lower bounds.
+//! Prints one JSON line per run and a summary line last.
 //!
-//! `cargo bench --bench unary` (ORASCALE_BENCH_SECS, ORASCALE_BENCH_CONCURRENCY to change).
-//! ORASCALE_BENCH_REQUESTS=N makes each worker send exactly N calls instead of running for a
-//! time: run under `valgrind --tool=callgrind` at two N, the difference in instructions divided
-//! by the difference in calls is the cost of one GetMetrics (client and server), repeatably.
+//! `cargo bench --bench unary` (ORASCALE_BENCH_SECS per run, ORASCALE_BENCH_CONCURRENCY calls
+//! in flight, spread over the connections). ORASCALE_BENCH_REQUESTS=N makes each worker send
+//! exactly N calls to orascale only (one connection): run under `valgrind --tool=callgrind` at
+//! two N, the difference in instructions divided by the difference in calls is the cost of one
+//! GetMetrics (client and server), repeatably.
 #![allow(deprecated)]
 
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use orascale::config::{
     Config, ConnectionConfig, ConnectionUrl, EngineConfig, LogFormat, SqliteTarget,
 };
 use orascale::grpc::proto::external_scaler_client::ExternalScalerClient;
-use orascale::grpc::proto::{GetMetricsRequest, ScaledObjectRef};
+use orascale::grpc::proto::external_scaler_server::{ExternalScaler, ExternalScalerServer};
+use orascale::grpc::proto::{
+    GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricValue,
+    ScaledObjectRef,
+};
+use serde_json::json;
 use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
     std::env::var(key)
@@ -26,7 +39,7 @@ fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
 fn main() {
     // `cargo bench` passes `--bench`; under `cargo test` this runs as a short smoke test.
     let bench = std::env::args().any(|a| a == "--bench");
-    let secs: f64 = env_or("ORASCALE_BENCH_SECS", if bench { 5.0 } else { 0.5 });
+    let secs: f64 = env_or("ORASCALE_BENCH_SECS", if bench { 5.0 } else { 0.3 });
     let concurrency: usize = env_or("ORASCALE_BENCH_CONCURRENCY", 64);
     let requests: Option<u64> = std::env::var("ORASCALE_BENCH_REQUESTS")
         .ok()
@@ -36,6 +49,138 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(run(Duration::from_secs_f64(secs), concurrency, requests));
+}
+
+/// A server that answers GetMetrics with a constant: the gRPC stack alone.
+struct Bare;
+
+#[tonic::async_trait]
+impl ExternalScaler for Bare {
+    async fn is_active(
+        &self,
+        _: Request<ScaledObjectRef>,
+    ) -> Result<Response<IsActiveResponse>, Status> {
+        Ok(Response::new(IsActiveResponse { result: true }))
+    }
+    type StreamIsActiveStream =
+        Pin<Box<dyn futures::Stream<Item = Result<IsActiveResponse, Status>> + Send>>;
+    async fn stream_is_active(
+        &self,
+        _: Request<ScaledObjectRef>,
+    ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+    async fn get_metric_spec(
+        &self,
+        _: Request<ScaledObjectRef>,
+    ) -> Result<Response<GetMetricSpecResponse>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+    async fn get_metrics(
+        &self,
+        _: Request<GetMetricsRequest>,
+    ) -> Result<Response<GetMetricsResponse>, Status> {
+        Ok(Response::new(GetMetricsResponse {
+            metric_values: vec![MetricValue {
+                metric_name: "bare".into(),
+                metric_value: 1000,
+                metric_value_float: 1000.0,
+            }],
+        }))
+    }
+}
+
+/// The bare server, with orascale's HTTP/2 settings (app.rs).
+async fn start_bare() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .max_concurrent_streams(Some(EngineConfig::default().max_concurrent_streams))
+            .initial_connection_window_size(Some(16 * 1024 * 1024))
+            .add_service(ExternalScalerServer::new(Bare))
+            .serve_with_incoming(incoming),
+    );
+    addr
+}
+
+struct Stats {
+    requests: usize,
+    errors: u64,
+    seconds: f64,
+    latencies: Vec<u32>,
+}
+
+impl Stats {
+    fn per_sec(&self) -> f64 {
+        self.requests as f64 / self.seconds
+    }
+    fn pct(&self, p: f64) -> u32 {
+        let l = &self.latencies;
+        l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// `concurrency` callers spread over `connections` HTTP/2 connections, for `duration` (or
+/// `requests` calls each).
+async fn load(
+    addr: SocketAddr,
+    connections: usize,
+    concurrency: usize,
+    duration: Duration,
+    requests: Option<u64>,
+    request: &GetMetricsRequest,
+) -> Stats {
+    let mut clients = Vec::new();
+    for _ in 0..connections {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        clients.push(ExternalScalerClient::new(channel));
+    }
+    let started = Instant::now();
+    let deadline = started + duration;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|i| {
+            let mut client = clients[i % connections].clone();
+            let request = request.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(1 << 16);
+                let mut errors = 0u64;
+                let mut sent = 0u64;
+                while requests.map_or(Instant::now() < deadline, |n| sent < n) {
+                    sent += 1;
+                    let t = Instant::now();
+                    match client.get_metrics(request.clone()).await {
+                        Ok(_) => latencies.push(t.elapsed().as_micros() as u32),
+                        Err(_) => errors += 1,
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut stats = Stats {
+        requests: 0,
+        errors: 0,
+        seconds: 0.0,
+        latencies: Vec::new(),
+    };
+    for w in workers {
+        let (l, e) = w.await.unwrap();
+        stats.latencies.extend(l);
+        stats.errors += e;
+    }
+    stats.seconds = started.elapsed().as_secs_f64();
+    stats.requests = stats.latencies.len();
+    stats.latencies.sort_unstable();
+    stats
 }
 
 async fn run(duration: Duration, concurrency: usize, requests: Option<u64>) {
@@ -62,12 +207,7 @@ async fn run(duration: Duration, concurrency: usize, requests: Option<u64>) {
         demo_db: None,
     };
     let server = orascale::app::start(config).await.unwrap();
-    let channel = Channel::from_shared(format!("http://{}", server.grpc_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let client = ExternalScalerClient::new(channel);
+    let bare = start_bare().await;
     let request = GetMetricsRequest {
         scaled_object_ref: Some(ScaledObjectRef {
             name: "bench".into(),
@@ -84,60 +224,76 @@ async fn run(duration: Duration, concurrency: usize, requests: Option<u64>) {
         metric_name: String::new(),
     };
     // Warm the cache: the first call creates the poller and waits for its first result.
-    let warm = client
-        .clone()
+    let mut warm = ExternalScalerClient::new(
+        Channel::from_shared(format!("http://{}", server.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let first = warm
         .get_metrics(request.clone())
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(warm.metric_values[0].metric_value_float, 1000.0);
+    assert_eq!(first.metric_values[0].metric_value_float, 1000.0);
 
-    let started = Instant::now();
-    let deadline = started + duration;
-    let workers: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let mut client = client.clone();
-            let request = request.clone();
-            tokio::spawn(async move {
-                let mut latencies = Vec::with_capacity(1 << 16);
-                let mut errors = 0u64;
-                let mut sent = 0u64;
-                while requests.map_or(Instant::now() < deadline, |n| sent < n) {
-                    sent += 1;
-                    let t = Instant::now();
-                    match client.get_metrics(request.clone()).await {
-                        Ok(_) => latencies.push(t.elapsed().as_micros() as u32),
-                        Err(_) => errors += 1,
-                    }
-                }
-                (latencies, errors)
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for w in workers {
-        let (l, e) = w.await.unwrap();
-        all.extend(l);
-        errors += e;
+    let mut summary = serde_json::Map::new();
+    let plan: &[usize] = if requests.is_some() { &[1] } else { &[1, 16] };
+    for &connections in plan {
+        let mut totals = [(0.0f64, 0u32), (0.0, 0)]; // (sum of calls/s, runs) for orascale, bare
+        let targets: &[(&str, SocketAddr)] = if requests.is_some() {
+            &[("orascale", server.grpc_addr)]
+        } else {
+            &[
+                ("orascale", server.grpc_addr),
+                ("bare", bare),
+                ("orascale", server.grpc_addr),
+                ("bare", bare),
+            ]
+        };
+        for (which, addr) in targets {
+            let s = load(
+                *addr,
+                connections,
+                concurrency,
+                duration,
+                requests,
+                &request,
+            )
+            .await;
+            // A benchmark of failures measures nothing: every call must have been answered.
+            assert_eq!(
+                s.errors, 0,
+                "{which}: GetMetrics calls failed during the benchmark"
+            );
+            assert!(s.requests > 0, "{which}: no call completed");
+            let i = usize::from(*which == "bare");
+            totals[i].0 += s.per_sec();
+            totals[i].1 += 1;
+            println!(
+                "{}",
+                json!({"bench": "unary_get_metrics", "server": which, "connections": connections,
+                    "concurrency": concurrency, "seconds": (s.seconds * 100.0).round() / 100.0,
+                    "requests": s.requests, "errors": s.errors,
+                    "requests_per_sec": s.per_sec().round(), "p50_us": s.pct(0.50),
+                    "p99_us": s.pct(0.99), "p999_us": s.pct(0.999),
+                    "max_us": s.latencies.last().copied().unwrap_or(0)})
+            );
+        }
+        if totals[1].1 > 0 {
+            let ours = totals[0].0 / f64::from(totals[0].1);
+            let bare = totals[1].0 / f64::from(totals[1].1);
+            summary.insert(
+                format!("connections_{connections}"),
+                json!({"orascale_per_sec": ours.round(), "bare_per_sec": bare.round(),
+                    "ratio": (ours / bare * 1000.0).round() / 1000.0}),
+            );
+        }
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    all.sort_unstable();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
     println!(
-        "{{\"bench\":\"unary_get_metrics\",\"connections\":1,\"concurrency\":{concurrency},\"seconds\":{elapsed:.2},\"requests\":{},\"errors\":{errors},\"requests_per_sec\":{:.0},\"p50_us\":{},\"p99_us\":{},\"max_us\":{}}}",
-        all.len(),
-        all.len() as f64 / elapsed,
-        pct(0.50),
-        pct(0.99),
-        all.last().copied().unwrap_or(0),
+        "{}",
+        json!({"bench": "unary_summary", "concurrency": concurrency, "runs": summary})
     );
-    // A benchmark of failures measures nothing: every call must have been answered.
-    assert_eq!(errors, 0, "GetMetrics calls failed during the benchmark");
-    assert!(!all.is_empty(), "no call completed");
     server.stop().await;
 }
