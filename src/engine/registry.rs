@@ -130,6 +130,16 @@ impl Registry {
         self.restarts.load(Ordering::Relaxed)
     }
 
+    /// Polls completed by the live pollers, in all (for benchmarks and tests).
+    pub fn total_polls(&self) -> u64 {
+        self.entries
+            .read()
+            .expect("registry lock")
+            .values()
+            .map(|e| e.rx.borrow().polls)
+            .sum()
+    }
+
     /// Live pollers.
     pub fn pollers(&self) -> usize {
         self.entries.read().expect("registry lock").len()
