@@ -1,20 +1,26 @@
 //! 10,000 StreamIsActive streams over one HTTP/2 connection, as KEDA multiplexes every
-//! ScaledObject over one: how long opening them takes, how much memory they cost, and how
-//! long until every one has received `true` after the rows change. Prints one JSON line.
+//! ScaledObject over one, on 100 triggers (pollers). The server is the real binary in its own
+//! process, so its memory per open stream is measured apart from the client's. After the rows
+//! change, each trigger's poll pushes `true` to its 100 streams: the fan-out delay is each
+//! stream's arrival minus the first arrival on the same trigger (p50/p99/max), and the total is
+//! the change → last `true`. Prints one JSON line.
 //!
-//! `cargo bench --bench streams` (ORASCALE_BENCH_STREAMS to change the count).
+//! `cargo bench --bench streams` (ORASCALE_BENCH_STREAMS to change the count; under
+//! `cargo test` 2,000 streams).
+
+#[path = "../tests/support/mod.rs"]
+#[allow(unused_imports)]
+mod support;
 
 use std::time::{Duration, Instant};
 
-use orascale::config::{
-    Config, ConnectionConfig, ConnectionUrl, EngineConfig, LogFormat, SqliteTarget,
-};
 use orascale::grpc::proto::ScaledObjectRef;
 use orascale::grpc::proto::external_scaler_client::ExternalScalerClient;
 use tonic::transport::Channel;
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+/// Resident memory of process `pid`, in KiB.
+fn rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -25,13 +31,11 @@ fn rss_kib() -> u64 {
 }
 
 fn main() {
-    if std::env::var("RUST_LOG").is_ok() {
-        orascale::telemetry::init_logging(orascale::config::LogFormat::Text);
-    }
+    let bench = std::env::args().any(|a| a == "--bench");
     let streams: usize = std::env::var("ORASCALE_BENCH_STREAMS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+        .unwrap_or(if bench { 10_000 } else { 2_000 });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -46,32 +50,27 @@ async fn run(count: usize) {
     db.pragma_update(None, "journal_mode", "wal").unwrap();
     db.execute_batch("create table jobs(id integer primary key, status text);")
         .unwrap();
-    let conn = ConnectionConfig::new(
-        "bench",
-        ConnectionUrl::Sqlite(SqliteTarget::File(path.clone())),
+    let server = support::Binary::start(
+        &[
+            "--connection",
+            &format!("bench=sqlite:{}", path.display()),
+            "--min-poll-interval",
+            "100ms",
+            "--max-streams",
+            "200000",
+            "--max-pollers-per-namespace",
+            "100000",
+        ],
+        dir.path(),
     );
-    let config = Config {
-        grpc_listen: "127.0.0.1:0".parse().unwrap(),
-        metrics_listen: "127.0.0.1:0".parse().unwrap(),
-        connections: [("bench".to_string(), conn)].into_iter().collect(),
-        engine: EngineConfig {
-            min_poll_interval: Duration::from_millis(100),
-            ..EngineConfig::default()
-        },
-        log_format: LogFormat::Text,
-        tls: None,
-        tls_reload_interval: std::time::Duration::from_secs(10),
-        allow_metadata_credentials: false,
-        demo_db: None,
-    };
-    let server = orascale::app::start(config).await.unwrap();
-    let channel = Channel::from_shared(format!("http://{}", server.grpc_addr))
+    let pid = server.child.id();
+    let channel = Channel::from_shared(format!("http://{}", server.grpc))
         .unwrap()
         .connect()
         .await
         .unwrap();
     let client = ExternalScalerClient::new(channel);
-    let rss_before = rss_kib();
+    let rss_before = rss_of(pid);
 
     let opening = Instant::now();
     let mut tasks = Vec::with_capacity(count);
@@ -109,30 +108,50 @@ async fn run(count: usize) {
     let open_secs = opening.elapsed().as_secs_f64();
     // Let every poller publish its first (inactive) result.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let rss_open = rss_kib();
+    let rss_open = rss_of(pid);
 
     db.execute("insert into jobs(status) values ('queued')", [])
         .unwrap();
     let flipped = Instant::now();
-    let waits = streams.into_iter().map(|mut s| async move {
-        let m = tokio::time::timeout(Duration::from_secs(60), s.message()).await;
-        let ok = matches!(m, Ok(Ok(Some(ref r))) if r.result);
-        (ok, flipped.elapsed(), s)
-    });
+    let waits = streams
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut s)| async move {
+            let m = tokio::time::timeout(Duration::from_secs(60), s.message()).await;
+            let ok = matches!(m, Ok(Ok(Some(ref r))) if r.result);
+            (i % 100, ok, Instant::now(), s)
+        });
     let results = futures::future::join_all(waits).await;
-    let received = results.iter().filter(|(ok, _, _)| *ok).count();
-    let mut lat: Vec<Duration> = results
+    let received = results.iter().filter(|r| r.1).count();
+    let last = results.iter().map(|r| r.2).max().unwrap();
+    // Fan-out: each stream's arrival after the first arrival on its trigger.
+    let mut first = [None::<Instant>; 100];
+    for (t, ok, at, _) in &results {
+        if *ok {
+            first[*t] = Some(first[*t].map_or(*at, |f: Instant| f.min(*at)));
+        }
+    }
+    let mut fan: Vec<f64> = results
         .iter()
-        .filter(|(ok, _, _)| *ok)
-        .map(|(_, d, _)| *d)
+        .filter(|r| r.1)
+        .map(|(t, _, at, _)| (*at - first[*t].unwrap()).as_secs_f64() * 1000.0)
         .collect();
-    lat.sort();
-    let all_secs = lat.last().map(|d| d.as_secs_f64()).unwrap_or(f64::NAN);
+    fan.sort_by(f64::total_cmp);
+    let pct = |p: f64| fan[((fan.len() as f64 * p) as usize).min(fan.len() - 1)];
     drop(results);
     println!(
-        "{{\"bench\":\"streams_one_connection\",\"streams\":{count},\"pollers\":100,\"open_secs\":{open_secs:.2},\"received_true\":{received},\"all_true_within_secs\":{all_secs:.2},\"rss_kib_before\":{rss_before},\"rss_kib_open\":{rss_open},\"kib_per_stream\":{:.1}}}",
-        (rss_open.saturating_sub(rss_before)) as f64 / count as f64
+        "{}",
+        serde_json::json!({
+            "bench": "streams_one_connection", "streams": count, "pollers": 100,
+            "open_secs": (open_secs * 100.0).round() / 100.0,
+            "received_true": received,
+            "change_to_last_true_secs": ((last - flipped).as_secs_f64() * 1000.0).round() / 1000.0,
+            "fanout_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0)},
+            "server_rss_kib_before": rss_before, "server_rss_kib_open": rss_open,
+            "server_kib_per_stream": ((rss_open.saturating_sub(rss_before)) as f64 / count as f64 * 10.0).round() / 10.0,
+        })
     );
     assert_eq!(received, count, "every stream received true");
-    server.stop().await;
+    let log = server.log_text();
+    assert!(!log.contains("panicked"), "{log}");
 }
