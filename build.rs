@@ -20,6 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
 
     tonic_prost_build::configure()
+        // prost with small per-RPC buffers: an open StreamIsActive keeps its own (src/grpc/codec.rs).
+        .codec_path("crate::grpc::codec::SmallCodec")
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;

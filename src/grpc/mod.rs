@@ -2,10 +2,12 @@
 //!
 //! - [`proto`]: the generated protobuf types, client and server; they stay inside this module
 //!   (and the probe client): the engine never sees them.
+//! - [`codec`]: prost with small per-RPC buffers (an open stream keeps its own).
 //! - [`service`]: the four RPCs.
 //! - [`specs`]: each calling ScaledObject's parsed trigger, so later calls skip parsing.
 //! - [`status`]: the one mapping from our errors to `tonic::Status`.
 
+pub mod codec;
 pub mod service;
 pub mod specs;
 pub mod status;
