@@ -1,9 +1,11 @@
-//! GetMetrics at saturation on a warm cache — the hot path KEDA hits every HPA sync — against
-//! orascale and against a bare tonic server that answers a constant with the same proto and the
-//! same HTTP/2 settings, alternating orascale / bare / orascale / bare in one run, over 1 and 16
-//! connections. The ratio orascale ÷ bare is the overhead orascale adds to the gRPC stack.
-//! Both servers run in-process on loopback with the load; read absolute numbers as lower bounds.
-//! Prints one JSON line per run and a summary line last.
+//! GetMetrics on a warm cache — the hot path KEDA hits every HPA sync — against orascale (the
+//! real binary) and against a bare tonic server that answers a constant with the same proto and
+//! the same HTTP/2 settings (this bench binary, `--serve-bare`), each in its own process, the
+//! load from this one. Alternating orascale / bare / orascale / bare in one run: at saturation
+//! over 1 and 16 connections, then at a fixed rate (ORASCALE_BENCH_RATE calls/s, 10,000 by
+//! default; latency counted from each call's scheduled time, so queueing shows). The ratio
+//! orascale ÷ bare is the overhead orascale adds to the gRPC stack. Prints one JSON line per run
+//! and a summary line last.
 //!
 //! `cargo bench --bench unary` (ORASCALE_BENCH_SECS per run, ORASCALE_BENCH_CONCURRENCY calls
 //! in flight, spread over the connections). ORASCALE_BENCH_REQUESTS=N makes each worker send
@@ -26,6 +28,10 @@ use orascale::grpc::proto::{
     ScaledObjectRef,
 };
 use serde_json::json;
+
+#[path = "../tests/support/mod.rs"]
+#[allow(unused_imports)]
+mod support;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -37,8 +43,12 @@ fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
 }
 
 fn main() {
+    if std::env::args().any(|a| a == "--serve-bare") {
+        return serve_bare();
+    }
     // `cargo bench` passes `--bench`; under `cargo test` this runs as a short smoke test.
     let bench = std::env::args().any(|a| a == "--bench");
+    let rate: u64 = env_or("ORASCALE_BENCH_RATE", if bench { 10_000 } else { 1_000 });
     let secs: f64 = env_or("ORASCALE_BENCH_SECS", if bench { 5.0 } else { 0.3 });
     let concurrency: usize = env_or("ORASCALE_BENCH_CONCURRENCY", 64);
     let requests: Option<u64> = std::env::var("ORASCALE_BENCH_REQUESTS")
@@ -48,7 +58,111 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(run(Duration::from_secs_f64(secs), concurrency, requests));
+    rt.block_on(run(
+        Duration::from_secs_f64(secs),
+        concurrency,
+        requests,
+        rate,
+    ));
+}
+
+/// The bare server as a process of its own: prints its address, serves until killed.
+fn serve_bare() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let addr = start_bare().await;
+        println!("{addr}");
+        futures::future::pending::<()>().await;
+    });
+}
+
+/// This binary again, with `--serve-bare`; killed when dropped.
+struct BareProcess {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl BareProcess {
+    fn start() -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .arg("--serve-bare")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        BareProcess {
+            addr: line.trim().parse().expect("the bare server's address"),
+            child,
+        }
+    }
+}
+
+impl Drop for BareProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Open loop at `rate` calls/s over `connections`: every millisecond, that millisecond's calls
+/// are started; latency is counted from when each was due.
+async fn fixed_rate(
+    addr: SocketAddr,
+    connections: usize,
+    rate: u64,
+    duration: Duration,
+    request: &GetMetricsRequest,
+) -> Stats {
+    let mut clients = Vec::new();
+    for _ in 0..connections {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        clients.push(ExternalScalerClient::new(channel));
+    }
+    let started = tokio::time::Instant::now();
+    let total = (rate as f64 * duration.as_secs_f64()) as u64;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..total {
+        let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+        if due > tokio::time::Instant::now() {
+            tokio::time::sleep_until(due).await;
+        }
+        let mut client = clients[i as usize % connections].clone();
+        let request = request.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let ok = client.get_metrics(request).await.is_ok();
+            let _ = tx.send((ok, due.elapsed().as_micros() as u32));
+        });
+    }
+    drop(tx);
+    let mut stats = Stats {
+        requests: 0,
+        errors: 0,
+        seconds: 0.0,
+        latencies: Vec::new(),
+    };
+    while let Some((ok, us)) = rx.recv().await {
+        if ok {
+            stats.latencies.push(us);
+        } else {
+            stats.errors += 1;
+        }
+    }
+    stats.seconds = started.elapsed().as_secs_f64();
+    stats.requests = stats.latencies.len();
+    stats.latencies.sort_unstable();
+    stats
 }
 
 /// A server that answers GetMetrics with a constant: the gRPC stack alone.
@@ -183,7 +297,7 @@ async fn load(
     stats
 }
 
-async fn run(duration: Duration, concurrency: usize, requests: Option<u64>) {
+async fn run(duration: Duration, concurrency: usize, requests: Option<u64>, rate: u64) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bench.db");
     {
@@ -194,20 +308,38 @@ async fn run(duration: Duration, concurrency: usize, requests: Option<u64>) {
         )
         .unwrap();
     }
-    let conn = ConnectionConfig::new("bench", ConnectionUrl::Sqlite(SqliteTarget::File(path)));
-    let config = Config {
-        grpc_listen: "127.0.0.1:0".parse().unwrap(),
-        metrics_listen: "127.0.0.1:0".parse().unwrap(),
-        connections: [("bench".to_string(), conn)].into_iter().collect(),
-        engine: EngineConfig::default(),
-        log_format: LogFormat::Text,
-        tls: None,
-        tls_reload_interval: std::time::Duration::from_secs(10),
-        allow_metadata_credentials: false,
-        demo_db: None,
+    // Callgrind mode measures orascale in this process; otherwise each server has its own.
+    let (in_process, binary, bare_process) = if requests.is_some() {
+        let conn = ConnectionConfig::new("bench", ConnectionUrl::Sqlite(SqliteTarget::File(path)));
+        let config = Config {
+            grpc_listen: "127.0.0.1:0".parse().unwrap(),
+            metrics_listen: "127.0.0.1:0".parse().unwrap(),
+            connections: [("bench".to_string(), conn)].into_iter().collect(),
+            engine: EngineConfig::default(),
+            log_format: LogFormat::Text,
+            tls: None,
+            tls_reload_interval: std::time::Duration::from_secs(10),
+            allow_metadata_credentials: false,
+            demo_db: None,
+        };
+        (
+            Some(orascale::app::start(config).await.unwrap()),
+            None,
+            None,
+        )
+    } else {
+        let binary = support::Binary::start(
+            &["--connection", &format!("bench=sqlite:{}", path.display())],
+            dir.path(),
+        );
+        (None, Some(binary), Some(BareProcess::start()))
     };
-    let server = orascale::app::start(config).await.unwrap();
-    let bare = start_bare().await;
+    let ours = in_process
+        .as_ref()
+        .map(|s| s.grpc_addr)
+        .or(binary.as_ref().map(|b| b.grpc))
+        .unwrap();
+    let bare = bare_process.as_ref().map(|b| b.addr);
     let request = GetMetricsRequest {
         scaled_object_ref: Some(ScaledObjectRef {
             name: "bench".into(),
@@ -225,7 +357,7 @@ async fn run(duration: Duration, concurrency: usize, requests: Option<u64>) {
     };
     // Warm the cache: the first call creates the poller and waits for its first result.
     let mut warm = ExternalScalerClient::new(
-        Channel::from_shared(format!("http://{}", server.grpc_addr))
+        Channel::from_shared(format!("http://{ours}"))
             .unwrap()
             .connect()
             .await
@@ -239,20 +371,19 @@ async fn run(duration: Duration, concurrency: usize, requests: Option<u64>) {
     assert_eq!(first.metric_values[0].metric_value_float, 1000.0);
 
     let mut summary = serde_json::Map::new();
+    let mut targets = vec![("orascale", ours)];
+    if let Some(bare) = bare {
+        targets = vec![
+            ("orascale", ours),
+            ("bare", bare),
+            ("orascale", ours),
+            ("bare", bare),
+        ];
+    }
     let plan: &[usize] = if requests.is_some() { &[1] } else { &[1, 16] };
     for &connections in plan {
         let mut totals = [(0.0f64, 0u32), (0.0, 0)]; // (sum of calls/s, runs) for orascale, bare
-        let targets: &[(&str, SocketAddr)] = if requests.is_some() {
-            &[("orascale", server.grpc_addr)]
-        } else {
-            &[
-                ("orascale", server.grpc_addr),
-                ("bare", bare),
-                ("orascale", server.grpc_addr),
-                ("bare", bare),
-            ]
-        };
-        for (which, addr) in targets {
+        for (which, addr) in &targets {
             let s = load(
                 *addr,
                 connections,
@@ -262,38 +393,62 @@ async fn run(duration: Duration, concurrency: usize, requests: Option<u64>) {
                 &request,
             )
             .await;
-            // A benchmark of failures measures nothing: every call must have been answered.
-            assert_eq!(
-                s.errors, 0,
-                "{which}: GetMetrics calls failed during the benchmark"
-            );
-            assert!(s.requests > 0, "{which}: no call completed");
+            report(which, "saturation", connections, &s);
             let i = usize::from(*which == "bare");
             totals[i].0 += s.per_sec();
             totals[i].1 += 1;
-            println!(
-                "{}",
-                json!({"bench": "unary_get_metrics", "server": which, "connections": connections,
-                    "concurrency": concurrency, "seconds": (s.seconds * 100.0).round() / 100.0,
-                    "requests": s.requests, "errors": s.errors,
-                    "requests_per_sec": s.per_sec().round(), "p50_us": s.pct(0.50),
-                    "p99_us": s.pct(0.99), "p999_us": s.pct(0.999),
-                    "max_us": s.latencies.last().copied().unwrap_or(0)})
-            );
         }
         if totals[1].1 > 0 {
             let ours = totals[0].0 / f64::from(totals[0].1);
             let bare = totals[1].0 / f64::from(totals[1].1);
             summary.insert(
-                format!("connections_{connections}"),
+                format!("saturation_connections_{connections}"),
                 json!({"orascale_per_sec": ours.round(), "bare_per_sec": bare.round(),
                     "ratio": (ours / bare * 1000.0).round() / 1000.0}),
             );
         }
     }
+    if bare.is_some() {
+        let mut p99 = [Vec::new(), Vec::new()];
+        for (which, addr) in &targets {
+            let s = fixed_rate(*addr, 16, rate, duration, &request).await;
+            report(which, "fixed_rate", 16, &s);
+            p99[usize::from(*which == "bare")].push(f64::from(s.pct(0.99)));
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        summary.insert(
+            "fixed_rate".into(),
+            json!({"calls_per_sec": rate, "orascale_p99_us": mean(&p99[0]).round(),
+                "bare_p99_us": mean(&p99[1]).round(),
+                "ratio": (mean(&p99[0]) / mean(&p99[1]) * 1000.0).round() / 1000.0}),
+        );
+    }
     println!(
         "{}",
         json!({"bench": "unary_summary", "concurrency": concurrency, "runs": summary})
     );
-    server.stop().await;
+    if let Some(server) = in_process {
+        server.stop().await;
+    }
+    if let Some(binary) = &binary {
+        assert!(!binary.log_text().contains("panicked"));
+    }
+}
+
+fn report(which: &str, mode: &str, connections: usize, s: &Stats) {
+    // A benchmark of failures measures nothing: every call must have been answered.
+    assert_eq!(
+        s.errors, 0,
+        "{which}: GetMetrics calls failed during the benchmark"
+    );
+    assert!(s.requests > 0, "{which}: no call completed");
+    println!(
+        "{}",
+        json!({"bench": "unary_get_metrics", "server": which, "mode": mode,
+            "connections": connections, "seconds": (s.seconds * 100.0).round() / 100.0,
+            "requests": s.requests, "errors": s.errors,
+            "requests_per_sec": s.per_sec().round(), "p50_us": s.pct(0.50),
+            "p99_us": s.pct(0.99), "p999_us": s.pct(0.999),
+            "max_us": s.latencies.last().copied().unwrap_or(0)})
+    );
 }
