@@ -9,6 +9,10 @@
 //! `cargo bench --bench pollers`; under `cargo test` a 1,000-poller, 3 s smoke run. One JSON line
 //! per part.
 
+#[path = "../tests/support/mod.rs"]
+#[allow(unused_imports)]
+mod support;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -67,17 +71,6 @@ fn cpu() -> Duration {
         .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
         .sum();
     Duration::from_millis(ticks * 10) // USER_HZ = 100 on Linux
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn key(connection: &str, query: String, interval: Duration) -> PollerKey {
@@ -215,13 +208,13 @@ fn main() {
         let mut sources: BTreeMap<String, Arc<dyn Source>> = BTreeMap::new();
         sources.insert("idle".into(), idle.clone());
         let (reg, stop) = registry(sources, n);
-        let before = rss_kib();
+        let before = support::rss_kib();
         for i in 0..n {
             reg.read(&key("idle", format!("select {i}"), Duration::from_secs(3600)), &origin(), None)
                 .await
                 .unwrap();
         }
-        let grown = rss_kib().saturating_sub(before);
+        let grown = support::rss_kib().saturating_sub(before);
         println!(
             "{}",
             json!({"bench": "pollers", "part": "idle_memory", "pollers": n, "rss_growth_kib": grown,

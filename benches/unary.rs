@@ -120,15 +120,7 @@ async fn fixed_rate(
     duration: Duration,
     request: &GetMetricsRequest,
 ) -> Stats {
-    let mut clients = Vec::new();
-    for _ in 0..connections {
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        clients.push(ExternalScalerClient::new(channel));
-    }
+    let clients = connect(addr, connections).await;
     let started = tokio::time::Instant::now();
     let total = (rate as f64 * duration.as_secs_f64()) as u64;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -220,6 +212,20 @@ async fn start_bare() -> SocketAddr {
     addr
 }
 
+/// `n` HTTP/2 connections to `addr`.
+async fn connect(addr: SocketAddr, n: usize) -> Vec<ExternalScalerClient<Channel>> {
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        clients.push(ExternalScalerClient::new(channel));
+    }
+    clients
+}
+
 struct Stats {
     requests: usize,
     errors: u64,
@@ -249,15 +255,7 @@ async fn load(
     requests: Option<u64>,
     request: &GetMetricsRequest,
 ) -> Stats {
-    let mut clients = Vec::new();
-    for _ in 0..connections {
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        clients.push(ExternalScalerClient::new(channel));
-    }
+    let clients = connect(addr, connections).await;
     let started = Instant::now();
     let deadline = started + duration;
     let workers: Vec<_> = (0..concurrency)
@@ -356,13 +354,7 @@ async fn run(duration: Duration, concurrency: usize, requests: Option<u64>, rate
         metric_name: String::new(),
     };
     // Warm the cache: the first call creates the poller and waits for its first result.
-    let mut warm = ExternalScalerClient::new(
-        Channel::from_shared(format!("http://{ours}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let mut warm = connect(ours, 1).await.remove(0);
     let first = warm
         .get_metrics(request.clone())
         .await
