@@ -140,19 +140,21 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// Every PEM certificate in a file; a file without one is an error.
+fn pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| e.to_string())?
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("no PEM certificate in the file".into());
+    }
+    Ok(certs)
+}
+
 /// Builds a server configuration from the files.
 pub fn load(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
-        .map_err(|e| file_err("--tls-cert", &files.cert, e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| file_err("--tls-cert", &files.cert, e))?;
-    if certs.is_empty() {
-        return Err(file_err(
-            "--tls-cert",
-            &files.cert,
-            "no PEM certificate in the file",
-        ));
-    }
+    let certs = pem_certs(&files.cert).map_err(|e| file_err("--tls-cert", &files.cert, e))?;
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .map_err(|e| file_err("--tls-key", &files.key, e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -163,20 +165,10 @@ pub fn load(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            let cas = CertificateDer::pem_file_iter(ca)
-                .map_err(|e| file_err("--tls-client-ca", ca, e))?;
-            for cert in cas {
-                let cert = cert.map_err(|e| file_err("--tls-client-ca", ca, e))?;
+            for cert in pem_certs(ca).map_err(|e| file_err("--tls-client-ca", ca, e))? {
                 roots
                     .add(cert)
                     .map_err(|e| file_err("--tls-client-ca", ca, e))?;
-            }
-            if roots.is_empty() {
-                return Err(file_err(
-                    "--tls-client-ca",
-                    ca,
-                    "no PEM certificate in the file",
-                ));
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
@@ -347,18 +339,8 @@ pub fn inspect(files: &TlsFiles) -> Vec<FileCheck> {
     let mut push = |what: String, outcome: Result<String, String>| {
         out.push(FileCheck { what, outcome });
     };
-    let certs = CertificateDer::pem_file_iter(&files.cert)
-        .map_err(|e| e.to_string())
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string()))
-        .and_then(|c| {
-            if c.is_empty() {
-                Err("no PEM certificate in the file".to_string())
-            } else {
-                Ok(c)
-            }
-        });
     let label = format!("--tls-cert {}", files.cert.display());
-    let certs = match certs {
+    let certs = match pem_certs(&files.cert) {
         Ok(c) => {
             push(label, describe_cert(&c[0], now, false));
             Some(c)
@@ -395,12 +377,8 @@ pub fn inspect(files: &TlsFiles) -> Vec<FileCheck> {
     }
     if let Some(ca) = &files.client_ca {
         let label = format!("--tls-client-ca {}", ca.display());
-        match CertificateDer::pem_file_iter(ca)
-            .map_err(|e| e.to_string())
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string()))
-        {
+        match pem_certs(ca) {
             Err(e) => push(label, Err(e)),
-            Ok(cas) if cas.is_empty() => push(label, Err("no PEM certificate in the file".into())),
             Ok(cas) => {
                 for (i, der) in cas.iter().enumerate() {
                     push(format!("{label} #{}", i + 1), describe_cert(der, now, true));

@@ -25,6 +25,24 @@ fn assert_advice(message: &str, query: &str, first_row: &str) {
     }
 }
 
+/// Each one-row query answers its value.
+async fn expect_values(
+    c: &mut orascale::grpc::proto::external_scaler_client::ExternalScalerClient<
+        tonic::transport::Channel,
+    >,
+    cases: &[(&str, f64)],
+) {
+    for (q, want) in cases {
+        let obj = object("ok", &[("query", q), ("targetQueryValue", "5")]);
+        let got = c.get_metrics(deadline(metrics_request(&obj, ""))).await;
+        assert_eq!(
+            value(got.unwrap_or_else(|e| panic!("{q}: {e}"))),
+            *want,
+            "{q}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_one_row_or_an_error_that_says_what_to_write() {
     guard(LIMIT, async {
@@ -34,7 +52,7 @@ async fn sqlite_one_row_or_an_error_that_says_what_to_write() {
         let mut c = client(server.grpc_addr).await;
 
         // The demo walkthrough's query and the other one-row shapes keep working.
-        for (q, want) in [
+        let cases = [
             (QUEUED, 5.0),
             ("select max(id) from jobs", 5.0),
             ("select id from jobs order by id limit 1", 1.0),
@@ -42,15 +60,8 @@ async fn sqlite_one_row_or_an_error_that_says_what_to_write() {
                 "select count(*) from (select * from jobs where status = 'queued')",
                 5.0,
             ),
-        ] {
-            let obj = object("ok", &[("query", q), ("targetQueryValue", "5")]);
-            let got = c.get_metrics(deadline(metrics_request(&obj, ""))).await;
-            assert_eq!(
-                value(got.unwrap_or_else(|e| panic!("{q}: {e}"))),
-                want,
-                "{q}"
-            );
-        }
+        ];
+        expect_values(&mut c, &cases).await;
 
         // The shapes from the issue: an id would have been read as the metric.
         for q in [
@@ -144,19 +155,12 @@ async fn postgres_many_rows_is_an_error_and_the_rest_is_never_read() {
         let server = start(vec![connection("pg", &pg.scaler_url())], engine()).await;
         let mut c = client(server.grpc_addr).await;
 
-        for (q, want) in [
+        let cases = [
             (QUEUED, 5.0),
             ("select id from jobs order by id limit 1", 1.0),
             ("select count(*) from (select * from big) b", 1e6),
-        ] {
-            let obj = object("ok", &[("query", q), ("targetQueryValue", "5")]);
-            let got = c.get_metrics(deadline(metrics_request(&obj, ""))).await;
-            assert_eq!(
-                value(got.unwrap_or_else(|e| panic!("{q}: {e}"))),
-                want,
-                "{q}"
-            );
-        }
+        ];
+        expect_values(&mut c, &cases).await;
         for q in [
             "select * from jobs where status = 'queued'",
             "select id from jobs",

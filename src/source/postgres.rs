@@ -77,10 +77,17 @@ impl Tasks {
     }
 }
 
+impl Tasks {
+    /// Ends every task and takes no more; `tracker.wait()` then completes.
+    fn close(&self) {
+        self.closed.cancel();
+        self.tracker.close();
+    }
+}
+
 impl Drop for Postgres {
     fn drop(&mut self) {
-        self.tasks.closed.cancel();
-        self.tasks.tracker.close();
+        self.tasks.close();
     }
 }
 
@@ -245,8 +252,7 @@ impl Source for Postgres {
 
     fn close(&self) -> BoxFuture<'_, ()> {
         async move {
-            self.tasks.closed.cancel();
-            self.tasks.tracker.close();
+            self.tasks.close();
             self.tasks.tracker.wait().await;
         }
         .boxed()
