@@ -4,79 +4,30 @@
 //! instead. Unknown keys are errors with a "did you mean" hint, because a misspelt optional key
 //! (say `pollingInterval`) would otherwise be silently ignored.
 
-use std::collections::HashMap;
-use std::time::Duration;
+//!
+//! - [`keys`]: the keys we know, KEDA's own, and the "did you mean" hints.
+//! - [`poller`]: the settings that make a trigger's poller (interval, timeout, nulls).
+//! - [`credentials`]: connections made from per-ScaledObject credentials.
+//! - [`naming`]: metric names, given or derived.
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 
-use crate::config::{ConnectionConfig, ConnectionUrl, EngineConfig, parse_duration};
+use crate::config::{ConnectionConfig, ConnectionUrl, EngineConfig};
 use crate::engine::PollerKey;
 use crate::guard::{self, Dialect};
 
-pub const QUERY: &str = "query";
-pub const TARGET_QUERY_VALUE: &str = "targetQueryValue";
-pub const ACTIVATION_TARGET_QUERY_VALUE: &str = "activationTargetQueryValue";
-pub const CONNECTION: &str = "connection";
-pub const POLL_INTERVAL: &str = "pollInterval";
-pub const QUERY_TIMEOUT: &str = "queryTimeout";
-pub const METRIC_NAME: &str = "metricName";
-pub const IGNORE_NULL_VALUES: &str = "ignoreNullValues";
+mod credentials;
+mod keys;
+mod naming;
+mod poller;
 
-/// Our keys, for the "did you mean" hint.
-pub const KEYS: &[&str] = &[
-    QUERY,
-    TARGET_QUERY_VALUE,
-    ACTIVATION_TARGET_QUERY_VALUE,
-    CONNECTION,
-    POLL_INTERVAL,
-    QUERY_TIMEOUT,
-    METRIC_NAME,
-    IGNORE_NULL_VALUES,
-];
-
-/// KEDA's own keys: they arrive in scalerMetadata (KEDA.md) and are accepted and ignored.
-pub const KEDA_KEYS: &[&str] = &[
-    "scalerAddress",
-    "enableTLS",
-    "unsafeSsl",
-    "caCert",
-    "tlsClientCert",
-    "tlsClientKey",
-];
-
-/// Keys users bring from elsewhere, with what to write instead.
-const HINTS: &[(&str, &str)] = &[
-    (
-        "pollingInterval",
-        "pollInterval; pollingInterval is a ScaledObject field",
-    ),
-    (
-        "cooldownPeriod",
-        "nothing here; cooldownPeriod is a ScaledObject field",
-    ),
-    (
-        "metricType",
-        "nothing here; metricType is a trigger field, not metadata",
-    ),
-    ("timeout", "queryTimeout"),
-    ("sql", "query"),
-    ("threshold", "targetQueryValue"),
-    ("targetValue", "targetQueryValue"),
-    ("activationThreshold", "activationTargetQueryValue"),
-    ("activationValue", "activationTargetQueryValue"),
-    (
-        "connectionString",
-        "connection, the name of a connection configured on the orascale server",
-    ),
-    (
-        "connectionStringFromEnv",
-        "connection, the name of a connection configured on the orascale server",
-    ),
-    (
-        "host",
-        "connection, the name of a connection configured on the orascale server",
-    ),
-];
+pub use credentials::{DYNAMIC_PREFIX, is_dynamic_name};
+use credentials::{METADATA_POOL_SIZE, dynamic_name};
+pub use keys::*;
+use keys::{CREDENTIAL_KEYS, hint_for};
+pub use naming::default_metric_name;
+use poller::finish;
 
 /// Longest value quoted back in an error message.
 const QUOTE_MAX: usize = 120;
@@ -135,7 +86,7 @@ pub enum MetadataError {
     CredentialsDisabled { key: &'static str },
 }
 
-fn list(names: &[String]) -> String {
+pub(super) fn list(names: &[String]) -> String {
     if names.is_empty() {
         "(none)".into()
     } else {
@@ -143,7 +94,7 @@ fn list(names: &[String]) -> String {
     }
 }
 
-fn quote(value: &str) -> String {
+pub(super) fn quote(value: &str) -> String {
     if value.chars().count() <= QUOTE_MAX {
         value.to_string()
     } else {
@@ -152,25 +103,13 @@ fn quote(value: &str) -> String {
     }
 }
 
-fn invalid(key: &'static str, value: &str, reason: impl Into<String>) -> MetadataError {
+pub(super) fn invalid(key: &'static str, value: &str, reason: impl Into<String>) -> MetadataError {
     MetadataError::Invalid {
         key,
         value: quote(value),
         reason: reason.into(),
     }
 }
-
-pub const CONNECTION_FROM_ENV: &str = "connectionFromEnv";
-pub const USER_FROM_ENV: &str = "userFromEnv";
-pub const PASSWORD_FROM_ENV: &str = "passwordFromEnv";
-
-/// Per-ScaledObject credentials (KEDA resolves `…FromEnv` keys and sends the value under the
-/// same key): accepted only with `--allow-metadata-credentials`.
-const CREDENTIAL_KEYS: &[&str] = &[CONNECTION_FROM_ENV, USER_FROM_ENV, PASSWORD_FROM_ENV];
-
-/// Sessions per pool made from metadata credentials: these pools are per ScaledObject
-/// credentials, so they are kept small.
-const METADATA_POOL_SIZE: usize = 2;
 
 /// What the parser needs from the server: its connections (with their policies), engine
 /// defaults and limits.
@@ -188,7 +127,7 @@ impl Context {
     }
 }
 
-fn dialect(url: &ConnectionUrl) -> Dialect {
+pub(super) fn dialect(url: &ConnectionUrl) -> Dialect {
     match url {
         ConnectionUrl::Oracle { .. } => Dialect::Oracle,
         ConnectionUrl::Postgres { .. } => Dialect::Postgres,
@@ -373,252 +312,18 @@ pub fn parse(
     )
 }
 
-/// A name for a connection made from metadata credentials: a hash keyed with a per-process
-/// secret, so equal credentials share one pool, different ones never do, and the name reveals
-/// nothing about the password.
-/// Whether a connection name is one [`dynamic_name`] makes (configured names may not be).
-pub fn is_dynamic_name(name: &str) -> bool {
-    name.starts_with(DYNAMIC_PREFIX)
-}
-
-/// The prefix of connections made from metadata credentials; reserved.
-pub const DYNAMIC_PREFIX: &str = "meta-";
-
-fn dynamic_name(url: &ConnectionUrl) -> String {
-    use std::hash::BuildHasher;
-    static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
-        std::sync::OnceLock::new();
-    let h = KEY
-        .get_or_init(Default::default)
-        .hash_one(url.identity_for_hashing());
-    format!("{DYNAMIC_PREFIX}{h:016x}")
-}
-
-/// The rest of the parse, once the connection is known. `label` names the connection in the
-/// default metric name (stable across replicas).
-#[allow(clippy::too_many_arguments)]
-fn finish(
-    meta: &HashMap<String, String>,
-    query: &str,
-    target: f64,
-    activation: f64,
-    label: &str,
-    conn: ConnectionConfig,
-    dynamic: bool,
-    ctx: &Context,
-) -> Result<ScalerSpec, MetadataError> {
-    let get = |key: &'static str| meta.get(key).map(|v| v.trim());
-    let connection = conn.name.clone();
-    let query = guard::check(query, dialect(&conn.url), conn.allow_dblinks)?;
-    let min_poll_interval = conn
-        .min_poll_interval
-        .unwrap_or(ctx.engine.min_poll_interval);
-
-    let poll_interval = match get(POLL_INTERVAL) {
-        None | Some("") => ctx.engine.default_poll_interval,
-        Some(v) => {
-            let d = parse_duration(v)
-                .map_err(|e| invalid(POLL_INTERVAL, v, format!("is not a duration: {e}")))?;
-            if d < min_poll_interval {
-                return Err(invalid(
-                    POLL_INTERVAL,
-                    v,
-                    format!(
-                        "is below the server minimum poll interval {}",
-                        humantime::format_duration(min_poll_interval)
-                    ),
-                ));
-            }
-            if d > ctx.engine.max_poll_interval {
-                return Err(invalid(
-                    POLL_INTERVAL,
-                    v,
-                    format!(
-                        "is above the server maximum poll interval {} (--max-poll-interval)",
-                        humantime::format_duration(ctx.engine.max_poll_interval)
-                    ),
-                ));
-            }
-            d
-        }
-    };
-    // The server default may itself be below a connection's minimum.
-    let poll_interval = poll_interval.max(min_poll_interval);
-
-    let query_timeout = match get(QUERY_TIMEOUT) {
-        None | Some("") => ctx.engine.default_query_timeout,
-        Some(v) => {
-            let d = parse_duration(v)
-                .map_err(|e| invalid(QUERY_TIMEOUT, v, format!("is not a duration: {e}")))?;
-            if d < Duration::from_millis(1) {
-                return Err(invalid(QUERY_TIMEOUT, v, "must be at least 1ms"));
-            }
-            if d > ctx.engine.max_query_timeout {
-                return Err(invalid(
-                    QUERY_TIMEOUT,
-                    v,
-                    format!(
-                        "is above the server maximum query timeout {} (--max-query-timeout)",
-                        humantime::format_duration(ctx.engine.max_query_timeout)
-                    ),
-                ));
-            }
-            if let Some(max) = conn.max_query_timeout
-                && d > max
-            {
-                return Err(invalid(
-                    QUERY_TIMEOUT,
-                    v,
-                    format!(
-                        "is above the maximum query timeout {} of connection {connection:?}",
-                        humantime::format_duration(max)
-                    ),
-                ));
-            }
-            d
-        }
-    };
-    let query_timeout = conn
-        .max_query_timeout
-        .map_or(query_timeout, |max| query_timeout.min(max));
-
-    let ignore_nulls = match get(IGNORE_NULL_VALUES) {
-        None | Some("") => false,
-        Some(v) if v.eq_ignore_ascii_case("true") => true,
-        Some(v) if v.eq_ignore_ascii_case("false") => false,
-        Some(v) => {
-            return Err(invalid(
-                IGNORE_NULL_VALUES,
-                v,
-                "must be \"true\" or \"false\"",
-            ));
-        }
-    };
-
-    let metric_name = match get(METRIC_NAME) {
-        None | Some("") => default_metric_name(label, &query),
-        Some(v) => parse_metric_name(v)?,
-    };
-
-    Ok(ScalerSpec {
-        poller: PollerKey {
-            connection,
-            query,
-            poll_interval,
-            query_timeout,
-            ignore_nulls,
-        },
-        target,
-        activation,
-        metric_name,
-        dynamic: dynamic.then_some(conn),
-    })
-}
-
-fn parse_number(key: &'static str, v: &str) -> Result<f64, MetadataError> {
+pub(super) fn parse_number(key: &'static str, v: &str) -> Result<f64, MetadataError> {
     match v.parse::<f64>() {
         Ok(n) if n.is_finite() => Ok(n),
         _ => Err(invalid(key, v, "is not a number")),
     }
 }
 
-fn parse_metric_name(v: &str) -> Result<String, MetadataError> {
-    let valid_chars = v
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if v.len() > 100 {
-        return Err(invalid(METRIC_NAME, v, "is longer than 100 characters"));
-    }
-    if !valid_chars {
-        let lowered = sanitize(v);
-        return Err(invalid(
-            METRIC_NAME,
-            v,
-            format!(
-                "must be lowercase [a-z0-9-] (the HPA lowercases metric names){}",
-                if lowered.is_empty() {
-                    String::new()
-                } else {
-                    format!(": did you mean {lowered:?}?")
-                }
-            ),
-        ));
-    }
-    if v.starts_with('-') || v.ends_with('-') {
-        return Err(invalid(METRIC_NAME, v, "must not start or end with '-'"));
-    }
-    Ok(v.to_string())
-}
-
-/// Lowercase `[a-z0-9-]`, runs of other characters as one `-`, no leading/trailing `-`.
-fn sanitize(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        let c = c.to_ascii_lowercase();
-        if c.is_ascii_lowercase() || c.is_ascii_digit() {
-            out.push(c);
-        } else if !out.ends_with('-') {
-            out.push('-');
-        }
-    }
-    out.trim_matches('-').to_string()
-}
-
-/// `orascale-<connection>-<hash of the query>`: deterministic across replicas and restarts,
-/// so every replica behind a Service answers for the same name.
-pub fn default_metric_name(connection: &str, query: &str) -> String {
-    let conn = sanitize(connection);
-    let conn: String = conn.chars().take(40).collect();
-    let conn = conn.trim_end_matches('-');
-    format!("orascale-{conn}-{:012x}", fnv1a(query.as_bytes()) >> 16)
-}
-
-/// FNV-1a 64: stable across Rust versions and platforms, unlike `DefaultHasher`.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-fn hint_for(key: &str) -> Option<String> {
-    if let Some((_, h)) = HINTS.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)) {
-        return Some((*h).to_string());
-    }
-    KEYS.iter()
-        .map(|k| {
-            (
-                k,
-                distance(&k.to_ascii_lowercase(), &key.to_ascii_lowercase()),
-            )
-        })
-        .filter(|(k, d)| *d <= 3.max(k.len() / 5))
-        .min_by_key(|(_, d)| *d)
-        .map(|(k, _)| (*k).to_string())
-}
-
-/// Levenshtein distance, for short keys.
-fn distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().take(200).collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != cb);
-            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::time::Duration;
 
     fn ctx(conns: &[&str]) -> Context {
         Context {
@@ -997,20 +702,6 @@ mod tests {
         assert_eq!(
             parse(&meta(&[Q, T]), &ctx(&[])).unwrap_err(),
             MetadataError::NoConnections
-        );
-    }
-
-    #[test]
-    fn default_metric_name_is_stable_and_valid() {
-        let a = default_metric_name("Orders_DB", "select 1");
-        assert_eq!(a, default_metric_name("Orders_DB", "select 1"));
-        assert_ne!(a, default_metric_name("Orders_DB", "select 2"));
-        assert!(a.starts_with("orascale-orders-db-"), "{a}");
-        assert!(parse_metric_name(&a).is_ok());
-        // Pinned: replicas and restarts must agree on the name KEDA asks for.
-        assert_eq!(
-            default_metric_name("db", "select 1"),
-            "orascale-db-02fb785a1a5a"
         );
     }
 

@@ -1,0 +1,358 @@
+//! Connection URLs: `sqlite:…`, `postgres://…`, `oracle://…`, parsed into a [`ConnectionUrl`]
+//! whose `Debug` and `Display` never show a password.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// A parsed connection URL. `Debug` and `Display` never show a password.
+#[derive(Clone, PartialEq)]
+pub enum ConnectionUrl {
+    Sqlite(SqliteTarget),
+    Postgres {
+        url: String,
+    },
+    Oracle {
+        user: String,
+        password: Option<String>,
+        /// EZConnect `//host:port/service`.
+        connect_string: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqliteTarget {
+    File(PathBuf),
+    Memory,
+}
+
+impl ConnectionUrl {
+    /// The source kind, as used in logs, metrics and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConnectionUrl::Sqlite(_) => "sqlite",
+            ConnectionUrl::Postgres { .. } => "postgres",
+            ConnectionUrl::Oracle { .. } => "oracle",
+        }
+    }
+}
+
+impl ConnectionUrl {
+    /// The same database with other credentials (per-ScaledObject credentials). `None` keeps
+    /// what the URL has.
+    pub fn with_credentials(&self, user: Option<&str>, password: Option<&str>) -> ConnectionUrl {
+        match self {
+            ConnectionUrl::Oracle {
+                user: u,
+                password: p,
+                connect_string,
+            } => ConnectionUrl::Oracle {
+                user: user.map_or_else(|| u.clone(), str::to_string),
+                password: password.map(str::to_string).or_else(|| p.clone()),
+                connect_string: connect_string.clone(),
+            },
+            ConnectionUrl::Postgres { url } => {
+                let Some((scheme, rest)) = url.split_once("://") else {
+                    return self.clone();
+                };
+                let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+                let (authority, tail) = rest.split_at(authority_end);
+                let (userinfo, host) = match authority.rsplit_once('@') {
+                    Some((ui, h)) => (Some(ui), h),
+                    None => (None, authority),
+                };
+                let (old_user, old_pw) = match userinfo {
+                    Some(ui) => match ui.split_once(':') {
+                        Some((u, p)) => (percent_decode(u).unwrap_or_default(), percent_decode(p)),
+                        None => (percent_decode(ui).unwrap_or_default(), None),
+                    },
+                    None => (String::new(), None),
+                };
+                let user = user.map_or(old_user, str::to_string);
+                let password = password.map(str::to_string).or(old_pw);
+                let userinfo = match password {
+                    Some(p) => format!("{}:{}@", percent_encode(&user), percent_encode(&p)),
+                    None if user.is_empty() => String::new(),
+                    None => format!("{}@", percent_encode(&user)),
+                };
+                ConnectionUrl::Postgres {
+                    url: format!("{scheme}://{userinfo}{host}{tail}"),
+                }
+            }
+            ConnectionUrl::Sqlite(_) => self.clone(),
+        }
+    }
+
+    /// Everything that identifies the database and its credentials, for keyed hashing only:
+    /// never print it.
+    pub fn identity_for_hashing(&self) -> String {
+        match self {
+            ConnectionUrl::Sqlite(SqliteTarget::Memory) => "sqlite::memory:".into(),
+            ConnectionUrl::Sqlite(SqliteTarget::File(p)) => format!("sqlite:{}", p.display()),
+            ConnectionUrl::Postgres { url } => url.clone(),
+            ConnectionUrl::Oracle {
+                user,
+                password,
+                connect_string,
+            } => {
+                format!(
+                    "oracle\u{0}{user}\u{0}{}\u{0}{connect_string}",
+                    password.as_deref().unwrap_or("")
+                )
+            }
+        }
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl fmt::Display for ConnectionUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectionUrl::Sqlite(SqliteTarget::Memory) => f.write_str("sqlite::memory:"),
+            ConnectionUrl::Sqlite(SqliteTarget::File(p)) => write!(f, "sqlite:{}", p.display()),
+            ConnectionUrl::Postgres { url } => f.write_str(&redact_url(url)),
+            ConnectionUrl::Oracle {
+                user,
+                password,
+                connect_string,
+            } => {
+                let pw = if password.is_some() { ":***" } else { "" };
+                write!(
+                    f,
+                    "oracle://{user}{pw}@{}",
+                    connect_string.trim_start_matches('/')
+                )
+            }
+        }
+    }
+}
+
+impl fmt::Debug for ConnectionUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ConnectionUrl({self})")
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host…` with `***`; other text is kept.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        // Not a URL we understand: if anything could be credentials, hide all of it.
+        return match (url.split_once(':'), url.rfind('@')) {
+            (Some((scheme, _)), Some(at)) => format!("{scheme}:***{}", &url[at..]),
+            _ => url.to_string(),
+        };
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_string();
+    };
+    let userinfo = &authority[..at];
+    let user = userinfo.split(':').next().unwrap_or("");
+    let masked = if userinfo.contains(':') {
+        format!("{user}:***")
+    } else {
+        user.to_string()
+    };
+    format!("{}://{masked}{}", &url[..scheme_end], &rest[at..])
+}
+
+/// Parses a connection URL; the error message never contains the password.
+pub fn parse_url(url: &str) -> Result<ConnectionUrl, String> {
+    if url == "sqlite::memory:" {
+        return Ok(ConnectionUrl::Sqlite(SqliteTarget::Memory));
+    }
+    let Some((scheme, rest)) = url.split_once(':') else {
+        return Err(format!(
+            "URL {:?} has no scheme; expected sqlite:PATH, sqlite::memory:, postgres://…, postgresql://… or oracle://…",
+            redact_url(url)
+        ));
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "sqlite" => {
+            // Accept sqlite:PATH and sqlite://PATH (so sqlite:///abs/path is /abs/path).
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            if path.is_empty() {
+                return Err(
+                    "sqlite URL has an empty path; expected sqlite:PATH or sqlite::memory:".into(),
+                );
+            }
+            Ok(ConnectionUrl::Sqlite(SqliteTarget::File(PathBuf::from(
+                path,
+            ))))
+        }
+        "postgres" | "postgresql" => {
+            if !rest.starts_with("//") {
+                return Err(format!(
+                    "URL {:?} must start with {scheme}://",
+                    redact_url(url)
+                ));
+            }
+            Ok(ConnectionUrl::Postgres {
+                url: url.to_string(),
+            })
+        }
+        "oracle" => parse_oracle(url, rest),
+        other => Err(format!(
+            "URL scheme {other:?} is not built in (supported: sqlite, postgres, postgresql, oracle)"
+        )),
+    }
+}
+
+fn parse_oracle(url: &str, rest: &str) -> Result<ConnectionUrl, String> {
+    let bad = || {
+        format!(
+            "URL {:?} must be oracle://USER[:PASSWORD]@HOST[:PORT]/SERVICE or oracle://USER@TNS_ALIAS",
+            redact_url(url)
+        )
+    };
+    let rest = rest.strip_prefix("//").ok_or_else(bad)?;
+    let (userinfo, target) = rest.rsplit_once('@').ok_or_else(bad)?;
+    let (user, password) = match userinfo.split_once(':') {
+        Some((u, p)) => (u, Some(percent_decode(p).ok_or_else(bad)?)),
+        None => (userinfo, None),
+    };
+    let user = percent_decode(user).ok_or_else(bad)?;
+    if target.is_empty() || (user.is_empty() && password.is_some()) {
+        return Err(bad());
+    }
+    // HOST[:PORT]/SERVICE is EZConnect; a bare name is a TNS alias (tnsnames.ora in TNS_ADMIN).
+    let connect_string = match target.split_once('/') {
+        Some((host, service)) if !host.is_empty() && !service.is_empty() => format!("//{target}"),
+        Some(_) => return Err(bad()),
+        None => target.to_string(),
+    };
+    Ok(ConnectionUrl::Oracle {
+        user,
+        password,
+        connect_string,
+    })
+}
+
+/// `%XX` decoding for user and password in URLs; `None` on a malformed escape.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_forms() {
+        let cases: &[(&str, Result<&str, &str>)] = &[
+            ("sqlite::memory:", Ok("sqlite")),
+            ("sqlite:/data/x.db", Ok("sqlite")),
+            ("sqlite:///data/x.db", Ok("sqlite")),
+            ("sqlite:rel.db", Ok("sqlite")),
+            ("postgres://u:p@h:5432/db", Ok("postgres")),
+            ("postgresql://h/db?sslmode=require", Ok("postgres")),
+            (
+                "oracle://scott:tiger@db.example.com:1521/FREEPDB1",
+                Ok("oracle"),
+            ),
+            ("oracle://scott@db/ORCL", Ok("oracle")),
+            ("mysql://u:p@h/db", Err("not built in")),
+            ("sqlite:", Err("empty path")),
+            ("nourl", Err("no scheme")),
+            ("oracle://db:1521/ORCL", Err("oracle://USER")),
+            ("oracle://scott@ORCL_ALIAS", Ok("oracle")),
+            ("oracle://@WALLET_ALIAS", Ok("oracle")),
+            ("oracle://scott@db/", Err("oracle://USER")),
+            ("oracle://:pw@db/S", Err("oracle://USER")),
+            ("postgres:h/db", Err("must start with")),
+        ];
+        for (url, want) in cases {
+            match (parse_url(url), want) {
+                (Ok(u), Ok(kind)) => assert_eq!(u.kind(), *kind, "{url}"),
+                (Err(e), Err(frag)) => assert!(e.contains(frag), "{url}: {e}"),
+                (got, want) => panic!("{url}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn sqlite_paths() {
+        assert_eq!(
+            parse_url("sqlite:///data/x.db").unwrap(),
+            ConnectionUrl::Sqlite(SqliteTarget::File("/data/x.db".into()))
+        );
+        assert_eq!(
+            parse_url("sqlite:rel/x.db").unwrap(),
+            ConnectionUrl::Sqlite(SqliteTarget::File("rel/x.db".into()))
+        );
+    }
+
+    #[test]
+    fn oracle_url_parts_and_decoding() {
+        let u = parse_url("oracle://app%40x:p%3Ass@db:1521/FREEPDB1").unwrap();
+        assert_eq!(
+            u,
+            ConnectionUrl::Oracle {
+                user: "app@x".into(),
+                password: Some("p:ss".into()),
+                connect_string: "//db:1521/FREEPDB1".into()
+            }
+        );
+    }
+
+    #[test]
+    fn credentials_are_replaced_in_urls() {
+        let pg = parse_url("postgres://app:old@db:5432/shop?sslmode=require").unwrap();
+        assert_eq!(
+            pg.with_credentials(Some("so-user"), Some("p@ss:w/rd"))
+                .identity_for_hashing(),
+            "postgres://so-user:p%40ss%3Aw%2Frd@db:5432/shop?sslmode=require"
+        );
+        assert_eq!(
+            pg.with_credentials(None, Some("x")).identity_for_hashing(),
+            "postgres://app:x@db:5432/shop?sslmode=require"
+        );
+        let bare = parse_url("postgres://db/shop").unwrap();
+        assert_eq!(
+            bare.with_credentials(Some("u"), None)
+                .identity_for_hashing(),
+            "postgres://u@db/shop"
+        );
+        let ora = parse_url("oracle://app@db:1521/S").unwrap();
+        assert_eq!(
+            ora.with_credentials(Some("u"), Some("p")),
+            ConnectionUrl::Oracle {
+                user: "u".into(),
+                password: Some("p".into()),
+                connect_string: "//db:1521/S".into()
+            }
+        );
+        // Parsed back, the new password round-trips and is hidden in Display.
+        let round = parse_url(
+            &pg.with_credentials(None, Some("s3cr3t"))
+                .identity_for_hashing(),
+        )
+        .unwrap();
+        assert!(!round.to_string().contains("s3cr3t"));
+    }
+}

@@ -1,0 +1,108 @@
+//! The metadata keys orascale knows, the ones KEDA adds, and hints for keys users bring from
+//! elsewhere.
+
+pub const QUERY: &str = "query";
+pub const TARGET_QUERY_VALUE: &str = "targetQueryValue";
+pub const ACTIVATION_TARGET_QUERY_VALUE: &str = "activationTargetQueryValue";
+pub const CONNECTION: &str = "connection";
+pub const POLL_INTERVAL: &str = "pollInterval";
+pub const QUERY_TIMEOUT: &str = "queryTimeout";
+pub const METRIC_NAME: &str = "metricName";
+pub const IGNORE_NULL_VALUES: &str = "ignoreNullValues";
+
+/// Our keys, for the "did you mean" hint.
+pub const KEYS: &[&str] = &[
+    QUERY,
+    TARGET_QUERY_VALUE,
+    ACTIVATION_TARGET_QUERY_VALUE,
+    CONNECTION,
+    POLL_INTERVAL,
+    QUERY_TIMEOUT,
+    METRIC_NAME,
+    IGNORE_NULL_VALUES,
+];
+
+/// KEDA's own keys: they arrive in scalerMetadata (KEDA.md) and are accepted and ignored.
+pub const KEDA_KEYS: &[&str] = &[
+    "scalerAddress",
+    "enableTLS",
+    "unsafeSsl",
+    "caCert",
+    "tlsClientCert",
+    "tlsClientKey",
+];
+
+/// Keys users bring from elsewhere, with what to write instead.
+const HINTS: &[(&str, &str)] = &[
+    (
+        "pollingInterval",
+        "pollInterval; pollingInterval is a ScaledObject field",
+    ),
+    (
+        "cooldownPeriod",
+        "nothing here; cooldownPeriod is a ScaledObject field",
+    ),
+    (
+        "metricType",
+        "nothing here; metricType is a trigger field, not metadata",
+    ),
+    ("timeout", "queryTimeout"),
+    ("sql", "query"),
+    ("threshold", "targetQueryValue"),
+    ("targetValue", "targetQueryValue"),
+    ("activationThreshold", "activationTargetQueryValue"),
+    ("activationValue", "activationTargetQueryValue"),
+    (
+        "connectionString",
+        "connection, the name of a connection configured on the orascale server",
+    ),
+    (
+        "connectionStringFromEnv",
+        "connection, the name of a connection configured on the orascale server",
+    ),
+    (
+        "host",
+        "connection, the name of a connection configured on the orascale server",
+    ),
+];
+
+pub const CONNECTION_FROM_ENV: &str = "connectionFromEnv";
+pub const USER_FROM_ENV: &str = "userFromEnv";
+pub const PASSWORD_FROM_ENV: &str = "passwordFromEnv";
+
+/// Per-ScaledObject credentials (KEDA resolves `…FromEnv` keys and sends the value under the
+/// same key): accepted only with `--allow-metadata-credentials`.
+pub(super) const CREDENTIAL_KEYS: &[&str] =
+    &[CONNECTION_FROM_ENV, USER_FROM_ENV, PASSWORD_FROM_ENV];
+
+pub(super) fn hint_for(key: &str) -> Option<String> {
+    if let Some((_, h)) = HINTS.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)) {
+        return Some((*h).to_string());
+    }
+    KEYS.iter()
+        .map(|k| {
+            (
+                k,
+                distance(&k.to_ascii_lowercase(), &key.to_ascii_lowercase()),
+            )
+        })
+        .filter(|(k, d)| *d <= 3.max(k.len() / 5))
+        .min_by_key(|(_, d)| *d)
+        .map(|(k, _)| (*k).to_string())
+}
+
+/// Levenshtein distance, for short keys.
+fn distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().take(200).collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
