@@ -80,6 +80,7 @@ fn key(connection: &str, query: String, interval: Duration) -> PollerKey {
         poll_interval: interval,
         query_timeout: Duration::from_secs(5),
         ignore_nulls: false,
+        wake: None,
     }
 }
 

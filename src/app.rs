@@ -205,7 +205,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     let state: telemetry::http::StateRenderer = {
         let registry = registry.clone();
-        Arc::new(move || telemetry::metrics::render_state(&registry.snapshot(), &registry.pools()))
+        Arc::new(move || {
+            telemetry::metrics::render_state(
+                &registry.snapshot(),
+                &registry.pools(),
+                &registry.wakes(),
+            )
+        })
     };
     tracker.spawn(telemetry::http::serve(
         metrics_listener,

@@ -5,6 +5,10 @@ pub const GRPC_LISTEN: &str = "0.0.0.0:9090";
 pub const METRICS_LISTEN: &str = "0.0.0.0:9464";
 pub const POLL_INTERVAL: Duration = Duration::from_secs(10);
 pub const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// The smallest `minWakeInterval` a trigger may ask for (server side).
+pub const MIN_WAKE_INTERVAL: Duration = Duration::from_millis(100);
+/// `minWakeInterval` of triggers that set `notifyChannel` without it.
+pub const WAKE_INTERVAL: Duration = Duration::from_millis(100);
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 pub const STREAM_RESEND_INTERVAL: Duration = Duration::from_secs(30);

@@ -20,6 +20,7 @@ struct FileConfig {
     default_poll_interval: Option<String>,
     min_poll_interval: Option<String>,
     max_poll_interval: Option<String>,
+    min_wake_interval: Option<String>,
     default_query_timeout: Option<String>,
     max_query_timeout: Option<String>,
     idle_timeout: Option<String>,
@@ -114,6 +115,12 @@ impl ServeArgs {
                 &file.max_poll_interval,
                 "max_poll_interval",
                 defaults::MAX_POLL_INTERVAL,
+            )?,
+            min_wake_interval: duration(
+                self.min_wake_interval,
+                &file.min_wake_interval,
+                "min_wake_interval",
+                defaults::MIN_WAKE_INTERVAL,
             )?,
             default_query_timeout: duration(
                 self.default_query_timeout,

@@ -98,6 +98,11 @@ pub struct ServeArgs {
     #[arg(long, env = "ORASCALE_MIN_POLL_INTERVAL", value_name = "DURATION", value_parser = parse_duration_arg)]
     pub min_poll_interval: Option<Duration>,
 
+    /// Smallest minWakeInterval a trigger may ask for: the most often a database notification
+    /// (notifyChannel) may make one trigger poll [default: 100ms]
+    #[arg(long, env = "ORASCALE_MIN_WAKE_INTERVAL", value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub min_wake_interval: Option<Duration>,
+
     /// Longest pollInterval a trigger may ask for; above it is INVALID_ARGUMENT [default: 24h]
     #[arg(long, env = "ORASCALE_MAX_POLL_INTERVAL", value_name = "DURATION", value_parser = parse_duration_arg)]
     pub max_poll_interval: Option<Duration>,

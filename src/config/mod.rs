@@ -52,6 +52,8 @@ pub struct EngineConfig {
     pub default_poll_interval: Duration,
     pub min_poll_interval: Duration,
     pub max_poll_interval: Duration,
+    /// The smallest `minWakeInterval` a trigger may ask for.
+    pub min_wake_interval: Duration,
     pub default_query_timeout: Duration,
     pub max_query_timeout: Duration,
     pub idle_timeout: Duration,
@@ -96,6 +98,7 @@ impl Default for EngineConfig {
             default_poll_interval: defaults::POLL_INTERVAL,
             min_poll_interval: defaults::MIN_POLL_INTERVAL,
             max_poll_interval: defaults::MAX_POLL_INTERVAL,
+            min_wake_interval: defaults::MIN_WAKE_INTERVAL,
             default_query_timeout: defaults::QUERY_TIMEOUT,
             max_query_timeout: defaults::MAX_QUERY_TIMEOUT,
             idle_timeout: defaults::IDLE_TIMEOUT,

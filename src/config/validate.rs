@@ -50,6 +50,12 @@ pub(super) fn validate_engine(e: &EngineConfig) -> Result<(), ConfigError> {
         "max_poll_interval",
     )?;
     in_range(
+        e.min_wake_interval,
+        "min_wake_interval",
+        e.max_poll_interval,
+        "max_poll_interval",
+    )?;
+    in_range(
         e.default_poll_interval,
         "default_poll_interval",
         e.max_poll_interval,

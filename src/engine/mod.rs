@@ -23,6 +23,16 @@ pub struct PollerKey {
     pub poll_interval: Duration,
     pub query_timeout: Duration,
     pub ignore_nulls: bool,
+    /// Database wake-ups (`notifyChannel`): poll at once on a notification as well.
+    pub wake: Option<WakeKey>,
+}
+
+/// A poller's wake-up channel and how often a wake may make it poll.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WakeKey {
+    pub channel: String,
+    /// `minWakeInterval`: the least time between the starts of two polls caused by wakes.
+    pub min_interval: Duration,
 }
 
 /// Why the engine has no value to give.

@@ -2,6 +2,11 @@
 //! its watch channel. At most one query is in flight (the loop awaits it); a tick missed because
 //! a query ran long is delayed, not bunched; pollers created together spread out, because each
 //! picks a random phase within its interval after the first poll.
+//!
+//! With wake-ups (`notifyChannel`), a notification makes the poller poll at once too, but never
+//! sooner than `minWakeInterval` after the previous poll started. Notifications that arrive
+//! during a poll are coalesced into one more poll after it: a burst costs at most the poll in
+//! flight plus one. A poll caused by a wake restarts the interval, which stays the safety net.
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -12,6 +17,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::{PollerKey, Sample};
+use crate::source::wake::Wake;
 use crate::source::{Cell, Source, SourceError};
 use crate::telemetry::metrics as m;
 
@@ -35,12 +41,19 @@ pub struct Poller {
     pub source: Arc<dyn Source>,
     pub tx: watch::Sender<Sample>,
     pub origin: Origin,
+    /// The database's wake-ups on the key's channel, when it has one.
+    pub wake: Option<Wake>,
 }
 
 impl Poller {
     /// Polls until `cancel` fires.
-    pub async fn run(self, cancel: CancellationToken) {
+    pub async fn run(mut self, cancel: CancellationToken) {
         let interval = self.key.poll_interval;
+        let min_wake = self.key.wake.as_ref().map_or(interval, |w| w.min_interval);
+        let mut last_start = Instant::now();
+        if let Some(w) = &mut self.wake {
+            w.mark_seen();
+        }
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = self.poll() => {}
@@ -48,17 +61,35 @@ impl Poller {
         let phase = interval.mul_f64(random_fraction(&self.key)).min(interval);
         let start = crate::source::deadline_after(Instant::now(), phase);
         // `interval_at` panics on a zero period; configuration forbids one, this cannot.
-        let mut ticks = tokio::time::interval_at(start, interval.max(Duration::from_millis(1)));
+        let period = interval.max(Duration::from_millis(1));
+        let mut ticks = tokio::time::interval_at(start, period);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
+            let woken = tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = ticks.tick() => false,
+                _ = notified(&mut self.wake) => true,
+            };
+            if woken {
+                // Never sooner than minWakeInterval after the last poll began; what arrives
+                // while waiting is covered by this poll.
+                let earliest = crate::source::deadline_after(last_start, min_wake);
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep_until(earliest) => {}
+                }
+                if let Some(w) = &mut self.wake {
+                    w.mark_seen();
+                    w.record_poll();
+                }
+            }
+            last_start = Instant::now();
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = ticks.tick() => {
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = self.poll() => {}
-                    }
-                }
+                _ = self.poll() => {}
+            }
+            if woken {
+                ticks.reset();
             }
         }
     }
@@ -126,6 +157,14 @@ impl Poller {
                 self.tx.send_modify(|s| s.record_err(message, finished));
             }
         }
+    }
+}
+
+/// The next wake, or never without wake-ups.
+async fn notified(wake: &mut Option<Wake>) {
+    match wake {
+        Some(w) => w.notified().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -203,10 +242,19 @@ mod tests {
             poll_interval: Duration::from_secs(10),
             query_timeout: Duration::from_secs(5),
             ignore_nulls,
+            wake: None,
         }
     }
 
     fn start(key: PollerKey, script: Arc<Script>) -> (watch::Receiver<Sample>, CancellationToken) {
+        start_with(key, script, None)
+    }
+
+    fn start_with(
+        key: PollerKey,
+        script: Arc<Script>,
+        wake: Option<Wake>,
+    ) -> (watch::Receiver<Sample>, CancellationToken) {
         let (tx, rx) = watch::channel(Sample::default());
         let cancel = CancellationToken::new();
         let poller = Poller {
@@ -218,6 +266,7 @@ mod tests {
                 name: "so".into(),
                 metric: "m".into(),
             },
+            wake,
         };
         tokio::spawn(poller.run(cancel.clone()));
         (rx, cancel)
@@ -249,6 +298,61 @@ mod tests {
             calls,
             "no poll after cancel"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wakes_poll_at_once_but_never_faster_than_min_wake_interval() {
+        let s = script(Duration::from_millis(50), vec![Ok(Cell::Number(1.0))]);
+        let (wake, fire) = crate::source::wake::manual("jobs");
+        let mut k = key(false);
+        k.poll_interval = Duration::from_secs(60);
+        k.wake = Some(crate::engine::WakeKey {
+            channel: "jobs".into(),
+            min_interval: Duration::from_millis(100),
+        });
+        let (mut rx, cancel) = start_with(k, s.clone(), Some(wake));
+        rx.wait_for(|s| s.has_outcome()).await.unwrap();
+        assert_eq!(s.calls.load(Ordering::SeqCst), 1);
+        // A wake long after the last poll: polled at once.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let before = Instant::now();
+        fire();
+        rx.wait_for(|s| s.polls >= 2).await.unwrap();
+        assert!(
+            before.elapsed() <= Duration::from_millis(60),
+            "{:?}",
+            before.elapsed()
+        );
+        // A storm of 1,000 wakes over 2 s: at most one poll per 100 ms (plus the one queued).
+        let storm = Instant::now();
+        for _ in 0..1000 {
+            fire();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let during = s.calls.load(Ordering::SeqCst) - 2;
+        let secs = storm.elapsed().as_secs_f64();
+        assert!(
+            (during as f64) <= secs * 10.0 + 1.0,
+            "{during} polls in {secs} s of storm"
+        );
+        assert!(during >= 10, "the storm is served, not ignored: {during}");
+        // After the storm: the last wake is covered by one more poll, then quiet until the
+        // interval (60 s after that wake poll).
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let settled = s.calls.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        assert_eq!(
+            s.calls.load(Ordering::SeqCst),
+            settled,
+            "no poll without wakes before the interval"
+        );
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        assert_eq!(
+            s.calls.load(Ordering::SeqCst),
+            settled + 1,
+            "the interval stays the safety net"
+        );
+        cancel.cancel();
     }
 
     #[tokio::test(start_paused = true)]

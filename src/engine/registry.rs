@@ -332,6 +332,16 @@ impl Registry {
                 )));
             }
         };
+        // Wake-ups are subscribed here, under the lock, so a channel is listened on exactly
+        // while a poller uses it (the poller's task owns the subscription).
+        let wake = match &key.wake {
+            Some(w) => Some(
+                source
+                    .wake(&w.channel)
+                    .map_err(|e| EngineError::Unavailable(e.to_string()))?,
+            ),
+            None => None,
+        };
         let (tx, rx) = watch::channel(Sample::default());
         let cancel = self.shutdown.child_token();
         let stopped = Arc::new(OnceLock::new());
@@ -357,6 +367,7 @@ impl Registry {
             source,
             tx,
             origin: origin.clone(),
+            wake,
         };
         let who = (key.connection.clone(), origin.clone());
         self.tracker.spawn(async move {
@@ -458,6 +469,43 @@ impl Registry {
             .iter()
             .map(|(name, s)| (name.clone(), s.pool()))
             .collect()
+    }
+
+    /// Each connection's wake-ups (connections without any are left out). Connections made
+    /// from metadata credentials are summed under their one metric label.
+    pub fn wakes(&self) -> Vec<(String, crate::source::wake::WakeStatus)> {
+        let mut out: BTreeMap<String, crate::source::wake::WakeStatus> = BTreeMap::new();
+        let dynamic: Vec<(String, Arc<dyn Source>)> = self
+            .dynamic
+            .read()
+            .expect("registry lock")
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect();
+        let all = self
+            .sources
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .chain(dynamic);
+        for (name, source) in all {
+            let Some(w) = source.wake_status() else {
+                continue;
+            };
+            let label = m::connection_label(&name);
+            let sum = out.entry(label).or_insert(crate::source::wake::WakeStatus {
+                listening: true,
+                ..Default::default()
+            });
+            sum.channels += w.channels;
+            sum.listening &= w.listening || w.channels == 0;
+            sum.notifications += w.notifications;
+            sum.reconnects += w.reconnects;
+            sum.wake_polls += w.wake_polls;
+        }
+        for w in out.values_mut() {
+            w.listening &= w.channels > 0;
+        }
+        out.into_iter().collect()
     }
 
     /// Every source, configured and made from credentials, for closing at shutdown.
@@ -576,6 +624,7 @@ mod tests {
             poll_interval: Duration::from_secs(1),
             query_timeout: Duration::from_secs(5),
             ignore_nulls: false,
+            wake: None,
         }
     }
 

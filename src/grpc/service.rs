@@ -395,6 +395,7 @@ mod tests {
                 poll_interval: Duration::from_secs(1),
                 query_timeout: Duration::from_secs(1),
                 ignore_nulls: false,
+                wake: None,
             },
             target: 0.25,
             activation: 0.0,

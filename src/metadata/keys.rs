@@ -9,6 +9,8 @@ pub const POLL_INTERVAL: &str = "pollInterval";
 pub const QUERY_TIMEOUT: &str = "queryTimeout";
 pub const METRIC_NAME: &str = "metricName";
 pub const IGNORE_NULL_VALUES: &str = "ignoreNullValues";
+pub const NOTIFY_CHANNEL: &str = "notifyChannel";
+pub const MIN_WAKE_INTERVAL: &str = "minWakeInterval";
 
 /// Our keys, for the "did you mean" hint.
 pub const KEYS: &[&str] = &[
@@ -20,6 +22,8 @@ pub const KEYS: &[&str] = &[
     QUERY_TIMEOUT,
     METRIC_NAME,
     IGNORE_NULL_VALUES,
+    NOTIFY_CHANNEL,
+    MIN_WAKE_INTERVAL,
 ];
 
 /// KEDA's own keys: they arrive in scalerMetadata (KEDA.md) and are accepted and ignored.
@@ -47,6 +51,16 @@ const HINTS: &[(&str, &str)] = &[
         "nothing here; metricType is a trigger field, not metadata",
     ),
     ("timeout", "queryTimeout"),
+    ("listenChannel", "notifyChannel"),
+    ("channel", "notifyChannel"),
+    (
+        "notifyQuery",
+        "notifyChannel (PostgreSQL LISTEN/NOTIFY); Oracle wake-ups are not available yet, see docs/oracle.md",
+    ),
+    (
+        "notifyQueue",
+        "notifyChannel (PostgreSQL LISTEN/NOTIFY); Oracle wake-ups are not available yet, see docs/oracle.md",
+    ),
     ("sql", "query"),
     ("threshold", "targetQueryValue"),
     ("targetValue", "targetQueryValue"),

@@ -608,6 +608,127 @@ mod tests {
     }
 
     #[test]
+    fn wake_ups_need_postgres_and_a_lowercase_channel() {
+        let mut c = ctx(&["pg", "lite", "ora"]);
+        c.connections.get_mut("pg").unwrap().url =
+            crate::config::parse_url("postgres://u@h/db").unwrap();
+        c.connections.get_mut("ora").unwrap().url =
+            crate::config::parse_url("oracle://u@h:1521/S").unwrap();
+        let pg = ("connection", "pg");
+        let spec = parse(&meta(&[Q, T, pg, ("notifyChannel", "jobs_changed")]), &c).unwrap();
+        let wake = spec.poller.wake.unwrap();
+        assert_eq!(wake.channel, "jobs_changed");
+        assert_eq!(wake.min_interval, Duration::from_millis(100));
+        let spec = parse(
+            &meta(&[
+                Q,
+                T,
+                pg,
+                ("notifyChannel", "_q$1"),
+                ("minWakeInterval", "2s"),
+            ]),
+            &c,
+        )
+        .unwrap();
+        assert_eq!(
+            spec.poller.wake.unwrap().min_interval,
+            Duration::from_secs(2)
+        );
+        assert_eq!(parse(&meta(&[Q, T, pg]), &c).unwrap().poller.wake, None);
+        // Different channels are different pollers.
+        let a = parse(&meta(&[Q, T, pg, ("notifyChannel", "a")]), &c).unwrap();
+        let b = parse(&meta(&[Q, T, pg, ("notifyChannel", "b")]), &c).unwrap();
+        assert_ne!(a.poller, b.poller);
+        let long = "x".repeat(64);
+        for (pairs, key, fragment) in [
+            (
+                vec![("connection", "lite"), ("notifyChannel", "jobs")],
+                "notifyChannel",
+                "is SQLite",
+            ),
+            (
+                vec![("connection", "ora"), ("notifyChannel", "jobs")],
+                "notifyChannel",
+                "docs/oracle.md",
+            ),
+            (
+                vec![pg, ("notifyChannel", "Jobs")],
+                "notifyChannel",
+                "use lowercase",
+            ),
+            (
+                vec![pg, ("notifyChannel", "1jobs")],
+                "notifyChannel",
+                "a-z or _ first",
+            ),
+            (
+                vec![pg, ("notifyChannel", "jobs changed")],
+                "notifyChannel",
+                "identifier",
+            ),
+            (
+                vec![pg, ("notifyChannel", "a\"; drop table x; --")],
+                "notifyChannel",
+                "identifier",
+            ),
+            (
+                vec![pg, ("notifyChannel", &long)],
+                "notifyChannel",
+                "63 bytes",
+            ),
+            (
+                vec![pg, ("minWakeInterval", "1s")],
+                "minWakeInterval",
+                "without notifyChannel",
+            ),
+            (
+                vec![pg, ("notifyChannel", "j"), ("minWakeInterval", "10ms")],
+                "minWakeInterval",
+                "--min-wake-interval",
+            ),
+            (
+                vec![pg, ("notifyChannel", "j"), ("minWakeInterval", "1m")],
+                "minWakeInterval",
+                "above the pollInterval",
+            ),
+            (
+                vec![pg, ("notifyChannel", "j"), ("minWakeInterval", "5")],
+                "minWakeInterval",
+                "not a duration",
+            ),
+        ] {
+            let mut pairs = pairs;
+            pairs.extend([Q, T]);
+            let e = parse(&meta(&pairs), &c).unwrap_err().to_string();
+            assert!(e.contains(&format!("{key:?}")), "{pairs:?}: {e}");
+            assert!(e.contains(fragment), "{pairs:?}: {e}");
+        }
+        // The server minimum is the operator's to lower.
+        c.engine.min_wake_interval = Duration::from_millis(10);
+        let spec = parse(
+            &meta(&[
+                Q,
+                T,
+                pg,
+                ("notifyChannel", "j"),
+                ("minWakeInterval", "10ms"),
+            ]),
+            &c,
+        )
+        .unwrap();
+        assert_eq!(
+            spec.poller.wake.unwrap().min_interval,
+            Duration::from_millis(10)
+        );
+        assert!(
+            parse(&meta(&[Q, T, ("notifyQueue", "x")]), &c)
+                .unwrap_err()
+                .to_string()
+                .contains("notifyChannel")
+        );
+    }
+
+    #[test]
     fn metadata_credentials_make_their_own_connection() {
         let mut c = ctx(&["orders"]);
         c.allow_credentials = true;

@@ -17,6 +17,7 @@ use crate::config::{ConnectionConfig, ConnectionUrl};
 pub mod oracle;
 pub mod postgres;
 pub mod sqlite;
+pub mod wake;
 
 /// The first column of the query's only row.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -123,6 +124,22 @@ pub trait Source: Send + Sync + 'static {
     /// them to end; queries after this fail. At shutdown, after the pollers have stopped.
     fn close(&self) -> BoxFuture<'_, ()> {
         futures::future::ready(()).boxed()
+    }
+
+    /// Subscribes to the database's wake-ups on `channel` (PostgreSQL LISTEN/NOTIFY): the
+    /// returned [`wake::Wake`] fires when a notification arrives. Never blocks; sources without
+    /// wake-ups say so.
+    fn wake(&self, channel: &str) -> Result<wake::Wake, SourceError> {
+        let _ = channel;
+        Err(SourceError::Unsupported(format!(
+            "{} connections have no wake-ups (notifyChannel needs a postgres connection)",
+            self.kind()
+        )))
+    }
+
+    /// The state of the source's wake-ups, if it has any.
+    fn wake_status(&self) -> Option<wake::WakeStatus> {
+        None
     }
 
     /// Runs `sql` and returns the first column of its only row; a second row is

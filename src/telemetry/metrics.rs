@@ -41,6 +41,11 @@ pub const POOL_MAX: &str = "orascale_pool_max_sessions";
 pub const POOL_SIZE: &str = "orascale_pool_sessions";
 pub const POOL_IN_USE: &str = "orascale_pool_sessions_in_use";
 pub const POOL_WAITING: &str = "orascale_pool_waiting";
+pub const WAKE_CHANNELS: &str = "orascale_wake_channels";
+pub const WAKE_LISTENER_UP: &str = "orascale_wake_listener_up";
+pub const WAKE_NOTIFICATIONS: &str = "orascale_wake_notifications_total";
+pub const WAKE_POLLS: &str = "orascale_wake_polls_total";
+pub const WAKE_RECONNECTS: &str = "orascale_wake_listener_reconnects_total";
 
 /// Every metric family orascale exports (for tests and the monitoring files' validation).
 pub const ALL: &[&str] = &[
@@ -62,6 +67,11 @@ pub const ALL: &[&str] = &[
     POOL_SIZE,
     POOL_IN_USE,
     POOL_WAITING,
+    WAKE_CHANNELS,
+    WAKE_LISTENER_UP,
+    WAKE_NOTIFICATIONS,
+    WAKE_POLLS,
+    WAKE_RECONNECTS,
 ];
 
 /// Database round-trips: 1 ms … 30 s.
@@ -199,17 +209,20 @@ pub fn sample_age(connection: &str, method: &'static str, age: Duration) {
 pub fn render_state(
     pollers: &[crate::engine::PollerStatus],
     pools: &[(String, crate::source::PoolStatus)],
+    wakes: &[(String, crate::source::wake::WakeStatus)],
 ) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let mut family = |name: &str, help: &str, lines: Vec<(String, f64)>| {
+    let mut typed = |kind: &str, name: &str, help: &str, lines: Vec<(String, f64)>| {
         let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} gauge");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
         for (labels, v) in lines {
             let _ = writeln!(out, "{name}{{{labels}}} {v}");
         }
         out.push('\n');
     };
+    let mut family =
+        |name: &str, help: &str, lines: Vec<(String, f64)>| typed("gauge", name, help, lines);
     let poller_labels = |p: &crate::engine::PollerStatus| {
         format!(
             "connection=\"{}\",namespace=\"{}\",scaledobject=\"{}\",metric=\"{}\"",
@@ -276,6 +289,40 @@ pub fn render_state(
         POOL_WAITING,
         "Polls waiting for a free database session, per connection.",
         pool(|s| s.waiting),
+    );
+    let wake = |f: fn(&crate::source::wake::WakeStatus) -> f64| {
+        wakes
+            .iter()
+            .map(|(c, s)| (format!("connection=\"{}\"", escape(c)), f(s)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        WAKE_CHANNELS,
+        "Notification channels (notifyChannel) live pollers wait on, per connection.",
+        wake(|s| s.channels as f64),
+    );
+    family(
+        WAKE_LISTENER_UP,
+        "1 while the connection's notification session listens on every wanted channel; 0 while it is down (wake-ups degraded, interval polling goes on) or not needed.",
+        wake(|s| f64::from(u8::from(s.listening))),
+    );
+    typed(
+        "counter",
+        WAKE_NOTIFICATIONS,
+        "Database notifications received, per connection.",
+        wake(|s| s.notifications as f64),
+    );
+    typed(
+        "counter",
+        WAKE_POLLS,
+        "Polls run at once because of a notification or a listener reconnect, per connection.",
+        wake(|s| s.wake_polls as f64),
+    );
+    typed(
+        "counter",
+        WAKE_RECONNECTS,
+        "Notification sessions re-established after one was lost or could not be opened, per connection.",
+        wake(|s| s.reconnects as f64),
     );
     out
 }

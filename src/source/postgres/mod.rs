@@ -28,7 +28,10 @@ use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::{Client, NoTls, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+mod listen;
+
 use super::checkout;
+use super::wake::{Hub, Wake, WakeStatus};
 use super::{
     Cell, PasswordSource, PoolStatus, ServerInfo, Source, SourceError, parse_numeric_text,
 };
@@ -50,6 +53,8 @@ pub struct Postgres {
     tls: Tls,
     /// Connection drivers and cancel requests: tracked, and stopped with the source.
     tasks: Tasks,
+    /// LISTEN/NOTIFY wake-ups: one dedicated session, opened when a poller first asks.
+    wake: Hub,
 }
 
 /// The background tasks of one source. Cancelling `closed` ends every connection driver (the
@@ -93,6 +98,7 @@ impl Drop for Postgres {
 
 /// How to make a session: the parsed URL without the password, where the password comes from,
 /// and TLS.
+#[derive(Clone)]
 struct Sessions {
     name: String,
     config: tokio_postgres::Config,
@@ -136,12 +142,28 @@ impl Postgres {
             _ => Tls::Rustls(rustls_connector(conn)?),
         };
         let tasks = Tasks::default();
+        // The listening session says what it is in pg_stat_activity, unless the URL names it.
+        let mut listener_config = config.clone();
+        if config.get_application_name() == Some("orascale") {
+            listener_config.application_name("orascale-listener");
+        }
         let sessions = Sessions {
             name: conn.name.clone(),
             config,
             password: PasswordSource::new(conn, url_password),
             tls: tls.clone(),
             tasks: tasks.clone(),
+        };
+        let wake = {
+            let tasks = tasks.clone();
+            Hub::new(
+                &conn.name,
+                std::sync::Arc::new(listen::PgListener {
+                    sessions: sessions.clone(),
+                    config: listener_config,
+                }),
+                move |f| tasks.spawn(f),
+            )
         };
         let pool = Pool::builder(sessions)
             .max_size(conn.pool_size.max(1))
@@ -154,6 +176,7 @@ impl Postgres {
             pool_timeout: conn.pool_timeout,
             tls,
             tasks,
+            wake,
         })
     }
 
@@ -258,6 +281,14 @@ impl Source for Postgres {
         .boxed()
     }
 
+    fn wake(&self, channel: &str) -> Result<Wake, SourceError> {
+        Ok(self.wake.subscribe(channel))
+    }
+
+    fn wake_status(&self) -> Option<WakeStatus> {
+        Some(self.wake.status())
+    }
+
     fn driver(&self) -> Result<String, SourceError> {
         Ok("tokio-postgres (native Rust, no client library)".into())
     }
@@ -314,8 +345,14 @@ impl Source for Postgres {
 }
 
 impl Sessions {
-    async fn connect(&self) -> Result<Client, SourceError> {
-        let mut config = self.config.clone();
+    /// Resolves the password and opens one connection, its I/O driven on the source's tasks.
+    /// With `listen`, the connection's notifications go to its `Deliver` and its `Sender`
+    /// learns why the connection ended.
+    async fn open(
+        &self,
+        mut config: tokio_postgres::Config,
+        listen: Option<Listening>,
+    ) -> Result<Client, SourceError> {
         // A password file is read on the blocking pool, never on a runtime worker.
         let password = self.password.clone();
         let pw = tokio::task::spawn_blocking(move || password.get())
@@ -326,19 +363,25 @@ impl Sessions {
         }
         let connect_err =
             |e: tokio_postgres::Error| SourceError::Connect(format!("postgres: {}", describe(&e)));
-        let client = match &self.tls {
+        Ok(match &self.tls {
             Tls::Off => {
                 let (client, connection) = config.connect(NoTls).await.map_err(connect_err)?;
-                self.tasks.spawn(drive(self.name.clone(), connection));
+                self.tasks
+                    .spawn(drive(self.name.clone(), connection, listen));
                 client
             }
             Tls::Rustls(tls) => {
                 let (client, connection) =
                     config.connect(tls.clone()).await.map_err(connect_err)?;
-                self.tasks.spawn(drive(self.name.clone(), connection));
+                self.tasks
+                    .spawn(drive(self.name.clone(), connection, listen));
                 client
             }
-        };
+        })
+    }
+
+    async fn connect(&self) -> Result<Client, SourceError> {
+        let client = self.open(self.config.clone(), None).await?;
         client
             .batch_execute(&format!(
                 "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY; SET statement_timeout = {}",
@@ -356,15 +399,35 @@ impl Sessions {
     }
 }
 
-/// Runs a connection's I/O until it closes.
-async fn drive<S, T>(name: String, connection: tokio_postgres::Connection<S, T>)
-where
+/// Where a listening session's notifications go, and who learns of its end.
+type Listening = (super::wake::Deliver, tokio::sync::oneshot::Sender<String>);
+
+/// Runs a connection's I/O until it closes. A listening connection is polled message by
+/// message: awaiting it would drop its notifications.
+async fn drive<S, T>(
+    name: String,
+    mut connection: tokio_postgres::Connection<S, T>,
+    listen: Option<Listening>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    if let Err(e) = connection.await {
-        tracing::debug!(connection = %name, error = %describe(&e), "postgres connection closed");
-    }
+    let Some((deliver, lost)) = listen else {
+        if let Err(e) = connection.await {
+            tracing::debug!(connection = %name, error = %describe(&e), "postgres connection closed");
+        }
+        return;
+    };
+    let why = loop {
+        match futures::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => deliver(n.channel()),
+            Some(Ok(_)) => {} // a notice
+            Some(Err(e)) => break describe(&e),
+            None => break "the session was closed".to_string(),
+        }
+    };
+    tracing::debug!(connection = %name, reason = %why, "postgres listening session ended");
+    let _ = lost.send(why);
 }
 
 impl managed::Manager for Sessions {
