@@ -201,6 +201,7 @@ const TOML_KEYS: &[(&str, bool, Kind)] = &[
     ("default_poll_interval", false, Kind::Duration),
     ("min_poll_interval", false, Kind::Duration),
     ("max_poll_interval", false, Kind::Duration),
+    ("min_wake_interval", false, Kind::Duration),
     ("default_query_timeout", false, Kind::Duration),
     ("max_query_timeout", false, Kind::Duration),
     ("idle_timeout", false, Kind::Duration),

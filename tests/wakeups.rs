@@ -1,0 +1,401 @@
+//! Database-driven wake-ups (notifyChannel) against a real PostgreSQL server and the real
+//! binary: a committed change reaches an open stream at once with a 60 s poll interval; a
+//! NOTIFY storm stays a trickle of polls; the listening session survives being terminated and
+//! the server restarting; channels follow the pollers; no session is leaked.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::pg::{self, Pg};
+use support::*;
+use tokio_postgres::Client;
+
+const LIMIT: Duration = Duration::from_secs(240);
+const QUEUED: &str = "select count(*) from jobs where status = 'queued'";
+
+/// The user's side: a statement trigger that notifies `jobs_changed` on every change to jobs.
+async fn notify_trigger(admin: &Client) {
+    admin
+        .batch_execute(
+            "create function jobs_notify() returns trigger language plpgsql as $$
+             begin perform pg_notify('jobs_changed', ''); return null; end $$;
+             create trigger jobs_notify after insert or update or delete on jobs
+               for each statement execute function jobs_notify();",
+        )
+        .await
+        .expect("notify trigger");
+}
+
+async fn insert(admin: &Client, n: i64) {
+    admin
+        .batch_execute(&format!(
+            "insert into jobs(status) select 'queued' from generate_series(1, {n})"
+        ))
+        .await
+        .unwrap();
+}
+
+/// orascale's listening sessions, as PostgreSQL sees them.
+async fn listener_sessions(admin: &Client) -> i64 {
+    admin
+        .query_one(
+            "select count(*) from pg_stat_activity where application_name = 'orascale-listener'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn wake_metric(server: &Binary, name: &str) -> f64 {
+    let text = scrape(server.metrics).await;
+    metric_value(&text, name, &["connection=\"pg\""]).unwrap_or(-1.0)
+}
+
+async fn wait_metric(server: &Binary, name: &str, ok: impl Fn(f64) -> bool, limit: Duration) {
+    let started = Instant::now();
+    loop {
+        let v = wake_metric(server, name).await;
+        if ok(v) {
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{name} is {v} after {limit:?}:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_sessions(admin: &Client, want: i64, limit: Duration) {
+    let started = Instant::now();
+    loop {
+        let n = listener_sessions(admin).await;
+        if n == want {
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{n} listening sessions, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn serve(pg: &Pg, dir: &std::path::Path, extra: &[&str]) -> Binary {
+    let mut args = vec![
+        "--connection".to_string(),
+        format!("pg={}", pg.scaler_url()),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Binary::start(&args, dir)
+}
+
+fn watched(name: &str, query: &str, channel: &str, interval: &str) -> ScaledObjectRef {
+    object(
+        name,
+        &[
+            ("connection", "pg"),
+            ("query", query),
+            ("targetQueryValue", "1"),
+            ("pollInterval", interval),
+            ("notifyChannel", channel),
+        ],
+    )
+}
+
+use orascale::grpc::proto::ScaledObjectRef;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_wakes_an_open_stream_and_a_storm_stays_a_trickle() {
+    let Some(pg) = Pg::start_or_skip("a_commit_wakes_an_open_stream_and_a_storm_stays_a_trickle")
+    else {
+        return;
+    };
+    guard(LIMIT, async {
+        let admin = pg.setup().await;
+        notify_trigger(&admin).await;
+        let dir = tempfile::tempdir().unwrap();
+        let server = serve(&pg, dir.path(), &[]);
+        let mut c = client(server.grpc).await;
+        let obj = watched("worker", QUEUED, "jobs_changed", "60s");
+        let mut stream = c.stream_is_active(obj.clone()).await.unwrap().into_inner();
+        wait_metric(
+            &server,
+            "orascale_wake_listener_up",
+            |v| v == 1.0,
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(wake_metric(&server, "orascale_wake_channels").await, 1.0);
+        assert_eq!(listener_sessions(&admin).await, 1, "one dedicated session");
+        // Nothing queued: the stream is silent.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), stream.message())
+                .await
+                .is_err()
+        );
+
+        // A commit → true on the stream, long before the 60 s interval.
+        let committed = Instant::now();
+        insert(&admin, 3).await;
+        let m = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("woken within 5 s with a 60 s poll interval")
+            .unwrap()
+            .unwrap();
+        assert!(m.result);
+        eprintln!("commit → true: {:?}", committed.elapsed());
+        assert_eq!(
+            value(
+                c.get_metrics(deadline(metrics_request(&obj, "")))
+                    .await
+                    .unwrap()
+            ),
+            3.0
+        );
+        assert!(wake_metric(&server, "orascale_wake_notifications_total").await >= 1.0);
+        assert!(wake_metric(&server, "orascale_wake_polls_total").await >= 1.0);
+
+        // A storm: 400 commits, each notifying, over about two seconds. At most one poll per
+        // minWakeInterval (100 ms) plus one queued.
+        let polls = |text: &str| {
+            metric_value(text, "orascale_polls_total", &["connection=\"pg\""]).unwrap_or(0.0)
+        };
+        let before = polls(&scrape(server.metrics).await);
+        let notes_before = wake_metric(&server, "orascale_wake_notifications_total").await;
+        let storm = Instant::now();
+        for i in 0..400 {
+            admin
+                .batch_execute(&format!(
+                    "update jobs set status = 'queued' where id = {}",
+                    i % 3 + 1
+                ))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let secs = storm.elapsed().as_secs_f64();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let during = polls(&scrape(server.metrics).await) - before;
+        let notes = wake_metric(&server, "orascale_wake_notifications_total").await - notes_before;
+        eprintln!("storm: {notes} notifications in {secs:.2} s → {during} polls");
+        assert!(notes >= 400.0, "every commit notified: {notes}");
+        assert!(
+            during <= (secs + 0.5) * 10.0 + 2.0,
+            "{during} polls for {notes} notifications in {secs:.2} s"
+        );
+        assert!(during >= 2.0, "the storm was served: {during}");
+        assert_eq!(listener_sessions(&admin).await, 1);
+        drop(stream);
+        drop(c);
+        server.signal("TERM");
+        let mut server = server;
+        assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
+        wait_sessions(&admin, 0, Duration::from_secs(5)).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_survives_termination_and_a_server_restart() {
+    let Some(pg) = Pg::start_or_skip("the_listener_survives_termination_and_a_server_restart")
+    else {
+        return;
+    };
+    guard(LIMIT, async {
+        let admin = pg.setup().await;
+        notify_trigger(&admin).await;
+        let dir = tempfile::tempdir().unwrap();
+        let server = serve(&pg, dir.path(), &["--min-poll-interval", "100ms"]);
+        let mut c = client(server.grpc).await;
+        let slow = watched("slow", QUEUED, "jobs_changed", "60s");
+        // Same channel, its own poller at 1 s: shows interval polling never stops.
+        let fast = watched("fast", "select count(*) + 0 from jobs", "jobs_changed", "1s");
+        let mut stream = c.stream_is_active(slow.clone()).await.unwrap().into_inner();
+        c.get_metrics(deadline(metrics_request(&fast, ""))).await.unwrap();
+        wait_metric(&server, "orascale_wake_listener_up", |v| v == 1.0, Duration::from_secs(10)).await;
+        assert_eq!(listener_sessions(&admin).await, 1, "one session for both pollers");
+
+        // 1. The listening session is terminated, and a change is committed at once, before
+        // any reconnect could hear it: the poll after re-LISTEN covers it.
+        let killed: i64 = admin
+            .query_one(
+                "select count(*) from (select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'orascale-listener') t",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(killed, 1);
+        insert(&admin, 2).await;
+        let m = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("the change made while the listener was away is seen after it returns")
+            .unwrap()
+            .unwrap();
+        assert!(m.result);
+        wait_metric(&server, "orascale_wake_listener_reconnects_total", |v| v >= 1.0, Duration::from_secs(10)).await;
+        wait_sessions(&admin, 1, Duration::from_secs(5)).await;
+        let log = server.wait_log("wake-ups degraded", Duration::from_secs(5));
+        assert!(log.contains("wake-ups resumed"), "{log}");
+
+        // 2. The server stops: wake-ups are degraded, calls never block, interval polling
+        // goes on (and fails, as it should, with UNAVAILABLE after the stale limit).
+        admin.batch_execute("delete from jobs").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(admin);
+        let polls = |text: &str| {
+            metric_value(text, "orascale_polls_total", &["connection=\"pg\""]).unwrap_or(0.0)
+        };
+        pg.stop();
+        wait_metric(&server, "orascale_wake_listener_up", |v| v == 0.0, Duration::from_secs(20)).await;
+        let before = polls(&scrape(server.metrics).await);
+        for _ in 0..10 {
+            let asked = Instant::now();
+            let _ = c.get_metrics(deadline(metrics_request(&fast, ""))).await;
+            assert!(asked.elapsed() < Duration::from_secs(1), "a call blocked on the outage");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(
+            polls(&scrape(server.metrics).await) - before >= 1.0,
+            "interval polling goes on while the listener is down"
+        );
+        pg.start();
+        wait_metric(&server, "orascale_wake_listener_up", |v| v == 1.0, Duration::from_secs(30)).await;
+        let admin = pg.admin().await;
+        wait_sessions(&admin, 1, Duration::from_secs(5)).await;
+        assert!(
+            wake_metric(&server, "orascale_wake_listener_reconnects_total").await >= 2.0
+        );
+        // Woken again: a commit after the restart reaches the stream.
+        let committed = Instant::now();
+        insert(&admin, 4).await;
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(5), stream.message())
+                .await
+                .expect("woken after the restart")
+                .unwrap()
+                .unwrap();
+            if m.result {
+                break;
+            }
+        }
+        assert!(committed.elapsed() < Duration::from_secs(5));
+        assert!(!server.log_text().contains(pg::SCALER_PASSWORD));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_follow_the_pollers_and_no_session_is_leaked() {
+    let Some(pg) = Pg::start_or_skip("channels_follow_the_pollers_and_no_session_is_leaked") else {
+        return;
+    };
+    guard(LIMIT, async {
+        let admin = pg.setup().await;
+        let dir = tempfile::tempdir().unwrap();
+        let server = serve(&pg, dir.path(), &["--idle-timeout", "1s"]);
+        let mut c = client(server.grpc).await;
+        let a = watched("a", "select count(*) from jobs", "chan_a", "60s");
+        let b = watched("b", "select count(*) + 0 from jobs", "chan_b", "60s");
+        let stream_a = c.stream_is_active(a.clone()).await.unwrap().into_inner();
+        let stream_b = c.stream_is_active(b.clone()).await.unwrap().into_inner();
+        wait_metric(
+            &server,
+            "orascale_wake_channels",
+            |v| v == 2.0,
+            Duration::from_secs(10),
+        )
+        .await;
+        wait_metric(
+            &server,
+            "orascale_wake_listener_up",
+            |v| v == 1.0,
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(
+            listener_sessions(&admin).await,
+            1,
+            "one session for two channels"
+        );
+
+        let value_of = |obj: ScaledObjectRef| {
+            let mut c = c.clone();
+            async move {
+                value(
+                    c.get_metrics(deadline(metrics_request(&obj, "")))
+                        .await
+                        .unwrap(),
+                )
+            }
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Rows without a trigger on the table: nothing notifies, the 60 s interval holds.
+        insert(&admin, 2).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(value_of(b.clone()).await, 0.0, "no wake, no poll");
+        // NOTIFY chan_b wakes b only.
+        admin.batch_execute("notify chan_b").await.unwrap();
+        let started = Instant::now();
+        while value_of(b.clone()).await != 2.0 {
+            assert!(started.elapsed() < Duration::from_secs(3), "b is woken");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(value_of(a.clone()).await, 0.0, "a is not woken by chan_b");
+
+        // a's stream closes and its poller is evicted: chan_a is dropped from the session,
+        // which stays for b.
+        drop(stream_a);
+        wait_metric(
+            &server,
+            "orascale_wake_channels",
+            |v| v == 1.0,
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(listener_sessions(&admin).await, 1);
+        let channels: Vec<String> = admin
+            .query("select pg_listening_channels()", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(
+            channels.is_empty(),
+            "the test's own session listens on nothing"
+        );
+        insert(&admin, 1).await;
+        admin.batch_execute("notify chan_b").await.unwrap();
+        let started = Instant::now();
+        while value_of(b.clone()).await != 3.0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "b is still woken"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The last channel goes: the listening session closes.
+        drop(stream_b);
+        drop(c);
+        wait_metric(
+            &server,
+            "orascale_wake_channels",
+            |v| v == 0.0,
+            Duration::from_secs(10),
+        )
+        .await;
+        wait_sessions(&admin, 0, Duration::from_secs(10)).await;
+        assert_eq!(wake_metric(&server, "orascale_wake_listener_up").await, 0.0);
+        // And a new poller on a channel opens one again.
+        let mut c = client(server.grpc).await;
+        let _again = c.stream_is_active(a.clone()).await.unwrap().into_inner();
+        wait_sessions(&admin, 1, Duration::from_secs(10)).await;
+    })
+    .await;
+}
