@@ -1,0 +1,243 @@
+//! Database-driven wake-ups against polling, on a real PostgreSQL server with the real binary
+//! serving (its own process):
+//!
+//! 1. Activation latency: the time from sending a committed INSERT to `true` on an open
+//!    StreamIsActive, for triggers with `pollInterval: 60s` + `notifyChannel`, next to triggers
+//!    polling every 1 s and every 100 ms (no wake-ups). Each trial empties the table, waits
+//!    until all three read 0, waits a random 200–300 ms, then inserts one row.
+//! 2. Queries per minute, per trigger, while 50 commits/s land on the table, then while it is
+//!    idle: counted by orascale per connection (`orascale_polls_total`; each poll is one
+//!    query). A second wake-up trigger with `minWakeInterval: 1s` shows the knob that trades
+//!    latency under load for queries.
+//!
+//! `cargo bench --bench wakeups` (120 trials, 60 s phases). Under `cargo test` a short run
+//! (5 trials, 2 s phases) checks the path works. Prints JSON on the last line.
+
+#[path = "../tests/support/mod.rs"]
+#[allow(unused_imports)]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use orascale::grpc::proto::{IsActiveResponse, ScaledObjectRef};
+use serde_json::json;
+use support::*;
+use tokio_postgres::Client;
+
+const TRIGGERS: [(&str, &str, &str, &str); 4] = [
+    // (connection, pollInterval, notifyChannel, minWakeInterval)
+    ("wake", "60s", "jobs_changed", "100ms"),
+    ("wake1s", "60s", "jobs_changed", "1s"),
+    ("poll1s", "1s", "", ""),
+    ("poll100ms", "100ms", "", ""),
+];
+
+fn main() {
+    let bench = std::env::args().any(|a| a == "--bench");
+    let (trials, phase) = if bench {
+        (120, Duration::from_secs(60))
+    } else {
+        (5, Duration::from_secs(2))
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(trials, phase));
+}
+
+fn obj(connection: &str, interval: &str, channel: &str, min_wake: &str) -> ScaledObjectRef {
+    let mut meta = vec![
+        ("connection", connection),
+        ("query", "select count(*) from jobs"),
+        ("targetQueryValue", "1"),
+        ("pollInterval", interval),
+    ];
+    if !channel.is_empty() {
+        meta.push(("notifyChannel", channel));
+        meta.push(("minWakeInterval", min_wake));
+    }
+    object(connection, &meta)
+}
+
+fn pcts(mut v: Vec<f64>) -> serde_json::Value {
+    v.sort_by(f64::total_cmp);
+    let at = |p: f64| {
+        v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let r = |x: f64| (x * 100.0).round() / 100.0;
+    json!({"p50_ms": r(at(0.5)), "p99_ms": r(at(0.99)), "max_ms": r(v.last().copied().unwrap_or(0.0)), "trials": v.len()})
+}
+
+async fn polls(server: &Binary) -> Vec<f64> {
+    let text = scrape(server.metrics).await;
+    TRIGGERS
+        .iter()
+        .map(|(c, _, _, _)| {
+            metric_value(
+                &text,
+                "orascale_polls_total",
+                &[&format!("connection=\"{c}\"")],
+            )
+            .unwrap_or(0.0)
+        })
+        .collect()
+}
+
+/// Queries per minute of each trigger over `phase`, `commits` per second. Each poll is one
+/// query (the dbload bench checks that against PostgreSQL's own count).
+async fn load(server: &Binary, admin: &Client, phase: Duration, commits: u32) -> serde_json::Value {
+    let before = polls(server).await;
+    let started = Instant::now();
+    let mut sent = 0u64;
+    if commits > 0 {
+        let every = Duration::from_secs(1) / commits;
+        let mut tick = tokio::time::interval(every);
+        while started.elapsed() < phase {
+            tick.tick().await;
+            admin
+                .batch_execute("insert into jobs(status) values ('queued')")
+                .await
+                .unwrap();
+            sent += 1;
+        }
+    } else {
+        tokio::time::sleep(phase).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let after = polls(server).await;
+    let per_min = |n: f64| (n * 60.0 / secs).round();
+    let mut out = serde_json::Map::new();
+    for (i, (c, _, _, _)) in TRIGGERS.iter().enumerate() {
+        out.insert(c.to_string(), json!(per_min(after[i] - before[i])));
+    }
+    out.insert("commits_per_s".into(), json!((sent as f64 / secs).round()));
+    serde_json::Value::Object(out)
+}
+
+async fn run(trials: usize, phase: Duration) {
+    let Some(pg) = support::pg::Pg::start_or_skip("wakeups bench") else {
+        println!(
+            "{}",
+            json!({"bench": "wakeups", "skipped": "no PostgreSQL server binaries"})
+        );
+        return;
+    };
+    let admin = pg.setup().await;
+    admin
+        .batch_execute(
+            "create function jobs_notify() returns trigger language plpgsql as $$
+             begin perform pg_notify('jobs_changed', ''); return null; end $$;
+             create trigger jobs_notify after insert or update or delete on jobs
+               for each statement execute function jobs_notify();",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = pg.scaler_url();
+    let mut args: Vec<String> = vec![
+        "--min-poll-interval".into(),
+        "100ms".into(),
+        "--stream-resend-interval".into(),
+        "1h".into(),
+    ];
+    for (c, _, _, _) in TRIGGERS {
+        args.push("--connection".into());
+        args.push(format!("{c}={url}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Binary::start(&args, dir.path());
+    let mut c = client(server.grpc).await;
+    let objects: Vec<ScaledObjectRef> = TRIGGERS
+        .iter()
+        .map(|(conn, interval, channel, min_wake)| obj(conn, interval, channel, min_wake))
+        .collect();
+    let mut streams = Vec::new();
+    for o in &objects {
+        streams.push(c.stream_is_active(o.clone()).await.unwrap().into_inner());
+    }
+    // The listener is up before the first trial.
+    let started = Instant::now();
+    while metric_value(
+        &scrape(server.metrics).await,
+        "orascale_wake_listener_up",
+        &["connection=\"wake\""],
+    ) != Some(1.0)
+    {
+        assert!(started.elapsed() < Duration::from_secs(10), "listener up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // 1. Activation latency.
+    let mut latencies: Vec<Vec<f64>> = vec![Vec::new(); TRIGGERS.len()];
+    for trial in 0..trials {
+        admin.batch_execute("delete from jobs").await.unwrap();
+        let emptied = Instant::now();
+        for o in &objects {
+            loop {
+                let v = value(
+                    c.get_metrics(deadline(metrics_request(o, "")))
+                        .await
+                        .unwrap(),
+                );
+                if v == 0.0 {
+                    break;
+                }
+                assert!(emptied.elapsed() < Duration::from_secs(5), "reads 0");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let jitter = (trial as u64 * 7919) % 100;
+        tokio::time::sleep(Duration::from_millis(200 + jitter)).await;
+        let t0 = Instant::now();
+        admin
+            .batch_execute("insert into jobs(status) values ('queued')")
+            .await
+            .unwrap();
+        let waits = streams.iter_mut().map(|s| async move {
+            let m: IsActiveResponse = tokio::time::timeout(Duration::from_secs(10), s.message())
+                .await
+                .expect("true within 10 s")
+                .unwrap()
+                .unwrap();
+            assert!(m.result);
+            t0.elapsed().as_secs_f64() * 1000.0
+        });
+        for (i, ms) in futures::future::join_all(waits)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            latencies[i].push(ms);
+        }
+    }
+    let mut latency = serde_json::Map::new();
+    for (i, (conn, _, _, _)) in TRIGGERS.iter().enumerate() {
+        latency.insert(conn.to_string(), pcts(latencies[i].clone()));
+    }
+
+    // 2. Queries per minute under 50 commits/s, then idle.
+    let busy = load(&server, &admin, phase, 50).await;
+    let idle = load(&server, &admin, phase, 0).await;
+    let text = scrape(server.metrics).await;
+    let wake_polls = metric_value(&text, "orascale_wake_polls_total", &["connection=\"wake\""]);
+    let notifications = metric_value(
+        &text,
+        "orascale_wake_notifications_total",
+        &["connection=\"wake\""],
+    );
+    println!(
+        "{}",
+        json!({
+            "bench": "wakeups",
+            "triggers": {"wake": "pollInterval 60s + notifyChannel, minWakeInterval 100ms", "wake1s": "pollInterval 60s + notifyChannel, minWakeInterval 1s", "poll1s": "pollInterval 1s", "poll100ms": "pollInterval 100ms"},
+            "commit_to_true": latency,
+            "queries_per_min_at_50_commits_per_s": busy,
+            "queries_per_min_idle": idle,
+            "wake_polls": wake_polls,
+            "notifications": notifications,
+        })
+    );
+}
