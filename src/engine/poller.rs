@@ -43,6 +43,8 @@ pub struct Poller {
     pub origin: Origin,
     /// The database's wake-ups on the key's channel, when it has one.
     pub wake: Option<Wake>,
+    /// This poller's poll metrics.
+    pub series: m::PollSeries,
 }
 
 impl Poller {
@@ -125,20 +127,28 @@ impl Poller {
             }
         };
         let elapsed = finished - started;
-        m::record_poll(&key.connection, result_label, value.is_ok(), elapsed);
+        self.series
+            .record(&key.connection, result_label, value.is_ok(), elapsed);
 
-        let before = self.tx.borrow().clone();
+        // What the log lines need from the previous sample; nothing is cloned.
+        let (had_good, failed_streak) = {
+            let before = self.tx.borrow();
+            (
+                before.good.is_some(),
+                before.failure.as_ref().map(|f| f.streak),
+            )
+        };
         match value {
             Ok(v) => {
                 self.tx.send_modify(|s| s.record_ok(v, finished));
-                if before.good.is_none() {
+                if !had_good {
                     tracing::info!(connection = %key.connection, namespace = %self.origin.namespace,
                         scaledobject = %self.origin.name, metric = %self.origin.metric,
                         value = v, elapsed_ms = elapsed.as_millis() as u64, "poller first result");
-                } else if let Some(f) = &before.failure {
+                } else if let Some(streak) = failed_streak {
                     tracing::info!(connection = %key.connection, namespace = %self.origin.namespace,
                         scaledobject = %self.origin.name, metric = %self.origin.metric,
-                        failed_polls = f.streak, value = v, "poller recovered");
+                        failed_polls = streak, value = v, "poller recovered");
                 }
             }
             Err(e) => {
@@ -147,7 +157,7 @@ impl Poller {
                     key.connection,
                     quote_query(&key.query)
                 );
-                if before.failure.is_none() {
+                if failed_streak.is_none() {
                     tracing::warn!(connection = %key.connection, namespace = %self.origin.namespace,
                         scaledobject = %self.origin.name, metric = %self.origin.metric,
                         error = %message, "poller query failed");
@@ -267,6 +277,7 @@ mod tests {
                 metric: "m".into(),
             },
             wake,
+            series: Default::default(),
         };
         tokio::spawn(poller.run(cancel.clone()));
         (rx, cancel)

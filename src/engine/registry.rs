@@ -368,6 +368,7 @@ impl Registry {
             tx,
             origin: origin.clone(),
             wake,
+            series: Default::default(),
         };
         let who = (key.connection.clone(), origin.clone());
         self.tracker.spawn(async move {

@@ -89,7 +89,9 @@ impl Scaler {
             .registry
             .read(&parsed.spec.poller, &parsed.origin, source.as_ref())
             .await?;
-        m::sample_age(&parsed.spec.poller.connection, method, reading.at.elapsed());
+        parsed
+            .sample_age(method)
+            .record(reading.at.elapsed().as_secs_f64());
         Ok((parsed, reading.value))
     }
 

@@ -24,6 +24,18 @@ pub struct Parsed {
     pub spec: ScalerSpec,
     /// Who asks, for the poller's log lines and per-poller metrics.
     pub origin: Origin,
+    /// `orascale_sample_age_seconds` for GetMetrics and IsActive, made on first use.
+    ages: [std::sync::OnceLock<metrics::Histogram>; 2],
+}
+
+impl Parsed {
+    /// The sample-age histogram of this trigger's connection and `method`.
+    pub fn sample_age(&self, method: &'static str) -> &metrics::Histogram {
+        let i = usize::from(method != "GetMetrics");
+        self.ages[i].get_or_init(|| {
+            crate::telemetry::metrics::sample_age_series(&self.spec.poller.connection, method)
+        })
+    }
 }
 
 pub struct Specs {
@@ -69,6 +81,7 @@ impl Specs {
                 metric: spec.metric_name.clone(),
             },
             spec,
+            ages: Default::default(),
         });
         let mut entries = self.entries.write().expect("specs lock");
         if entries.len() >= self.limit {

@@ -6,7 +6,10 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{
+    Counter, Histogram, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    histogram,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const POLL_DURATION: &str = "orascale_poll_duration_seconds";
@@ -160,12 +163,38 @@ fn describe() {
     counter!(POLLER_RESTARTS).increment(0);
 }
 
-pub fn record_poll(connection: &str, result: &'static str, ok: bool, elapsed: Duration) {
-    let outcome = if ok { "ok" } else { "error" };
-    let connection = connection_label(connection);
-    histogram!(POLL_DURATION, "connection" => connection.clone(), "outcome" => outcome)
-        .record(elapsed.as_secs_f64());
-    counter!(POLLS, "connection" => connection, "result" => result).increment(1);
+/// The `result` labels of `orascale_polls_total`.
+const POLL_RESULTS: [&str; 4] = ["ok", "error", "timeout", "null"];
+
+/// One poller's poll series, looked up once each (a label lookup per poll costs more than the
+/// rest of the bookkeeping) and only when first used, so no series exists before it happens.
+#[derive(Debug, Default)]
+pub struct PollSeries {
+    /// `outcome` ok, error.
+    duration: [OnceLock<Histogram>; 2],
+    /// By [`POLL_RESULTS`].
+    polls: [OnceLock<Counter>; 4],
+}
+
+impl PollSeries {
+    pub fn record(&self, connection: &str, result: &'static str, ok: bool, elapsed: Duration) {
+        let outcome = usize::from(!ok);
+        self.duration[outcome]
+            .get_or_init(|| {
+                histogram!(POLL_DURATION, "connection" => connection_label(connection),
+                    "outcome" => ["ok", "error"][outcome])
+            })
+            .record(elapsed.as_secs_f64());
+        match POLL_RESULTS.iter().position(|r| *r == result) {
+            Some(i) => self.polls[i]
+                .get_or_init(|| {
+                    counter!(POLLS, "connection" => connection_label(connection), "result" => POLL_RESULTS[i])
+                })
+                .increment(1),
+            None => counter!(POLLS, "connection" => connection_label(connection), "result" => result)
+                .increment(1),
+        }
+    }
 }
 
 pub fn pollers_started(n: usize) {
@@ -192,15 +221,55 @@ pub fn stream_message() {
     counter!(STREAM_MESSAGES).increment(1);
 }
 
-pub fn grpc_request(method: &'static str, code: tonic::Code, elapsed: Duration) {
-    let code = code_label(code);
-    counter!(GRPC_REQUESTS, "method" => method, "code" => code).increment(1);
-    histogram!(GRPC_DURATION, "method" => method, "code" => code).record(elapsed.as_secs_f64());
+/// The gRPC methods, for the per-call series table.
+const METHODS: [&str; 4] = ["GetMetricSpec", "GetMetrics", "IsActive", "StreamIsActive"];
+/// Every value [`code_label`] gives.
+const CODES: [&str; 10] = [
+    "OK",
+    "INVALID_ARGUMENT",
+    "UNAVAILABLE",
+    "NOT_FOUND",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "DEADLINE_EXCEEDED",
+    "CANCELLED",
+    "INTERNAL",
+    "OTHER",
+];
+
+/// One method × code's series, made on first use.
+struct GrpcSeries {
+    requests: Counter,
+    duration: Histogram,
 }
 
-pub fn sample_age(connection: &str, method: &'static str, age: Duration) {
+static GRPC_SERIES: [OnceLock<GrpcSeries>; METHODS.len() * CODES.len()] =
+    [const { OnceLock::new() }; METHODS.len() * CODES.len()];
+
+pub fn grpc_request(method: &'static str, code: tonic::Code, elapsed: Duration) {
+    let code = code_label(code);
+    let slot = METHODS
+        .iter()
+        .position(|m| *m == method)
+        .zip(CODES.iter().position(|c| *c == code));
+    let make = || GrpcSeries {
+        requests: counter!(GRPC_REQUESTS, "method" => method, "code" => code),
+        duration: histogram!(GRPC_DURATION, "method" => method, "code" => code),
+    };
+    let record = |s: &GrpcSeries| {
+        s.requests.increment(1);
+        s.duration.record(elapsed.as_secs_f64());
+    };
+    match slot {
+        Some((m, c)) => record(GRPC_SERIES[m * CODES.len() + c].get_or_init(make)),
+        None => record(&make()),
+    }
+}
+
+/// The `orascale_sample_age_seconds` series of a connection and method, for callers that keep
+/// it.
+pub fn sample_age_series(connection: &str, method: &'static str) -> Histogram {
     histogram!(SAMPLE_AGE, "connection" => connection_label(connection), "method" => method)
-        .record(age.as_secs_f64());
 }
 
 /// The per-poller and per-pool families, written at scrape time from live state so that an
