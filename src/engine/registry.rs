@@ -27,6 +27,8 @@ use crate::telemetry::metrics as m;
 
 /// One live poller as the handlers see it.
 pub struct Entry {
+    /// The poller's key, so a stream can find the poller's successor without a copy of its own.
+    key: PollerKey,
     rx: watch::Receiver<Sample>,
     /// Milliseconds since the registry's epoch of the latest call or stream.
     last_used_ms: AtomicU64,
@@ -238,8 +240,6 @@ impl Registry {
             max_age: self.max_age(key),
             entry,
             registry: self.clone(),
-            key: key.clone(),
-            origin: origin.clone(),
             source: source.cloned(),
         })
     }
@@ -346,6 +346,7 @@ impl Registry {
         let cancel = self.shutdown.child_token();
         let stopped = Arc::new(OnceLock::new());
         let entry = Arc::new(Entry {
+            key: key.clone(),
             rx,
             last_used_ms: AtomicU64::new(now),
             streams: AtomicUsize::new(0),
@@ -538,14 +539,12 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a non-text panic".into())
 }
 
-/// An open StreamIsActive's hold on a poller.
+/// An open StreamIsActive's hold on a poller. Kept small: there is one per open stream.
 pub struct Subscription {
     entry: Arc<Entry>,
     rx: watch::Receiver<Sample>,
     max_age: Duration,
     registry: Arc<Registry>,
-    key: PollerKey,
-    origin: Origin,
     source: Option<Arc<dyn Source>>,
 }
 
@@ -565,9 +564,11 @@ impl Subscription {
 
     /// Moves the stream onto the trigger's live poller (the registry replaces a stopped one).
     pub fn renew(&mut self) -> Result<(), EngineError> {
+        // The stopped poller's key and creator name the trigger (the same for every stream on it).
+        let old = self.entry.clone();
         let (entry, _) =
             self.registry
-                .entry_with(&self.key, &self.origin, self.source.as_ref(), |e| {
+                .entry_with(&old.key, &old.origin, self.source.as_ref(), |e| {
                     e.streams.fetch_add(1, Ordering::SeqCst);
                 })?;
         self.entry.streams.fetch_sub(1, Ordering::SeqCst);
