@@ -284,7 +284,11 @@ impl Push {
             }
         }
         loop {
-            let resend_at = self.resend_at;
+            // One timer for both deadlines (a stream is mostly idle; its size is per stream).
+            let deadline = match (self.renew_at, self.resend_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => return None,
@@ -301,24 +305,27 @@ impl Push {
                         return Some(IsActiveResponse { result: true });
                     }
                 }
-                _ = sleep_until_opt(self.renew_at) => {
-                    match self.sub.renew() {
-                        Ok(()) => {
-                            self.renew_at = None;
-                            if self.sub.has_outcome() && self.judge() {
-                                return Some(IsActiveResponse { result: true });
+                _ = sleep_until_opt(deadline) => {
+                    let now = Instant::now();
+                    if self.renew_at.is_some_and(|at| at <= now) {
+                        match self.sub.renew() {
+                            Ok(()) => {
+                                self.renew_at = None;
+                                if self.sub.has_outcome() && self.judge() {
+                                    return Some(IsActiveResponse { result: true });
+                                }
+                            }
+                            Err(crate::engine::EngineError::ShuttingDown) => return None,
+                            Err(_) => {
+                                self.renew_at = Some(crate::source::deadline_after(now, self.renew_every));
                             }
                         }
-                        Err(crate::engine::EngineError::ShuttingDown) => return None,
-                        Err(_) => {
-                            self.renew_at = Some(crate::source::deadline_after(Instant::now(), self.renew_every));
-                        }
                     }
-                }
-                _ = sleep_until_opt(resend_at) => {
-                    self.resend_at = Some(crate::source::deadline_after(Instant::now(), self.resend));
-                    if self.active == Some(true) {
-                        return Some(IsActiveResponse { result: true });
+                    if self.resend_at.is_some_and(|at| at <= now) {
+                        self.resend_at = Some(crate::source::deadline_after(now, self.resend));
+                        if self.active == Some(true) {
+                            return Some(IsActiveResponse { result: true });
+                        }
                     }
                 }
             }
