@@ -15,12 +15,12 @@ use std::sync::{Arc, RwLock};
 use crate::engine::poller::Origin;
 use crate::metadata::{self, Context, MetadataError, ScalerSpec};
 
-/// One ScaledObject's trigger, parsed.
+/// One ScaledObject's trigger, parsed. There is one per calling ScaledObject (and so per open
+/// stream), so it is kept compact: its name and namespace live only in `origin`.
 #[derive(Debug)]
 pub struct Parsed {
-    name: String,
-    namespace: String,
-    metadata: HashMap<String, String>,
+    /// The map it was parsed from, sorted by key: a hit must match it exactly.
+    metadata: Box<[(Box<str>, Box<str>)]>,
     pub spec: ScalerSpec,
     /// Who asks, for the poller's log lines and per-poller metrics.
     pub origin: Origin,
@@ -36,6 +36,26 @@ impl Parsed {
             crate::telemetry::metrics::sample_age_series(&self.spec.poller.connection, method)
         })
     }
+}
+
+/// The map as a sorted list of pairs: a third of a `HashMap`'s footprint.
+fn sorted(meta: &HashMap<String, String>) -> Box<[(Box<str>, Box<str>)]> {
+    let mut pairs: Vec<(Box<str>, Box<str>)> = meta
+        .iter()
+        .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+        .collect();
+    pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    pairs.into_boxed_slice()
+}
+
+/// Whether `meta` is exactly the stored map: same size, and each of its pairs stored.
+fn same_map(stored: &[(Box<str>, Box<str>)], meta: &HashMap<String, String>) -> bool {
+    stored.len() == meta.len()
+        && meta.iter().all(|(k, v)| {
+            stored
+                .binary_search_by(|(sk, _)| (**sk).cmp(k.as_str()))
+                .is_ok_and(|i| *stored[i].1 == **v)
+        })
 }
 
 pub struct Specs {
@@ -64,17 +84,15 @@ impl Specs {
     ) -> Result<Arc<Parsed>, MetadataError> {
         let key = self.key(name, namespace, meta);
         if let Some(hit) = self.entries.read().expect("specs lock").get(&key)
-            && hit.name == name
-            && hit.namespace == namespace
-            && hit.metadata == *meta
+            && hit.origin.name == name
+            && hit.origin.namespace == namespace
+            && same_map(&hit.metadata, meta)
         {
             return Ok(hit.clone());
         }
         let spec = metadata::parse(meta, namespace, ctx)?;
         let parsed = Arc::new(Parsed {
-            name: name.to_string(),
-            namespace: namespace.to_string(),
-            metadata: meta.clone(),
+            metadata: sorted(meta),
             origin: Origin {
                 namespace: namespace.to_string(),
                 name: name.to_string(),
@@ -171,6 +189,27 @@ mod tests {
         assert!(!Arc::ptr_eq(&first, &other));
         let elsewhere = specs.get("so", "ns2", &a, &ctx).unwrap();
         assert_eq!(elsewhere.origin.namespace, "ns2");
+    }
+
+    #[test]
+    fn same_map_is_exact() {
+        let m = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let stored = sorted(&m(&[("query", "select 1"), ("a", "1"), ("z", "")]));
+        assert!(same_map(&stored, &m(&[("z", ""), ("a", "1"), ("query", "select 1")])));
+        for other in [
+            m(&[("query", "select 1"), ("a", "1")]),
+            m(&[("query", "select 1"), ("a", "1"), ("z", ""), ("b", "")]),
+            m(&[("query", "select 2"), ("a", "1"), ("z", "")]),
+            m(&[("query", "select 1"), ("b", "1"), ("z", "")]),
+            m(&[("query", "select 1"), ("a", "1"), ("z", " ")]),
+        ] {
+            assert!(!same_map(&stored, &other), "{other:?}");
+        }
     }
 
     #[test]

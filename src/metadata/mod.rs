@@ -41,7 +41,8 @@ pub struct ScalerSpec {
     pub activation: f64,
     pub metric_name: String,
     /// A connection made from the trigger's own credentials; `poller.connection` is its name.
-    pub dynamic: Option<ConnectionConfig>,
+    /// Boxed: most triggers have none, and a spec is kept per calling ScaledObject.
+    pub dynamic: Option<Box<ConnectionConfig>>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -132,7 +132,7 @@ pub(super) fn finish(
         target,
         activation,
         metric_name,
-        dynamic: dynamic.then_some(conn),
+        dynamic: dynamic.then(|| Box::new(conn)),
     })
 }
 
