@@ -120,6 +120,7 @@ async fn steady(
                 &key(connection, query(i), Duration::from_secs(1)),
                 &origin(),
                 None,
+                None,
             )
             .await
             .unwrap();
@@ -211,7 +212,7 @@ fn main() {
         let (reg, stop) = registry(sources, n);
         let before = support::rss_kib();
         for i in 0..n {
-            reg.read(&key("idle", format!("select {i}"), Duration::from_secs(3600)), &origin(), None)
+            reg.read(&key("idle", format!("select {i}"), Duration::from_secs(3600)), &origin(), None, None)
                 .await
                 .unwrap();
         }

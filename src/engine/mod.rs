@@ -11,7 +11,7 @@ pub mod poller;
 pub mod registry;
 pub mod sample;
 
-pub use registry::{PollerStatus, Registry, Subscription};
+pub use registry::{EntryCache, PollerStatus, Registry, Subscription};
 pub use sample::{Reading, Sample};
 
 /// What makes two triggers share one poller. Thresholds and metric names are not part of it:

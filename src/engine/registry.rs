@@ -54,6 +54,30 @@ impl Entry {
     }
 }
 
+/// A caller's memory of its trigger's poller (the spec cache keeps one per ScaledObject), so a
+/// call after the first reaches the poller without hashing the key or taking the registry
+/// lock. It never keeps a poller alive, and a poller that was evicted, stopped or shut down is
+/// never used through it: the call then takes the registry's path and remembers the result.
+#[derive(Default)]
+pub struct EntryCache(RwLock<std::sync::Weak<Entry>>);
+
+impl EntryCache {
+    fn live(&self) -> Option<Arc<Entry>> {
+        let entry = self.0.read().expect("entry cache lock").upgrade()?;
+        (!entry.cancel.is_cancelled() && entry.stopped().is_none()).then_some(entry)
+    }
+
+    fn remember(&self, entry: &Arc<Entry>) {
+        *self.0.write().expect("entry cache lock") = Arc::downgrade(entry);
+    }
+}
+
+impl std::fmt::Debug for EntryCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EntryCache")
+    }
+}
+
 /// One poller's state, for the per-poller metrics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PollerStatus {
@@ -162,15 +186,28 @@ impl Registry {
         key: &PollerKey,
         origin: &Origin,
         source: Option<&Arc<dyn Source>>,
+        cache: Option<&EntryCache>,
     ) -> Result<Reading, EngineError> {
-        let (entry, replaced) = self.entry_with(key, origin, source, |_| {})?;
-        if let Some(reason) = replaced {
-            return Err(EngineError::Unavailable(format!(
-                "poller stopped: {reason}; a new poller was started for this trigger"
-            )));
-        }
-        let mut rx = entry.rx.clone();
-        if !rx.borrow().has_outcome() {
+        let entry = match cache.and_then(EntryCache::live) {
+            Some(entry) => {
+                entry.last_used_ms.store(self.now_ms(), Ordering::Relaxed);
+                entry
+            }
+            None => {
+                let (entry, replaced) = self.entry_with(key, origin, source, |_| {})?;
+                if let Some(c) = cache {
+                    c.remember(&entry);
+                }
+                if let Some(reason) = replaced {
+                    return Err(EngineError::Unavailable(format!(
+                        "poller stopped: {reason}; a new poller was started for this trigger"
+                    )));
+                }
+                entry
+            }
+        };
+        if !entry.rx.borrow().has_outcome() {
+            let mut rx = entry.rx.clone();
             let wait = rx.wait_for(Sample::has_outcome);
             let _ = tokio::time::timeout_at(
                 crate::source::deadline_after(entry.created, self.config.first_result_wait),
@@ -183,8 +220,9 @@ impl Registry {
                 "poller stopped: {reason}"
             )));
         }
-        let sample = rx.borrow().clone();
-        sample
+        entry
+            .rx
+            .borrow()
             .value(Instant::now(), self.max_age(key))
             .map_err(EngineError::Unavailable)
     }
@@ -642,14 +680,14 @@ mod tests {
     async fn identical_keys_share_a_poller() {
         let (r, cancel) = registry(Duration::from_secs(600));
         assert_eq!(
-            r.read(&key("select 5"), &origin(), None)
+            r.read(&key("select 5"), &origin(), None, None)
                 .await
                 .unwrap()
                 .value,
             5.0
         );
         assert_eq!(
-            r.read(&key("select 5"), &origin(), None)
+            r.read(&key("select 5"), &origin(), None, None)
                 .await
                 .unwrap()
                 .value,
@@ -658,11 +696,11 @@ mod tests {
         assert_eq!(r.pollers(), 1);
         let mut other = key("select 5");
         other.poll_interval = Duration::from_secs(2);
-        r.read(&other, &origin(), None).await.unwrap();
+        r.read(&other, &origin(), None, None).await.unwrap();
         assert_eq!(r.pollers(), 2);
         cancel.cancel();
         assert_eq!(
-            r.read(&key("select 5"), &origin(), None).await.unwrap_err(),
+            r.read(&key("select 5"), &origin(), None, None).await.unwrap_err(),
             EngineError::ShuttingDown
         );
     }
@@ -670,7 +708,7 @@ mod tests {
     #[tokio::test]
     async fn idle_pollers_are_evicted_but_not_while_streamed() {
         let (r, cancel) = registry(Duration::from_millis(300));
-        r.read(&key("select 1"), &origin(), None).await.unwrap();
+        r.read(&key("select 1"), &origin(), None, None).await.unwrap();
         let sub = r.subscribe(&key("select 2"), &origin(), None).unwrap();
         tokio::time::timeout(Duration::from_secs(10), async {
             while r.pollers() != 1 {
@@ -693,10 +731,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_entry_cache_never_serves_an_evicted_or_shut_down_poller() {
+        let (r, cancel) = registry(Duration::from_millis(300));
+        let cache = EntryCache::default();
+        let k = key("select 7");
+        assert_eq!(r.read(&k, &origin(), None, Some(&cache)).await.unwrap().value, 7.0);
+        assert!(cache.live().is_some());
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while r.pollers() != 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("evicted");
+        assert!(cache.live().is_none(), "an evicted poller is not live");
+        // The next call takes the registry's path: a new poller, remembered.
+        assert_eq!(r.read(&k, &origin(), None, Some(&cache)).await.unwrap().value, 7.0);
+        assert_eq!(r.pollers(), 1);
+        assert!(cache.live().is_some());
+        cancel.cancel();
+        assert_eq!(
+            r.read(&k, &origin(), None, Some(&cache)).await.unwrap_err(),
+            EngineError::ShuttingDown
+        );
+    }
+
+    #[tokio::test]
     async fn errors_are_unavailable_never_zero() {
         let (r, cancel) = registry(Duration::from_secs(600));
         let err = r
-            .read(&key("select * from missing"), &origin(), None)
+            .read(&key("select * from missing"), &origin(), None, None)
             .await
             .unwrap_err();
         match err {

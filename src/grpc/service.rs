@@ -87,7 +87,12 @@ impl Scaler {
         let (parsed, source) = self.spec(r).await?;
         let reading = self
             .registry
-            .read(&parsed.spec.poller, &parsed.origin, source.as_ref())
+            .read(
+                &parsed.spec.poller,
+                &parsed.origin,
+                source.as_ref(),
+                Some(&parsed.poller),
+            )
             .await?;
         parsed
             .sample_age(method)

@@ -9,7 +9,7 @@
 //! its limit it is emptied and refills with the triggers still in use.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::{Arc, RwLock};
 
 use crate::engine::poller::Origin;
@@ -24,6 +24,8 @@ pub struct Parsed {
     pub spec: ScalerSpec,
     /// Who asks, for the poller's log lines and per-poller metrics.
     pub origin: Origin,
+    /// The trigger's poller as last found, so later calls skip the registry lookup.
+    pub poller: crate::engine::EntryCache,
     /// `orascale_sample_age_seconds` for GetMetrics and IsActive, made on first use.
     ages: [std::sync::OnceLock<metrics::Histogram>; 2],
 }
@@ -59,16 +61,54 @@ fn same_map(stored: &[(Box<str>, Box<str>)], meta: &HashMap<String, String>) -> 
 }
 
 pub struct Specs {
-    entries: RwLock<HashMap<u64, Arc<Parsed>>>,
-    hasher: std::collections::hash_map::RandomState,
+    /// Keyed by [`Specs::key`], which is already a hash: not hashed again.
+    entries: RwLock<HashMap<u64, Arc<Parsed>, BuildHasherDefault<KeyHasher>>>,
+    /// Per-process random seed of the key hash.
+    seed: u64,
     limit: usize,
+}
+
+/// Passes a `u64` key through: the map's keys are seeded hashes already.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// FNV-1a over `bytes` from `state`, with a terminator so `("ab", "c")` and `("a", "bc")`
+/// differ. Cheap; the seed makes it per process. A collision only makes two ScaledObjects
+/// share a slot (each confirms its own map), never answers for the wrong one.
+fn fnv(mut state: u64, bytes: &[u8]) -> u64 {
+    for b in bytes.iter().chain(&[0xff]) {
+        state ^= u64::from(*b);
+        state = state.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    state
+}
+
+/// A final avalanche (splitmix64's), so nearby states spread over the map.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl Specs {
     pub fn new(limit: usize) -> Self {
         Specs {
-            entries: RwLock::new(HashMap::new()),
-            hasher: Default::default(),
+            entries: RwLock::new(HashMap::default()),
+            seed: std::collections::hash_map::RandomState::new().hash_one(0x6f72_6173_u64),
             limit: limit.max(1),
         }
     }
@@ -100,6 +140,7 @@ impl Specs {
             },
             spec,
             ages: Default::default(),
+            poller: Default::default(),
         });
         let mut entries = self.entries.write().expect("specs lock");
         if entries.len() >= self.limit {
@@ -120,16 +161,13 @@ impl Specs {
 
     /// Name, namespace and the map's entries, independent of the map's iteration order.
     fn key(&self, name: &str, namespace: &str, meta: &HashMap<String, String>) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        name.hash(&mut h);
-        namespace.hash(&mut h);
-        meta.len().hash(&mut h);
+        let who = fnv(fnv(self.seed, name.as_bytes()), namespace.as_bytes());
+        // Each pair hashed alone and summed: the map's iteration order does not matter.
         let entries = meta
             .iter()
-            .map(|kv| self.hasher.hash_one(kv))
-            .fold(0u64, u64::wrapping_add);
-        entries.hash(&mut h);
-        h.finish()
+            .map(|(k, v)| mix(fnv(fnv(self.seed, k.as_bytes()), v.as_bytes())))
+            .fold(meta.len() as u64, u64::wrapping_add);
+        mix(who ^ entries.rotate_left(17))
     }
 }
 
