@@ -157,6 +157,9 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
+        // The Prometheus recorder, as `orascale serve` installs it: every poll records its
+        // histogram and counter for real.
+        let _metrics = orascale::telemetry::metrics::install();
         // 1. The instant source.
         let instant = Arc::new(Instant0::default());
         let mut sources: BTreeMap<String, Arc<dyn Source>> = BTreeMap::new();
