@@ -138,16 +138,6 @@ fn polls(registry: &Registry) -> u64 {
     registry.total_polls()
 }
 
-fn pcts(mut v: Vec<f64>) -> serde_json::Value {
-    v.sort_by(f64::total_cmp);
-    let at = |p: f64| {
-        v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0.0)
-    };
-    json!({"p50_ms": at(0.5), "p99_ms": at(0.99), "max_ms": v.last().copied().unwrap_or(0.0)})
-}
-
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
     let n: usize = if bench { 10_000 } else { 1_000 };
@@ -177,7 +167,7 @@ fn main() {
             json!({"bench": "pollers", "source": "instant", "pollers": n, "seconds": run.as_secs(),
                 "polls": done, "cpu_ms": used.as_millis() as u64,
                 "cpu_us_per_poll": (used.as_secs_f64() * 1e6 / done.max(1) as f64 * 10.0).round() / 10.0,
-                "tick_lateness": pcts(lateness)})
+                "tick_lateness": support::percentiles_ms(lateness)})
         );
         assert!(done as f64 >= n as f64 * run.as_secs_f64() * 0.8, "pollers keep their interval: {done}");
         stop.cancel();

@@ -61,17 +61,6 @@ fn obj(connection: &str, interval: &str, channel: &str, min_wake: &str) -> Scale
     object(connection, &meta)
 }
 
-fn pcts(mut v: Vec<f64>) -> serde_json::Value {
-    v.sort_by(f64::total_cmp);
-    let at = |p: f64| {
-        v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0.0)
-    };
-    let r = |x: f64| (x * 100.0).round() / 100.0;
-    json!({"p50_ms": r(at(0.5)), "p99_ms": r(at(0.99)), "max_ms": r(v.last().copied().unwrap_or(0.0)), "trials": v.len()})
-}
-
 async fn polls(server: &Binary) -> Vec<f64> {
     let text = scrape(server.metrics).await;
     TRIGGERS
@@ -127,15 +116,7 @@ async fn run(trials: usize, phase: Duration) {
         return;
     };
     let admin = pg.setup().await;
-    admin
-        .batch_execute(
-            "create function jobs_notify() returns trigger language plpgsql as $$
-             begin perform pg_notify('jobs_changed', ''); return null; end $$;
-             create trigger jobs_notify after insert or update or delete on jobs
-               for each statement execute function jobs_notify();",
-        )
-        .await
-        .unwrap();
+    support::pg::notify_trigger(&admin).await;
     let dir = tempfile::tempdir().unwrap();
     let url = pg.scaler_url();
     let mut args: Vec<String> = vec![
@@ -218,7 +199,7 @@ async fn run(trials: usize, phase: Duration) {
     }
     let mut latency = serde_json::Map::new();
     for (i, (conn, _, _, _)) in TRIGGERS.iter().enumerate() {
-        latency.insert(conn.to_string(), pcts(latencies[i].clone()));
+        latency.insert(conn.to_string(), percentiles_ms(latencies[i].clone()));
     }
 
     // 2. Queries per minute under 50 commits/s, then idle.

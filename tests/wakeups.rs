@@ -14,19 +14,6 @@ use tokio_postgres::Client;
 const LIMIT: Duration = Duration::from_secs(240);
 const QUEUED: &str = "select count(*) from jobs where status = 'queued'";
 
-/// The user's side: a statement trigger that notifies `jobs_changed` on every change to jobs.
-async fn notify_trigger(admin: &Client) {
-    admin
-        .batch_execute(
-            "create function jobs_notify() returns trigger language plpgsql as $$
-             begin perform pg_notify('jobs_changed', ''); return null; end $$;
-             create trigger jobs_notify after insert or update or delete on jobs
-               for each statement execute function jobs_notify();",
-        )
-        .await
-        .expect("notify trigger");
-}
-
 async fn insert(admin: &Client, n: i64) {
     admin
         .batch_execute(&format!(
@@ -117,7 +104,7 @@ async fn a_commit_wakes_an_open_stream_and_a_storm_stays_a_trickle() {
     };
     guard(LIMIT, async {
         let admin = pg.setup().await;
-        notify_trigger(&admin).await;
+        pg::notify_trigger(&admin).await;
         let dir = tempfile::tempdir().unwrap();
         let server = serve(&pg, dir.path(), &[]);
         let mut c = client(server.grpc).await;
@@ -208,7 +195,7 @@ async fn the_listener_survives_termination_and_a_server_restart() {
     };
     guard(LIMIT, async {
         let admin = pg.setup().await;
-        notify_trigger(&admin).await;
+        pg::notify_trigger(&admin).await;
         let dir = tempfile::tempdir().unwrap();
         let server = serve(&pg, dir.path(), &["--min-poll-interval", "100ms"]);
         let mut c = client(server.grpc).await;

@@ -700,7 +700,9 @@ mod tests {
         assert_eq!(r.pollers(), 2);
         cancel.cancel();
         assert_eq!(
-            r.read(&key("select 5"), &origin(), None, None).await.unwrap_err(),
+            r.read(&key("select 5"), &origin(), None, None)
+                .await
+                .unwrap_err(),
             EngineError::ShuttingDown
         );
     }
@@ -708,7 +710,9 @@ mod tests {
     #[tokio::test]
     async fn idle_pollers_are_evicted_but_not_while_streamed() {
         let (r, cancel) = registry(Duration::from_millis(300));
-        r.read(&key("select 1"), &origin(), None, None).await.unwrap();
+        r.read(&key("select 1"), &origin(), None, None)
+            .await
+            .unwrap();
         let sub = r.subscribe(&key("select 2"), &origin(), None).unwrap();
         tokio::time::timeout(Duration::from_secs(10), async {
             while r.pollers() != 1 {
@@ -735,7 +739,13 @@ mod tests {
         let (r, cancel) = registry(Duration::from_millis(300));
         let cache = EntryCache::default();
         let k = key("select 7");
-        assert_eq!(r.read(&k, &origin(), None, Some(&cache)).await.unwrap().value, 7.0);
+        assert_eq!(
+            r.read(&k, &origin(), None, Some(&cache))
+                .await
+                .unwrap()
+                .value,
+            7.0
+        );
         assert!(cache.live().is_some());
         tokio::time::timeout(Duration::from_secs(10), async {
             while r.pollers() != 0 {
@@ -746,7 +756,13 @@ mod tests {
         .expect("evicted");
         assert!(cache.live().is_none(), "an evicted poller is not live");
         // The next call takes the registry's path: a new poller, remembered.
-        assert_eq!(r.read(&k, &origin(), None, Some(&cache)).await.unwrap().value, 7.0);
+        assert_eq!(
+            r.read(&k, &origin(), None, Some(&cache))
+                .await
+                .unwrap()
+                .value,
+            7.0
+        );
         assert_eq!(r.pollers(), 1);
         assert!(cache.live().is_some());
         cancel.cancel();

@@ -244,7 +244,10 @@ mod tests {
                 .collect()
         };
         let stored = sorted(&m(&[("query", "select 1"), ("a", "1"), ("z", "")]));
-        assert!(same_map(&stored, &m(&[("z", ""), ("a", "1"), ("query", "select 1")])));
+        assert!(same_map(
+            &stored,
+            &m(&[("z", ""), ("a", "1"), ("query", "select 1")])
+        ));
         for other in [
             m(&[("query", "select 1"), ("a", "1")]),
             m(&[("query", "select 1"), ("a", "1"), ("z", ""), ("b", "")]),

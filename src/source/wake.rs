@@ -307,40 +307,9 @@ async fn run(inner: Arc<Inner>, listener: Arc<dyn Listener>) {
         };
         // LISTEN what is new, UNLISTEN what is gone. Every new LISTEN wakes its channel once:
         // what changed before it is covered by that poll.
-        let mut failure = None;
-        for channel in wanted.difference(&listening).cloned().collect::<Vec<_>>() {
-            match tokio::time::timeout(COMMAND_TIMEOUT, s.listen(&channel)).await {
-                Ok(Ok(())) => {
-                    listening.insert(channel.clone());
-                    inner.wake(&channel);
-                }
-                Ok(Err(e)) => {
-                    failure = Some(format!("LISTEN {channel}: {e}"));
-                    break;
-                }
-                Err(_) => {
-                    failure = Some(format!("LISTEN {channel}: timed out"));
-                    break;
-                }
-            }
-        }
-        if failure.is_none() {
-            for channel in listening.difference(&wanted).cloned().collect::<Vec<_>>() {
-                match tokio::time::timeout(COMMAND_TIMEOUT, s.unlisten(&channel)).await {
-                    Ok(Ok(())) => {
-                        listening.remove(&channel);
-                    }
-                    Ok(Err(e)) => {
-                        failure = Some(format!("UNLISTEN {channel}: {e}"));
-                        break;
-                    }
-                    Err(_) => {
-                        failure = Some(format!("UNLISTEN {channel}: timed out"));
-                        break;
-                    }
-                }
-            }
-        }
+        let mut failure = sync(s, &wanted, &mut listening, |c| inner.wake(c))
+            .await
+            .err();
         if failure.is_none() && !inner.listening.load(Ordering::Relaxed) {
             inner.listening.store(true, Ordering::Relaxed);
             if was_down {
@@ -377,6 +346,41 @@ async fn run(inner: Arc<Inner>, listener: Arc<dyn Listener>) {
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+/// LISTENs what is wanted and not listened to (calling `listened` for each), UNLISTENs what
+/// is listened to and no longer wanted; the first failure stops it.
+async fn sync(
+    s: &mut Box<dyn ListenSession>,
+    wanted: &HashSet<String>,
+    listening: &mut HashSet<String>,
+    listened: impl Fn(&str),
+) -> Result<(), String> {
+    let add: Vec<String> = wanted.difference(listening).cloned().collect();
+    let remove: Vec<String> = listening.difference(wanted).cloned().collect();
+    let steps = add
+        .iter()
+        .map(|c| (true, c))
+        .chain(remove.iter().map(|c| (false, c)));
+    for (adding, channel) in steps {
+        let (verb, command) = if adding {
+            ("LISTEN", s.listen(channel))
+        } else {
+            ("UNLISTEN", s.unlisten(channel))
+        };
+        match tokio::time::timeout(COMMAND_TIMEOUT, command).await {
+            Ok(Ok(())) if adding => {
+                listening.insert(channel.clone());
+                listened(channel);
+            }
+            Ok(Ok(())) => {
+                listening.remove(channel);
+            }
+            Ok(Err(e)) => return Err(format!("{verb} {channel}: {e}")),
+            Err(_) => return Err(format!("{verb} {channel}: timed out")),
+        }
+    }
+    Ok(())
 }
 
 /// The listener is down: say so once per outage (WARN), then at DEBUG per failed attempt.

@@ -245,6 +245,17 @@ pub fn metric_value(text: &str, name: &str, parts: &[&str]) -> Option<f64> {
         .reduce(|a, b| a + b)
 }
 
+/// p50, p99 and max of milliseconds, as benches print them.
+pub fn percentiles_ms(mut v: Vec<f64>) -> serde_json::Value {
+    v.sort_by(f64::total_cmp);
+    let at = |p: f64| {
+        v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    serde_json::json!({"p50_ms": at(0.5), "p99_ms": at(0.99), "max_ms": v.last().copied().unwrap_or(0.0), "trials": v.len()})
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_orascale")
 }

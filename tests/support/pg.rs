@@ -279,6 +279,20 @@ impl Drop for Pg {
     }
 }
 
+/// The user's side of wake-ups: a statement trigger that notifies `jobs_changed` on every
+/// change to `jobs` (docs/wakeups.md).
+pub async fn notify_trigger(admin: &Client) {
+    admin
+        .batch_execute(
+            "create function jobs_notify() returns trigger language plpgsql as $$
+             begin perform pg_notify('jobs_changed', ''); return null; end $$;
+             create trigger jobs_notify after insert or update or delete on jobs
+               for each statement execute function jobs_notify();",
+        )
+        .await
+        .expect("notify trigger");
+}
+
 /// Sets the number of queued jobs.
 pub async fn set_queued(admin: &Client, n: i64) {
     admin

@@ -54,29 +54,23 @@ impl Listener for PgListener {
     }
 }
 
+impl PgSession {
+    fn run<'a>(&'a mut self, sql: String) -> BoxFuture<'a, Result<(), SourceError>> {
+        async move { self.client.batch_execute(&sql).await.map_err(failed) }.boxed()
+    }
+}
+
 impl ListenSession for PgSession {
     fn listen<'a>(&'a mut self, channel: &'a str) -> BoxFuture<'a, Result<(), SourceError>> {
-        async move {
-            self.client
-                .batch_execute(&format!("LISTEN {}", quoted(channel)))
-                .await
-                .map_err(failed)
-        }
-        .boxed()
+        self.run(format!("LISTEN {}", quoted(channel)))
     }
 
     fn unlisten<'a>(&'a mut self, channel: &'a str) -> BoxFuture<'a, Result<(), SourceError>> {
-        async move {
-            self.client
-                .batch_execute(&format!("UNLISTEN {}", quoted(channel)))
-                .await
-                .map_err(failed)
-        }
-        .boxed()
+        self.run(format!("UNLISTEN {}", quoted(channel)))
     }
 
     fn ping(&mut self) -> BoxFuture<'_, Result<(), SourceError>> {
-        async move { self.client.batch_execute("SELECT 1").await.map_err(failed) }.boxed()
+        self.run("SELECT 1".to_string())
     }
 
     fn lost(&mut self) -> BoxFuture<'_, String> {
