@@ -7,6 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use orascale::grpc::proto::ScaledObjectRef;
 use support::pg::{self, Pg};
 use support::*;
 use tokio_postgres::Client;
@@ -93,8 +94,6 @@ fn watched(name: &str, query: &str, channel: &str, interval: &str) -> ScaledObje
         ],
     )
 }
-
-use orascale::grpc::proto::ScaledObjectRef;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_wakes_an_open_stream_and_a_storm_stays_a_trickle() {
