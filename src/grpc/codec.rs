@@ -12,7 +12,7 @@ use tonic::codec::{BufferSettings, Codec};
 use tonic_prost::{ProstDecoder, ProstEncoder};
 
 /// Initial encode/decode buffer of an RPC; larger messages grow it.
-const BUFFER_SIZE: usize = 512;
+const BUFFER_SIZE: usize = 256;
 /// tonic's default: how much a streaming response buffers before it yields.
 const YIELD_THRESHOLD: usize = 32 * 1024;
 

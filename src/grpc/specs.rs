@@ -19,8 +19,8 @@ use crate::metadata::{self, Context, MetadataError, ScalerSpec};
 /// stream), so it is kept compact: its name and namespace live only in `origin`.
 #[derive(Debug)]
 pub struct Parsed {
-    /// The map it was parsed from, sorted by key: a hit must match it exactly.
-    metadata: Box<[(Box<str>, Box<str>)]>,
+    /// The map it was parsed from: a hit must match it exactly.
+    metadata: MapCopy,
     pub spec: ScalerSpec,
     /// Who asks, for the poller's log lines and per-poller metrics.
     pub origin: Origin,
@@ -40,23 +40,67 @@ impl Parsed {
     }
 }
 
-/// The map as a sorted list of pairs: a third of a `HashMap`'s footprint.
-fn sorted(meta: &HashMap<String, String>) -> Box<[(Box<str>, Box<str>)]> {
-    let mut pairs: Vec<(Box<str>, Box<str>)> = meta
-        .iter()
-        .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
-        .collect();
-    pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    pairs.into_boxed_slice()
+/// A copy of a metadata map in two allocations: every key and value, sorted by key, in one
+/// string, and where each ends. One per calling ScaledObject, so it is kept small.
+#[derive(Debug)]
+struct MapCopy {
+    text: Box<str>,
+    /// End offsets in `text`: key 0, value 0, key 1, value 1, …
+    ends: Box<[u32]>,
+}
+
+impl MapCopy {
+    fn len(&self) -> usize {
+        self.ends.len() / 2
+    }
+
+    fn part(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.text[start..self.ends[i] as usize]
+    }
+
+    fn key(&self, pair: usize) -> &str {
+        self.part(2 * pair)
+    }
+
+    fn value(&self, pair: usize) -> &str {
+        self.part(2 * pair + 1)
+    }
+}
+
+fn sorted(meta: &HashMap<String, String>) -> MapCopy {
+    let mut pairs: Vec<(&String, &String)> = meta.iter().collect();
+    pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut text = String::with_capacity(pairs.iter().map(|(k, v)| k.len() + v.len()).sum());
+    let mut ends = Vec::with_capacity(2 * pairs.len());
+    for (k, v) in pairs {
+        for part in [k, v] {
+            text.push_str(part);
+            // Metadata is bounded far below 4 GiB (entries × value length limits).
+            ends.push(u32::try_from(text.len()).unwrap_or(u32::MAX));
+        }
+    }
+    MapCopy {
+        text: text.into_boxed_str(),
+        ends: ends.into_boxed_slice(),
+    }
 }
 
 /// Whether `meta` is exactly the stored map: same size, and each of its pairs stored.
-fn same_map(stored: &[(Box<str>, Box<str>)], meta: &HashMap<String, String>) -> bool {
-    stored.len() == meta.len()
+fn same_map(stored: &MapCopy, meta: &HashMap<String, String>) -> bool {
+    let n = stored.len();
+    n == meta.len()
         && meta.iter().all(|(k, v)| {
-            stored
-                .binary_search_by(|(sk, _)| (**sk).cmp(k.as_str()))
-                .is_ok_and(|i| *stored[i].1 == **v)
+            let (mut lo, mut hi) = (0, n);
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                match stored.key(mid).cmp(k.as_str()) {
+                    std::cmp::Ordering::Less => lo = mid + 1,
+                    std::cmp::Ordering::Greater => hi = mid,
+                    std::cmp::Ordering::Equal => return stored.value(mid) == v,
+                }
+            }
+            false
         })
 }
 
@@ -257,6 +301,11 @@ mod tests {
         ] {
             assert!(!same_map(&stored, &other), "{other:?}");
         }
+        // Where a key ends and its value begins is part of the copy.
+        let stored = sorted(&m(&[("ab", "c")]));
+        assert!(same_map(&stored, &m(&[("ab", "c")])));
+        assert!(!same_map(&stored, &m(&[("a", "bc")])));
+        assert!(same_map(&sorted(&m(&[])), &m(&[])));
     }
 
     #[test]
