@@ -28,6 +28,7 @@ fn version_and_help_show_env_names() {
         "ORASCALE_DEFAULT_QUERY_TIMEOUT",
         "ORASCALE_IDLE_TIMEOUT",
         "ORASCALE_STREAM_RESEND_INTERVAL",
+        "ORASCALE_MIN_WAKE_INTERVAL",
     ] {
         assert!(
             out.contains(&format!("env: {env}")),
@@ -44,6 +45,7 @@ fn version_and_help_show_env_names() {
         "--default-query-timeout",
         "--idle-timeout",
         "--stream-resend-interval",
+        "--min-wake-interval",
         "--demo",
     ] {
         assert!(out.contains(flag), "serve --help lacks {flag}");
@@ -73,6 +75,14 @@ fn bad_configuration_exits_64_naming_the_value_without_secrets() {
         ),
         (vec!["--connection".into(), "nourl".into()], "NAME=URL"),
         (vec!["--default-poll-interval".into(), "10".into()], "unit"),
+        (
+            vec!["--min-wake-interval".into(), "0s".into()],
+            "min_wake_interval",
+        ),
+        (
+            vec!["--min-wake-interval".into(), "2d".into()],
+            "min_wake_interval",
+        ),
         (
             vec!["--grpc-listen".into(), "nowhere".into()],
             "--grpc-listen",

@@ -721,6 +721,38 @@ mod tests {
             spec.poller.wake.unwrap().min_interval,
             Duration::from_millis(10)
         );
+        // Extreme values never panic; an error names its key.
+        let long = "y".repeat(100_000);
+        for v in [
+            "",
+            " ",
+            "\0",
+            "🚀",
+            "x\"y",
+            "-1s",
+            "0s",
+            "1ns",
+            "1e400",
+            "18446744073709551615s",
+            "99999999999999999999h",
+            "NaN",
+            &long,
+        ] {
+            for (key, pairs) in [
+                ("notifyChannel", vec![pg, ("notifyChannel", v)]),
+                (
+                    "minWakeInterval",
+                    vec![pg, ("notifyChannel", "j"), ("minWakeInterval", v)],
+                ),
+            ] {
+                let mut pairs = pairs;
+                pairs.extend([Q, T]);
+                if let Err(e) = parse(&meta(&pairs), &c) {
+                    let e = e.to_string();
+                    assert!(e.contains(key) || e.contains("limit"), "{key}={v:?}: {e}");
+                }
+            }
+        }
         assert!(
             parse(&meta(&[Q, T, ("notifyQueue", "x")]), &c)
                 .unwrap_err()
