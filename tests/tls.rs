@@ -263,6 +263,45 @@ async fn metadata_credentials_get_their_own_pools_over_tls() {
         .await
         .unwrap();
         assert!(!metrics.contains("Alice-Pw-123") && !metrics.contains("Not-Her-Password"));
+
+        // Wake-ups through alice's own connection: her own listening session, as alice.
+        support::pg::notify_trigger(&admin).await;
+        let alice_wake = object(
+            "alice-wake",
+            &[
+                ("query", "select count(*) + 0 from jobs"),
+                t,
+                ("connectionFromEnv", &alice_url),
+                ("passwordFromEnv", "Alice-Pw-123"),
+                ("pollInterval", "60s"),
+                ("notifyChannel", "jobs_changed"),
+            ],
+        );
+        assert_eq!(value(c.get_metrics(deadline(metrics_request(&alice_wake, ""))).await.unwrap()), 6.0);
+        let started = std::time::Instant::now();
+        loop {
+            let text = scrape(server.metrics_addr).await;
+            if metric_value(&text, "orascale_wake_listener_up", &["connection=\"metadata-credentials\""]) == Some(1.0) {
+                assert_eq!(metric_value(&text, "orascale_wake_channels", &["connection=\"metadata-credentials\""]), Some(1.0));
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "alice's listener is up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let listeners: i64 = admin
+            .query_one("select count(*) from pg_stat_activity where application_name = 'orascale-listener' and usename = 'alice'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(listeners, 1);
+        // The poll that follows a LISTEN is done; from here only a notification polls (60 s interval).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        support::pg::set_queued(&admin, 9).await;
+        let started = std::time::Instant::now();
+        while value(c.get_metrics(deadline(metrics_request(&alice_wake, ""))).await.unwrap()) != 9.0 {
+            assert!(started.elapsed() < Duration::from_secs(3), "woken through alice's session");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         server.stop().await;
     })
     .await;
