@@ -8,9 +8,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use orascale::grpc::proto::ScaledObjectRef;
+use orascale::grpc::proto::external_scaler_client::ExternalScalerClient;
 use support::pg::{self, Pg};
 use support::*;
 use tokio_postgres::Client;
+use tonic::transport::Channel;
 
 const LIMIT: Duration = Duration::from_secs(240);
 const QUEUED: &str = "select count(*) from jobs where status = 'queued'";
@@ -72,14 +74,29 @@ async fn wait_sessions(admin: &Client, want: i64, limit: Duration) {
     }
 }
 
-fn serve(pg: &Pg, dir: &std::path::Path, extra: &[&str]) -> Binary {
-    let mut args = vec![
-        "--connection".to_string(),
-        format!("pg={}", pg.scaler_url()),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Binary::start(&args, dir)
+/// The test's database (the scaler role and `jobs`; with `notify`, the jobs trigger) and
+/// orascale serving it as connection `pg`, with a client connected. Keep the directory alive.
+async fn serve(
+    pg: &Pg,
+    notify: bool,
+    extra: &[&str],
+) -> (
+    Client,
+    tempfile::TempDir,
+    Binary,
+    ExternalScalerClient<Channel>,
+) {
+    let admin = pg.setup().await;
+    if notify {
+        pg::notify_trigger(&admin).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("pg={}", pg.scaler_url());
+    let mut args = vec!["--connection", &url];
+    args.extend_from_slice(extra);
+    let server = Binary::start(&args, dir.path());
+    let c = client(server.grpc).await;
+    (admin, dir, server, c)
 }
 
 fn watched(name: &str, query: &str, channel: &str, interval: &str) -> ScaledObjectRef {
@@ -102,11 +119,7 @@ async fn a_commit_wakes_an_open_stream_and_a_storm_stays_a_trickle() {
         return;
     };
     guard(LIMIT, async {
-        let admin = pg.setup().await;
-        pg::notify_trigger(&admin).await;
-        let dir = tempfile::tempdir().unwrap();
-        let server = serve(&pg, dir.path(), &[]);
-        let mut c = client(server.grpc).await;
+        let (admin, _dir, server, mut c) = serve(&pg, true, &[]).await;
         let obj = watched("worker", QUEUED, "jobs_changed", "60s");
         let mut stream = c.stream_is_active(obj.clone()).await.unwrap().into_inner();
         wait_metric(
@@ -193,11 +206,8 @@ async fn the_listener_survives_termination_and_a_server_restart() {
         return;
     };
     guard(LIMIT, async {
-        let admin = pg.setup().await;
-        pg::notify_trigger(&admin).await;
-        let dir = tempfile::tempdir().unwrap();
-        let server = serve(&pg, dir.path(), &["--min-poll-interval", "100ms"]);
-        let mut c = client(server.grpc).await;
+        let (admin, _dir, server, mut c) =
+            serve(&pg, true, &["--min-poll-interval", "100ms"]).await;
         let slow = watched("slow", QUEUED, "jobs_changed", "60s");
         // Same channel, its own poller at 1 s: shows interval polling never stops.
         let fast = watched("fast", "select count(*) + 0 from jobs", "jobs_changed", "1s");
@@ -282,10 +292,7 @@ async fn channels_follow_the_pollers_and_no_session_is_leaked() {
         return;
     };
     guard(LIMIT, async {
-        let admin = pg.setup().await;
-        let dir = tempfile::tempdir().unwrap();
-        let server = serve(&pg, dir.path(), &["--idle-timeout", "1s"]);
-        let mut c = client(server.grpc).await;
+        let (admin, _dir, server, mut c) = serve(&pg, false, &["--idle-timeout", "1s"]).await;
         let a = watched("a", "select count(*) from jobs", "chan_a", "60s");
         let b = watched("b", "select count(*) + 0 from jobs", "chan_b", "60s");
         let stream_a = c.stream_is_active(a.clone()).await.unwrap().into_inner();
