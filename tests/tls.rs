@@ -297,11 +297,7 @@ async fn metadata_credentials_get_their_own_pools_over_tls() {
         // The poll that follows a LISTEN is done; from here only a notification polls (60 s interval).
         tokio::time::sleep(Duration::from_millis(500)).await;
         support::pg::set_queued(&admin, 9).await;
-        let started = std::time::Instant::now();
-        while value(c.get_metrics(deadline(metrics_request(&alice_wake, ""))).await.unwrap()) != 9.0 {
-            assert!(started.elapsed() < Duration::from_secs(3), "woken through alice's session");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_value(&mut c, &alice_wake, 9.0, Duration::from_secs(3), "woken through alice's session").await;
         server.stop().await;
     })
     .await;

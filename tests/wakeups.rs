@@ -317,8 +317,9 @@ async fn channels_follow_the_pollers_and_no_session_is_leaked() {
             "one session for two channels"
         );
 
+        let reader = c.clone();
         let value_of = |obj: ScaledObjectRef| {
-            let mut c = c.clone();
+            let mut c = reader.clone();
             async move {
                 value(
                     c.get_metrics(deadline(metrics_request(&obj, "")))
@@ -334,11 +335,7 @@ async fn channels_follow_the_pollers_and_no_session_is_leaked() {
         assert_eq!(value_of(b.clone()).await, 0.0, "no wake, no poll");
         // NOTIFY chan_b wakes b only.
         admin.batch_execute("notify chan_b").await.unwrap();
-        let started = Instant::now();
-        while value_of(b.clone()).await != 2.0 {
-            assert!(started.elapsed() < Duration::from_secs(3), "b is woken");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_value(&mut c, &b, 2.0, Duration::from_secs(3), "b is woken").await;
         assert_eq!(value_of(a.clone()).await, 0.0, "a is not woken by chan_b");
 
         // a's stream closes and its poller is evicted: chan_a is dropped from the session,
@@ -365,14 +362,7 @@ async fn channels_follow_the_pollers_and_no_session_is_leaked() {
         );
         insert(&admin, 1).await;
         admin.batch_execute("notify chan_b").await.unwrap();
-        let started = Instant::now();
-        while value_of(b.clone()).await != 3.0 {
-            assert!(
-                started.elapsed() < Duration::from_secs(3),
-                "b is still woken"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_value(&mut c, &b, 3.0, Duration::from_secs(3), "b is still woken").await;
         // The last channel goes: the listening session closes.
         drop(stream_b);
         drop(c);

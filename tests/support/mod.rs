@@ -191,6 +191,26 @@ pub fn value(r: tonic::Response<orascale::grpc::proto::GetMetricsResponse>) -> f
     r.into_inner().metric_values[0].metric_value_float
 }
 
+/// Calls GetMetrics every 20 ms until it answers `want`; fails with `what` after `limit`.
+pub async fn wait_value(
+    c: &mut ExternalScalerClient<Channel>,
+    obj: &ScaledObjectRef,
+    want: f64,
+    limit: std::time::Duration,
+    what: &str,
+) {
+    let started = std::time::Instant::now();
+    while value(
+        c.get_metrics(deadline(metrics_request(obj, "")))
+            .await
+            .unwrap(),
+    ) != want
+    {
+        assert!(started.elapsed() < limit, "{what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// `/metrics` of a server, from an async test.
 pub async fn scrape(addr: SocketAddr) -> String {
     tokio::task::spawn_blocking(move || http_get(addr, "/metrics").1)
