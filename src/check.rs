@@ -83,6 +83,21 @@ pub async fn check(config: &Config, args: &CheckArgs) -> Result<Report, String> 
             round_trip_ms: None,
             query: args.query.as_ref().map(|_| Step::Skipped),
         };
+        // The server's own rules first (length, SQL guard): a query it would refuse is refused
+        // here with the same message, and never reaches the database.
+        let query = match args
+            .query
+            .as_deref()
+            .map(|q| crate::metadata::guarded_query(q, conn, &config.engine.limits))
+        {
+            Some(Err(e)) => {
+                report.query = Some(Step::Failed(e.to_string()));
+                reports.push(report);
+                continue;
+            }
+            Some(Ok(q)) => Some(q),
+            None => None,
+        };
         let src = match source::open(conn) {
             Ok(s) => s,
             Err(e) => {
@@ -100,7 +115,7 @@ pub async fn check(config: &Config, args: &CheckArgs) -> Result<Report, String> 
                 Ok(info) => {
                     report.server_version = Step::Ok(info.version);
                     report.round_trip_ms = Some(round_ms(info.round_trip));
-                    if let Some(q) = &args.query {
+                    if let Some(q) = &query {
                         report.query = Some(match src.query(q, args.timeout).await {
                             Ok(Cell::Number(v)) => Step::Ok(v.to_string()),
                             Ok(Cell::Null) => {

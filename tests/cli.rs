@@ -478,3 +478,93 @@ fn connections_from_the_environment_and_the_config_file() {
         "{err}"
     );
 }
+
+/// `orascale check --query` refuses exactly what the server refuses (length limit, SQL guard),
+/// with the server's message, and before any connection is made: an Oracle connection to a
+/// port nobody listens on (and no Instant Client here) reports the guard, not a connect error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_refuses_what_the_server_refuses_before_connecting() {
+    guard(Duration::from_secs(60), async {
+        let db = TestDb::new();
+        let server = start(vec![connection("jobs", &db.url())], engine()).await;
+        let mut c = client(server.grpc_addr).await;
+        let jobs = format!("jobs={}", db.url());
+        let ora = format!(
+            "ora=oracle://scott:tiger@127.0.0.1:{}/FREEPDB1",
+            unused_port()
+        );
+        let long = format!("select {}1", "1 + ".repeat(3000));
+        for query in [
+            "pragma page_count",
+            "select count(*) from jobs for update",
+            "select 1; select 2",
+            "delete from jobs",
+            long.as_str(),
+        ] {
+            let refused = c
+                .get_metric_spec(deadline(object(
+                    "so",
+                    &[("query", query), ("targetQueryValue", "1")],
+                )))
+                .await
+                .unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{query}");
+            let (code, out, err) = tokio::task::spawn_blocking({
+                let args = vec![
+                    "check".to_string(),
+                    "--connection".into(),
+                    jobs.clone(),
+                    "--query".into(),
+                    query.to_string(),
+                ];
+                move || run_bin(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            })
+            .await
+            .unwrap();
+            assert_eq!(code, 1, "{query}: {out}{err}");
+            assert!(
+                out.contains(refused.message()),
+                "check says what the server says ({:?}): {out}",
+                refused.message()
+            );
+        }
+        for (query, rule) in [
+            ("select count(*) from jobs@remote", "database links"),
+            ("select id from jobs for update", "FOR UPDATE"),
+        ] {
+            let (code, out, err) = tokio::task::spawn_blocking({
+                let args = vec![
+                    "check".to_string(),
+                    "--connection".into(),
+                    ora.clone(),
+                    "--query".into(),
+                    query.to_string(),
+                    "--timeout".into(),
+                    "3s".into(),
+                ];
+                move || run_bin(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            })
+            .await
+            .unwrap();
+            assert_eq!(code, 1, "{query}: {out}{err}");
+            assert!(
+                out.contains("rejected by the SQL guard") && out.contains(rule),
+                "{query}: {out}"
+            );
+            assert!(
+                !out.contains("DPI-") && !out.contains("connect failed"),
+                "no connection is attempted for a refused query: {out}"
+            );
+        }
+        server.stop().await;
+    })
+    .await;
+}
+
+fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -112,6 +112,41 @@ pub(super) fn invalid(key: &'static str, value: &str, reason: impl Into<String>)
     }
 }
 
+/// The `query` value as the server takes it: present, trimmed and within
+/// `--max-query-length`; the SQL guard runs once the connection (and so the dialect) is known.
+fn query_text<'a>(
+    value: Option<&'a str>,
+    limits: &crate::config::Limits,
+) -> Result<&'a str, MetadataError> {
+    match value.map(str::trim) {
+        None | Some("") => Err(MetadataError::Missing {
+            key: QUERY,
+            what: "one SELECT returning one row and one column: the metric",
+        }),
+        Some(q) if q.len() > limits.max_query_length => Err(MetadataError::TooLarge {
+            what: format!("key \"query\" is {} bytes long", q.len()),
+            limit: limits.max_query_length,
+        }),
+        Some(q) => Ok(q),
+    }
+}
+
+/// The query a trigger on `conn` would run, or the error the server would answer for it: the
+/// same length limit, the same SQL guard and the same message as [`parse`]. `orascale check
+/// --query` uses it, so the doctor refuses exactly what the server refuses, before connecting.
+pub fn guarded_query(
+    query: &str,
+    conn: &ConnectionConfig,
+    limits: &crate::config::Limits,
+) -> Result<String, MetadataError> {
+    guarded(query_text(Some(query), limits)?, conn)
+}
+
+/// The SQL guard with the connection's dialect and database-link policy.
+pub(super) fn guarded(query: &str, conn: &ConnectionConfig) -> Result<String, MetadataError> {
+    Ok(guard::check(query, dialect(&conn.url), conn.allow_dblinks)?)
+}
+
 /// What the parser needs from the server: its connections (with their policies), engine
 /// defaults and limits.
 #[derive(Debug, Clone)]
@@ -187,21 +222,7 @@ pub fn parse(
 
     let get = |key: &'static str| meta.get(key).map(|v| v.trim());
 
-    let query = match get(QUERY) {
-        None | Some("") => {
-            return Err(MetadataError::Missing {
-                key: QUERY,
-                what: "one SELECT whose first column of the first row is the metric",
-            });
-        }
-        Some(q) if q.len() > limits.max_query_length => {
-            return Err(MetadataError::TooLarge {
-                what: format!("key \"query\" is {} bytes long", q.len()),
-                limit: limits.max_query_length,
-            });
-        }
-        Some(q) => q,
-    };
+    let query = query_text(get(QUERY), limits)?;
 
     let target = match get(TARGET_QUERY_VALUE) {
         None | Some("") => {

@@ -27,7 +27,7 @@ pub(super) fn finish(
 ) -> Result<ScalerSpec, MetadataError> {
     let get = |key: &'static str| meta.get(key).map(|v| v.trim());
     let connection = conn.name.clone();
-    let query = guard::check(query, dialect(&conn.url), conn.allow_dblinks)?;
+    let query = guarded(query, &conn)?;
     let min_poll_interval = conn
         .min_poll_interval
         .unwrap_or(ctx.engine.min_poll_interval);
