@@ -67,8 +67,16 @@ impl ConnectionUrl {
                     },
                     None => (String::new(), None),
                 };
+                let replaced = user.is_some() || password.is_some();
                 let user = user.map_or(old_user, str::to_string);
                 let password = password.map(str::to_string).or(old_pw);
+                // `?user=` / `?password=` would override the userinfo: given credentials replace
+                // them too, so a URL's own credentials can never ride along with new ones.
+                let tail = if replaced {
+                    without_credential_params(tail)
+                } else {
+                    tail.to_string()
+                };
                 let userinfo = match password {
                     Some(p) => format!("{}:{}@", percent_encode(&user), percent_encode(&p)),
                     None if user.is_empty() => String::new(),
@@ -99,6 +107,78 @@ impl ConnectionUrl {
                     password.as_deref().unwrap_or("")
                 )
             }
+        }
+    }
+}
+
+/// `tail` (path, query, fragment) without `user`/`password` query parameters.
+fn without_credential_params(tail: &str) -> String {
+    let (before, query) = match tail.split_once('?') {
+        Some((b, q)) => (b, q),
+        None => return tail.to_string(),
+    };
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (query, None),
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| {
+            let name = p.split('=').next().unwrap_or("");
+            !name.eq_ignore_ascii_case("user") && !name.eq_ignore_ascii_case("password")
+        })
+        .collect();
+    let mut out = before.to_string();
+    if !kept.is_empty() {
+        out.push('?');
+        out.push_str(&kept.join("&"));
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
+}
+
+/// The user and whether a password is set, as the database driver will read the URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// `None`: no user (PostgreSQL refuses to connect; Oracle uses external authentication).
+    pub user: Option<String>,
+    pub has_password: bool,
+}
+
+impl ConnectionUrl {
+    /// The credentials the driver will use, read with the driver's own URL parser, so a URL
+    /// it would refuse at connect time is refused here; the error never quotes the URL.
+    pub fn credentials(&self) -> Result<Credentials, String> {
+        match self {
+            ConnectionUrl::Sqlite(_) => Ok(Credentials {
+                user: None,
+                has_password: false,
+            }),
+            ConnectionUrl::Postgres { url } => {
+                use std::error::Error as _;
+                let config = url.parse::<tokio_postgres::Config>().map_err(|e| {
+                    format!(
+                        "is not a valid PostgreSQL URL: {}",
+                        e.source()
+                            .map(|s| s.to_string())
+                            .unwrap_or_else(|| e.to_string())
+                    )
+                })?;
+                Ok(Credentials {
+                    user: config
+                        .get_user()
+                        .filter(|u| !u.is_empty())
+                        .map(str::to_string),
+                    has_password: config.get_password().is_some_and(|p| !p.is_empty()),
+                })
+            }
+            ConnectionUrl::Oracle { user, password, .. } => Ok(Credentials {
+                user: (!user.is_empty()).then(|| user.clone()),
+                has_password: password.as_deref().is_some_and(|p| !p.is_empty()),
+            }),
         }
     }
 }
@@ -261,6 +341,39 @@ fn percent_decode(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_credentials_replace_every_old_one() {
+        let pg = ConnectionUrl::Postgres {
+            url: "postgres://srv:srvpw@h/db?user=srv&sslmode=require&password=srvpw".into(),
+        };
+        let own = pg.with_credentials(Some("bob"), Some("pw-bob"));
+        let ConnectionUrl::Postgres { url } = &own else {
+            panic!()
+        };
+        assert!(!url.contains("srv"), "{url}");
+        assert!(url.contains("sslmode=require"), "{url}");
+        let c = own.credentials().unwrap();
+        assert_eq!(c.user.as_deref(), Some("bob"));
+        assert!(c.has_password);
+        let cfg: tokio_postgres::Config = url.parse().unwrap();
+        assert_eq!(cfg.get_password(), Some(&b"pw-bob"[..]));
+        assert_eq!(
+            pg.credentials().unwrap(),
+            Credentials {
+                user: Some("srv".into()),
+                has_password: true
+            }
+        );
+        let bad = ConnectionUrl::Postgres {
+            url: "postgres://u:s3cret@h:notaport/db".into(),
+        };
+        let e = bad.credentials().unwrap_err();
+        assert!(
+            e.contains("not a valid PostgreSQL URL") && !e.contains("s3cret"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn url_forms() {

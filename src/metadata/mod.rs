@@ -268,7 +268,9 @@ pub fn parse(
                 reason: "must be a postgres:// or oracle:// URL: files on the scaler's host are not reachable from metadata".into(),
             });
         }
+        // The ScaledObject's own URL, completed by its own keys: all of it comes from metadata.
         let url = parsed.with_credentials(user, password);
+        credentials::complete(&url, CONNECTION_FROM_ENV)?;
         let mut conn = ConnectionConfig::new(dynamic_name(&url), url);
         conn.pool_size = METADATA_POOL_SIZE;
         return finish(meta, query, target, activation, "meta", conn, true, ctx);
@@ -313,8 +315,13 @@ pub fn parse(
                 reason: format!("connection {connection:?} is SQLite, which has no credentials"),
             });
         }
-        // The server's connection, with the ScaledObject's own credentials: its own pool.
-        let url = conn.url.with_credentials(user, password);
+        // The server's connection, with the ScaledObject's own user AND password: its own
+        // pool. Never one of them with the server's other half (a borrowed password, or
+        // guesses against the server's account).
+        let (user, password) = credentials::both(user, password)?;
+        credentials::not_the_servers_user(&conn.url, user)?;
+        let url = conn.url.with_credentials(Some(user), Some(password));
+        credentials::complete(&url, USER_FROM_ENV)?;
         let mut own = conn.clone();
         own.name = dynamic_name(&url);
         own.url = url;
@@ -861,6 +868,96 @@ mod tests {
             assert!(e.contains(frag), "{e}");
             assert!(!e.contains("hunter2") && !e.contains("passwd-ish"), "{e}");
         }
+        // Both-or-nothing with a server connection; never the server's own user.
+        for (extra, key, fragment) in [
+            (
+                vec![("connection", "orders"), ("userFromEnv", "bob")],
+                "passwordFromEnv",
+                "server's password is never used with another user",
+            ),
+            (
+                vec![("connection", "orders"), ("passwordFromEnv", "guess-1")],
+                "userFromEnv",
+                "never tried against the server's own user",
+            ),
+            (
+                vec![
+                    ("connection", "orders"),
+                    ("userFromEnv", "srv"),
+                    ("passwordFromEnv", "guess-2"),
+                ],
+                "userFromEnv",
+                "connection's own user",
+            ),
+            (
+                vec![
+                    ("connectionFromEnv", "postgres://db2:notaport/shop"),
+                    ("userFromEnv", "alice"),
+                    ("passwordFromEnv", "pw-a"),
+                ],
+                "connectionFromEnv",
+                "not a valid PostgreSQL URL",
+            ),
+            (
+                vec![
+                    ("connectionFromEnv", "postgres://db2/shop"),
+                    ("passwordFromEnv", "pw-a"),
+                ],
+                "userFromEnv",
+                "needs a user",
+            ),
+            (
+                vec![("connectionFromEnv", "postgres://alice@db2/shop")],
+                "passwordFromEnv",
+                "needs a password",
+            ),
+            (
+                vec![("connectionFromEnv", "oracle://alice@db2:1521/S")],
+                "passwordFromEnv",
+                "needs a password",
+            ),
+        ] {
+            let e = so(&extra).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains(&format!("{key:?}")), "{extra:?}: {text}");
+            assert!(text.contains(fragment), "{extra:?}: {text}");
+            for secret in ["guess-1", "guess-2", "pw-a", "srvpw", "notaport"] {
+                assert!(!text.contains(secret), "{extra:?}: {text}");
+            }
+        }
+        // The URL's own credentials complete the keys (all of it is the ScaledObject's).
+        let url_pw = so(&[
+            ("connectionFromEnv", "postgres://alice:pw-url@db2/shop"),
+            ("userFromEnv", "carol"),
+        ])
+        .unwrap();
+        assert!(url_pw.dynamic.is_some());
+        // Oracle folds unquoted user names: the server's SCOTT is scott too.
+        let mut ora = ctx(&["ora"]);
+        ora.allow_credentials = true;
+        ora.connections.get_mut("ora").unwrap().url =
+            crate::config::parse_url("oracle://SCOTT:tiger@db:1521/S").unwrap();
+        let e = super::parse(
+            &meta(&[Q, T, ("userFromEnv", "scott"), ("passwordFromEnv", "x1")]),
+            "ns",
+            &ora,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("connection's own user"), "{e}");
+        let other = super::parse(
+            &meta(&[Q, T, ("userFromEnv", "app_ro"), ("passwordFromEnv", "x1")]),
+            "ns",
+            &ora,
+        )
+        .unwrap();
+        match &other.dynamic.as_ref().unwrap().url {
+            ConnectionUrl::Oracle { user, password, .. } => {
+                assert_eq!((user.as_str(), password.as_deref()), ("app_ro", Some("x1")));
+            }
+            u => panic!("{u:?}"),
+        }
+
         let mut lite = ctx(&["lite"]);
         lite.allow_credentials = true;
         let e = super::parse(&meta(&[Q, T, ("passwordFromEnv", "pw")]), "ns", &lite)
