@@ -510,7 +510,7 @@ async fn check_refuses_what_the_server_refuses_before_connecting() {
                 .unwrap_err();
             assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{query}");
             let (code, out, err) = tokio::task::spawn_blocking({
-                let args = vec![
+                let args = [
                     "check".to_string(),
                     "--connection".into(),
                     jobs.clone(),
@@ -533,7 +533,7 @@ async fn check_refuses_what_the_server_refuses_before_connecting() {
             ("select id from jobs for update", "FOR UPDATE"),
         ] {
             let (code, out, err) = tokio::task::spawn_blocking({
-                let args = vec![
+                let args = [
                     "check".to_string(),
                     "--connection".into(),
                     ora.clone(),
