@@ -111,7 +111,13 @@ impl Poller {
         };
         let finished = Instant::now();
         let (value, result_label) = match outcome {
-            Ok(Cell::Number(v)) => (Ok(v), "ok"),
+            Ok(Cell::Number(v)) if v.is_finite() => (Ok(v), "ok"),
+            // The one place every source's value passes: KEDA turns NaN and ±Inf into 0, so a
+            // non-finite value is an error here, whichever driver let it through.
+            Ok(Cell::Number(v)) => (
+                Err(format!("first column is not a finite number: {v}; orascale scales on a finite number")),
+                "error",
+            ),
             Ok(Cell::Null | Cell::NoRows) if key.ignore_nulls => (Ok(0.0), "null"),
             Ok(Cell::Null) => (
                 Err("query returned NULL; set ignoreNullValues: \"true\" to read it as 0, or use COALESCE".to_string()),
@@ -394,6 +400,21 @@ mod tests {
                 }
                 cancel.cancel();
             }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn non_finite_values_are_errors_never_published() {
+        for v in [f64::INFINITY, f64::NEG_INFINITY, f64::NAN] {
+            let s = script(Duration::ZERO, vec![Ok(Cell::Number(v))]);
+            let (mut rx, cancel) = start(key(true), s);
+            let sample = rx.wait_for(|s| s.has_outcome()).await.unwrap().clone();
+            assert!(sample.good.is_none(), "{v}");
+            let err = sample
+                .value(Instant::now(), Duration::from_secs(30))
+                .unwrap_err();
+            assert!(err.contains("not a finite number"), "{v}: {err}");
+            cancel.cancel();
         }
     }
 

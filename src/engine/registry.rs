@@ -773,6 +773,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn sqlite_infinity_is_unavailable_never_a_value() {
+        let (r, cancel) = registry(Duration::from_secs(600));
+        for q in ["select 1e999", "select -1e999"] {
+            match r.read(&key(q), &origin(), None, None).await {
+                Err(EngineError::Unavailable(m)) => {
+                    assert!(m.contains("not a finite number"), "{q}: {m}")
+                }
+                other => panic!("{q}: {other:?}"),
+            }
+        }
+        cancel.cancel();
+    }
+
+    #[tokio::test]
     async fn errors_are_unavailable_never_zero() {
         let (r, cancel) = registry(Duration::from_secs(600));
         let err = r
