@@ -21,6 +21,8 @@ pub const MAX_POLLERS: usize = 10_000;
 pub const MAX_POLLERS_PER_NAMESPACE: usize = 1_000;
 pub const MAX_STREAMS: usize = 50_000;
 pub const MAX_QUERY_LENGTH: usize = 8 * 1024;
+/// Bytes of parsed triggers kept so later calls skip parsing (`grpc::specs`).
+pub const MAX_SPEC_CACHE_BYTES: usize = 32 * 1024 * 1024;
 pub const MAX_METADATA_ENTRIES: usize = 32;
 pub const MAX_METADATA_KEY_LENGTH: usize = 128;
 pub const MAX_METADATA_VALUE_LENGTH: usize = 16 * 1024;

@@ -31,6 +31,7 @@ struct FileConfig {
     max_pollers_per_namespace: Option<usize>,
     max_streams: Option<usize>,
     max_query_length: Option<usize>,
+    max_spec_cache_bytes: Option<usize>,
     max_metadata_entries: Option<usize>,
     max_metadata_key_length: Option<usize>,
     max_metadata_value_length: Option<usize>,
@@ -173,6 +174,10 @@ impl ServeArgs {
                     .max_query_length
                     .or(file.max_query_length)
                     .unwrap_or(defaults::MAX_QUERY_LENGTH),
+                max_spec_cache_bytes: self
+                    .max_spec_cache_bytes
+                    .or(file.max_spec_cache_bytes)
+                    .unwrap_or(defaults::MAX_SPEC_CACHE_BYTES),
                 max_metadata_entries: file
                     .max_metadata_entries
                     .unwrap_or(defaults::MAX_METADATA_ENTRIES),

@@ -149,6 +149,11 @@ pub struct ServeArgs {
     #[arg(long, env = "ORASCALE_MAX_QUERY_LENGTH", value_name = "BYTES")]
     pub max_query_length: Option<usize>,
 
+    /// Memory for parsed triggers, so that later calls skip parsing; past it the least recently
+    /// used are dropped (and parsed again if they return) [default: 33554432 (32 MiB)]
+    #[arg(long, env = "ORASCALE_MAX_SPEC_CACHE_BYTES", value_name = "BYTES")]
+    pub max_spec_cache_bytes: Option<usize>,
+
     /// Accept per-ScaledObject credentials (connectionFromEnv, userFromEnv, passwordFromEnv
     /// metadata keys); requires TLS, since they travel in every request [default: off]
     #[arg(long, env = "ORASCALE_ALLOW_METADATA_CREDENTIALS")]

@@ -73,6 +73,8 @@ pub struct Limits {
     pub max_pollers_per_namespace: usize,
     pub max_streams: usize,
     pub max_query_length: usize,
+    /// Bytes of parsed triggers the spec cache may hold.
+    pub max_spec_cache_bytes: usize,
     pub max_metadata_entries: usize,
     pub max_metadata_key_length: usize,
     pub max_metadata_value_length: usize,
@@ -85,6 +87,7 @@ impl Default for Limits {
             max_pollers_per_namespace: defaults::MAX_POLLERS_PER_NAMESPACE,
             max_streams: defaults::MAX_STREAMS,
             max_query_length: defaults::MAX_QUERY_LENGTH,
+            max_spec_cache_bytes: defaults::MAX_SPEC_CACHE_BYTES,
             max_metadata_entries: defaults::MAX_METADATA_ENTRIES,
             max_metadata_key_length: defaults::MAX_METADATA_KEY_LENGTH,
             max_metadata_value_length: defaults::MAX_METADATA_VALUE_LENGTH,

@@ -104,6 +104,7 @@ pub(super) fn validate_engine(e: &EngineConfig) -> Result<(), ConfigError> {
         ("max_pollers_per_namespace", l.max_pollers_per_namespace),
         ("max_streams", l.max_streams),
         ("max_query_length", l.max_query_length),
+        ("max_spec_cache_bytes", l.max_spec_cache_bytes),
         ("max_metadata_entries", l.max_metadata_entries),
         ("max_metadata_key_length", l.max_metadata_key_length),
         ("max_metadata_value_length", l.max_metadata_value_length),

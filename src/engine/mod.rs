@@ -27,6 +27,38 @@ pub struct PollerKey {
     pub wake: Option<WakeKey>,
 }
 
+impl PollerKey {
+    /// A short id of everything in the key, the same on every replica and release: the
+    /// `poller` label that keeps per-poller series distinct.
+    pub fn id(&self) -> String {
+        let wake = self
+            .wake
+            .as_ref()
+            .map(|w| format!("{}\u{0}{}", w.channel, w.min_interval.as_nanos()))
+            .unwrap_or_default();
+        let text = format!(
+            "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{wake}",
+            self.connection,
+            self.query,
+            self.poll_interval.as_nanos(),
+            self.query_timeout.as_nanos(),
+            self.ignore_nulls
+        );
+        format!("{:012x}", stable_hash(text.as_bytes()) >> 16)
+    }
+}
+
+/// FNV-1a 64: stable across Rust versions, platforms and processes, unlike `DefaultHasher`, so
+/// names derived from it agree across replicas and restarts.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
 /// A poller's wake-up channel and how often a wake may make it poll.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct WakeKey {

@@ -10,6 +10,7 @@
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -28,19 +29,67 @@ const SOURCE_GRACE: Duration = Duration::from_secs(2);
 /// Longest query text quoted in an error message.
 const QUERY_QUOTE_MAX: usize = 200;
 
-/// Who first asked for this poller, for its log lines.
-#[derive(Debug, Clone)]
+/// A ScaledObject's trigger, as a poller's log lines and per-poller series name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
     pub namespace: String,
     pub name: String,
     pub metric: String,
 }
 
+/// The ScaledObject a poller is named after: the one that created it, until that object stops
+/// using it (its trigger was edited, so its map moved to another poller); then the next object
+/// that calls. Until one does, the poller is named after nobody and renders no per-poller series,
+/// so a series never names an object that has left its poller.
+#[derive(Debug)]
+pub struct Named {
+    current: std::sync::RwLock<Arc<Origin>>,
+    left: AtomicBool,
+}
+
+impl Named {
+    pub fn new(origin: Origin) -> Self {
+        Named {
+            current: std::sync::RwLock::new(Arc::new(origin)),
+            left: AtomicBool::new(false),
+        }
+    }
+
+    pub fn get(&self) -> Arc<Origin> {
+        self.current.read().expect("named lock").clone()
+    }
+
+    /// `who` no longer uses the poller: if it is the one named, the next caller takes its place.
+    pub fn left(&self, who: &Origin) {
+        let current = self.current.read().expect("named lock");
+        if **current == *who {
+            self.left.store(true, Ordering::Release);
+        }
+    }
+
+    /// A call from `who`: it becomes the name if the named object has left. One atomic load
+    /// on every call; the lock only when the name changes.
+    pub fn adopt(&self, who: &Origin) {
+        if self.left.load(Ordering::Acquire) {
+            let mut current = self.current.write().expect("named lock");
+            if self.left.swap(false, Ordering::AcqRel) {
+                *current = Arc::new(who.clone());
+            }
+        }
+    }
+
+    /// Whether the named object has left and no other has called since.
+    pub fn orphaned(&self) -> bool {
+        self.left.load(Ordering::Acquire)
+    }
+}
+
 pub struct Poller {
     pub key: PollerKey,
     pub source: Arc<dyn Source>,
     pub tx: watch::Sender<Sample>,
-    pub origin: Origin,
+    /// Who the log lines name (shared with the registry's entry).
+    pub origin: Arc<Named>,
     /// The database's wake-ups on the key's channel, when it has one.
     pub wake: Option<Wake>,
     /// This poller's poll metrics.
@@ -148,12 +197,14 @@ impl Poller {
             Ok(v) => {
                 self.tx.send_modify(|s| s.record_ok(v, finished));
                 if !had_good {
-                    tracing::info!(connection = %key.connection, namespace = %self.origin.namespace,
-                        scaledobject = %self.origin.name, metric = %self.origin.metric,
+                    let origin = self.origin.get();
+                    tracing::info!(connection = %key.connection, namespace = %origin.namespace,
+                        scaledobject = %origin.name, metric = %origin.metric,
                         value = v, elapsed_ms = elapsed.as_millis() as u64, "poller first result");
                 } else if let Some(streak) = failed_streak {
-                    tracing::info!(connection = %key.connection, namespace = %self.origin.namespace,
-                        scaledobject = %self.origin.name, metric = %self.origin.metric,
+                    let origin = self.origin.get();
+                    tracing::info!(connection = %key.connection, namespace = %origin.namespace,
+                        scaledobject = %origin.name, metric = %origin.metric,
                         failed_polls = streak, value = v, "poller recovered");
                 }
             }
@@ -164,8 +215,9 @@ impl Poller {
                     quote_query(&key.query)
                 );
                 if failed_streak.is_none() {
-                    tracing::warn!(connection = %key.connection, namespace = %self.origin.namespace,
-                        scaledobject = %self.origin.name, metric = %self.origin.metric,
+                    let origin = self.origin.get();
+                    tracing::warn!(connection = %key.connection, namespace = %origin.namespace,
+                        scaledobject = %origin.name, metric = %origin.metric,
                         error = %message, "poller query failed");
                 } else {
                     tracing::debug!(connection = %key.connection, error = %message, "poller query failed again");
@@ -277,11 +329,11 @@ mod tests {
             key,
             source: script,
             tx,
-            origin: Origin {
+            origin: Arc::new(Named::new(Origin {
                 namespace: "ns".into(),
                 name: "so".into(),
                 metric: "m".into(),
-            },
+            })),
             wake,
             series: Default::default(),
         };

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::poller::{Origin, Poller};
+use super::poller::{Named, Origin, Poller};
 use super::{EngineError, PollerKey, Reading, Sample};
 use crate::config::EngineConfig;
 use crate::source::Source;
@@ -36,8 +36,9 @@ pub struct Entry {
     cancel: CancellationToken,
     /// Calls made before the first result wait, but never past `created + first_result_wait`.
     created: Instant,
-    /// The ScaledObject that created the poller: its labels in logs and per-poller metrics.
-    origin: Origin,
+    /// The ScaledObject the poller is named after in logs and per-poller metrics (shared with
+    /// the poller task).
+    origin: Arc<Named>,
     /// Why the poller task ended, when it ended on its own (not evicted, not shut down).
     stopped: Arc<OnceLock<String>>,
 }
@@ -70,6 +71,14 @@ impl EntryCache {
     fn remember(&self, entry: &Arc<Entry>) {
         *self.0.write().expect("entry cache lock") = Arc::downgrade(entry);
     }
+
+    /// The ScaledObject `who` no longer uses this poller (the spec cache dropped its entry for
+    /// an edited map): the poller stops being named after it.
+    pub fn released(&self, who: &Origin) {
+        if let Some(entry) = self.0.read().expect("entry cache lock").upgrade() {
+            entry.origin.left(who);
+        }
+    }
 }
 
 impl std::fmt::Debug for EntryCache {
@@ -91,6 +100,9 @@ pub struct PollerStatus {
     pub sample_age: Option<Duration>,
     pub consecutive_failures: u64,
     pub streams: usize,
+    /// A short stable id of the poller's key ([`PollerKey::id`]): pollers of one trigger that
+    /// differ only in interval, timeout or null policy are distinct series.
+    pub poller: String,
 }
 
 pub struct Registry {
@@ -191,6 +203,7 @@ impl Registry {
         let entry = match cache.and_then(EntryCache::live) {
             Some(entry) => {
                 entry.last_used_ms.store(self.now_ms(), Ordering::Relaxed);
+                entry.origin.adopt(origin);
                 entry
             }
             None => {
@@ -302,6 +315,7 @@ impl Registry {
                 && e.stopped().is_none()
             {
                 e.last_used_ms.store(now, Ordering::Relaxed);
+                e.origin.adopt(origin);
                 also(e);
                 return Ok((e.clone(), None));
             }
@@ -312,6 +326,7 @@ impl Registry {
             match e.stopped() {
                 None => {
                     e.last_used_ms.store(now, Ordering::Relaxed);
+                    e.origin.adopt(origin);
                     also(e);
                     return Ok((e.clone(), None));
                 }
@@ -338,7 +353,7 @@ impl Registry {
         }
         let in_namespace = entries
             .values()
-            .filter(|e| e.origin.namespace == origin.namespace)
+            .filter(|e| e.origin.get().namespace == origin.namespace)
             .count();
         if in_namespace >= limits.max_pollers_per_namespace {
             return Err(EngineError::ResourceExhausted(format!(
@@ -383,6 +398,7 @@ impl Registry {
         let (tx, rx) = watch::channel(Sample::default());
         let cancel = self.shutdown.child_token();
         let stopped = Arc::new(OnceLock::new());
+        let named = Arc::new(Named::new(origin.clone()));
         let entry = Arc::new(Entry {
             key: key.clone(),
             rx,
@@ -390,7 +406,7 @@ impl Registry {
             streams: AtomicUsize::new(0),
             cancel: cancel.clone(),
             created: Instant::now(),
-            origin: origin.clone(),
+            origin: named.clone(),
             stopped: stopped.clone(),
         });
         also(&entry);
@@ -405,11 +421,11 @@ impl Registry {
             key: key.clone(),
             source,
             tx,
-            origin: origin.clone(),
+            origin: named.clone(),
             wake,
             series: Default::default(),
         };
-        let who = (key.connection.clone(), origin.clone());
+        let who = (key.connection.clone(), named);
         self.tracker.spawn(async move {
             // The task owns the watch sender: however it ends, readers learn of it.
             let ended = AssertUnwindSafe(poller.run(cancel.clone()))
@@ -422,7 +438,8 @@ impl Registry {
                 Ok(()) => "the poller task ended".to_string(),
                 Err(panic) => format!("the poller task panicked: {}", panic_message(&*panic)),
             };
-            let (connection, origin) = who;
+            let (connection, named) = who;
+            let origin = named.get();
             tracing::error!(connection = %connection, namespace = %origin.namespace,
                 scaledobject = %origin.name, metric = %origin.metric, reason = %reason,
                 "poller stopped; the next call for this trigger starts a new one");
@@ -441,31 +458,39 @@ impl Registry {
         })
     }
 
-    /// Stops pollers with no stream that nobody has called for the idle timeout.
+    /// Stops pollers with no stream that nobody has called for the idle timeout. The log lines
+    /// are written after the locks are released: a mass eviction (KEDA restarted elsewhere)
+    /// never makes the calls that wait for the registry lock wait for the log too.
     pub fn evict_idle(&self) {
         let idle_ms = self.config.idle_timeout.as_millis() as u64;
         let now = self.now_ms();
-        let mut entries = self.entries.write().expect("registry lock");
-        let before = entries.len();
-        entries.retain(|key, e| {
-            let idle = e.streams.load(Ordering::SeqCst) == 0
-                && now.saturating_sub(e.last_used_ms.load(Ordering::Relaxed)) >= idle_ms;
-            if idle {
-                e.cancel.cancel();
-                tracing::info!(connection = %key.connection, namespace = %e.origin.namespace,
-                    scaledobject = %e.origin.name, metric = %e.origin.metric,
-                    idle = %humantime::format_duration(self.config.idle_timeout), "poller evicted");
-            }
-            !idle
-        });
-        m::pollers_stopped(before - entries.len());
-        // Sources made from metadata credentials live as long as a poller uses them.
-        let in_use: std::collections::HashSet<&str> =
-            entries.keys().map(|k| k.connection.as_str()).collect();
-        self.dynamic
-            .write()
-            .expect("registry lock")
-            .retain(|name, _| in_use.contains(name.as_str()));
+        let mut evicted: Vec<(String, Arc<Origin>)> = Vec::new();
+        {
+            let mut entries = self.entries.write().expect("registry lock");
+            entries.retain(|key, e| {
+                let idle = e.streams.load(Ordering::SeqCst) == 0
+                    && now.saturating_sub(e.last_used_ms.load(Ordering::Relaxed)) >= idle_ms;
+                if idle {
+                    e.cancel.cancel();
+                    evicted.push((key.connection.clone(), e.origin.get()));
+                }
+                !idle
+            });
+            // Sources made from metadata credentials live as long as a poller uses them.
+            let in_use: std::collections::HashSet<&str> =
+                entries.keys().map(|k| k.connection.as_str()).collect();
+            self.dynamic
+                .write()
+                .expect("registry lock")
+                .retain(|name, _| in_use.contains(name.as_str()));
+        }
+        m::pollers_stopped(evicted.len());
+        let idle = humantime::format_duration(self.config.idle_timeout);
+        for (connection, origin) in evicted {
+            tracing::info!(connection = %connection, namespace = %origin.namespace,
+                scaledobject = %origin.name, metric = %origin.metric,
+                idle = %idle, "poller evicted");
+        }
     }
 
     /// Every live poller's state, sorted by connection and metric.
@@ -484,14 +509,19 @@ impl Registry {
             .collect();
         let mut out: Vec<PollerStatus> = entries
             .into_iter()
+            // A poller whose object left it (an edited trigger) names nobody until another
+            // object calls: never a series that names the wrong trigger.
+            .filter(|(_, e)| !e.origin.orphaned())
             .map(|(key, e)| {
                 let sample = e.rx.borrow().clone();
                 let age = sample.good.map(|g| now.saturating_duration_since(g.at));
+                let origin = e.origin.get();
                 PollerStatus {
+                    poller: key.id(),
                     connection: key.connection,
-                    namespace: e.origin.namespace.clone(),
-                    scaledobject: e.origin.name.clone(),
-                    metric: e.origin.metric.clone(),
+                    namespace: origin.namespace.clone(),
+                    scaledobject: origin.name.clone(),
+                    metric: origin.metric.clone(),
                     last_success_unix: age.map(|a| wall - a.as_secs_f64()),
                     sample_age: age,
                     consecutive_failures: sample.failure.map_or(0, |f| f.streak),
@@ -499,7 +529,9 @@ impl Registry {
                 }
             })
             .collect();
-        out.sort_by(|a, b| (&a.connection, &a.metric).cmp(&(&b.connection, &b.metric)));
+        out.sort_by(|a, b| {
+            (&a.connection, &a.metric, &a.poller).cmp(&(&b.connection, &b.metric, &b.poller))
+        });
         out
     }
 
@@ -606,7 +638,7 @@ impl Subscription {
         let old = self.entry.clone();
         let (entry, _) =
             self.registry
-                .entry_with(&old.key, &old.origin, self.source.as_ref(), |e| {
+                .entry_with(&old.key, &old.origin.get(), self.source.as_ref(), |e| {
                     e.streams.fetch_add(1, Ordering::SeqCst);
                 })?;
         self.entry.streams.fetch_sub(1, Ordering::SeqCst);
@@ -770,6 +802,65 @@ mod tests {
             r.read(&k, &origin(), None, Some(&cache)).await.unwrap_err(),
             EngineError::ShuttingDown
         );
+    }
+
+    /// Records, for each "poller evicted" line, whether the registry's lock was free while it
+    /// was written.
+    struct LockProbe {
+        registry: std::sync::Weak<Registry>,
+        lines: Arc<std::sync::Mutex<Vec<bool>>>,
+    }
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LockProbe {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            struct Message(String);
+            impl tracing::field::Visit for Message {
+                fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                    if f.name() == "message" {
+                        self.0 = format!("{v:?}");
+                    }
+                }
+            }
+            let mut m = Message(String::new());
+            event.record(&mut m);
+            if m.0 == "poller evicted"
+                && let Some(r) = self.registry.upgrade()
+            {
+                let free = r.entries.try_write().is_ok() && r.dynamic.try_write().is_ok();
+                self.lines.lock().unwrap().push(free);
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_janitor_logs_after_releasing_the_registry_lock() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let (r, cancel) = registry(Duration::from_secs(60));
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let probe = LockProbe {
+            registry: Arc::downgrade(&r),
+            lines: lines.clone(),
+        };
+        let _log = tracing::subscriber::set_default(tracing_subscriber::registry().with(probe));
+        for i in 0..5 {
+            r.read(&key(&format!("select {i}")), &origin(), None, None)
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        r.evict_idle();
+        assert_eq!(r.pollers(), 0);
+        let lines = lines.lock().unwrap().clone();
+        assert_eq!(lines.len(), 5, "one line per evicted poller");
+        assert!(
+            lines.iter().all(|free| *free),
+            "logged under the lock: {lines:?}"
+        );
+        cancel.cancel();
     }
 
     #[tokio::test]

@@ -52,8 +52,7 @@ impl Scaler {
             engine: registry.config().clone(),
             allow_credentials,
         };
-        // Room for several ScaledObjects per poller (identical triggers share one).
-        let specs = Arc::new(Specs::new(ctx.engine.limits.max_pollers.saturating_mul(4)));
+        let specs = Arc::new(Specs::new(ctx.engine.limits.max_spec_cache_bytes));
         Scaler {
             registry,
             ctx: Arc::new(ctx),

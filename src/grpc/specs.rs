@@ -4,13 +4,24 @@
 //! The key is the ScaledObject's name, namespace and metadata map, hashed without depending on
 //! the map's iteration order. A hit is confirmed by comparing the stored map with the request's,
 //! so a changed map (KEDA always sends the current one) is never answered from a stale entry: it
-//! misses, is parsed, and replaces the entry. Only valid triggers are kept (bad metadata is
-//! parsed, and refused with the same INVALID_ARGUMENT, on every call). The cache is bounded: at
-//! its limit it is emptied and refills with the triggers still in use.
+//! misses and is parsed. Only valid triggers are kept (bad metadata is parsed, and refused with
+//! the same INVALID_ARGUMENT, on every call).
+//!
+//! Bounded in bytes, not only in count (`--max-spec-cache-bytes`): every entry is charged its
+//! map copy and parsed strings. The cache is split into shards by ScaledObject; a shard past its
+//! share of the budget drops its least recently used entries, under its own lock only, so a
+//! flood of large maps never stalls the triggers in other shards, and never empties the cache.
+//! An edited trigger replaces its old entry: a new map for a ScaledObject drops the object's
+//! entries that have not been used for [`REPLACE_AFTER`] (KEDA never sends an edited-away map
+//! again; a sibling trigger of the same object dropped that way is parsed once more on its next
+//! call). A dropped entry tells its poller that this ScaledObject no longer uses it
+//! ([`crate::engine::EntryCache::released`]), so the poller's metric series stop naming it.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use crate::engine::poller::Origin;
 use crate::metadata::{self, Context, MetadataError, ScalerSpec};
@@ -28,6 +39,12 @@ pub struct Parsed {
     pub poller: crate::engine::EntryCache,
     /// `orascale_sample_age_seconds` for GetMetrics and IsActive, made on first use.
     ages: [std::sync::OnceLock<metrics::Histogram>; 2],
+    /// Milliseconds since the cache's epoch of the latest call that used this entry.
+    last_used_ms: AtomicU64,
+    /// The hash of the ScaledObject's name and namespace (its shard, its siblings).
+    who: u64,
+    /// What this entry is charged against the byte budget.
+    bytes: usize,
 }
 
 impl Parsed {
@@ -104,12 +121,37 @@ fn same_map(stored: &MapCopy, meta: &HashMap<String, String>) -> bool {
         })
 }
 
+/// Shards of the cache: a ScaledObject's entries all live in one.
+const SHARDS: usize = 16;
+
+/// A new map for a ScaledObject drops the object's entries unused for this long. KEDA asks for
+/// every trigger of an object in one pass (each HPA sync and each polling round), so a live
+/// sibling is touched within milliseconds of the others; an edited-away map is never touched
+/// again.
+pub const REPLACE_AFTER: Duration = Duration::from_secs(1);
+
 pub struct Specs {
-    /// Keyed by [`Specs::key`], which is already a hash: not hashed again.
-    entries: RwLock<HashMap<u64, Arc<Parsed>, BuildHasherDefault<KeyHasher>>>,
+    shards: Box<[RwLock<Shard>]>,
     /// Per-process random seed of the key hash.
     seed: u64,
-    limit: usize,
+    /// Each shard's share of `--max-spec-cache-bytes`.
+    shard_budget: usize,
+    epoch: Instant,
+}
+
+#[derive(Default)]
+struct Shard {
+    /// Keyed by [`Specs::key`], which is already a hash: not hashed again.
+    entries: HashMap<u64, Arc<Parsed>, BuildHasherDefault<KeyHasher>>,
+    bytes: usize,
+}
+
+impl Shard {
+    fn remove(&mut self, key: u64) -> Option<Arc<Parsed>> {
+        let gone = self.entries.remove(&key)?;
+        self.bytes = self.bytes.saturating_sub(gone.bytes);
+        Some(gone)
+    }
 }
 
 /// Passes a `u64` key through: the map's keys are seeded hashes already.
@@ -155,11 +197,13 @@ fn mix(mut z: u64) -> u64 {
 }
 
 impl Specs {
-    pub fn new(limit: usize) -> Self {
+    /// A cache of at most `max_bytes` of parsed triggers (`--max-spec-cache-bytes`).
+    pub fn new(max_bytes: usize) -> Self {
         Specs {
-            entries: RwLock::new(HashMap::default()),
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             seed: std::collections::hash_map::RandomState::new().hash_one(0x6f72_6173_u64),
-            limit: limit.max(1),
+            shard_budget: (max_bytes / SHARDS).max(1),
+            epoch: Instant::now(),
         }
     }
 
@@ -172,17 +216,29 @@ impl Specs {
         meta: &HashMap<String, String>,
         ctx: &Context,
     ) -> Result<Arc<Parsed>, MetadataError> {
-        let key = self.key(name, namespace, meta);
-        if let Some(hit) = self.entries.read().expect("specs lock").get(&key)
+        let who = self.who(name, namespace);
+        let key = self.key(who, meta);
+        let shard = &self.shards[(who % SHARDS as u64) as usize];
+        let now = self.now_ms();
+        if let Some(hit) = shard.read().expect("specs lock").entries.get(&key)
             && hit.origin.name == name
             && hit.origin.namespace == namespace
             && same_map(&hit.metadata, meta)
         {
+            hit.last_used_ms.store(now, Ordering::Relaxed);
             return Ok(hit.clone());
         }
         let spec = metadata::parse(meta, namespace, ctx)?;
+        let metadata = sorted(meta);
+        let bytes = std::mem::size_of::<Parsed>()
+            + metadata.text.len()
+            + 4 * metadata.ends.len()
+            + spec_bytes(&spec)
+            + name.len()
+            + namespace.len()
+            + spec.metric_name.len();
         let parsed = Arc::new(Parsed {
-            metadata: sorted(meta),
+            metadata,
             origin: Origin {
                 namespace: namespace.to_string(),
                 name: name.to_string(),
@@ -191,27 +247,100 @@ impl Specs {
             spec,
             ages: Default::default(),
             poller: Default::default(),
+            last_used_ms: AtomicU64::new(now),
+            who,
+            bytes,
         });
-        let mut entries = self.entries.write().expect("specs lock");
-        if entries.len() >= self.limit {
-            entries.clear();
+        if bytes > self.shard_budget {
+            return Ok(parsed); // answered, never kept: it alone would fill its shard
         }
-        entries.insert(key, parsed.clone());
+        let released = {
+            let mut shard = shard.write().expect("specs lock");
+            let mut released = Vec::new();
+            // The same key (a collision, or a concurrent miss) and the object's entries that
+            // have gone unused: an edited trigger's old map.
+            let stale_before = now.saturating_sub(REPLACE_AFTER.as_millis() as u64);
+            let replaced: Vec<u64> = shard
+                .entries
+                .iter()
+                .filter(|(k, e)| {
+                    **k == key
+                        || (e.who == who
+                            && e.origin.name == name
+                            && e.origin.namespace == namespace
+                            && e.last_used_ms.load(Ordering::Relaxed) < stale_before)
+                })
+                .map(|(k, _)| *k)
+                .collect();
+            for k in replaced {
+                released.extend(shard.remove(k));
+            }
+            if shard.bytes + bytes > self.shard_budget {
+                self.evict(&mut shard, bytes);
+            }
+            shard.bytes += bytes;
+            shard.entries.insert(key, parsed.clone());
+            released
+        };
+        // Outside the shard's lock: the pollers learn that this object left them.
+        for old in released {
+            old.poller.released(&old.origin);
+        }
         Ok(parsed)
+    }
+
+    /// Drops the shard's least recently used entries until `incoming` more bytes fit with a
+    /// quarter of the budget to spare, so eviction runs once per many inserts, not on each.
+    fn evict(&self, shard: &mut Shard, incoming: usize) {
+        let target = (self.shard_budget / 4 * 3).saturating_sub(incoming);
+        let mut by_age: Vec<(u64, u64)> = shard
+            .entries
+            .iter()
+            .map(|(k, e)| (e.last_used_ms.load(Ordering::Relaxed), *k))
+            .collect();
+        by_age.sort_unstable();
+        for (_, key) in by_age {
+            if shard.bytes <= target {
+                break;
+            }
+            shard.remove(key);
+        }
     }
 
     /// Triggers held now.
     pub fn len(&self) -> usize {
-        self.entries.read().expect("specs lock").len()
+        self.shards
+            .iter()
+            .map(|s| s.read().expect("specs lock").entries.len())
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Name, namespace and the map's entries, independent of the map's iteration order.
-    fn key(&self, name: &str, namespace: &str, meta: &HashMap<String, String>) -> u64 {
-        let who = word_hash(word_hash(self.seed, name.as_bytes()), namespace.as_bytes());
+    /// Bytes charged to the entries held now.
+    pub fn bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().expect("specs lock").bytes)
+            .sum()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The ScaledObject's name and namespace.
+    fn who(&self, name: &str, namespace: &str) -> u64 {
+        mix(word_hash(
+            word_hash(self.seed, name.as_bytes()),
+            namespace.as_bytes(),
+        ))
+    }
+
+    /// The object (`who`) and the map's entries, independent of the map's iteration order.
+    fn key(&self, who: u64, meta: &HashMap<String, String>) -> u64 {
         // Each pair hashed alone and summed: the map's iteration order does not matter.
         let entries = meta
             .iter()
@@ -219,6 +348,18 @@ impl Specs {
             .fold(meta.len() as u64, u64::wrapping_add);
         mix(who ^ entries.rotate_left(17))
     }
+}
+
+/// The heap bytes of a parsed trigger's strings.
+fn spec_bytes(spec: &ScalerSpec) -> usize {
+    let key = &spec.poller;
+    let wake = key.wake.as_ref().map_or(0, |w| w.channel.len());
+    let dynamic = spec.dynamic.as_ref().map_or(0, |c| {
+        std::mem::size_of::<crate::config::ConnectionConfig>()
+            + c.name.len()
+            + c.url.identity_for_hashing().len()
+    });
+    key.connection.len() + key.query.len() + spec.metric_name.len() + wake + dynamic
 }
 
 #[cfg(test)]
@@ -248,7 +389,7 @@ mod tests {
 
     #[test]
     fn hits_only_for_the_same_map_and_never_hides_a_change() {
-        let specs = Specs::new(100);
+        let specs = Specs::new(1 << 20);
         let ctx = ctx();
         let a = meta(&[("query", "select 1"), ("targetQueryValue", "5")]);
         let first = specs.get("so", "ns", &a, &ctx).unwrap();
@@ -309,13 +450,70 @@ mod tests {
     }
 
     #[test]
-    fn bounded() {
-        let specs = Specs::new(10);
+    fn bounded_in_bytes_keeping_what_is_in_use() {
+        let budget = 256 * 1024;
+        let specs = Specs::new(budget);
         let ctx = ctx();
-        for i in 0..1000 {
-            let m = meta(&[("query", &format!("select {i}")), ("targetQueryValue", "1")]);
-            specs.get("so", "ns", &m, &ctx).unwrap();
-            assert!(specs.len() <= 10);
+        let hot = meta(&[("query", "select 1"), ("targetQueryValue", "1")]);
+        let first = specs.get("hot", "ns", &hot, &ctx).unwrap();
+        let padding = "x".repeat(2000);
+        for i in 0..2000 {
+            let m = meta(&[
+                ("query", &format!("select {i}")),
+                ("targetQueryValue", "1"),
+                ("scalerAddress", &padding),
+            ]);
+            specs.get(&format!("so-{i}"), "ns", &m, &ctx).unwrap();
+            assert!(specs.bytes() <= budget, "{} > {budget}", specs.bytes());
+            // A trigger in use stays cached however many others come and go.
+            assert!(Arc::ptr_eq(
+                &first,
+                &specs.get("hot", "ns", &hot, &ctx).unwrap()
+            ));
         }
+        assert!(
+            specs.len() > 16,
+            "eviction drops some, never all: {}",
+            specs.len()
+        );
+        // An entry larger than a shard's share is answered and never kept.
+        let tiny = Specs::new(16 * 1024);
+        let big = meta(&[
+            ("query", "select 1"),
+            ("targetQueryValue", "1"),
+            ("caCert", &"c".repeat(4000)),
+        ]);
+        assert_eq!(tiny.get("big", "ns", &big, &ctx).unwrap().spec.target, 1.0);
+        assert_eq!(tiny.len(), 0);
+    }
+
+    #[test]
+    fn an_edited_trigger_replaces_its_old_entry() {
+        let specs = Specs::new(1 << 20);
+        let ctx = ctx();
+        let v1 = meta(&[("query", "select 1"), ("targetQueryValue", "1")]);
+        let sibling = meta(&[("query", "select 9"), ("targetQueryValue", "1")]);
+        specs.get("so", "ns", &v1, &ctx).unwrap();
+        specs.get("so", "ns", &sibling, &ctx).unwrap();
+        specs.get("other", "ns", &v1, &ctx).unwrap();
+        assert_eq!(specs.len(), 3);
+        std::thread::sleep(REPLACE_AFTER + Duration::from_millis(200));
+        // KEDA's next pass: the sibling first, then the edited trigger's new map.
+        specs.get("so", "ns", &sibling, &ctx).unwrap();
+        let v2 = meta(&[("query", "select 2"), ("targetQueryValue", "1")]);
+        specs.get("so", "ns", &v2, &ctx).unwrap();
+        assert_eq!(
+            specs.len(),
+            3,
+            "v1 of so replaced; its sibling and the other object kept"
+        );
+        let before = specs.bytes();
+        specs.get("so", "ns", &v2, &ctx).unwrap();
+        specs.get("so", "ns", &sibling, &ctx).unwrap();
+        assert_eq!(
+            (specs.len(), specs.bytes()),
+            (3, before),
+            "hits change nothing"
+        );
     }
 }

@@ -50,17 +50,10 @@ pub fn default_metric_name(connection: &str, query: &str) -> String {
     let conn = sanitize(connection);
     let conn: String = conn.chars().take(40).collect();
     let conn = conn.trim_end_matches('-');
-    format!("orascale-{conn}-{:012x}", fnv1a(query.as_bytes()) >> 16)
-}
-
-/// FNV-1a 64: stable across Rust versions and platforms, unlike `DefaultHasher`.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    format!(
+        "orascale-{conn}-{:012x}",
+        crate::engine::stable_hash(query.as_bytes()) >> 16
+    )
 }
 
 #[cfg(test)]

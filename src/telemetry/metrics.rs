@@ -294,11 +294,12 @@ pub fn render_state(
         |name: &str, help: &str, lines: Vec<(String, f64)>| typed("gauge", name, help, lines);
     let poller_labels = |p: &crate::engine::PollerStatus| {
         format!(
-            "connection=\"{}\",namespace=\"{}\",scaledobject=\"{}\",metric=\"{}\"",
-            escape(&p.connection),
+            "connection=\"{}\",namespace=\"{}\",scaledobject=\"{}\",metric=\"{}\",poller=\"{}\"",
+            escape(&connection_label(&p.connection)),
             escape(&p.namespace),
             escape(&p.scaledobject),
-            escape(&p.metric)
+            escape(&p.metric),
+            escape(&p.poller)
         )
     };
     family(
