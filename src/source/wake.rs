@@ -74,7 +74,8 @@ pub struct WakeStatus {
     /// Whether a session is listening on all of them now.
     pub listening: bool,
     pub notifications: u64,
-    /// Sessions re-established after one was lost or could not be opened.
+    /// Sessions re-established after one was lost or could not be opened, or after the
+    /// session task was restarted.
     pub reconnects: u64,
     /// Polls run because of a wake.
     pub wake_polls: u64,
