@@ -264,40 +264,58 @@ async fn metadata_credentials_get_their_own_pools_over_tls() {
         .unwrap();
         assert!(!metrics.contains("Alice-Pw-123") && !metrics.contains("Not-Her-Password"));
 
-        // Wake-ups through alice's own connection: her own listening session, as alice.
+        // Wake-ups through alice's own connection: her own listening session, as alice. A
+        // first poller opens that session; the poller under test joins its channel after the
+        // LISTEN, so it gets no LISTEN wake, and with a 1 h interval only a notification heard
+        // by alice's session can make it poll again.
         support::pg::notify_trigger(&admin).await;
-        let alice_wake = object(
-            "alice-wake",
-            &[
-                ("query", "select count(*) + 0 from jobs"),
-                t,
-                ("connectionFromEnv", &alice_url),
-                ("passwordFromEnv", "Alice-Pw-123"),
-                ("pollInterval", "60s"),
-                ("notifyChannel", "jobs_changed"),
-            ],
-        );
-        assert_eq!(value(c.get_metrics(deadline(metrics_request(&alice_wake, ""))).await.unwrap()), 6.0);
+        let watched = |name: &str, query: &'static str| {
+            object(
+                name,
+                &[
+                    ("query", query),
+                    t,
+                    ("connectionFromEnv", &alice_url),
+                    ("passwordFromEnv", "Alice-Pw-123"),
+                    ("pollInterval", "1h"),
+                    ("notifyChannel", "jobs_changed"),
+                ],
+            )
+        };
+        let opener = watched("alice-opener", "select count(*) + 1 from jobs");
+        let alice_wake = watched("alice-wake", "select count(*) + 0 from jobs");
+        let label = "connection=\"metadata-credentials\"";
+        let wake_count = |text: &str, name: &str| metric_value(text, name, &[label]).unwrap_or(0.0);
+        assert_eq!(value(c.get_metrics(deadline(metrics_request(&opener, ""))).await.unwrap()), 7.0);
         let started = std::time::Instant::now();
         loop {
             let text = scrape(server.metrics_addr).await;
-            if metric_value(&text, "orascale_wake_listener_up", &["connection=\"metadata-credentials\""]) == Some(1.0) {
-                assert_eq!(metric_value(&text, "orascale_wake_channels", &["connection=\"metadata-credentials\""]), Some(1.0));
+            if metric_value(&text, "orascale_wake_listener_up", &[label]) == Some(1.0) {
+                assert_eq!(metric_value(&text, "orascale_wake_channels", &[label]), Some(1.0));
                 break;
             }
             assert!(started.elapsed() < Duration::from_secs(10), "alice's listener is up");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let listeners: i64 = admin
-            .query_one("select count(*) from pg_stat_activity where application_name = 'orascale-listener' and usename = 'alice'", &[])
+        assert_eq!(value(c.get_metrics(deadline(metrics_request(&alice_wake, ""))).await.unwrap()), 6.0);
+        let listeners: Vec<String> = admin
+            .query("select usename::text from pg_stat_activity where application_name = 'orascale-listener'", &[])
             .await
             .unwrap()
-            .get(0);
-        assert_eq!(listeners, 1);
-        // The poll that follows a LISTEN is done; from here only a notification polls (60 s interval).
-        tokio::time::sleep(Duration::from_millis(500)).await;
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(listeners, ["alice"], "one listening session, alice's");
+        let before = scrape(server.metrics_addr).await;
         support::pg::set_queued(&admin, 9).await;
         wait_value(&mut c, &alice_wake, 9.0, Duration::from_secs(3), "woken through alice's session").await;
+        let after = scrape(server.metrics_addr).await;
+        for name in ["orascale_wake_notifications_total", "orascale_wake_polls_total"] {
+            assert!(
+                wake_count(&after, name) > wake_count(&before, name),
+                "{name} rose on alice's connection:\n{after}"
+            );
+        }
         server.stop().await;
     })
     .await;

@@ -1,7 +1,11 @@
 //! Database-driven wake-ups (notifyChannel) against a real PostgreSQL server and the real
-//! binary: a committed change reaches an open stream at once with a 60 s poll interval; a
+//! binary: a committed change reaches an open stream at once with a 1 h poll interval; a
 //! NOTIFY storm stays a trickle of polls; the listening session survives being terminated and
 //! the server restarting; channels follow the pollers; no session is leaked.
+//!
+//! Wake-up pollers here poll every hour, so a poll the test sees is a wake, never a tick that
+//! the random poll phase happened to put in the test's window; what a test claims about wakes
+//! it checks on `orascale_wake_polls_total` / `orascale_wake_notifications_total` deltas.
 
 mod support;
 
@@ -55,6 +59,32 @@ async fn wait_metric(server: &Binary, name: &str, ok: impl Fn(f64) -> bool, limi
             "{name} is {v} after {limit:?}:\n{}",
             server.log_text()
         );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The pid of orascale's one listening session, as PostgreSQL sees it.
+async fn listener_pid(admin: &Client) -> i32 {
+    admin
+        .query_one(
+            "select pid from pg_stat_activity where application_name = 'orascale-listener'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Waits until `want` wake polls were counted, giving up quietly after `limit`: each channel's
+/// first LISTEN wakes its poller once, unless that LISTEN landed before the poller's task
+/// started (its first poll then covers it and no wake poll follows). Returns the count.
+async fn settle_listen_wakes(server: &Binary, want: f64, limit: Duration) -> f64 {
+    let started = Instant::now();
+    loop {
+        let v = wake_metric(server, "orascale_wake_polls_total").await;
+        if v >= want || started.elapsed() >= limit {
+            return v;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -120,7 +150,7 @@ async fn a_commit_wakes_an_open_stream_and_a_storm_stays_a_trickle() {
     };
     guard(LIMIT, async {
         let (admin, _dir, server, mut c) = serve(&pg, true, &[]).await;
-        let obj = watched("worker", QUEUED, "jobs_changed", "60s");
+        let obj = watched("worker", QUEUED, "jobs_changed", "1h");
         let mut stream = c.stream_is_active(obj.clone()).await.unwrap().into_inner();
         wait_metric(
             &server,
@@ -138,12 +168,14 @@ async fn a_commit_wakes_an_open_stream_and_a_storm_stays_a_trickle() {
                 .is_err()
         );
 
-        // A commit → true on the stream, long before the 60 s interval.
+        // A commit → true on the stream; with a 1 h interval only its notification can poll.
+        let wakes_before = wake_metric(&server, "orascale_wake_polls_total").await;
+        let notes_before = wake_metric(&server, "orascale_wake_notifications_total").await;
         let committed = Instant::now();
         insert(&admin, 3).await;
         let m = tokio::time::timeout(Duration::from_secs(5), stream.message())
             .await
-            .expect("woken within 5 s with a 60 s poll interval")
+            .expect("woken within 5 s with a 1 h poll interval")
             .unwrap()
             .unwrap();
         assert!(m.result);
@@ -156,8 +188,14 @@ async fn a_commit_wakes_an_open_stream_and_a_storm_stays_a_trickle() {
             ),
             3.0
         );
-        assert!(wake_metric(&server, "orascale_wake_notifications_total").await >= 1.0);
-        assert!(wake_metric(&server, "orascale_wake_polls_total").await >= 1.0);
+        assert!(
+            wake_metric(&server, "orascale_wake_notifications_total").await > notes_before,
+            "the commit was heard"
+        );
+        assert!(
+            wake_metric(&server, "orascale_wake_polls_total").await > wakes_before,
+            "the change was seen by a wake poll"
+        );
 
         // A storm: 400 commits, each notifying, over about two seconds. At most one poll per
         // minWakeInterval (100 ms) plus one queued.
@@ -208,7 +246,7 @@ async fn the_listener_survives_termination_and_a_server_restart() {
     guard(LIMIT, async {
         let (admin, _dir, server, mut c) =
             serve(&pg, true, &["--min-poll-interval", "100ms"]).await;
-        let slow = watched("slow", QUEUED, "jobs_changed", "60s");
+        let slow = watched("slow", QUEUED, "jobs_changed", "1h");
         // Same channel, its own poller at 1 s: shows interval polling never stops.
         let fast = watched("fast", "select count(*) + 0 from jobs", "jobs_changed", "1s");
         let mut stream = c.stream_is_active(slow.clone()).await.unwrap().into_inner();
@@ -293,8 +331,8 @@ async fn channels_follow_the_pollers_and_no_session_is_leaked() {
     };
     guard(LIMIT, async {
         let (admin, _dir, server, mut c) = serve(&pg, false, &["--idle-timeout", "1s"]).await;
-        let a = watched("a", "select count(*) from jobs", "chan_a", "60s");
-        let b = watched("b", "select count(*) + 0 from jobs", "chan_b", "60s");
+        let a = watched("a", "select count(*) from jobs", "chan_a", "1h");
+        let b = watched("b", "select count(*) + 0 from jobs", "chan_b", "1h");
         let stream_a = c.stream_is_active(a.clone()).await.unwrap().into_inner();
         let stream_b = c.stream_is_active(b.clone()).await.unwrap().into_inner();
         wait_metric(
@@ -316,6 +354,7 @@ async fn channels_follow_the_pollers_and_no_session_is_leaked() {
             1,
             "one session for two channels"
         );
+        let pid = listener_pid(&admin).await;
 
         let reader = c.clone();
         let value_of = |obj: ScaledObjectRef| {
@@ -328,14 +367,63 @@ async fn channels_follow_the_pollers_and_no_session_is_leaked() {
                 )
             }
         };
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        // Rows without a trigger on the table: nothing notifies, the 60 s interval holds.
+        let count = |name: &'static str| wake_metric(&server, name);
+        const WAKE_POLLS: &str = "orascale_wake_polls_total";
+        const NOTES: &str = "orascale_wake_notifications_total";
+        let polls = || async {
+            metric_value(
+                &scrape(server.metrics).await,
+                "orascale_polls_total",
+                &["connection=\"pg\""],
+            )
+            .unwrap_or(0.0)
+        };
+        // Both pollers have polled (their streams are open); let the LISTEN wake polls land.
+        value_of(a.clone()).await;
+        value_of(b.clone()).await;
+        settle_listen_wakes(&server, 2.0, Duration::from_secs(5)).await;
+        let wakes = count(WAKE_POLLS).await;
+        // A wake poll is counted as it starts, a poll as it ends: wait for the last to end
+        // (the two first polls and each wake poll).
+        let started = Instant::now();
+        let mut polled = polls().await;
+        while polled < 2.0 + wakes {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{polled} polls, {wakes} wakes"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            polled = polls().await;
+        }
+        assert_eq!(polled, 2.0 + wakes);
+        // Rows without a trigger on the table: nothing notifies, and with a 1 h interval
+        // nothing else polls either.
         insert(&admin, 2).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(value_of(b.clone()).await, 0.0, "no wake, no poll");
-        // NOTIFY chan_b wakes b only.
+        assert_eq!(count(WAKE_POLLS).await, wakes, "no wake, no poll");
+        assert_eq!(polls().await, polled, "no wake, no poll");
+
+        // NOTIFY chan_b wakes b only: one wake poll. A second NOTIFY chan_b is the barrier:
+        // b's second wake poll waits minWakeInterval, a wake of a would not have waited.
+        let notes = count(NOTES).await;
         admin.batch_execute("notify chan_b").await.unwrap();
         wait_value(&mut c, &b, 2.0, Duration::from_secs(3), "b is woken").await;
+        assert_eq!(count(WAKE_POLLS).await, wakes + 1.0, "one wake poll, b's");
+        admin.batch_execute("notify chan_b").await.unwrap();
+        wait_metric(
+            &server,
+            WAKE_POLLS,
+            |v| v >= wakes + 2.0,
+            Duration::from_secs(3),
+        )
+        .await;
+        assert_eq!(count(NOTES).await, notes + 2.0);
+        assert_eq!(
+            count(WAKE_POLLS).await,
+            wakes + 2.0,
+            "a is not woken by chan_b"
+        );
         assert_eq!(value_of(a.clone()).await, 0.0, "a is not woken by chan_b");
 
         // a's stream closes and its poller is evicted: chan_a is dropped from the session,
@@ -349,20 +437,26 @@ async fn channels_follow_the_pollers_and_no_session_is_leaked() {
         )
         .await;
         assert_eq!(listener_sessions(&admin).await, 1);
-        let channels: Vec<String> = admin
-            .query("select pg_listening_channels()", &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        assert!(
-            channels.is_empty(),
-            "the test's own session listens on nothing"
+        assert_eq!(
+            listener_pid(&admin).await,
+            pid,
+            "the same listening session stays for b"
         );
+        // Probe that session: NOTIFY chan_a, then chan_b. PostgreSQL delivers them to a
+        // listener in commit order, so once chan_b's wake poll ran, chan_a's notification
+        // would have been counted before it if the session still listened on chan_a.
+        let notes = count(NOTES).await;
+        let wakes = count(WAKE_POLLS).await;
         insert(&admin, 1).await;
+        admin.batch_execute("notify chan_a").await.unwrap();
         admin.batch_execute("notify chan_b").await.unwrap();
         wait_value(&mut c, &b, 3.0, Duration::from_secs(3), "b is still woken").await;
+        assert_eq!(count(WAKE_POLLS).await, wakes + 1.0);
+        assert_eq!(
+            count(NOTES).await,
+            notes + 1.0,
+            "the listening session no longer listens on chan_a"
+        );
         // The last channel goes: the listening session closes.
         drop(stream_b);
         drop(c);
