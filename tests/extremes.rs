@@ -350,3 +350,62 @@ fn startup(file: &std::path::Path, cwd: &std::path::Path) -> Startup {
         Err((code, log)) => Startup::Refused(code.unwrap_or(-1), log),
     }
 }
+
+/// A server (the real binary, so its metrics are its own) on a SQLite file with 3 queued jobs.
+fn jobs_server() -> (TestDb, tempfile::TempDir, Binary) {
+    let db = TestDb::new();
+    db.set_queued(3);
+    let dir = tempfile::tempdir().unwrap();
+    let server = Binary::start(
+        &[
+            "--connection",
+            &format!("jobs={}", db.url()),
+            "--min-poll-interval",
+            "100ms",
+        ],
+        dir.path(),
+    );
+    (db, dir, server)
+}
+
+fn jobs_object(name: &str, namespace: &str) -> ScaledObjectRef {
+    let mut o = object(name, &[("query", QUEUED), ("targetQueryValue", "1")]);
+    o.namespace = namespace.into();
+    o
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_metric_name_is_echoed_cut() {
+    let (_db, _dir, server) = jobs_server();
+    let addr = server.grpc;
+    guard(Duration::from_secs(60), async move {
+        let mut c = client(addr).await;
+        let obj = jobs_object("so", "ns");
+        // 4 MB: whole, its echo was a 17.5 MB grpc-message (escaped), which HTTP/2 clients
+        // refuse as a header.
+        let huge = "\n".repeat(4_000_000);
+        let err = c
+            .get_metrics(deadline(metrics_request(&obj, &huge)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+        let want = format!(
+            "metricName \"{}…\" is not this trigger's metric",
+            "\\n".repeat(120)
+        );
+        assert!(err.message().starts_with(&want), "{}", err.message());
+        assert!(err.message().len() < 400, "{}", err.message().len());
+        // A short one is echoed whole.
+        let err = c
+            .get_metrics(deadline(metrics_request(&obj, "other")))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(
+            err.message().starts_with("metricName \"other\" is not"),
+            "{}",
+            err.message()
+        );
+    })
+    .await;
+}

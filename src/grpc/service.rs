@@ -66,11 +66,19 @@ impl Scaler {
     /// credentials.
     async fn spec(&self, r: &ScaledObjectRef) -> Result<Trigger, Error> {
         let parsed = self.parsed(r)?;
-        let source = match &parsed.spec.dynamic {
+        let source = self.source(&parsed).await?;
+        Ok((parsed, source))
+    }
+
+    /// The trigger's own source when it carries credentials.
+    async fn source(
+        &self,
+        parsed: &Parsed,
+    ) -> Result<Option<Arc<dyn crate::source::Source>>, Error> {
+        Ok(match &parsed.spec.dynamic {
             Some(conn) => Some(self.registry.prepare_source(conn).await?),
             None => None,
-        };
-        Ok((parsed, source))
+        })
     }
 
     fn parsed(&self, r: &ScaledObjectRef) -> Result<Arc<Parsed>, Error> {
@@ -79,12 +87,23 @@ impl Scaler {
             .get(&r.name, &r.namespace, &r.scaler_metadata, &self.ctx)?)
     }
 
+    /// The trigger's current value: the poller's cached sample (the first call for a new
+    /// poller waits briefly for its first result).
     async fn value(
         &self,
         r: &ScaledObjectRef,
         method: &'static str,
     ) -> Result<(Arc<Parsed>, f64), Error> {
-        let (parsed, source) = self.spec(r).await?;
+        let parsed = self.parsed(r)?;
+        self.value_of(parsed, method).await
+    }
+
+    async fn value_of(
+        &self,
+        parsed: Arc<Parsed>,
+        method: &'static str,
+    ) -> Result<(Arc<Parsed>, f64), Error> {
+        let source = self.source(&parsed).await?;
         let reading = self
             .registry
             .read(
@@ -104,17 +123,34 @@ impl Scaler {
         let r = req
             .scaled_object_ref
             .ok_or_else(|| Error::Request("scaledObjectRef is required".into()))?;
-        let (parsed, value) = self.value(&r, "GetMetrics").await?;
-        let spec = &parsed.spec;
-        if !metric_name_matches(&req.metric_name, &spec.metric_name) {
+        // The name is checked before the trigger's poller is looked up: a request that will be
+        // refused must not start (or keep alive) a poller that queries the database.
+        let parsed = self.parsed(&r)?;
+        if !metric_name_matches(&req.metric_name, &parsed.spec.metric_name) {
             return Err(Error::Request(format!(
                 "metricName {:?} is not this trigger's metric {:?}",
-                req.metric_name, spec.metric_name
+                quote(&req.metric_name),
+                parsed.spec.metric_name
             )));
         }
+        let (parsed, value) = self.value_of(parsed, "GetMetrics").await?;
         Ok(GetMetricsResponse {
-            metric_values: vec![to_metric_value(&spec.metric_name, value)],
+            metric_values: vec![to_metric_value(&parsed.spec.metric_name, value)],
         })
+    }
+}
+
+/// Longest echo of a request's value in an error, in characters (metadata errors use the same).
+const QUOTE_MAX: usize = 120;
+
+/// `value`, cut to [`QUOTE_MAX`] characters with "…" when longer: an error echoes what it
+/// refuses without growing with it (a `grpc-message` is a header: large ones are refused by
+/// clients, and a refused 4 MB value must not become a 4 MB answer). Format the result with
+/// `{:?}`, so control characters are escaped too.
+fn quote(value: &str) -> String {
+    match value.char_indices().nth(QUOTE_MAX) {
+        None => value.to_string(),
+        Some((cut, _)) => format!("{}…", &value[..cut]),
     }
 }
 
@@ -393,6 +429,15 @@ mod tests {
         ] {
             assert!(!metric_name_matches(req, ours), "{req}");
         }
+    }
+
+    #[test]
+    fn quotes_are_cut() {
+        assert_eq!(quote("short"), "short");
+        let exact = "é".repeat(QUOTE_MAX);
+        assert_eq!(quote(&exact), exact);
+        let long = "é".repeat(4 * 1024 * 1024);
+        assert_eq!(quote(&long), format!("{}…", "é".repeat(QUOTE_MAX)));
     }
 
     #[test]
