@@ -374,6 +374,110 @@ fn jobs_object(name: &str, namespace: &str) -> ScaledObjectRef {
     o
 }
 
+/// `Some(code)` of each RPC's answer for `obj` (a stream: its opening), OK as `Code::Ok`.
+async fn codes_of_every_rpc(
+    c: &mut orascale::grpc::proto::external_scaler_client::ExternalScalerClient<
+        tonic::transport::Channel,
+    >,
+    obj: &ScaledObjectRef,
+) -> Vec<(&'static str, Code, String)> {
+    let code = |r: Result<(), tonic::Status>| match r {
+        Ok(()) => (Code::Ok, String::new()),
+        Err(s) => (s.code(), s.message().to_string()),
+    };
+    let mut out = Vec::new();
+    let (c1, m1) = code(c.get_metric_spec(deadline(obj.clone())).await.map(|_| ()));
+    out.push(("GetMetricSpec", c1, m1));
+    let (c2, m2) = code(
+        c.get_metrics(deadline(metrics_request(obj, "")))
+            .await
+            .map(|_| ()),
+    );
+    out.push(("GetMetrics", c2, m2));
+    let (c3, m3) = code(c.is_active(deadline(obj.clone())).await.map(|_| ()));
+    out.push(("IsActive", c3, m3));
+    let (c4, m4) = code(c.stream_is_active(obj.clone()).await.map(|_| ()));
+    out.push(("StreamIsActive", c4, m4));
+    out
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_kubernetes_could_never_send_are_refused_on_every_rpc() {
+    let (_db, _dir, server) = jobs_server();
+    let addr = server.grpc;
+    let pid = server.child.id();
+    let metrics = server.metrics;
+    guard(Duration::from_secs(120), async move {
+        let mut c = client(addr).await;
+        let mib = "x".repeat(1 << 20);
+        let cases: Vec<(ScaledObjectRef, &str)> = vec![
+            (jobs_object(&mib, "ns"), "scaledObjectRef.name \"xxxx"),
+            (
+                jobs_object(&"a".repeat(254), "ns"),
+                "scaledObjectRef.name \"aaaa",
+            ),
+            (
+                jobs_object("so", &"a".repeat(64)),
+                "scaledObjectRef.namespace \"aaaa",
+            ),
+            (jobs_object("so", &mib), "scaledObjectRef.namespace \"xxxx"),
+            (
+                jobs_object("so\nERROR orascale: poller stopped", "ns"),
+                "scaledObjectRef.name \"so\\nERROR",
+            ),
+            (jobs_object("so\u{1b}[2K", "ns"), "scaledObjectRef.name"),
+            (jobs_object("So", "ns"), "scaledObjectRef.name \"So\""),
+            (
+                jobs_object("so", "n.s"),
+                "scaledObjectRef.namespace \"n.s\"",
+            ),
+            (jobs_object("", "ns"), "scaledObjectRef.name \"\""),
+            (jobs_object("so", ""), "scaledObjectRef.namespace \"\""),
+        ];
+        for (obj, want) in &cases {
+            for (rpc, code, msg) in codes_of_every_rpc(&mut c, obj).await {
+                let shown = format!("{rpc} {:?}", obj.name.chars().take(40).collect::<String>());
+                assert_eq!(code, Code::InvalidArgument, "{shown}: {msg}");
+                assert!(msg.starts_with(want), "{shown}: {msg}");
+                assert!(msg.contains("is not a Kubernetes name"), "{shown}: {msg}");
+                assert!(msg.len() < 400, "{shown}: {} bytes", msg.len());
+            }
+        }
+        // The longest names Kubernetes allows are served.
+        let longest = jobs_object(&format!("{}.b", "a".repeat(251)), &"n".repeat(63));
+        for (rpc, code, msg) in codes_of_every_rpc(&mut c, &longest).await {
+            assert_eq!(code, Code::Ok, "{rpc}: {msg}");
+        }
+
+        // Refused before anything is kept: 150 calls with 1 MiB names grew the server by more
+        // than 150 MiB when each was parsed and cached.
+        let before = rss_of(pid);
+        for i in 0..150 {
+            let obj = jobs_object(&format!("{mib}{i}"), "ns");
+            let err = c.get_metric_spec(deadline(obj)).await.unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument);
+        }
+        let grown = rss_of(pid).saturating_sub(before);
+        assert!(grown < 48 * 1024, "RSS grew by {grown} KiB");
+        // Only the one valid trigger left any state: the scrape stays small.
+        let text = scrape(metrics).await;
+        assert!(text.len() < 64 * 1024, "{} bytes", text.len());
+    })
+    .await;
+    let log = server.log_text();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_metric_name_is_echoed_cut() {
     let (_db, _dir, server) = jobs_server();

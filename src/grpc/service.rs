@@ -81,7 +81,10 @@ impl Scaler {
         })
     }
 
+    /// The parsed trigger, after checking that Kubernetes could have sent this name and
+    /// namespace (before anything is parsed, cached or kept).
     fn parsed(&self, r: &ScaledObjectRef) -> Result<Arc<Parsed>, Error> {
+        check_object(r)?;
         Ok(self
             .specs
             .get(&r.name, &r.namespace, &r.scaler_metadata, &self.ctx)?)
@@ -152,6 +155,69 @@ fn quote(value: &str) -> String {
         None => value.to_string(),
         Some((cut, _)) => format!("{}…", &value[..cut]),
     }
+}
+
+/// Kubernetes object names (RFC 1123 subdomains) are at most 253 bytes; namespaces (RFC 1123
+/// labels) at most 63.
+const NAME_MAX: usize = 253;
+const NAMESPACE_MAX: usize = 63;
+
+/// Refuses a ScaledObject name or namespace that Kubernetes could never have sent: KEDA sends
+/// both from the object's metadata, so anything else is not KEDA, and would otherwise be kept
+/// (in the spec cache, a poller's labels and log lines) at whatever size it came in.
+fn check_object(r: &ScaledObjectRef) -> Result<(), Error> {
+    let checks = [
+        ("scaledObjectRef.name", &r.name, NAME_MAX, true),
+        (
+            "scaledObjectRef.namespace",
+            &r.namespace,
+            NAMESPACE_MAX,
+            false,
+        ),
+    ];
+    for (field, value, max, dots) in checks {
+        if let Some(reason) = k8s_name_error(value, max, dots) {
+            return Err(Error::Request(format!(
+                "{field} {:?} is not a Kubernetes name: {reason}",
+                quote(value)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Why `value` is not an RFC 1123 name (a label, or with `dots` a subdomain: labels joined by
+/// '.'), as Kubernetes validates ScaledObject names and namespaces: lowercase letters, digits
+/// and '-', each label starting and ending with a letter or digit.
+fn k8s_name_error(value: &str, max: usize, dots: bool) -> Option<String> {
+    if value.is_empty() {
+        return Some("it is empty".into());
+    }
+    if value.len() > max {
+        return Some(format!("{} bytes, the limit is {max}", value.len()));
+    }
+    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+    if let Some(c) = value.chars().find(|&c| !(allowed(c) || (dots && c == '.'))) {
+        let set = if dots { "[a-z0-9.-]" } else { "[a-z0-9-]" };
+        return Some(format!("{c:?} is not in {set}"));
+    }
+    let labels = if dots {
+        value.split('.').collect::<Vec<_>>()
+    } else {
+        vec![value]
+    };
+    if labels
+        .iter()
+        .any(|l| l.is_empty() || l.starts_with('-') || l.ends_with('-'))
+    {
+        let what = if dots {
+            "each '.'-separated part"
+        } else {
+            "it"
+        };
+        return Some(format!("{what} must start and end with a letter or digit"));
+    }
+    None
 }
 
 /// KEDA sends our own name back; the HPA may have lowercased it and some KEDA versions send
@@ -438,6 +504,80 @@ mod tests {
         assert_eq!(quote(&exact), exact);
         let long = "é".repeat(4 * 1024 * 1024);
         assert_eq!(quote(&long), format!("{}…", "é".repeat(QUOTE_MAX)));
+    }
+
+    #[test]
+    fn only_names_kubernetes_could_send_pass() {
+        let long_name = "a".repeat(NAME_MAX);
+        let long_label = "a".repeat(NAMESPACE_MAX);
+        for (value, max, dots) in [
+            ("worker", NAME_MAX, true),
+            ("so-1.v2", NAME_MAX, true),
+            ("0", NAME_MAX, true),
+            (long_name.as_str(), NAME_MAX, true),
+            ("team-a", NAMESPACE_MAX, false),
+            (long_label.as_str(), NAMESPACE_MAX, false),
+        ] {
+            assert_eq!(k8s_name_error(value, max, dots), None, "{value}");
+        }
+        let too_long_name = "a".repeat(NAME_MAX + 1);
+        let too_long_label = "a".repeat(NAMESPACE_MAX + 1);
+        for (value, max, dots, want) in [
+            ("", NAME_MAX, true, "empty"),
+            (
+                too_long_name.as_str(),
+                NAME_MAX,
+                true,
+                "254 bytes, the limit is 253",
+            ),
+            (
+                too_long_label.as_str(),
+                NAMESPACE_MAX,
+                false,
+                "64 bytes, the limit is 63",
+            ),
+            (
+                "a\nERROR forged",
+                NAME_MAX,
+                true,
+                "'\\n' is not in [a-z0-9.-]",
+            ),
+            ("a\u{1b}[31m", NAME_MAX, true, "'\\u{1b}' is not in"),
+            ("Worker", NAME_MAX, true, "'W' is not in"),
+            ("a_b", NAME_MAX, true, "'_' is not in"),
+            ("a.b", NAMESPACE_MAX, false, "'.' is not in [a-z0-9-]"),
+            ("🚀", NAME_MAX, true, "'🚀' is not in"),
+            ("-a", NAME_MAX, true, "start and end"),
+            ("a.", NAME_MAX, true, "start and end"),
+            ("a..b", NAME_MAX, true, "start and end"),
+            ("a.-b", NAME_MAX, true, "start and end"),
+            ("a-", NAMESPACE_MAX, false, "start and end"),
+        ] {
+            let err = k8s_name_error(value, max, dots).unwrap_or_else(|| panic!("{value:?}"));
+            assert!(err.contains(want), "{value:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn refusals_name_the_field_and_cut_the_value() {
+        let mut r = ScaledObjectRef {
+            name: "x".repeat(1 << 20),
+            namespace: "ns".into(),
+            scaler_metadata: Default::default(),
+        };
+        let err = check_object(&r).unwrap_err().to_string();
+        assert!(err.starts_with("scaledObjectRef.name \"xxx"), "{err}");
+        assert!(err.contains("…\" is not a Kubernetes name"), "{err}");
+        assert!(err.len() < 400, "{}", err.len());
+        r.name = "ok".into();
+        r.namespace = "a\nb".into();
+        let err = check_object(&r).unwrap_err().to_string();
+        assert!(
+            err.starts_with("scaledObjectRef.namespace \"a\\nb\""),
+            "{err}"
+        );
+        r.namespace = "ns".into();
+        assert!(check_object(&r).is_ok());
     }
 
     #[test]
