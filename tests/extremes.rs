@@ -513,3 +513,133 @@ async fn a_refused_metric_name_is_echoed_cut() {
     })
     .await;
 }
+
+/// Sends whatever bytes it is given as the request message, and reads the answer as bytes.
+mod raw {
+    use prost::bytes::{Buf, BufMut};
+    use tonic::Status;
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+    #[derive(Debug, Clone, Default)]
+    pub struct Raw;
+
+    pub struct Bytes;
+
+    impl Encoder for Bytes {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            dst.put_slice(&item);
+            Ok(())
+        }
+    }
+
+    impl Decoder for Bytes {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+            Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+        }
+    }
+
+    impl Codec for Raw {
+        type Encode = Vec<u8>;
+        type Decode = Vec<u8>;
+        type Encoder = Bytes;
+        type Decoder = Bytes;
+        fn encoder(&mut self) -> Bytes {
+            Bytes
+        }
+        fn decoder(&mut self) -> Bytes {
+            Bytes
+        }
+    }
+}
+
+/// `bytes` as the request of `method`: the answer's code and message (a stream: its opening).
+async fn raw_call(addr: std::net::SocketAddr, method: &str, bytes: Vec<u8>) -> (Code, String) {
+    use tonic::codegen::http::uri::PathAndQuery;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path: PathAndQuery = format!("/externalscaler.ExternalScaler/{method}")
+        .parse()
+        .unwrap();
+    let request = deadline(bytes);
+    let result = if method == "StreamIsActive" {
+        grpc.server_streaming(request, path, raw::Raw)
+            .await
+            .map(|_| ())
+    } else {
+        grpc.unary(request, path, raw::Raw).await.map(|_| ())
+    };
+    match result {
+        Ok(()) => (Code::Ok, String::new()),
+        Err(s) => (s.code(), s.message().to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_requests_get_clear_codes_and_are_counted() {
+    let (_db, _dir, server) = jobs_server();
+    let addr = server.grpc;
+    let metrics = server.metrics;
+    guard(Duration::from_secs(60), async move {
+        let methods = [
+            ("GetMetricSpec", "ScaledObjectRef"),
+            ("GetMetrics", "GetMetricsRequest"),
+            ("IsActive", "ScaledObjectRef"),
+            ("StreamIsActive", "ScaledObjectRef"),
+        ];
+        // An invalid varint, and a name field that is not UTF-8.
+        let garbage: [Vec<u8>; 2] = [vec![0xff; 11], vec![0x0a, 0x02, 0xc3, 0x28]];
+        let too_large = vec![0u8; 5 * 1024 * 1024];
+        for (method, message) in methods {
+            for bytes in &garbage {
+                let (code, msg) = raw_call(addr, method, bytes.clone()).await;
+                assert_eq!(code, Code::InvalidArgument, "{method}: {msg}");
+                let want = format!("the request is not a valid {message} protobuf: ");
+                assert!(msg.starts_with(&want), "{method}: {msg}");
+            }
+            let (code, msg) = raw_call(addr, method, too_large.clone()).await;
+            assert_eq!(code, Code::ResourceExhausted, "{method}: {msg}");
+            assert_eq!(
+                msg,
+                "the request message (5242880 bytes) is over the limit of 4194304 bytes (4 MiB)",
+                "{method}"
+            );
+        }
+        // Each counted once under its method and code.
+        let text = scrape(metrics).await;
+        for (method, _) in methods {
+            let count = |code: &str| {
+                metric_value(
+                    &text,
+                    "orascale_grpc_requests_total",
+                    &[&format!("method=\"{method}\""), &format!("code=\"{code}\"")],
+                )
+            };
+            assert_eq!(count("INVALID_ARGUMENT"), Some(2.0), "{method}\n{text}");
+            assert_eq!(count("RESOURCE_EXHAUSTED"), Some(1.0), "{method}\n{text}");
+            assert_eq!(count("INTERNAL"), None, "{method}");
+            assert_eq!(count("OUT_OF_RANGE"), None, "{method}");
+            assert_eq!(count("OTHER"), None, "{method}");
+        }
+        // Still serving.
+        let mut c = client(addr).await;
+        let obj = jobs_object("after", "ns");
+        assert_eq!(
+            value(
+                c.get_metrics(deadline(metrics_request(&obj, "")))
+                    .await
+                    .unwrap()
+            ),
+            3.0
+        );
+    })
+    .await;
+}

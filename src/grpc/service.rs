@@ -262,23 +262,9 @@ type Trigger = (Arc<Parsed>, Option<Arc<dyn crate::source::Source>>);
 
 type ActiveStream = Pin<Box<dyn Stream<Item = Result<IsActiveResponse, Status>> + Send>>;
 
-/// Counts and times a finished call (a stream: its opening) by method and code.
-fn observe<T>(
-    method: &'static str,
-    started: Instant,
-    result: Result<T, Error>,
-) -> Result<Response<T>, Status> {
-    match result {
-        Ok(v) => {
-            m::grpc_request(method, tonic::Code::Ok, started.elapsed());
-            Ok(Response::new(v))
-        }
-        Err(e) => {
-            let status = Status::from(e);
-            m::grpc_request(method, status.code(), started.elapsed());
-            Err(status)
-        }
-    }
+/// A handler's answer on the wire (counted and timed by method and code in [`super::calls`]).
+fn answer<T>(result: Result<T, Error>) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(Status::from)
 }
 
 #[tonic::async_trait]
@@ -287,7 +273,6 @@ impl ExternalScaler for Scaler {
         &self,
         request: Request<ScaledObjectRef>,
     ) -> Result<Response<IsActiveResponse>, Status> {
-        let started = Instant::now();
         let r = request.into_inner();
         let result = self
             .value(&r, "IsActive")
@@ -295,7 +280,7 @@ impl ExternalScaler for Scaler {
             .map(|(parsed, value)| IsActiveResponse {
                 result: value > parsed.spec.activation,
             });
-        observe("IsActive", started, result)
+        answer(result)
     }
 
     type StreamIsActiveStream = ActiveStream;
@@ -304,7 +289,6 @@ impl ExternalScaler for Scaler {
         &self,
         request: Request<ScaledObjectRef>,
     ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
-        let started = Instant::now();
         let r = request.into_inner();
         let opened = self.spec(&r).await.and_then(|(parsed, source)| {
             let sub =
@@ -314,7 +298,7 @@ impl ExternalScaler for Scaler {
         });
         let (parsed, sub) = match opened {
             Ok(v) => v,
-            Err(e) => return observe::<ActiveStream>("StreamIsActive", started, Err(e)),
+            Err(e) => return answer::<ActiveStream>(Err(e)),
         };
         let state = Push {
             sub,
@@ -336,28 +320,26 @@ impl ExternalScaler for Scaler {
             m::stream_message();
             Some((Ok(msg), st))
         });
-        observe::<ActiveStream>("StreamIsActive", started, Ok(Box::pin(stream)))
+        answer::<ActiveStream>(Ok(Box::pin(stream)))
     }
 
     async fn get_metric_spec(
         &self,
         request: Request<ScaledObjectRef>,
     ) -> Result<Response<GetMetricSpecResponse>, Status> {
-        let started = Instant::now();
         let r = request.into_inner();
         let result = self.parsed(&r).map(|parsed| GetMetricSpecResponse {
             metric_specs: vec![to_metric_spec(&parsed.spec)],
         });
-        observe("GetMetricSpec", started, result)
+        answer(result)
     }
 
     async fn get_metrics(
         &self,
         request: Request<GetMetricsRequest>,
     ) -> Result<Response<GetMetricsResponse>, Status> {
-        let started = Instant::now();
         let result = self.get_metrics_inner(request.into_inner()).await;
-        observe("GetMetrics", started, result)
+        answer(result)
     }
 }
 
