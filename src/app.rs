@@ -21,7 +21,6 @@ use tonic_health::ServingStatus;
 use crate::config::Config;
 use crate::engine::Registry;
 use crate::grpc::Scaler;
-use crate::grpc::proto::external_scaler_server::ExternalScalerServer;
 use crate::source::{self, Source};
 use crate::telemetry;
 
@@ -229,7 +228,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(ExternalScalerServer::new(scaler));
+        .add_service(crate::grpc::calls::server(scaler));
     let server = match tls {
         Some(tls) => {
             tls.clone()

@@ -350,3 +350,296 @@ fn startup(file: &std::path::Path, cwd: &std::path::Path) -> Startup {
         Err((code, log)) => Startup::Refused(code.unwrap_or(-1), log),
     }
 }
+
+/// A server (the real binary, so its metrics are its own) on a SQLite file with 3 queued jobs.
+fn jobs_server() -> (TestDb, tempfile::TempDir, Binary) {
+    let db = TestDb::new();
+    db.set_queued(3);
+    let dir = tempfile::tempdir().unwrap();
+    let server = Binary::start(
+        &[
+            "--connection",
+            &format!("jobs={}", db.url()),
+            "--min-poll-interval",
+            "100ms",
+        ],
+        dir.path(),
+    );
+    (db, dir, server)
+}
+
+fn jobs_object(name: &str, namespace: &str) -> ScaledObjectRef {
+    let mut o = object(name, &[("query", QUEUED), ("targetQueryValue", "1")]);
+    o.namespace = namespace.into();
+    o
+}
+
+/// `Some(code)` of each RPC's answer for `obj` (a stream: its opening), OK as `Code::Ok`.
+async fn codes_of_every_rpc(
+    c: &mut orascale::grpc::proto::external_scaler_client::ExternalScalerClient<
+        tonic::transport::Channel,
+    >,
+    obj: &ScaledObjectRef,
+) -> Vec<(&'static str, Code, String)> {
+    let code = |r: Result<(), tonic::Status>| match r {
+        Ok(()) => (Code::Ok, String::new()),
+        Err(s) => (s.code(), s.message().to_string()),
+    };
+    let mut out = Vec::new();
+    let (c1, m1) = code(c.get_metric_spec(deadline(obj.clone())).await.map(|_| ()));
+    out.push(("GetMetricSpec", c1, m1));
+    let (c2, m2) = code(
+        c.get_metrics(deadline(metrics_request(obj, "")))
+            .await
+            .map(|_| ()),
+    );
+    out.push(("GetMetrics", c2, m2));
+    let (c3, m3) = code(c.is_active(deadline(obj.clone())).await.map(|_| ()));
+    out.push(("IsActive", c3, m3));
+    let (c4, m4) = code(c.stream_is_active(obj.clone()).await.map(|_| ()));
+    out.push(("StreamIsActive", c4, m4));
+    out
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_kubernetes_could_never_send_are_refused_on_every_rpc() {
+    let (_db, _dir, server) = jobs_server();
+    let addr = server.grpc;
+    let pid = server.child.id();
+    let metrics = server.metrics;
+    guard(Duration::from_secs(120), async move {
+        let mut c = client(addr).await;
+        let mib = "x".repeat(1 << 20);
+        let cases: Vec<(ScaledObjectRef, &str)> = vec![
+            (jobs_object(&mib, "ns"), "scaledObjectRef.name \"xxxx"),
+            (
+                jobs_object(&"a".repeat(254), "ns"),
+                "scaledObjectRef.name \"aaaa",
+            ),
+            (
+                jobs_object("so", &"a".repeat(64)),
+                "scaledObjectRef.namespace \"aaaa",
+            ),
+            (jobs_object("so", &mib), "scaledObjectRef.namespace \"xxxx"),
+            (
+                jobs_object("so\nERROR orascale: poller stopped", "ns"),
+                "scaledObjectRef.name \"so\\nERROR",
+            ),
+            (jobs_object("so\u{1b}[2K", "ns"), "scaledObjectRef.name"),
+            (jobs_object("So", "ns"), "scaledObjectRef.name \"So\""),
+            (
+                jobs_object("so", "n.s"),
+                "scaledObjectRef.namespace \"n.s\"",
+            ),
+            (jobs_object("", "ns"), "scaledObjectRef.name \"\""),
+            (jobs_object("so", ""), "scaledObjectRef.namespace \"\""),
+        ];
+        for (obj, want) in &cases {
+            for (rpc, code, msg) in codes_of_every_rpc(&mut c, obj).await {
+                let shown = format!("{rpc} {:?}", obj.name.chars().take(40).collect::<String>());
+                assert_eq!(code, Code::InvalidArgument, "{shown}: {msg}");
+                assert!(msg.starts_with(want), "{shown}: {msg}");
+                assert!(msg.contains("is not a Kubernetes name"), "{shown}: {msg}");
+                assert!(msg.len() < 400, "{shown}: {} bytes", msg.len());
+            }
+        }
+        // The longest names Kubernetes allows are served.
+        let longest = jobs_object(&format!("{}.b", "a".repeat(251)), &"n".repeat(63));
+        for (rpc, code, msg) in codes_of_every_rpc(&mut c, &longest).await {
+            assert_eq!(code, Code::Ok, "{rpc}: {msg}");
+        }
+
+        // Refused before anything is kept: 150 calls with 1 MiB names grew the server by more
+        // than 150 MiB when each was parsed and cached.
+        let before = rss_of(pid);
+        for i in 0..150 {
+            let obj = jobs_object(&format!("{mib}{i}"), "ns");
+            let err = c.get_metric_spec(deadline(obj)).await.unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument);
+        }
+        let grown = rss_of(pid).saturating_sub(before);
+        assert!(grown < 48 * 1024, "RSS grew by {grown} KiB");
+        // Only the one valid trigger left any state: the scrape stays small.
+        let text = scrape(metrics).await;
+        assert!(text.len() < 64 * 1024, "{} bytes", text.len());
+    })
+    .await;
+    let log = server.log_text();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_metric_name_is_echoed_cut() {
+    let (_db, _dir, server) = jobs_server();
+    let addr = server.grpc;
+    guard(Duration::from_secs(60), async move {
+        let mut c = client(addr).await;
+        let obj = jobs_object("so", "ns");
+        // 4 MB: whole, its echo was a 17.5 MB grpc-message (escaped), which HTTP/2 clients
+        // refuse as a header.
+        let huge = "\n".repeat(4_000_000);
+        let err = c
+            .get_metrics(deadline(metrics_request(&obj, &huge)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+        let want = format!(
+            "metricName \"{}…\" is not this trigger's metric",
+            "\\n".repeat(120)
+        );
+        assert!(err.message().starts_with(&want), "{}", err.message());
+        assert!(err.message().len() < 400, "{}", err.message().len());
+        // A short one is echoed whole.
+        let err = c
+            .get_metrics(deadline(metrics_request(&obj, "other")))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(
+            err.message().starts_with("metricName \"other\" is not"),
+            "{}",
+            err.message()
+        );
+    })
+    .await;
+}
+
+/// Sends whatever bytes it is given as the request message, and reads the answer as bytes.
+mod raw {
+    use prost::bytes::{Buf, BufMut};
+    use tonic::Status;
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+    #[derive(Debug, Clone, Default)]
+    pub struct Raw;
+
+    pub struct Bytes;
+
+    impl Encoder for Bytes {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            dst.put_slice(&item);
+            Ok(())
+        }
+    }
+
+    impl Decoder for Bytes {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+            Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+        }
+    }
+
+    impl Codec for Raw {
+        type Encode = Vec<u8>;
+        type Decode = Vec<u8>;
+        type Encoder = Bytes;
+        type Decoder = Bytes;
+        fn encoder(&mut self) -> Bytes {
+            Bytes
+        }
+        fn decoder(&mut self) -> Bytes {
+            Bytes
+        }
+    }
+}
+
+/// `bytes` as the request of `method`: the answer's code and message (a stream: its opening).
+async fn raw_call(addr: std::net::SocketAddr, method: &str, bytes: Vec<u8>) -> (Code, String) {
+    use tonic::codegen::http::uri::PathAndQuery;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path: PathAndQuery = format!("/externalscaler.ExternalScaler/{method}")
+        .parse()
+        .unwrap();
+    let request = deadline(bytes);
+    let result = if method == "StreamIsActive" {
+        grpc.server_streaming(request, path, raw::Raw)
+            .await
+            .map(|_| ())
+    } else {
+        grpc.unary(request, path, raw::Raw).await.map(|_| ())
+    };
+    match result {
+        Ok(()) => (Code::Ok, String::new()),
+        Err(s) => (s.code(), s.message().to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_requests_get_clear_codes_and_are_counted() {
+    let (_db, _dir, server) = jobs_server();
+    let addr = server.grpc;
+    let metrics = server.metrics;
+    guard(Duration::from_secs(60), async move {
+        let methods = [
+            ("GetMetricSpec", "ScaledObjectRef"),
+            ("GetMetrics", "GetMetricsRequest"),
+            ("IsActive", "ScaledObjectRef"),
+            ("StreamIsActive", "ScaledObjectRef"),
+        ];
+        // An invalid varint, and a name field that is not UTF-8.
+        let garbage: [Vec<u8>; 2] = [vec![0xff; 11], vec![0x0a, 0x02, 0xc3, 0x28]];
+        let too_large = vec![0u8; 5 * 1024 * 1024];
+        for (method, message) in methods {
+            for bytes in &garbage {
+                let (code, msg) = raw_call(addr, method, bytes.clone()).await;
+                assert_eq!(code, Code::InvalidArgument, "{method}: {msg}");
+                let want = format!("the request is not a valid {message} protobuf: ");
+                assert!(msg.starts_with(&want), "{method}: {msg}");
+            }
+            let (code, msg) = raw_call(addr, method, too_large.clone()).await;
+            assert_eq!(code, Code::ResourceExhausted, "{method}: {msg}");
+            assert_eq!(
+                msg,
+                "the request message (5242880 bytes) is over the limit of 4194304 bytes (4 MiB)",
+                "{method}"
+            );
+        }
+        // Each counted once under its method and code.
+        let text = scrape(metrics).await;
+        for (method, _) in methods {
+            let count = |code: &str| {
+                metric_value(
+                    &text,
+                    "orascale_grpc_requests_total",
+                    &[&format!("method=\"{method}\""), &format!("code=\"{code}\"")],
+                )
+            };
+            assert_eq!(count("INVALID_ARGUMENT"), Some(2.0), "{method}\n{text}");
+            assert_eq!(count("RESOURCE_EXHAUSTED"), Some(1.0), "{method}\n{text}");
+            assert_eq!(count("INTERNAL"), None, "{method}");
+            assert_eq!(count("OUT_OF_RANGE"), None, "{method}");
+            assert_eq!(count("OTHER"), None, "{method}");
+        }
+        // Still serving.
+        let mut c = client(addr).await;
+        let obj = jobs_object("after", "ns");
+        assert_eq!(
+            value(
+                c.get_metrics(deadline(metrics_request(&obj, "")))
+                    .await
+                    .unwrap()
+            ),
+            3.0
+        );
+    })
+    .await;
+}

@@ -558,3 +558,65 @@ async fn a_parsed_trigger_never_hides_a_changed_map() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_metric_name_starts_no_poller() {
+    let db = TestDb::new();
+    db.set_queued(4);
+    let dir = tempfile::tempdir().unwrap();
+    // The real binary: its metrics are its own, not shared with the other tests here.
+    let server = Binary::start(
+        &[
+            "--connection",
+            &format!("jobs={}", db.url()),
+            "--min-poll-interval",
+            "100ms",
+        ],
+        dir.path(),
+    );
+    let (addr, metrics) = (server.grpc, server.metrics);
+    guard(LIMIT, async move {
+        let mut c = client(addr).await;
+        let obj = object(
+            "w",
+            &[
+                ("query", QUEUED),
+                ("targetQueryValue", "1"),
+                ("metricName", "jobs"),
+                ("pollInterval", "100ms"),
+            ],
+        );
+        let pollers = |text: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("orascale_pollers "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        };
+        for _ in 0..2 {
+            // KEDA retries a failed call once.
+            let err = c
+                .get_metrics(deadline(metrics_request(&obj, "not-jobs")))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+            assert!(err.message().contains("\"not-jobs\""), "{}", err.message());
+        }
+        // Refused before the registry: no poller, and so no poll ever.
+        let text = scrape(metrics).await;
+        assert_eq!(pollers(&text), Some(0.0), "{text}");
+        assert_eq!(
+            metric_value(&text, "orascale_polls_total", &[]),
+            None,
+            "{text}"
+        );
+        // The right name starts the trigger's poller, which these counts do see.
+        let m = c
+            .get_metrics(deadline(metrics_request(&obj, "jobs")))
+            .await
+            .unwrap();
+        assert_eq!(value(m), 4.0);
+        let text = scrape(metrics).await;
+        assert_eq!(pollers(&text), Some(1.0), "{text}");
+        assert!(metric_value(&text, "orascale_polls_total", &[]).unwrap_or(0.0) >= 1.0);
+    })
+    .await;
+}

@@ -352,3 +352,53 @@ fn no_secret_in_logs_metrics_help_or_errors() {
         "URLs are logged redacted: {log}"
     );
 }
+
+#[test]
+fn a_database_error_with_a_newline_stays_on_one_text_log_line() {
+    let db = TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Binary::start(
+        &[
+            "--min-poll-interval",
+            "100ms",
+            "--connection",
+            &format!("jobs={}", db.url()),
+        ],
+        dir.path(),
+    );
+    let grpc = server.grpc;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(guard(Duration::from_secs(30), async move {
+        let mut c = client(grpc).await;
+        // SQLite's error names the missing table, newline and all.
+        let obj = object(
+            "forger",
+            &[
+                (
+                    "query",
+                    "select count(*) from \"jobs\nERROR orascale::engine::poller: poller stopped\"",
+                ),
+                ("targetQueryValue", "1"),
+                ("pollInterval", "10s"),
+            ],
+        );
+        let err = c
+            .get_metrics(deadline(metrics_request(&obj, "")))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{}", err.message());
+    }));
+    let log = server.wait_log("poller query failed", Duration::from_secs(10));
+    let line = log
+        .lines()
+        .find(|l| l.contains("poller query failed"))
+        .unwrap_or_else(|| panic!("no failure logged:\n{log}"));
+    assert!(
+        line.contains("no such table: jobs\\nERROR orascale::engine::poller: poller stopped"),
+        "{line}"
+    );
+    assert!(
+        !log.lines().any(|l| l.starts_with("ERROR")),
+        "a forged line:\n{log}"
+    );
+}

@@ -3,10 +3,13 @@
 //! - [`proto`]: the generated protobuf types, client and server; they stay inside this module
 //!   (and the probe client): the engine never sees them.
 //! - [`codec`]: prost with small per-RPC buffers (an open stream keeps its own).
-//! - [`service`]: the four RPCs.
+//! - [`service`]: the four RPCs, and the checks of what every request names.
+//! - [`calls`]: the service as served: request size limit, and every call counted by method
+//!   and code (also those tonic refuses before a handler runs).
 //! - [`specs`]: each calling ScaledObject's parsed trigger, so later calls skip parsing.
 //! - [`status`]: the one mapping from our errors to `tonic::Status`.
 
+pub mod calls;
 pub mod codec;
 pub mod service;
 pub mod specs;

@@ -65,25 +65,47 @@ impl Scaler {
     /// credentials.
     async fn spec(&self, r: &ScaledObjectRef) -> Result<Trigger, Error> {
         let parsed = self.parsed(r)?;
-        let source = match &parsed.spec.dynamic {
-            Some(conn) => Some(self.registry.prepare_source(conn).await?),
-            None => None,
-        };
+        let source = self.source(&parsed).await?;
         Ok((parsed, source))
     }
 
+    /// The trigger's own source when it carries credentials.
+    async fn source(
+        &self,
+        parsed: &Parsed,
+    ) -> Result<Option<Arc<dyn crate::source::Source>>, Error> {
+        Ok(match &parsed.spec.dynamic {
+            Some(conn) => Some(self.registry.prepare_source(conn).await?),
+            None => None,
+        })
+    }
+
+    /// The parsed trigger, after checking that Kubernetes could have sent this name and
+    /// namespace (before anything is parsed, cached or kept).
     fn parsed(&self, r: &ScaledObjectRef) -> Result<Arc<Parsed>, Error> {
+        check_object(r)?;
         Ok(self
             .specs
             .get(&r.name, &r.namespace, &r.scaler_metadata, &self.ctx)?)
     }
 
+    /// The trigger's current value: the poller's cached sample (the first call for a new
+    /// poller waits briefly for its first result).
     async fn value(
         &self,
         r: &ScaledObjectRef,
         method: &'static str,
     ) -> Result<(Arc<Parsed>, f64), Error> {
-        let (parsed, source) = self.spec(r).await?;
+        let parsed = self.parsed(r)?;
+        self.value_of(parsed, method).await
+    }
+
+    async fn value_of(
+        &self,
+        parsed: Arc<Parsed>,
+        method: &'static str,
+    ) -> Result<(Arc<Parsed>, f64), Error> {
+        let source = self.source(&parsed).await?;
         let reading = self
             .registry
             .read(
@@ -103,18 +125,98 @@ impl Scaler {
         let r = req
             .scaled_object_ref
             .ok_or_else(|| Error::Request("scaledObjectRef is required".into()))?;
-        let (parsed, value) = self.value(&r, "GetMetrics").await?;
-        let spec = &parsed.spec;
-        if !metric_name_matches(&req.metric_name, &spec.metric_name) {
+        // The name is checked before the trigger's poller is looked up: a request that will be
+        // refused must not start (or keep alive) a poller that queries the database.
+        let parsed = self.parsed(&r)?;
+        if !metric_name_matches(&req.metric_name, &parsed.spec.metric_name) {
             return Err(Error::Request(format!(
                 "metricName {:?} is not this trigger's metric {:?}",
-                req.metric_name, spec.metric_name
+                quote(&req.metric_name),
+                parsed.spec.metric_name
             )));
         }
+        let (parsed, value) = self.value_of(parsed, "GetMetrics").await?;
         Ok(GetMetricsResponse {
-            metric_values: vec![to_metric_value(&spec.metric_name, value)],
+            metric_values: vec![to_metric_value(&parsed.spec.metric_name, value)],
         })
     }
+}
+
+/// Longest echo of a request's value in an error, in characters (metadata errors use the same).
+const QUOTE_MAX: usize = 120;
+
+/// `value`, cut to [`QUOTE_MAX`] characters with "…" when longer: an error echoes what it
+/// refuses without growing with it (a `grpc-message` is a header: large ones are refused by
+/// clients, and a refused 4 MB value must not become a 4 MB answer). Format the result with
+/// `{:?}`, so control characters are escaped too.
+fn quote(value: &str) -> String {
+    match value.char_indices().nth(QUOTE_MAX) {
+        None => value.to_string(),
+        Some((cut, _)) => format!("{}…", &value[..cut]),
+    }
+}
+
+/// Kubernetes object names (RFC 1123 subdomains) are at most 253 bytes; namespaces (RFC 1123
+/// labels) at most 63.
+const NAME_MAX: usize = 253;
+const NAMESPACE_MAX: usize = 63;
+
+/// Refuses a ScaledObject name or namespace that Kubernetes could never have sent: KEDA sends
+/// both from the object's metadata, so anything else is not KEDA, and would otherwise be kept
+/// (in the spec cache, a poller's labels and log lines) at whatever size it came in.
+fn check_object(r: &ScaledObjectRef) -> Result<(), Error> {
+    let checks = [
+        ("scaledObjectRef.name", &r.name, NAME_MAX, true),
+        (
+            "scaledObjectRef.namespace",
+            &r.namespace,
+            NAMESPACE_MAX,
+            false,
+        ),
+    ];
+    for (field, value, max, dots) in checks {
+        if let Some(reason) = k8s_name_error(value, max, dots) {
+            return Err(Error::Request(format!(
+                "{field} {:?} is not a Kubernetes name: {reason}",
+                quote(value)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Why `value` is not an RFC 1123 name (a label, or with `dots` a subdomain: labels joined by
+/// '.'), as Kubernetes validates ScaledObject names and namespaces: lowercase letters, digits
+/// and '-', each label starting and ending with a letter or digit.
+fn k8s_name_error(value: &str, max: usize, dots: bool) -> Option<String> {
+    if value.is_empty() {
+        return Some("it is empty".into());
+    }
+    if value.len() > max {
+        return Some(format!("{} bytes, the limit is {max}", value.len()));
+    }
+    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+    if let Some(c) = value.chars().find(|&c| !(allowed(c) || (dots && c == '.'))) {
+        let set = if dots { "[a-z0-9.-]" } else { "[a-z0-9-]" };
+        return Some(format!("{c:?} is not in {set}"));
+    }
+    let labels = if dots {
+        value.split('.').collect::<Vec<_>>()
+    } else {
+        vec![value]
+    };
+    if labels
+        .iter()
+        .any(|l| l.is_empty() || l.starts_with('-') || l.ends_with('-'))
+    {
+        let what = if dots {
+            "each '.'-separated part"
+        } else {
+            "it"
+        };
+        return Some(format!("{what} must start and end with a letter or digit"));
+    }
+    None
 }
 
 /// KEDA sends our own name back; the HPA may have lowercased it and some KEDA versions send
@@ -159,23 +261,9 @@ type Trigger = (Arc<Parsed>, Option<Arc<dyn crate::source::Source>>);
 
 type ActiveStream = Pin<Box<dyn Stream<Item = Result<IsActiveResponse, Status>> + Send>>;
 
-/// Counts and times a finished call (a stream: its opening) by method and code.
-fn observe<T>(
-    method: &'static str,
-    started: Instant,
-    result: Result<T, Error>,
-) -> Result<Response<T>, Status> {
-    match result {
-        Ok(v) => {
-            m::grpc_request(method, tonic::Code::Ok, started.elapsed());
-            Ok(Response::new(v))
-        }
-        Err(e) => {
-            let status = Status::from(e);
-            m::grpc_request(method, status.code(), started.elapsed());
-            Err(status)
-        }
-    }
+/// A handler's answer on the wire (counted and timed by method and code in [`super::calls`]).
+fn answer<T>(result: Result<T, Error>) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(Status::from)
 }
 
 #[tonic::async_trait]
@@ -184,7 +272,6 @@ impl ExternalScaler for Scaler {
         &self,
         request: Request<ScaledObjectRef>,
     ) -> Result<Response<IsActiveResponse>, Status> {
-        let started = Instant::now();
         let r = request.into_inner();
         let result = self
             .value(&r, "IsActive")
@@ -192,7 +279,7 @@ impl ExternalScaler for Scaler {
             .map(|(parsed, value)| IsActiveResponse {
                 result: value > parsed.spec.activation,
             });
-        observe("IsActive", started, result)
+        answer(result)
     }
 
     type StreamIsActiveStream = ActiveStream;
@@ -201,7 +288,6 @@ impl ExternalScaler for Scaler {
         &self,
         request: Request<ScaledObjectRef>,
     ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
-        let started = Instant::now();
         let r = request.into_inner();
         let opened = self.spec(&r).await.and_then(|(parsed, source)| {
             let sub =
@@ -211,7 +297,7 @@ impl ExternalScaler for Scaler {
         });
         let (parsed, sub) = match opened {
             Ok(v) => v,
-            Err(e) => return observe::<ActiveStream>("StreamIsActive", started, Err(e)),
+            Err(e) => return answer::<ActiveStream>(Err(e)),
         };
         let state = Push {
             sub,
@@ -233,28 +319,26 @@ impl ExternalScaler for Scaler {
             m::stream_message();
             Some((Ok(msg), st))
         });
-        observe::<ActiveStream>("StreamIsActive", started, Ok(Box::pin(stream)))
+        answer::<ActiveStream>(Ok(Box::pin(stream)))
     }
 
     async fn get_metric_spec(
         &self,
         request: Request<ScaledObjectRef>,
     ) -> Result<Response<GetMetricSpecResponse>, Status> {
-        let started = Instant::now();
         let r = request.into_inner();
         let result = self.parsed(&r).map(|parsed| GetMetricSpecResponse {
             metric_specs: vec![to_metric_spec(&parsed.spec)],
         });
-        observe("GetMetricSpec", started, result)
+        answer(result)
     }
 
     async fn get_metrics(
         &self,
         request: Request<GetMetricsRequest>,
     ) -> Result<Response<GetMetricsResponse>, Status> {
-        let started = Instant::now();
         let result = self.get_metrics_inner(request.into_inner()).await;
-        observe("GetMetrics", started, result)
+        answer(result)
     }
 }
 
@@ -392,6 +476,89 @@ mod tests {
         ] {
             assert!(!metric_name_matches(req, ours), "{req}");
         }
+    }
+
+    #[test]
+    fn quotes_are_cut() {
+        assert_eq!(quote("short"), "short");
+        let exact = "é".repeat(QUOTE_MAX);
+        assert_eq!(quote(&exact), exact);
+        let long = "é".repeat(4 * 1024 * 1024);
+        assert_eq!(quote(&long), format!("{}…", "é".repeat(QUOTE_MAX)));
+    }
+
+    #[test]
+    fn only_names_kubernetes_could_send_pass() {
+        let long_name = "a".repeat(NAME_MAX);
+        let long_label = "a".repeat(NAMESPACE_MAX);
+        for (value, max, dots) in [
+            ("worker", NAME_MAX, true),
+            ("so-1.v2", NAME_MAX, true),
+            ("0", NAME_MAX, true),
+            (long_name.as_str(), NAME_MAX, true),
+            ("team-a", NAMESPACE_MAX, false),
+            (long_label.as_str(), NAMESPACE_MAX, false),
+        ] {
+            assert_eq!(k8s_name_error(value, max, dots), None, "{value}");
+        }
+        let too_long_name = "a".repeat(NAME_MAX + 1);
+        let too_long_label = "a".repeat(NAMESPACE_MAX + 1);
+        for (value, max, dots, want) in [
+            ("", NAME_MAX, true, "empty"),
+            (
+                too_long_name.as_str(),
+                NAME_MAX,
+                true,
+                "254 bytes, the limit is 253",
+            ),
+            (
+                too_long_label.as_str(),
+                NAMESPACE_MAX,
+                false,
+                "64 bytes, the limit is 63",
+            ),
+            (
+                "a\nERROR forged",
+                NAME_MAX,
+                true,
+                "'\\n' is not in [a-z0-9.-]",
+            ),
+            ("a\u{1b}[31m", NAME_MAX, true, "'\\u{1b}' is not in"),
+            ("Worker", NAME_MAX, true, "'W' is not in"),
+            ("a_b", NAME_MAX, true, "'_' is not in"),
+            ("a.b", NAMESPACE_MAX, false, "'.' is not in [a-z0-9-]"),
+            ("🚀", NAME_MAX, true, "'🚀' is not in"),
+            ("-a", NAME_MAX, true, "start and end"),
+            ("a.", NAME_MAX, true, "start and end"),
+            ("a..b", NAME_MAX, true, "start and end"),
+            ("a.-b", NAME_MAX, true, "start and end"),
+            ("a-", NAMESPACE_MAX, false, "start and end"),
+        ] {
+            let err = k8s_name_error(value, max, dots).unwrap_or_else(|| panic!("{value:?}"));
+            assert!(err.contains(want), "{value:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn refusals_name_the_field_and_cut_the_value() {
+        let mut r = ScaledObjectRef {
+            name: "x".repeat(1 << 20),
+            namespace: "ns".into(),
+            scaler_metadata: Default::default(),
+        };
+        let err = check_object(&r).unwrap_err().to_string();
+        assert!(err.starts_with("scaledObjectRef.name \"xxx"), "{err}");
+        assert!(err.contains("…\" is not a Kubernetes name"), "{err}");
+        assert!(err.len() < 400, "{}", err.len());
+        r.name = "ok".into();
+        r.namespace = "a\nb".into();
+        let err = check_object(&r).unwrap_err().to_string();
+        assert!(
+            err.starts_with("scaledObjectRef.namespace \"a\\nb\""),
+            "{err}"
+        );
+        r.namespace = "ns".into();
+        assert!(check_object(&r).is_ok());
     }
 
     #[test]

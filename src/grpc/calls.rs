@@ -1,0 +1,147 @@
+//! Every ExternalScaler call, counted and timed by method and code where the answer leaves the
+//! service: `orascale_grpc_requests_total` and `orascale_grpc_request_duration_seconds`.
+//!
+//! Counting here rather than in the handlers also counts what tonic answers before a handler
+//! runs: a request body that is not the method's protobuf (INVALID_ARGUMENT, from the codec's
+//! decoder) and a request over [`MAX_REQUEST`], which tonic refuses as OUT_OF_RANGE (a code
+//! meant for reading past the end of a file); here it becomes RESOURCE_EXHAUSTED with a
+//! message naming the limit, the code gRPC itself uses for an oversized message. For a stream,
+//! the count is its opening: the response headers, OK or the refusal.
+
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use tokio::time::Instant;
+use tonic::body::Body;
+use tonic::codegen::{BoxFuture, Service, http};
+use tonic::server::NamedService;
+use tonic::{Code, Status};
+
+use super::Scaler;
+use super::proto::external_scaler_server::ExternalScalerServer;
+use crate::telemetry::metrics as m;
+
+/// The largest request message the service decodes: tonic's default, set explicitly so the
+/// refusal can name it. KEDA's requests are a few hundred bytes; the metadata limits keep a
+/// valid one far below this.
+pub const MAX_REQUEST: usize = 4 * 1024 * 1024;
+
+/// The ExternalScaler service as served: the generated server around [`Scaler`], with the
+/// request limit, inside [`Calls`].
+pub fn server(scaler: Scaler) -> Calls<ExternalScalerServer<Scaler>> {
+    Calls {
+        inner: ExternalScalerServer::new(scaler).max_decoding_message_size(MAX_REQUEST),
+    }
+}
+
+/// Counts every call of the service inside and rewrites tonic's size refusal.
+#[derive(Debug, Clone)]
+pub struct Calls<S> {
+    inner: S,
+}
+
+impl<S: NamedService> NamedService for Calls<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+/// The method label of a request path, `None` for a path the service does not have (tonic
+/// answers UNIMPLEMENTED; not counted, so no client can invent label values).
+fn method(path: &str) -> Option<&'static str> {
+    let name = path.strip_prefix("/externalscaler.ExternalScaler/")?;
+    ["GetMetricSpec", "GetMetrics", "IsActive", "StreamIsActive"]
+        .into_iter()
+        .find(|m| *m == name)
+}
+
+/// The answer's code: a refusal carries `grpc-status` in its headers (a trailers-only
+/// response); a success sends headers without it and its status later, in the trailers.
+fn code(response: &http::Response<Body>) -> Code {
+    response
+        .headers()
+        .get(Status::GRPC_STATUS)
+        .map_or(Code::Ok, |v| Code::from_bytes(v.as_bytes()))
+}
+
+/// Our handlers never answer OUT_OF_RANGE: on this service it is tonic's request size limit.
+fn rewrite(response: http::Response<Body>) -> http::Response<Body> {
+    if code(&response) != Code::OutOfRange {
+        return response;
+    }
+    // tonic's message: "… found N bytes, the limit is: L bytes".
+    let found = Status::from_header_map(response.headers()).and_then(|s| {
+        let rest = s.message().split("found ").nth(1)?;
+        rest.split(' ').next()?.parse::<u64>().ok()
+    });
+    let size = found.map_or_else(String::new, |n| format!(" ({n} bytes)"));
+    Status::resource_exhausted(format!(
+        "the request message{size} is over the limit of {MAX_REQUEST} bytes (4 MiB)"
+    ))
+    .into_http()
+}
+
+impl<S, B> Service<http::Request<B>> for Calls<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = method(request.uri().path());
+        let started = Instant::now();
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let response = answer.await?;
+            let Some(method) = method else {
+                return Ok(response);
+            };
+            let response = rewrite(response);
+            m::grpc_request(method, code(&response), started.elapsed());
+            Ok(response)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_are_the_services_own() {
+        assert_eq!(
+            method("/externalscaler.ExternalScaler/GetMetrics"),
+            Some("GetMetrics")
+        );
+        assert_eq!(
+            method("/externalscaler.ExternalScaler/StreamIsActive"),
+            Some("StreamIsActive")
+        );
+        assert_eq!(method("/externalscaler.ExternalScaler/Nope"), None);
+        assert_eq!(method("/grpc.health.v1.Health/Check"), None);
+    }
+
+    #[test]
+    fn the_size_limit_becomes_resource_exhausted_naming_it() {
+        let tonic = Status::out_of_range(
+            "Error, decoded message length too large: found 5242880 bytes, the limit is: 4194304 bytes",
+        )
+        .into_http::<Body>();
+        let ours = rewrite(tonic);
+        let status = Status::from_header_map(ours.headers()).unwrap();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status.message(),
+            "the request message (5242880 bytes) is over the limit of 4194304 bytes (4 MiB)"
+        );
+        // Anything else passes unchanged.
+        let other = rewrite(Status::invalid_argument("x").into_http::<Body>());
+        assert_eq!(code(&other), Code::InvalidArgument);
+        assert_eq!(code(&http::Response::new(Body::default())), Code::Ok);
+    }
+}
