@@ -14,8 +14,9 @@
 //! - Without Instant Client every connect fails with DPI-1047; that becomes one startup warning
 //!   and an UNAVAILABLE answer carrying the install hint ([`CLIENT_MISSING_HINT`]).
 //!
-//! The conversion and error-classification rules are pure functions over the driver's types and
-//! error codes ([`column_kind`], [`to_cell`], [`classify`]), unit-tested without a database.
+//! The conversion, one-column and error-classification rules are pure functions over the
+//! driver's types, column names and error codes ([`column_kind`], [`to_cell`],
+//! [`super::one_column`], [`Fault::classify`]), unit-tested without a database.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -289,8 +290,9 @@ impl managed::Manager for Sessions {
     }
 }
 
-/// Fetches at most two rows (prefetch and array size 2: one round-trip, never more rows) and
-/// converts the first column of the only one; a second row is [`SourceError::ManyRows`].
+/// Checks the described columns ([`super::one_column`]: one, or [`SourceError::ManyColumns`]),
+/// fetches at most two rows (prefetch and array size 2: one round-trip, never more rows) and
+/// converts the column of the only one; a second row is [`SourceError::ManyRows`].
 fn first_cell(conn: &Connection, sql: &str) -> Result<Result<Cell, SourceError>, oracle::Error> {
     let mut stmt = conn
         .statement(sql)
@@ -298,6 +300,10 @@ fn first_cell(conn: &Connection, sql: &str) -> Result<Result<Cell, SourceError>,
         .prefetch_rows(2)
         .build()?;
     let mut rows = stmt.query(&[])?;
+    // One column, described by the execute before any row is fetched.
+    if let Err(e) = super::one_column("oracle", rows.column_info().iter().map(|c| c.name())) {
+        return Ok(Err(e));
+    }
     let Some(row) = rows.next() else {
         return Ok(Ok(Cell::NoRows));
     };
@@ -547,6 +553,32 @@ mod tests {
             to_cell(Raw::Float(f64::NAN)),
             Err(SourceError::NotNumeric(_))
         ));
+    }
+
+    /// The rule `first_cell` applies to `ResultSet::column_info()` right after the execute:
+    /// Oracle describes `select * from app.jobs` as upper-case names.
+    #[test]
+    fn one_column_rule() {
+        assert_eq!(super::super::one_column("oracle", ["COUNT(*)"]), Ok(()));
+        let e = super::super::one_column("oracle", ["ID", "STATUS", "CREATED"]).unwrap_err();
+        assert_eq!(
+            e,
+            SourceError::ManyColumns {
+                columns: vec!["ID".into(), "STATUS".into(), "CREATED".into()],
+                count: 3
+            }
+        );
+        assert!(
+            e.to_string()
+                .starts_with(r#"the query returns 3 columns ("ID", "STATUS", "CREATED")"#),
+            "{e}"
+        );
+        assert_eq!(
+            super::super::one_column::<&str>("oracle", []),
+            Err(SourceError::Query(
+                "oracle: the query returns no columns".into()
+            ))
+        );
     }
 
     #[test]

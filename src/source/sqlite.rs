@@ -288,7 +288,7 @@ fn open_file(path: &PathBuf, flags: OpenFlags) -> rusqlite::Result<Connection> {
     Connection::open_with_flags(path, flags)
 }
 
-/// Runs the statement and reads the first column of its only row (at most two rows are stepped).
+/// Runs the statement and reads its only column of its only row (at most two rows are stepped).
 fn first_cell(conn: &Connection, sql: &str) -> Result<Cell, SourceError> {
     let db_err = |e: rusqlite::Error| SourceError::Query(format!("sqlite: {e}"));
     let mut stmt = conn.prepare_cached(sql).map_err(|e| match e {
@@ -302,11 +302,8 @@ fn first_cell(conn: &Connection, sql: &str) -> Result<Cell, SourceError> {
             "sqlite: the query is not read-only; a scaler only reads".into(),
         ));
     }
-    if stmt.column_count() == 0 {
-        return Err(SourceError::Query(
-            "sqlite: the query returns no columns".into(),
-        ));
-    }
+    // One column, known from the prepared statement before any row is stepped.
+    super::one_column("sqlite", stmt.column_names())?;
     let mut rows = stmt.query([]).map_err(db_err)?;
     let Some(row) = rows.next().map_err(interrupted_or(db_err))? else {
         return Ok(Cell::NoRows);
@@ -402,7 +399,7 @@ mod tests {
             ("select * from big", Err(())),
             // Row 1000 overflows if it is ever computed: only two rows are stepped.
             (
-                "select id, abs(-9223372036854775807 - (id >= 1000)) from big",
+                "select abs(-9223372036854775807 - (id >= 1000)) from big",
                 Err(()),
             ),
             // A non-numeric first cell over many rows: the row count is the mistake to report.
@@ -434,6 +431,59 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("overflow")
+        );
+    }
+
+    /// One row AND one column (issue 18): `select *` over one matching row used to report its
+    /// first column, an id. Checked on the prepared statement, before any row is stepped.
+    #[tokio::test]
+    async fn one_column_only_whatever_the_rows() {
+        let (_dir, src) = file_db(
+            "create table jobs(id integer primary key, status text, size integer);
+             insert into jobs values (37, 'queued', 3), (38, 'done', 4), (39, 'done', 5);",
+        );
+        let many = |names: &[&str]| SourceError::ManyColumns {
+            columns: names.iter().map(|n| n.to_string()).collect(),
+            count: names.len(),
+        };
+        for (sql, want) in [
+            // One matching row: the case that scaled on the id 37.
+            (
+                "select * from jobs where status = 'queued'",
+                many(&["id", "status", "size"]),
+            ),
+            // Many rows or none: the columns are the mistake reported, the same way.
+            (
+                "select * from jobs where status = 'done'",
+                many(&["id", "status", "size"]),
+            ),
+            (
+                "select id, size from jobs where id = 0",
+                many(&["id", "size"]),
+            ),
+            (
+                "select count(*), max(size) from jobs",
+                many(&["count(*)", "max(size)"]),
+            ),
+            // Overflows on the first step: never stepped.
+            (
+                "select 1 as a, abs(-9223372036854775807 - 2) as b",
+                many(&["a", "b"]),
+            ),
+        ] {
+            let e = src.query(sql, T).await.unwrap_err();
+            assert_eq!(e, want, "{sql}");
+            let text = e.to_string();
+            assert!(text.contains("select count(*) from …"), "{text}");
+            if let SourceError::ManyColumns { columns, .. } = &want {
+                assert!(text.contains(&format!("{:?}", columns[1])), "{text}");
+            }
+        }
+        assert_eq!(
+            src.query("select count(*) from jobs where status = 'queued'", T)
+                .await
+                .unwrap(),
+            Cell::Number(1.0)
         );
     }
 

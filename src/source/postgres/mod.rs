@@ -449,7 +449,7 @@ impl managed::Manager for Sessions {
     }
 }
 
-/// Prepares (cached per session) and reads the first column of the only row. The statement runs
+/// Prepares (cached per session), checks there is one column, and reads it from the only row. The statement runs
 /// in a portal that fetches at most two rows, so a `select *` over a huge table is neither read
 /// nor sent: the server stops after the second row. A portal needs a transaction block; the
 /// session is read-only and the transaction is rolled back when dropped (sent, not awaited:
@@ -468,11 +468,8 @@ async fn first_cell(session: &mut Session, sql: &str) -> Result<Cell, SourceErro
             s
         }
     };
-    if statement.columns().is_empty() {
-        return Err(SourceError::Query(
-            "postgres: the query returns no columns".into(),
-        ));
-    }
+    // One column, known from the prepared statement's description before anything runs.
+    super::one_column("postgres", statement.columns().iter().map(|c| c.name()))?;
     let tx = session.client.transaction().await.map_err(query_err)?;
     let portal = tx.bind(&statement, &[]).await.map_err(query_err)?;
     let rows = tx.query_portal(&portal, 2).await.map_err(query_err)?;
