@@ -87,11 +87,13 @@ impl Source for Sqlite {
     }
 
     fn pool(&self) -> PoolStatus {
-        let in_use = self.max_idle - self.permits.available_permits().min(self.max_idle);
+        let slots_taken = self.max_idle - self.permits.available_permits().min(self.max_idle);
+        let size = self.open.load(Ordering::Relaxed);
         PoolStatus {
             max: self.max_idle,
-            size: self.open.load(Ordering::Relaxed),
-            in_use,
+            size,
+            // A slot is taken a moment before its connection opens: never more in use than open.
+            in_use: slots_taken.min(size),
             waiting: self.waiting.load(Ordering::Relaxed),
         }
     }
