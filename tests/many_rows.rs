@@ -1,6 +1,7 @@
-//! One number per query: a query that returns more than one row is an error on every source,
-//! never its first cell read as the metric — and detecting it never reads the rest of the result.
-//! Against the real server over gRPC (SQLite and a real PostgreSQL) and the real binary's `check`.
+//! One number per query: a query that returns more than one row, or more than one column, is an
+//! error on every source, never its first cell read as the metric — and detecting it never reads
+//! the rest of the result. Against the real server over gRPC (SQLite and a real PostgreSQL) and
+//! the real binary's `check`.
 
 mod support;
 
@@ -22,6 +23,55 @@ fn assert_advice(message: &str, query: &str, first_row: &str) {
         query,
     ] {
         assert!(message.contains(part), "{part:?} missing from: {message}");
+    }
+}
+
+/// The advice every many-columns error carries, naming the columns seen.
+fn assert_columns(message: &str, query: &str, count: usize, names: &[&str]) {
+    assert!(
+        message.contains(&format!("the query returns {count} columns (")),
+        "{message}"
+    );
+    for name in names {
+        let quoted = format!("{name:?}");
+        assert!(
+            message.contains(&quoted),
+            "{quoted} missing from: {message}"
+        );
+    }
+    for part in ["one column", "select count(*) from", "an aggregate", query] {
+        assert!(message.contains(part), "{part:?} missing from: {message}");
+    }
+    assert!(!message.contains("more than one row"), "{message}");
+}
+
+/// Queries of more than one column are UNAVAILABLE naming the columns, whatever their rows
+/// (one, many, none), for GetMetrics and IsActive alike, with or without `ignoreNullValues`.
+async fn expect_many_columns(
+    c: &mut orascale::grpc::proto::external_scaler_client::ExternalScalerClient<
+        tonic::transport::Channel,
+    >,
+    cases: &[(&str, &[&str])],
+) {
+    for (q, names) in cases {
+        for ignore in ["false", "true"] {
+            let obj = object(
+                "columns",
+                &[
+                    ("query", q),
+                    ("targetQueryValue", "5"),
+                    ("ignoreNullValues", ignore),
+                ],
+            );
+            let e = c
+                .get_metrics(deadline(metrics_request(&obj, "")))
+                .await
+                .expect_err("many columns is an error");
+            assert_eq!(e.code(), Code::Unavailable, "{q}: {e:?}");
+            assert_columns(e.message(), q, names.len(), names);
+            let e = c.is_active(deadline(obj.clone())).await.unwrap_err();
+            assert_eq!(e.code(), Code::Unavailable, "IsActive too: {e:?}");
+        }
     }
 }
 
@@ -65,7 +115,7 @@ async fn sqlite_one_row_or_an_error_that_says_what_to_write() {
 
         // The shapes from the issue: an id would have been read as the metric.
         for q in [
-            "select * from jobs where status = 'queued'",
+            "select id from jobs where status = 'queued'",
             "select id from jobs",
         ] {
             for ignore in ["false", "true"] {
@@ -87,6 +137,23 @@ async fn sqlite_one_row_or_an_error_that_says_what_to_write() {
                 assert_eq!(e.code(), Code::Unavailable, "IsActive too: {e:?}");
             }
         }
+
+        // One row and one column: `select *` over exactly one matching row used to answer its
+        // id (issue 18); now it is the same clear error as over many rows, or none.
+        let jobs_columns: &[&str] = &["id", "status"];
+        expect_many_columns(
+            &mut c,
+            &[
+                ("select * from jobs where id = 3", jobs_columns),
+                ("select * from jobs where status = 'queued'", jobs_columns),
+                ("select id, status from jobs where id = 0", jobs_columns),
+                (
+                    "select count(*), max(id) from jobs",
+                    &["count(*)", "max(id)"],
+                ),
+            ],
+        )
+        .await;
 
         // The other ScaledObjects on the connection are untouched.
         let good = object("good", &[("query", QUEUED), ("targetQueryValue", "5")]);
@@ -120,6 +187,21 @@ fn check_reports_many_rows_with_the_same_advice() {
     assert!(out.contains("more than one row"), "{out}");
     assert!(out.contains("select count(*) from ("), "{out}");
     assert!(out.contains("limit 1"), "{out}");
+
+    // One matching row of two columns: check refuses it like the server, naming the columns.
+    let (code, out, err) = run_bin(&[
+        "check",
+        "--connection",
+        &jobs,
+        "--query",
+        "select * from jobs where id = 2",
+    ]);
+    assert_eq!(code, 1, "a many-columns query fails the check: {out}{err}");
+    assert!(out.contains("FAILED"), "{out}");
+    assert!(
+        out.contains(r#"the query returns 2 columns ("id", "status")"#),
+        "{out}"
+    );
 
     let (code, out, err) = run_bin(&[
         "check",
@@ -162,11 +244,11 @@ async fn postgres_many_rows_is_an_error_and_the_rest_is_never_read() {
         ];
         expect_values(&mut c, &cases).await;
         for q in [
-            "select * from jobs where status = 'queued'",
+            "select id from jobs where status = 'queued'",
             "select id from jobs",
             "select * from big",
             // Evaluated past the second row, this would fail with "division by zero" instead.
-            "select id, 1 / (1000 - id) from big",
+            "select 1 / (1000 - id) from big",
         ] {
             let obj = object(
                 "many",
@@ -184,6 +266,23 @@ async fn postgres_many_rows_is_an_error_and_the_rest_is_never_read() {
             assert_advice(e.message(), q, "limit 1");
             assert!(!e.message().contains("division by zero"), "{}", e.message());
         }
+        // One row and one column: refused from the prepared statement's description, before it
+        // runs (row 1000 would divide by zero), for one row, many rows and none alike.
+        let jobs_columns: &[&str] = &["id", "status"];
+        expect_many_columns(
+            &mut c,
+            &[
+                ("select * from jobs where id = 3", jobs_columns),
+                ("select * from jobs where status = 'queued'", jobs_columns),
+                ("select id, status from jobs where id = 0", jobs_columns),
+                (
+                    "select id, 1 / (1000 - id) as ratio from big",
+                    &["id", "ratio"],
+                ),
+                ("select count(*), max(id) from jobs", &["count", "max"]),
+            ],
+        )
+        .await;
         // The session went back to the pool clean: no transaction left open, the next query works.
         let good = object("good", &[("query", QUEUED), ("targetQueryValue", "5")]);
         assert_eq!(

@@ -2,6 +2,8 @@
 //! real binary starts, warns once with the install hint, keeps serving GetMetricSpec and answers
 //! GetMetrics/IsActive with UNAVAILABLE carrying that hint. Where a client is installed the
 //! same calls must fail with a connect error instead (nothing listens on the port used).
+//! And connects that hang (a black-holed host), through the source's connect seam: they cannot
+//! pile up threads and starve the process's other blocking work.
 
 mod support;
 
@@ -187,4 +189,165 @@ fn check_reports_each_connection_and_fails_when_one_fails() {
     ]);
     assert_eq!(code, 1);
     assert!(out.contains("no such table: missing"), "{out}");
+}
+
+/// A connect that hangs like one to a black-holed host (SYN sent, nothing ever answers) until
+/// released, counting the blocking threads inside it.
+#[derive(Default)]
+struct BlackHole {
+    inside: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+    calls: std::sync::atomic::AtomicUsize,
+    connect_strings: std::sync::Mutex<Vec<String>>,
+    released: std::sync::Mutex<bool>,
+    wake: std::sync::Condvar,
+}
+
+impl BlackHole {
+    fn release(&self) {
+        *self.released.lock().unwrap() = true;
+        self.wake.notify_all();
+    }
+}
+
+impl orascale::source::oracle::Connect for BlackHole {
+    fn connect(
+        &self,
+        logon: &orascale::source::oracle::Logon,
+    ) -> Result<oracle::Connection, oracle::Error> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.calls.fetch_add(1, SeqCst);
+        let now = self.inside.fetch_add(1, SeqCst) + 1;
+        self.peak.fetch_max(now, SeqCst);
+        self.connect_strings
+            .lock()
+            .unwrap()
+            .push(logon.connect_string.clone());
+        let released = self.released.lock().unwrap();
+        // Bounded, so a failing test still ends.
+        let _ = self
+            .wake
+            .wait_timeout_while(released, Duration::from_secs(60), |r| !*r)
+            .unwrap();
+        self.inside.fetch_sub(1, SeqCst);
+        Err(oracle::Error::new(
+            oracle::ErrorKind::Other,
+            "ORA-12170: TNS:Connect timeout occurred",
+        ))
+    }
+}
+
+/// A connect refused at once (nothing listens), like a healthy network to a stopped listener.
+struct Refused;
+
+impl orascale::source::oracle::Connect for Refused {
+    fn connect(
+        &self,
+        _: &orascale::source::oracle::Logon,
+    ) -> Result<oracle::Connection, oracle::Error> {
+        Err(oracle::Error::new(
+            oracle::ErrorKind::Other,
+            "ORA-12541: TNS:no listener",
+        ))
+    }
+}
+
+/// Releases the black hole however the test ends, so its threads end and the runtime can stop.
+struct ReleaseOnDrop(std::sync::Arc<BlackHole>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+/// Issue 18: a poll that gives up on a hanging connect leaves its blocking thread running; the
+/// next poll used to start another, until tokio's blocking-thread cap was reached and SQLite
+/// queries, other Oracle connections and password-file reads waited behind them. Now at most
+/// `CONNECTS_IN_FLIGHT` connects of a connection are in flight (an abandoned one still counts),
+/// and the connect string carries Oracle Net's connect timeout.
+#[test]
+fn a_black_holed_host_cannot_take_the_blocking_threads() {
+    use orascale::source::oracle::{CONNECTS_IN_FLIGHT, Oracle};
+    use orascale::source::sqlite::Sqlite;
+    use orascale::source::{Cell, Source};
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering::SeqCst;
+
+    // A small cap stands in for tokio's 512: the pile-up reaches it in a few polls.
+    const BLOCKING_THREADS: usize = 8;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(BLOCKING_THREADS)
+        .enable_all()
+        .build()
+        .unwrap();
+    let hole = Arc::new(BlackHole::default());
+    let _release = ReleaseOnDrop(hole.clone());
+    let db = TestDb::new();
+    db.set_queued(3);
+    rt.block_on(guard(Duration::from_secs(60), async {
+        let url = "oracle://scott@10.255.255.1:1521/FREEPDB1";
+        let mut conn = connection("blackholed", url);
+        conn.pool_size = 4;
+        let blackholed = Oracle::with_connect(
+            &conn,
+            "scott",
+            Some(PASSWORD),
+            "//10.255.255.1:1521/FREEPDB1",
+            hole.clone(),
+        )
+        .unwrap();
+        let refused = Oracle::with_connect(
+            &connection("refused", url),
+            "scott",
+            Some(PASSWORD),
+            "//127.0.0.1:1/FREEPDB1",
+            Arc::new(Refused),
+        )
+        .unwrap();
+        let sqlite = Sqlite::new(
+            "jobs",
+            orascale::config::SqliteTarget::File(db.path.clone()),
+            2,
+        );
+        // Four pollers on the black-holed connection give up after 50 ms, round after round,
+        // while the SQLite source and another Oracle connection are polled beside them.
+        for round in 0..10 {
+            let polls = (0..4)
+                .map(|_| blackholed.query("select count(*) from jobs", Duration::from_millis(50)));
+            let (polls, local, other) = tokio::join!(
+                futures::future::join_all(polls),
+                sqlite.query(QUEUED, Duration::from_secs(5)),
+                refused.query("select 1 from dual", Duration::from_secs(5)),
+            );
+            for p in polls {
+                let e = p.expect_err("a black-holed host never answers");
+                assert_eq!(e.result_label(), "timeout", "round {round}: {e}");
+            }
+            assert_eq!(
+                local,
+                Ok(Cell::Number(3.0)),
+                "round {round}: SQLite is served"
+            );
+            let e = other.expect_err("nothing listens");
+            assert!(e.to_string().contains("ORA-12541"), "round {round}: {e}");
+        }
+        let peak = hole.peak.load(SeqCst);
+        assert!(hole.calls.load(SeqCst) >= 1, "the connects were attempted");
+        assert!(
+            peak <= CONNECTS_IN_FLIGHT,
+            "{peak} connect threads at once (bound {CONNECTS_IN_FLIGHT})"
+        );
+        assert!(hole.inside.load(SeqCst) <= CONNECTS_IN_FLIGHT);
+        for s in hole.connect_strings.lock().unwrap().iter() {
+            assert!(
+                s.ends_with("?connect_timeout=10&transport_connect_timeout=10"),
+                "{s}"
+            );
+            assert!(!s.contains(PASSWORD));
+        }
+    }));
+    hole.release();
+    rt.shutdown_timeout(Duration::from_secs(10));
 }

@@ -92,8 +92,13 @@ async fn conversions_nulls_and_no_rows() {
             Err("fetch first 1 row only"),
         ),
         (
-            "select level, 1 / (1000 - level) from dual connect by level <= 1000000",
+            "select 1 / (1000 - level) from dual connect by level <= 1000000",
             Err("more than one row"),
+        ),
+        // One row and one column: two columns are refused before any row is fetched.
+        (
+            "select 1 as a, 2 as b from dual",
+            Err(r#"the query returns 2 columns ("A", "B")"#),
         ),
         (
             "select level from dual connect by level <= 1000000 fetch first 1 row only",

@@ -399,3 +399,128 @@ async fn bad_sql_fails_only_its_own_scaled_object() {
     })
     .await;
 }
+
+/// The error polls of a connection so far.
+async fn errors(addr: std::net::SocketAddr, connection: &str) -> f64 {
+    polls(addr, connection, "error").await
+}
+
+/// Calls GetMetrics until it answers `want` (errors included, they are what a stale session
+/// gives); panics with the last answer after `limit`.
+async fn until_value(
+    c: &mut orascale::grpc::proto::external_scaler_client::ExternalScalerClient<
+        tonic::transport::Channel,
+    >,
+    obj: &orascale::grpc::proto::ScaledObjectRef,
+    want: f64,
+    limit: Duration,
+) {
+    let started = Instant::now();
+    loop {
+        let got = c.get_metrics(deadline(metrics_request(obj, ""))).await;
+        if matches!(&got, Ok(r) if r.get_ref().metric_values[0].metric_value_float == want) {
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{:?} never answered {want} within {limit:?}; last answer: {got:?}",
+            obj.name
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// 7. Cached prepared statements that the server invalidated heal on the same poll: a column's
+/// type changed under a live poller ("cached plan must not change result type", 0A000), and
+/// the session's statements deallocated behind its back (what a pooler's `DISCARD ALL` does,
+/// 26000). One pooled session, so every poll reuses the stale statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_prepared_statements_are_prepared_again() {
+    let Some(pg) = Pg::start_or_skip("stale_prepared_statements_are_prepared_again") else {
+        return;
+    };
+    guard(LIMIT, async {
+        let admin = pg.setup().await;
+        admin
+            .batch_execute(&format!(
+                "create table sizes (n integer); insert into sizes values (1);
+                 grant select on sizes to {scaler};
+                 -- What DISCARD ALL in a pooler does to the session's prepared statements,
+                 -- run from inside that session by a trigger's query.
+                 create function forget_statements() returns integer language plpgsql as $$
+                 begin execute 'deallocate all'; return 1; end $$;",
+                scaler = pg::SCALER_USER
+            ))
+            .await
+            .unwrap();
+        let mut conn = connection("pgstale", &pg.scaler_url());
+        conn.pool_size = 1;
+        let server = start(vec![conn], engine()).await;
+        let mut c = client(server.grpc_addr).await;
+        let sizes = object(
+            "sizes",
+            &[
+                ("query", "select max(n) from sizes"),
+                ("targetQueryValue", "1"),
+                ("pollInterval", "200ms"),
+            ],
+        );
+        until_value(&mut c, &sizes, 1.0, Duration::from_secs(10)).await;
+        // A few polls on the cached statement before the change.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = errors(server.metrics_addr, "pgstale").await;
+
+        // integer → numeric changes the statement's result type.
+        admin
+            .batch_execute(
+                "alter table sizes alter column n type numeric; update sizes set n = 2.5;",
+            )
+            .await
+            .unwrap();
+        until_value(&mut c, &sizes, 2.5, Duration::from_secs(10)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        until_value(&mut c, &sizes, 2.5, Duration::from_secs(1)).await;
+        assert_eq!(
+            errors(server.metrics_addr, "pgstale").await - before,
+            0.0,
+            "the stale plan healed within its poll"
+        );
+
+        // Another trigger on the same (only) session deallocates every prepared statement on
+        // each of its polls: both keep answering, each poll re-preparing what it lost.
+        let forget = object(
+            "forget",
+            &[
+                ("query", "select forget_statements()"),
+                ("targetQueryValue", "1"),
+                ("pollInterval", "200ms"),
+            ],
+        );
+        until_value(&mut c, &forget, 1.0, Duration::from_secs(10)).await;
+        admin
+            .batch_execute("update sizes set n = 7;")
+            .await
+            .unwrap();
+        until_value(&mut c, &sizes, 7.0, Duration::from_secs(10)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        until_value(&mut c, &sizes, 7.0, Duration::from_secs(1)).await;
+        until_value(&mut c, &forget, 1.0, Duration::from_secs(1)).await;
+        assert_eq!(
+            errors(server.metrics_addr, "pgstale").await - before,
+            0.0,
+            "statements deallocated behind the session's back are prepared again"
+        );
+        let log = pg.log();
+        assert!(
+            log.contains("cached plan must not change result type"),
+            "the server did invalidate the plan"
+        );
+        assert!(
+            log.lines()
+                .any(|l| l.contains("prepared statement \"s") && l.contains("does not exist")),
+            "the server did forget the statements"
+        );
+        server.stop().await;
+    })
+    .await;
+}

@@ -1,10 +1,12 @@
 //! The one small trait every database sits behind, and how a connection's config becomes one.
 //!
 //! A [`Source`] runs one query with a timeout that it enforces on the database side, and returns
-//! the first column of its one row as a [`Cell`]. A query must produce exactly one row (or none):
-//! every source fetches at most two rows and answers [`SourceError::ManyRows`] for a second one,
-//! because scaling on "the first row of many" is scaling on noise. What a NULL or an empty result
-//! means is the engine's decision (`ignoreNullValues`), not the source's.
+//! the value of its one row and one column as a [`Cell`]. A query must produce exactly one column
+//! and one row (or none): every source checks the columns the database describes before reading
+//! any row ([`one_column`], [`SourceError::ManyColumns`]), fetches at most two rows and answers
+//! [`SourceError::ManyRows`] for a second one, because scaling on "the first cell of many" is
+//! scaling on an id or on noise. What a NULL or an empty result means is the engine's decision
+//! (`ignoreNullValues`), not the source's.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,8 +57,74 @@ pub enum SourceError {
         /// The dialect's way to keep only the first row.
         first_row: &'static str,
     },
+    /// More than one column, found before any row is read: with `select *` the first column is
+    /// usually an id. Keeps at most [`SHOWN_COLUMNS`] names, each cut to [`COLUMN_NAME_MAX`]
+    /// characters, and the total.
+    #[error(
+        "the query returns {count} columns ({}); orascale scales on one number: return one column, e.g. `select count(*) from …` or an aggregate",
+        list_columns(columns, *count)
+    )]
+    ManyColumns {
+        /// The first names, quoted and cut when shown.
+        columns: Vec<String>,
+        /// How many columns there are.
+        count: usize,
+    },
     #[error("{0}")]
     Unsupported(String),
+}
+
+/// Column names kept in a [`SourceError::ManyColumns`]; the rest are counted.
+pub const SHOWN_COLUMNS: usize = 8;
+/// Characters of each column name kept in a [`SourceError::ManyColumns`].
+pub const COLUMN_NAME_MAX: usize = 40;
+
+/// `"id", "status", … and 3 more`: bounded whatever the query.
+fn list_columns(columns: &[String], count: usize) -> String {
+    let mut out = columns
+        .iter()
+        .map(|c| format!("{c:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if count > columns.len() {
+        out.push_str(&format!(" … and {} more", count - columns.len()));
+    }
+    out
+}
+
+/// The one-column rule, over the column names the database describes for a statement (before
+/// its rows are read): one column passes; none is an error of its own; more is
+/// [`SourceError::ManyColumns`] naming them. `kind` prefixes the no-columns message.
+pub fn one_column<S: AsRef<str>>(
+    kind: &str,
+    names: impl IntoIterator<Item = S>,
+) -> Result<(), SourceError> {
+    let mut kept = Vec::new();
+    let mut count = 0;
+    for name in names {
+        if kept.len() < SHOWN_COLUMNS {
+            let name = name.as_ref();
+            kept.push(if name.chars().count() > COLUMN_NAME_MAX {
+                format!(
+                    "{}…",
+                    name.chars().take(COLUMN_NAME_MAX).collect::<String>()
+                )
+            } else {
+                name.to_string()
+            });
+        }
+        count += 1;
+    }
+    match count {
+        0 => Err(SourceError::Query(format!(
+            "{kind}: the query returns no columns"
+        ))),
+        1 => Ok(()),
+        _ => Err(SourceError::ManyColumns {
+            columns: kept,
+            count,
+        }),
+    }
 }
 
 impl SourceError {
@@ -268,6 +336,50 @@ pub fn parse_numeric_text(text: &str) -> Result<f64, SourceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_column_rule() {
+        assert_eq!(one_column("sqlite", ["count(*)"]), Ok(()));
+        assert_eq!(
+            one_column("oracle", Vec::<String>::new()),
+            Err(SourceError::Query(
+                "oracle: the query returns no columns".into()
+            ))
+        );
+        let e = one_column("postgres", ["id", "status"]).unwrap_err();
+        assert_eq!(
+            e,
+            SourceError::ManyColumns {
+                columns: vec!["id".into(), "status".into()],
+                count: 2
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "the query returns 2 columns (\"id\", \"status\"); orascale scales on one number: \
+             return one column, e.g. `select count(*) from …` or an aggregate"
+        );
+        // Bounded in count and bytes, whatever the query: names are quoted (a quote or a
+        // newline in a name cannot break the message) and cut.
+        let long = "x".repeat(10_000);
+        let mut names: Vec<String> = (0..1000).map(|i| format!("c{i}")).collect();
+        names[0] = long;
+        names[1] = "we\"ird\nname".into();
+        let e = one_column("sqlite", &names).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with("the query returns 1000 columns ("),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("\"{}…\"", "x".repeat(COLUMN_NAME_MAX))),
+            "{text}"
+        );
+        assert!(text.contains(r#""we\"ird\nname""#), "{text}");
+        assert!(text.contains("\"c7\" … and 992 more)"), "{text}");
+        assert!(!text.contains("\"c8\""), "{text}");
+        assert!(text.len() < 600, "{} bytes", text.len());
+    }
 
     #[test]
     fn numeric_text() {

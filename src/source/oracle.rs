@@ -3,6 +3,12 @@
 //!
 //! - ODPI-C is blocking: connecting and every query run in `spawn_blocking`, with the pooled
 //!   session moved into the blocking task, so a slow network never blocks a runtime worker.
+//! - A connect cannot be cancelled. Oracle Net bounds it ([`with_connect_timeout`] writes
+//!   `CONNECT_TIMEOUT` into the connect string), and at most [`CONNECTS_IN_FLIGHT`] run per
+//!   connection: the blocking thread holds its permit until the connect really returns, so a
+//!   poll that gave up still counts and the next one waits (on no thread) instead of piling up
+//!   threads against a black-holed host. The connect itself is a seam ([`Connect`]) so tests
+//!   can stand in for such a host.
 //! - The query timeout covers waiting for a session and the query. The remaining time becomes the
 //!   session's `call_timeout`, which Oracle enforces per round-trip (DPI-1067 on expiry). Should a
 //!   call still not return, `break_execution()` is sent from another thread. A session that
@@ -14,8 +20,9 @@
 //! - Without Instant Client every connect fails with DPI-1047; that becomes one startup warning
 //!   and an UNAVAILABLE answer carrying the install hint ([`CLIENT_MISSING_HINT`]).
 //!
-//! The conversion and error-classification rules are pure functions over the driver's types and
-//! error codes ([`column_kind`], [`to_cell`], [`classify`]), unit-tested without a database.
+//! The conversion, one-column and error-classification rules are pure functions over the
+//! driver's types, column names and error codes ([`column_kind`], [`to_cell`],
+//! [`super::one_column`], [`Fault::classify`]), unit-tested without a database.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +45,14 @@ pub const CLIENT_MISSING_HINT: &str = "Oracle Instant Client not found: install 
 
 /// Statements cached per session (the OCI statement cache).
 const STATEMENT_CACHE: u32 = 20;
+/// Oracle Net's bound on reaching the database (TCP, TLS, the listener's handshake), written
+/// into EZConnect strings and connect descriptors ([`with_connect_timeout`]).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connects of one connection that may be in flight at once (fewer if `pool_size` is smaller).
+/// A blocking connect cannot be cancelled: a poll that gives up leaves its thread running, and
+/// without this bound polls against a black-holed host would pile such threads up to tokio's
+/// blocking-thread cap, stalling every other blocking task of the process.
+pub const CONNECTS_IN_FLIGHT: usize = 2;
 /// How long past the deadline we wait for a call before breaking it from another thread.
 const BREAK_GRACE: Duration = Duration::from_secs(2);
 
@@ -52,6 +67,80 @@ struct Sessions {
     user: String,
     password: PasswordSource,
     connect_string: String,
+    connect: Arc<dyn Connect>,
+    /// Held by the blocking thread of each connect until it really returns.
+    connects: Arc<tokio::sync::Semaphore>,
+}
+
+/// What one logon needs. Never printed: it holds the password.
+pub struct Logon {
+    pub user: String,
+    pub password: String,
+    /// With [`CONNECT_TIMEOUT`] applied where the form allows it.
+    pub connect_string: String,
+}
+
+/// The blocking connect the pool calls on a blocking thread: ODPI-C's in production ([`Odpi`]),
+/// any other in tests (there is no Instant Client to reach a real, or a black-holed, database).
+pub trait Connect: Send + Sync + 'static {
+    fn connect(&self, logon: &Logon) -> Result<Connection, oracle::Error>;
+}
+
+/// The real connect: ODPI-C, loading Instant Client on first use.
+pub struct Odpi;
+
+impl Connect for Odpi {
+    fn connect(&self, logon: &Logon) -> Result<Connection, oracle::Error> {
+        oracle::InitParams::new().init()?;
+        let mut connector = Connector::new(
+            logon.user.as_str(),
+            logon.password.as_str(),
+            logon.connect_string.as_str(),
+        );
+        connector.stmt_cache_size(STATEMENT_CACHE);
+        // No user: authenticate with the wallet / OS (external authentication).
+        if logon.user.is_empty() {
+            connector.external_auth(true);
+        }
+        let conn = connector.connect()?;
+        // Visible in v$session.module for DBAs.
+        let _ = conn.set_module("orascale");
+        Ok(conn)
+    }
+}
+
+/// `connect_string` with Oracle Net's connect timeouts (`t`, in whole seconds, at least 1):
+/// EZConnect gets `?connect_timeout=N&transport_connect_timeout=N` (EZConnect Plus, Instant
+/// Client 19+), a `(DESCRIPTION=…)` gets `(CONNECT_TIMEOUT=N)(TRANSPORT_CONNECT_TIMEOUT=N)`. A
+/// TNS alias is left alone (set `SQLNET.OUTBOUND_CONNECT_TIMEOUT` in `sqlnet.ora`), and so is a
+/// string that already names a connect timeout: the operator's choice wins.
+pub fn with_connect_timeout(connect_string: &str, t: Duration) -> String {
+    let secs = t.as_secs().max(1);
+    let s = connect_string.trim();
+    if s.to_ascii_lowercase().contains("connect_timeout") {
+        return s.to_string();
+    }
+    if let Some(after_paren) = s.strip_prefix('(') {
+        // `(DESCRIPTION=`, spaces allowed around the keyword and the `=`.
+        let after_paren = after_paren.trim_start();
+        let (Some(keyword), Some(rest)) = (after_paren.get(..11), after_paren.get(11..)) else {
+            return s.to_string();
+        };
+        match rest.trim_start().strip_prefix('=') {
+            Some(body) if keyword.eq_ignore_ascii_case("DESCRIPTION") => {
+                return format!(
+                    "(DESCRIPTION=(CONNECT_TIMEOUT={secs})(TRANSPORT_CONNECT_TIMEOUT={secs}){body}"
+                );
+            }
+            // A DESCRIPTION_LIST or anything else: leave it as written.
+            _ => return s.to_string(),
+        }
+    }
+    if s.contains('/') || s.contains(':') {
+        let sep = if s.contains('?') { '&' } else { '?' };
+        return format!("{s}{sep}connect_timeout={secs}&transport_connect_timeout={secs}");
+    }
+    s.to_string()
 }
 
 /// A pooled session; the `Arc` lets another thread break a call in progress.
@@ -76,10 +165,25 @@ impl Oracle {
         password: Option<&str>,
         connect_string: &str,
     ) -> Result<Self, SourceError> {
+        Self::with_connect(conn, user, password, connect_string, Arc::new(Odpi))
+    }
+
+    /// [`Oracle::new`] with another blocking connect (tests).
+    pub fn with_connect(
+        conn: &ConnectionConfig,
+        user: &str,
+        password: Option<&str>,
+        connect_string: &str,
+        connect: Arc<dyn Connect>,
+    ) -> Result<Self, SourceError> {
         let sessions = Sessions {
             user: user.to_string(),
             password: PasswordSource::new(conn, password.map(|p| p.as_bytes().to_vec())),
-            connect_string: connect_string.to_string(),
+            connect_string: with_connect_timeout(connect_string, CONNECT_TIMEOUT),
+            connect,
+            connects: Arc::new(tokio::sync::Semaphore::new(
+                CONNECTS_IN_FLIGHT.min(conn.pool_size.max(1)),
+            )),
         };
         let pool = Pool::builder(sessions)
             .max_size(conn.pool_size.max(1))
@@ -252,26 +356,31 @@ impl managed::Manager for Sessions {
     type Error = SourceError;
 
     async fn create(&self) -> Result<Session, SourceError> {
-        let password =
-            String::from_utf8_lossy(&self.password.get()?.unwrap_or_default()).into_owned();
-        let user = self.user.clone();
-        let connect_string = self.connect_string.clone();
+        // Waiting for a connect slot takes no thread, and ends when the poll gives up.
+        let permit = self
+            .connects
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| SourceError::Connect("oracle source is closed".into()))?;
+        let password = self.password.clone();
+        let (user, connect_string) = (self.user.clone(), self.connect_string.clone());
+        let connect = self.connect.clone();
         let made = tokio::task::spawn_blocking(move || {
-            oracle::InitParams::new().init()?;
-            let mut connector =
-                Connector::new(user.as_str(), password.as_str(), connect_string.as_str());
-            connector.stmt_cache_size(STATEMENT_CACHE);
-            // No user: authenticate with the wallet / OS (external authentication).
-            if user.is_empty() {
-                connector.external_auth(true);
-            }
-            let conn = connector.connect()?;
-            // Visible in v$session.module for DBAs.
-            let _ = conn.set_module("orascale");
-            Ok::<_, oracle::Error>(conn)
+            // Held until the connect really returns, even when the poll that asked has given
+            // up: an abandoned connect still counts, and the next one waits for it.
+            let _permit = permit;
+            // A password file is read here too, never on a runtime worker.
+            let password =
+                String::from_utf8_lossy(&password.get()?.unwrap_or_default()).into_owned();
+            Ok::<_, SourceError>(connect.connect(&Logon {
+                user,
+                password,
+                connect_string,
+            }))
         })
         .await
-        .map_err(|e| SourceError::Connect(format!("oracle connect task failed: {e}")))?;
+        .map_err(|e| SourceError::Connect(format!("oracle connect task failed: {e}")))??;
         match made {
             Ok(conn) => Ok(Session {
                 conn: Arc::new(conn),
@@ -289,8 +398,9 @@ impl managed::Manager for Sessions {
     }
 }
 
-/// Fetches at most two rows (prefetch and array size 2: one round-trip, never more rows) and
-/// converts the first column of the only one; a second row is [`SourceError::ManyRows`].
+/// Checks the described columns ([`super::one_column`]: one, or [`SourceError::ManyColumns`]),
+/// fetches at most two rows (prefetch and array size 2: one round-trip, never more rows) and
+/// converts the column of the only one; a second row is [`SourceError::ManyRows`].
 fn first_cell(conn: &Connection, sql: &str) -> Result<Result<Cell, SourceError>, oracle::Error> {
     let mut stmt = conn
         .statement(sql)
@@ -298,6 +408,10 @@ fn first_cell(conn: &Connection, sql: &str) -> Result<Result<Cell, SourceError>,
         .prefetch_rows(2)
         .build()?;
     let mut rows = stmt.query(&[])?;
+    // One column, described by the execute before any row is fetched.
+    if let Err(e) = super::one_column("oracle", rows.column_info().iter().map(|c| c.name())) {
+        return Ok(Err(e));
+    }
     let Some(row) = rows.next() else {
         return Ok(Ok(Cell::NoRows));
     };
@@ -547,6 +661,78 @@ mod tests {
             to_cell(Raw::Float(f64::NAN)),
             Err(SourceError::NotNumeric(_))
         ));
+    }
+
+    /// The rule `first_cell` applies to `ResultSet::column_info()` right after the execute:
+    /// Oracle describes `select * from app.jobs` as upper-case names.
+    #[test]
+    fn one_column_rule() {
+        assert_eq!(super::super::one_column("oracle", ["COUNT(*)"]), Ok(()));
+        let e = super::super::one_column("oracle", ["ID", "STATUS", "CREATED"]).unwrap_err();
+        assert_eq!(
+            e,
+            SourceError::ManyColumns {
+                columns: vec!["ID".into(), "STATUS".into(), "CREATED".into()],
+                count: 3
+            }
+        );
+        assert!(
+            e.to_string()
+                .starts_with(r#"the query returns 3 columns ("ID", "STATUS", "CREATED")"#),
+            "{e}"
+        );
+        assert_eq!(
+            super::super::one_column::<&str>("oracle", []),
+            Err(SourceError::Query(
+                "oracle: the query returns no columns".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn connect_timeout_in_the_connect_string() {
+        let t = Duration::from_secs(10);
+        let cases = [
+            (
+                "//db.example.com:1521/FREEPDB1",
+                "//db.example.com:1521/FREEPDB1?connect_timeout=10&transport_connect_timeout=10",
+            ),
+            (
+                "tcps://db:2484/orders?wallet_location=/w",
+                "tcps://db:2484/orders?wallet_location=/w&connect_timeout=10&transport_connect_timeout=10",
+            ),
+            (
+                "(DESCRIPTION=(ADDRESS=(PROTOCOL=TCP)(HOST=db)(PORT=1521))(CONNECT_DATA=(SERVICE_NAME=orders)))",
+                "(DESCRIPTION=(CONNECT_TIMEOUT=10)(TRANSPORT_CONNECT_TIMEOUT=10)(ADDRESS=(PROTOCOL=TCP)(HOST=db)(PORT=1521))(CONNECT_DATA=(SERVICE_NAME=orders)))",
+            ),
+            (
+                "( description = (ADDRESS=(HOST=db)))",
+                "(DESCRIPTION=(CONNECT_TIMEOUT=10)(TRANSPORT_CONNECT_TIMEOUT=10) (ADDRESS=(HOST=db)))",
+            ),
+            // The operator's own timeout wins; an alias and a DESCRIPTION_LIST are left alone.
+            (
+                "//db:1521/svc?connect_timeout=3",
+                "//db:1521/svc?connect_timeout=3",
+            ),
+            (
+                "(DESCRIPTION=(TRANSPORT_CONNECT_TIMEOUT=1)(ADDRESS=(HOST=db)))",
+                "(DESCRIPTION=(TRANSPORT_CONNECT_TIMEOUT=1)(ADDRESS=(HOST=db)))",
+            ),
+            ("ORDERS_HA", "ORDERS_HA"),
+            (
+                "(DESCRIPTION_LIST=(DESCRIPTION=(ADDRESS=(HOST=a))))",
+                "(DESCRIPTION_LIST=(DESCRIPTION=(ADDRESS=(HOST=a))))",
+            ),
+            ("(déscription=x)", "(déscription=x)"),
+        ];
+        for (given, want) in cases {
+            assert_eq!(with_connect_timeout(given, t), want, "{given}");
+        }
+        assert_eq!(
+            with_connect_timeout("//db/svc", Duration::from_millis(200)),
+            "//db/svc?connect_timeout=1&transport_connect_timeout=1",
+            "whole seconds, at least one"
+        );
     }
 
     #[test]

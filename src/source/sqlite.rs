@@ -5,9 +5,13 @@
 //! fails instead of deleting. A timeout interrupts the running statement inside SQLite
 //! (`sqlite3_interrupt`), it does not merely stop waiting for it. A semaphore bounds the queries
 //! of one connection that run at once; its permit is held by the blocking task itself, so a
-//! statement that ignores the interrupt still counts against the bound until it really ends.
+//! statement that ignores the interrupt still counts against the bound until it really ends, and
+//! the task hands its connection back to the idle list *before* freeing the permit, so no more
+//! than `pool_size` connections are ever open (and the gauge, which counts open connections,
+//! never reads more).
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,17 +27,18 @@ use super::{
 };
 use crate::config::SqliteTarget;
 
-/// How long a finished-but-interrupted statement may take to hand its connection back.
-const INTERRUPT_GRACE: Duration = Duration::from_secs(1);
-
 pub struct Sqlite {
     target: SqliteTarget,
     /// Idle connections, reused so prepared statements stay cached.
-    idle: Arc<Mutex<Vec<Connection>>>,
+    idle: Arc<Mutex<Vec<Pooled>>>,
+    /// Connections open now, idle or running: what the `orascale_pool_sessions` gauge reports.
+    open: Arc<AtomicUsize>,
+    /// The most connections ever open at once, for the tests of the pool's bound.
+    peak: Arc<AtomicUsize>,
     permits: Arc<Semaphore>,
     max_idle: usize,
     /// Polls waiting for a permit, for the pool gauges.
-    waiting: Arc<std::sync::atomic::AtomicUsize>,
+    waiting: Arc<AtomicUsize>,
     pool_timeout: Option<Duration>,
 }
 
@@ -48,6 +53,8 @@ impl Sqlite {
         Sqlite {
             target,
             idle: Arc::new(Mutex::new(Vec::new())),
+            open: Arc::default(),
+            peak: Arc::default(),
             permits: Arc::new(Semaphore::new(pool_size.max(1))),
             max_idle: pool_size.max(1),
             waiting: Arc::default(),
@@ -80,12 +87,13 @@ impl Source for Sqlite {
     }
 
     fn pool(&self) -> PoolStatus {
-        use std::sync::atomic::Ordering;
-        let in_use = self.max_idle - self.permits.available_permits().min(self.max_idle);
+        let slots_taken = self.max_idle - self.permits.available_permits().min(self.max_idle);
+        let size = self.open.load(Ordering::Relaxed);
         PoolStatus {
             max: self.max_idle,
-            size: self.idle.lock().expect("idle pool lock").len() + in_use,
-            in_use,
+            size,
+            // A slot is taken a moment before its connection opens: never more in use than open.
+            in_use: slots_taken.min(size),
             waiting: self.waiting.load(Ordering::Relaxed),
         }
     }
@@ -113,16 +121,18 @@ impl Source for Sqlite {
         async move {
             let deadline = deadline_after(Instant::now(), timeout);
             // Waiting for a slot counts against the timeout: a poll never takes longer than it.
-            let wait_until = self.pool_timeout.map_or(deadline, |t| deadline.min(deadline_after(Instant::now(), t)));
+            let wait_until = self.pool_timeout.map_or(deadline, |t| {
+                deadline.min(deadline_after(Instant::now(), t))
+            });
             let permit = {
                 let _waiting = Counted::new(&self.waiting);
                 tokio::time::timeout_at(wait_until, self.permits.clone().acquire_owned()).await
             }
-                .map_err(|_| SourceError::PoolTimeout {
-                    waited: self.pool_timeout.map_or(timeout, |t| t.min(timeout)),
-                    size: self.max_idle,
-                })?
-                .map_err(|_| SourceError::Query("sqlite source is closed".into()))?;
+            .map_err(|_| SourceError::PoolTimeout {
+                waited: self.pool_timeout.map_or(timeout, |t| t.min(timeout)),
+                size: self.max_idle,
+            })?
+            .map_err(|_| SourceError::Query("sqlite source is closed".into()))?;
 
             let conn = self.idle.lock().expect("idle pool lock").pop();
             let interrupt = Arc::new(Mutex::new(Interrupt::default()));
@@ -131,26 +141,37 @@ impl Source for Sqlite {
                 let target = self.target.clone();
                 let location = self.location();
                 let sql = sql.to_string();
+                let (idle, max_idle) = (self.idle.clone(), self.max_idle);
+                let (open_count, peak) = (self.open.clone(), self.peak.clone());
                 tokio::task::spawn_blocking(move || {
-                    let _permit = permit;
                     let conn = match conn {
                         Some(c) => c,
-                        None => open(&target).map_err(|e| {
-                            SourceError::Connect(format!("sqlite {location}: {e}"))
-                        })?,
+                        None => Pooled::open(&target, &open_count, &peak)
+                            .map_err(|e| SourceError::Connect(format!("sqlite {location}: {e}")))?,
                     };
-                    {
+                    let cancelled = {
                         let mut i = interrupt.lock().expect("interrupt lock");
-                        if i.cancelled {
-                            return Err(SourceError::Timeout(timeout));
-                        }
-                        i.handle = Some(conn.get_interrupt_handle());
-                    }
-                    // A writer holding the lock makes us wait, but never past our deadline.
-                    // rusqlite panics ("too big") past i32::MAX milliseconds.
-                    let _ = conn.busy_timeout(timeout.min(Duration::from_millis(i32::MAX as u64)));
-                    let result = first_cell(&conn, &sql);
-                    Ok((conn, result))
+                        i.handle = (!i.cancelled).then(|| conn.conn.get_interrupt_handle());
+                        i.cancelled
+                    };
+                    let result = if cancelled {
+                        Err(SourceError::Timeout(timeout))
+                    } else {
+                        // A writer holding the lock makes us wait, but never past our deadline.
+                        // rusqlite panics ("too big") past i32::MAX milliseconds.
+                        let _ = conn
+                            .conn
+                            .busy_timeout(timeout.min(Duration::from_millis(i32::MAX as u64)));
+                        first_cell(&conn.conn, &sql)
+                    };
+                    // Disarm first: once idle, the connection may run someone else's statement.
+                    interrupt.lock().expect("interrupt lock").handle = None;
+                    release(&idle, max_idle, conn);
+                    // Only now may another query take the slot: had the slot freed before the
+                    // connection was back in `idle`, that query would open one more connection
+                    // than `pool_size` (issue 18).
+                    drop(permit);
+                    result
                 })
             };
             tokio::pin!(job);
@@ -160,41 +181,68 @@ impl Source for Sqlite {
             let outcome = tokio::select! {
                 joined = &mut job => joined,
                 _ = tokio::time::sleep_until(deadline) => {
+                    // The interrupted statement returns at its next VM step and its blocking
+                    // task hands the connection back and frees the slot itself.
                     flight.fire();
-                    // The interrupted statement returns at its next VM step; take the
-                    // connection back if it does so promptly, else leave it to finish alone.
-                    if let Ok(Ok(Ok((conn, _)))) = tokio::time::timeout(INTERRUPT_GRACE, &mut job).await {
-                        self.release(conn);
-                    }
                     return Err(SourceError::Timeout(timeout));
                 }
             };
             flight.0 = None;
-            let (conn, result) = match outcome {
-                Ok(Ok(pair)) => pair,
-                Ok(Err(e)) => return Err(e),
-                Err(join) => return Err(SourceError::Query(format!("sqlite query task failed: {join}"))),
-            };
-            self.release(conn);
-            result
+            match outcome {
+                Ok(result) => result,
+                Err(join) => Err(SourceError::Query(format!(
+                    "sqlite query task failed: {join}"
+                ))),
+            }
         }
         .boxed()
     }
 }
 
 /// Counts a waiter while alive.
-struct Counted<'a>(&'a std::sync::atomic::AtomicUsize);
+struct Counted<'a>(&'a AtomicUsize);
 
 impl<'a> Counted<'a> {
-    fn new(n: &'a std::sync::atomic::AtomicUsize) -> Self {
-        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
         Counted(n)
     }
 }
 
 impl Drop for Counted<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An open connection of the pool, counted in `open` for as long as it exists (idle, running,
+/// or finishing alone after an interrupt), so the gauge says what is really open.
+struct Pooled {
+    conn: Connection,
+    _open: OpenCount,
+}
+
+struct OpenCount(Arc<AtomicUsize>);
+
+impl Drop for OpenCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Pooled {
+    fn open(
+        target: &SqliteTarget,
+        open_count: &Arc<AtomicUsize>,
+        peak: &AtomicUsize,
+    ) -> rusqlite::Result<Pooled> {
+        let conn = open(target)?;
+        let now = open_count.fetch_add(1, Ordering::Relaxed) + 1;
+        peak.fetch_max(now, Ordering::Relaxed);
+        Ok(Pooled {
+            conn,
+            _open: OpenCount(open_count.clone()),
+        })
     }
 }
 
@@ -219,12 +267,11 @@ impl Drop for InterruptOnDrop {
     }
 }
 
-impl Sqlite {
-    fn release(&self, conn: Connection) {
-        let mut idle = self.idle.lock().expect("idle pool lock");
-        if idle.len() < self.max_idle {
-            idle.push(conn);
-        }
+/// Hands a connection back to `idle`, or closes it when `idle` is full.
+fn release(idle: &Mutex<Vec<Pooled>>, max_idle: usize, conn: Pooled) {
+    let mut idle = idle.lock().expect("idle pool lock");
+    if idle.len() < max_idle {
+        idle.push(conn);
     }
 }
 
@@ -243,7 +290,7 @@ fn open_file(path: &PathBuf, flags: OpenFlags) -> rusqlite::Result<Connection> {
     Connection::open_with_flags(path, flags)
 }
 
-/// Runs the statement and reads the first column of its only row (at most two rows are stepped).
+/// Runs the statement and reads its only column of its only row (at most two rows are stepped).
 fn first_cell(conn: &Connection, sql: &str) -> Result<Cell, SourceError> {
     let db_err = |e: rusqlite::Error| SourceError::Query(format!("sqlite: {e}"));
     let mut stmt = conn.prepare_cached(sql).map_err(|e| match e {
@@ -257,11 +304,8 @@ fn first_cell(conn: &Connection, sql: &str) -> Result<Cell, SourceError> {
             "sqlite: the query is not read-only; a scaler only reads".into(),
         ));
     }
-    if stmt.column_count() == 0 {
-        return Err(SourceError::Query(
-            "sqlite: the query returns no columns".into(),
-        ));
-    }
+    // One column, known from the prepared statement before any row is stepped.
+    super::one_column("sqlite", stmt.column_names())?;
     let mut rows = stmt.query([]).map_err(db_err)?;
     let Some(row) = rows.next().map_err(interrupted_or(db_err))? else {
         return Ok(Cell::NoRows);
@@ -357,7 +401,7 @@ mod tests {
             ("select * from big", Err(())),
             // Row 1000 overflows if it is ever computed: only two rows are stepped.
             (
-                "select id, abs(-9223372036854775807 - (id >= 1000)) from big",
+                "select abs(-9223372036854775807 - (id >= 1000)) from big",
                 Err(()),
             ),
             // A non-numeric first cell over many rows: the row count is the mistake to report.
@@ -389,6 +433,59 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("overflow")
+        );
+    }
+
+    /// One row AND one column (issue 18): `select *` over one matching row used to report its
+    /// first column, an id. Checked on the prepared statement, before any row is stepped.
+    #[tokio::test]
+    async fn one_column_only_whatever_the_rows() {
+        let (_dir, src) = file_db(
+            "create table jobs(id integer primary key, status text, size integer);
+             insert into jobs values (37, 'queued', 3), (38, 'done', 4), (39, 'done', 5);",
+        );
+        let many = |names: &[&str]| SourceError::ManyColumns {
+            columns: names.iter().map(|n| n.to_string()).collect(),
+            count: names.len(),
+        };
+        for (sql, want) in [
+            // One matching row: the case that scaled on the id 37.
+            (
+                "select * from jobs where status = 'queued'",
+                many(&["id", "status", "size"]),
+            ),
+            // Many rows or none: the columns are the mistake reported, the same way.
+            (
+                "select * from jobs where status = 'done'",
+                many(&["id", "status", "size"]),
+            ),
+            (
+                "select id, size from jobs where id = 0",
+                many(&["id", "size"]),
+            ),
+            (
+                "select count(*), max(size) from jobs",
+                many(&["count(*)", "max(size)"]),
+            ),
+            // Overflows on the first step: never stepped.
+            (
+                "select 1 as a, abs(-9223372036854775807 - 2) as b",
+                many(&["a", "b"]),
+            ),
+        ] {
+            let e = src.query(sql, T).await.unwrap_err();
+            assert_eq!(e, want, "{sql}");
+            let text = e.to_string();
+            assert!(text.contains("select count(*) from …"), "{text}");
+            if let SourceError::ManyColumns { columns, .. } = &want {
+                assert!(text.contains(&format!("{:?}", columns[1])), "{text}");
+            }
+        }
+        assert_eq!(
+            src.query("select count(*) from jobs where status = 'queued'", T)
+                .await
+                .unwrap(),
+            Cell::Number(1.0)
         );
     }
 
@@ -491,6 +588,44 @@ mod tests {
             "did not wait for the whole query timeout"
         );
         holder.abort();
+    }
+
+    /// The pool's bound (issue 18: the gauge once read 3 for `pool_size = 2`). A connection is
+    /// back in `idle` before its slot frees, so a query that takes the slot reuses it instead of
+    /// opening another: never more open connections than `pool_size`, and the gauge agrees.
+    /// On this current-thread runtime the slot's waiter is always scheduled before the finished
+    /// query's own task, so a slot freed before the hand-back opens a third connection every time.
+    #[tokio::test]
+    async fn open_connections_never_exceed_the_pool() {
+        let (_dir, src) = file_db("create table t(x); insert into t values (1);");
+        let src = Arc::new(src);
+        let busy = "with recursive c(x) as (select 1 union all select x + 1 from c where x < 20000) \
+                    select count(*) from c";
+        let mut biggest_gauge = 0;
+        for _ in 0..10 {
+            let queries: Vec<_> = (0..6)
+                .map(|_| {
+                    let src = src.clone();
+                    tokio::spawn(async move { src.query(busy, T).await })
+                })
+                .collect();
+            for q in queries {
+                while !q.is_finished() {
+                    let status = src.pool();
+                    biggest_gauge = biggest_gauge.max(status.size);
+                    tokio::task::yield_now().await;
+                }
+                assert_eq!(q.await.unwrap().unwrap(), Cell::Number(20000.0));
+            }
+        }
+        let peak = src.peak.load(Ordering::Relaxed);
+        assert!(
+            peak <= 2,
+            "{peak} connections open at once with pool_size 2"
+        );
+        assert!(biggest_gauge <= 2, "the gauge read {biggest_gauge}");
+        let status = src.pool();
+        assert_eq!((status.max, status.size, status.in_use), (2, 2, 0));
     }
 
     #[tokio::test]

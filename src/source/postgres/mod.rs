@@ -8,6 +8,10 @@
 //!   so the query is gone from `pg_stat_activity` when the poll reports the timeout.
 //! - A session whose connection broke (server restarted, backend terminated) is discarded and
 //!   the next poll makes a new one; recycling is a local check, no round-trip.
+//! - Statements are prepared once per session and cached. A database error drops the statement
+//!   from the cache, and a cached one that fails is prepared again and retried once in the same
+//!   poll: the server invalidates statements behind our back (a column's type changed, a
+//!   pooler's `DISCARD ALL`), and a stale cache must not fail every poll until a restart.
 //! - The password comes from `password_file` (re-read for every new session), else
 //!   `ORASCALE_<NAME>_PASSWORD`, else the URL.
 //! - Any numeric column (int2/4/8, float4/8, numeric, oid) and numeric text convert to f64, so
@@ -195,7 +199,7 @@ impl Postgres {
             .session
             .as_mut()
             .expect("session present until landed");
-        match tokio::time::timeout_at(deadline, first_cell(session, sql)).await {
+        match tokio::time::timeout_at(deadline, first_cell(&self.name, session, sql)).await {
             Ok(result) => {
                 let session = flight.land();
                 if session.client.is_closed() {
@@ -449,18 +453,43 @@ impl managed::Manager for Sessions {
     }
 }
 
-/// Prepares (cached per session) and reads the first column of the only row. The statement runs
-/// in a portal that fetches at most two rows, so a `select *` over a huge table is neither read
-/// nor sent: the server stops after the second row. A portal needs a transaction block; the
-/// session is read-only and the transaction is rolled back when dropped (sent, not awaited:
-/// the next statement on this session queues behind it).
-async fn first_cell(session: &mut Session, sql: &str) -> Result<Cell, SourceError> {
-    let query_err =
-        |e: tokio_postgres::Error| SourceError::Query(format!("postgres: {}", describe(&e)));
+/// Runs `sql` on the session ([`attempt`]); when a statement from the session's cache fails with
+/// a database error, it is prepared again and run once more. A cached statement goes stale when
+/// the server forgets it or its plan: `ALTER TABLE … ALTER COLUMN … TYPE` ("cached plan must not
+/// change result type", 0A000) or a pooler's `DISCARD ALL` (prepared statement "s0" does not
+/// exist, 26000). Without the retry every poll on that session would fail until a restart.
+async fn first_cell(name: &str, session: &mut Session, sql: &str) -> Result<Cell, SourceError> {
+    let cached = session.statements.contains_key(sql);
+    match attempt(session, sql).await {
+        Ok(cell) => cell,
+        Err(e) if cached && !session.client.is_closed() => {
+            tracing::info!(connection = %name, error = %describe(&e), "postgres: a cached statement failed; prepared it again and retried once");
+            attempt(session, sql)
+                .await
+                .unwrap_or_else(|e| Err(query_error(&e)))
+        }
+        Err(e) => Err(query_error(&e)),
+    }
+}
+
+fn query_error(e: &tokio_postgres::Error) -> SourceError {
+    SourceError::Query(format!("postgres: {}", describe(e)))
+}
+
+/// Prepares (cached per session), checks there is one column, and reads it from the only row.
+/// The statement runs in a portal that fetches at most two rows, so a `select *` over a huge
+/// table is neither read nor sent: the server stops after the second row. A portal needs a
+/// transaction block; the session is read-only and the transaction is rolled back when dropped
+/// (sent, not awaited: the next statement on this session queues behind it). Any database error
+/// drops the statement from the cache (it may be the cause), and is the outer `Err`.
+async fn attempt(
+    session: &mut Session,
+    sql: &str,
+) -> Result<Result<Cell, SourceError>, tokio_postgres::Error> {
     let statement = match session.statements.get(sql) {
         Some(s) => s.clone(),
         None => {
-            let s = session.client.prepare(sql).await.map_err(query_err)?;
+            let s = session.client.prepare(sql).await?;
             if session.statements.len() >= STATEMENT_CACHE {
                 session.statements.clear();
             }
@@ -468,29 +497,39 @@ async fn first_cell(session: &mut Session, sql: &str) -> Result<Cell, SourceErro
             s
         }
     };
-    if statement.columns().is_empty() {
-        return Err(SourceError::Query(
-            "postgres: the query returns no columns".into(),
-        ));
+    let result = run_statement(&mut session.client, &statement).await;
+    if result.is_err() {
+        session.statements.remove(sql);
     }
-    let tx = session.client.transaction().await.map_err(query_err)?;
-    let portal = tx.bind(&statement, &[]).await.map_err(query_err)?;
-    let rows = tx.query_portal(&portal, 2).await.map_err(query_err)?;
+    result
+}
+
+async fn run_statement(
+    client: &mut Client,
+    statement: &Statement,
+) -> Result<Result<Cell, SourceError>, tokio_postgres::Error> {
+    // One column, known from the prepared statement's description before anything runs.
+    if let Err(e) = super::one_column("postgres", statement.columns().iter().map(|c| c.name())) {
+        return Ok(Err(e));
+    }
+    let tx = client.transaction().await?;
+    let portal = tx.bind(statement, &[]).await?;
+    let rows = tx.query_portal(&portal, 2).await?;
     let row = match rows.as_slice() {
-        [] => return Ok(Cell::NoRows),
+        [] => return Ok(Ok(Cell::NoRows)),
         [row] => row,
         [_, _, ..] => {
-            return Err(SourceError::ManyRows {
+            return Ok(Err(SourceError::ManyRows {
                 first_row: "limit 1",
-            });
+            }));
         }
     };
-    match row.try_get::<_, PgValue>(0).map_err(query_err)? {
+    Ok(match row.try_get::<_, PgValue>(0)? {
         PgValue::Null => Ok(Cell::Null),
         PgValue::Number(v) => Ok(Cell::Number(v)),
         PgValue::Text(t) => parse_numeric_text(&t).map(Cell::Number),
         PgValue::Other(ty) => Err(SourceError::NotNumeric(format!("a value of type {ty}"))),
-    }
+    })
 }
 
 /// The error's own message with its SQLSTATE, never the connection parameters.
