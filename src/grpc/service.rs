@@ -142,19 +142,10 @@ impl Scaler {
     }
 }
 
-/// Longest echo of a request's value in an error, in characters (metadata errors use the same).
-const QUOTE_MAX: usize = 120;
-
-/// `value`, cut to [`QUOTE_MAX`] characters with "…" when longer: an error echoes what it
-/// refuses without growing with it (a `grpc-message` is a header: large ones are refused by
-/// clients, and a refused 4 MB value must not become a 4 MB answer). Format the result with
-/// `{:?}`, so control characters are escaped too.
-fn quote(value: &str) -> String {
-    match value.char_indices().nth(QUOTE_MAX) {
-        None => value.to_string(),
-        Some((cut, _)) => format!("{}…", &value[..cut]),
-    }
-}
+// Every echo of a request's value is quoted and cut by the metadata errors' own rule: a
+// `grpc-message` is a header, large ones are refused by clients, and a refused 4 MB value must
+// not become a 4 MB answer. Format the result with `{:?}`, so control characters are escaped.
+use crate::metadata::quote;
 
 /// Kubernetes object names (RFC 1123 subdomains) are at most 253 bytes; namespaces (RFC 1123
 /// labels) at most 63.
@@ -241,7 +232,7 @@ fn metric_name_matches(requested: &str, ours: &str) -> bool {
 fn to_metric_value(name: &str, value: f64) -> MetricValue {
     MetricValue {
         metric_name: name.to_string(),
-        // `as` saturates; NaN cannot occur (sources reject non-finite values).
+        // `as` saturates; NaN cannot occur (the engine refuses non-finite values).
         metric_value: value.round() as i64,
         metric_value_float: value,
     }
@@ -476,15 +467,6 @@ mod tests {
         ] {
             assert!(!metric_name_matches(req, ours), "{req}");
         }
-    }
-
-    #[test]
-    fn quotes_are_cut() {
-        assert_eq!(quote("short"), "short");
-        let exact = "é".repeat(QUOTE_MAX);
-        assert_eq!(quote(&exact), exact);
-        let long = "é".repeat(4 * 1024 * 1024);
-        assert_eq!(quote(&long), format!("{}…", "é".repeat(QUOTE_MAX)));
     }
 
     #[test]

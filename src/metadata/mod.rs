@@ -30,7 +30,7 @@ pub use naming::default_metric_name;
 use poller::finish;
 
 /// Longest value quoted back in an error message.
-const QUOTE_MAX: usize = 120;
+pub const QUOTE_MAX: usize = 120;
 
 /// What one trigger asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,12 +95,12 @@ pub(super) fn list(names: &[String]) -> String {
     }
 }
 
-pub(super) fn quote(value: &str) -> String {
-    if value.chars().count() <= QUOTE_MAX {
-        value.to_string()
-    } else {
-        let cut: String = value.chars().take(QUOTE_MAX).collect();
-        format!("{cut}…")
+/// `value`, cut to [`QUOTE_MAX`] characters with "…" when longer: every error that echoes what
+/// a caller sent stays small, however much was sent. Stops reading at the cut.
+pub fn quote(value: &str) -> String {
+    match value.char_indices().nth(QUOTE_MAX) {
+        None => value.to_string(),
+        Some((cut, _)) => format!("{}…", &value[..cut]),
     }
 }
 
@@ -975,6 +975,15 @@ mod tests {
             parse(&meta(&[Q, T]), &ctx(&[])).unwrap_err(),
             MetadataError::NoConnections
         );
+    }
+
+    #[test]
+    fn quotes_are_cut() {
+        assert_eq!(quote("short"), "short");
+        let exact = "é".repeat(QUOTE_MAX);
+        assert_eq!(quote(&exact), exact);
+        let long = "é".repeat(4 * 1024 * 1024);
+        assert_eq!(quote(&long), format!("{}…", "é".repeat(QUOTE_MAX)));
     }
 
     #[test]
