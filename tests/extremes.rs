@@ -212,6 +212,7 @@ const TOML_KEYS: &[(&str, bool, Kind)] = &[
     ("max_pollers_per_namespace", false, Kind::Integer),
     ("max_streams", false, Kind::Integer),
     ("max_query_length", false, Kind::Integer),
+    ("max_spec_cache_bytes", false, Kind::Integer),
     ("max_metadata_entries", false, Kind::Integer),
     ("max_metadata_key_length", false, Kind::Integer),
     ("max_metadata_value_length", false, Kind::Integer),
@@ -399,16 +400,6 @@ async fn codes_of_every_rpc(
     let (c4, m4) = code(c.stream_is_active(obj.clone()).await.map(|_| ()));
     out.push(("StreamIsActive", c4, m4));
     out
-}
-
-/// Resident memory of a process, in KiB.
-fn rss_of(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

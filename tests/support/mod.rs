@@ -220,7 +220,12 @@ pub async fn scrape(addr: SocketAddr) -> String {
 
 /// Resident memory of this process, in KiB (0 where /proc is missing).
 pub fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    rss_of("self")
+}
+
+/// Resident memory of process `pid` (or `self`), in KiB (0 where /proc is missing).
+pub fn rss_of(pid: impl std::fmt::Display) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
