@@ -5,7 +5,8 @@
 //!   beyond reading that file.
 //! - [`metadata`]: a trigger's `scalerMetadata` map → a typed [`metadata::ScalerSpec`]; pure.
 //! - [`guard`]: the SQL guard on every trigger's `query`; pure.
-//! - [`source`]: the one small trait every database sits behind, and its SQLite implementation.
+//! - [`source`]: the one small trait every database sits behind (Oracle, PostgreSQL, SQLite), and
+//!   database-driven wake-ups (`source::wake`).
 //! - [`engine`]: the [`engine::Registry`] of pollers (one per distinct trigger), the poller task and
 //!   the cached [`engine::Sample`] each poller publishes into a `tokio::sync::watch` channel.
 //! - [`grpc`]: KEDA's `ExternalScaler` service over the engine, the single error → `Status`

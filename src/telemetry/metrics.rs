@@ -391,7 +391,7 @@ pub fn render_state(
     typed(
         "counter",
         WAKE_RECONNECTS,
-        "Notification sessions re-established after one was lost or could not be opened, per connection.",
+        "Notification sessions re-established after one was lost or could not be opened (or after the listener task was restarted), per connection.",
         wake(|s| s.reconnects as f64),
     );
     out
