@@ -195,7 +195,15 @@ impl Poller {
         };
         match value {
             Ok(v) => {
-                self.tx.send_modify(|s| s.record_ok(v, finished));
+                // Readers borrow the latest state whenever they answer; only a change wakes the
+                // waiters (streams judge activity, first calls wait for a first outcome), so a
+                // steady value costs no wake-up per stream per poll.
+                self.tx.send_if_modified(|s| {
+                    let news =
+                        s.polls == 0 || s.failure.is_some() || s.good.is_none_or(|g| g.value != v);
+                    s.record_ok(v, finished);
+                    news
+                });
                 if !had_good {
                     let origin = self.origin.get();
                     tracing::info!(connection = %key.connection, namespace = %origin.namespace,
@@ -386,7 +394,10 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let before = Instant::now();
         fire();
-        rx.wait_for(|s| s.polls >= 2).await.unwrap();
+        // The value is the same, so the watch is not notified: count the queries.
+        while s.calls.load(Ordering::SeqCst) < 2 || rx.borrow().polls < 2 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         assert!(
             before.elapsed() <= Duration::from_millis(60),
             "{:?}",
@@ -453,6 +464,53 @@ mod tests {
                 cancel.cancel();
             }
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_a_change_wakes_the_waiters() {
+        let cells = [3.0, 3.0, 3.0, 5.0, 5.0]
+            .into_iter()
+            .map(|v| Ok(Cell::Number(v)))
+            .chain([
+                Err(SourceError::Query("down".into())),
+                Err(SourceError::Query("down".into())),
+                Ok(Cell::Number(5.0)),
+                Ok(Cell::Number(5.0)),
+            ])
+            .collect();
+        let s = script(Duration::ZERO, cells);
+        let mut k = key(false);
+        k.poll_interval = Duration::from_secs(1);
+        let (mut rx, cancel) = start(k, s.clone());
+        let mut woken = Vec::new();
+        while s.calls.load(Ordering::SeqCst) < 9 {
+            tokio::select! {
+                changed = rx.changed() => {
+                    changed.unwrap();
+                    let now = rx.borrow_and_update().clone();
+                    woken.push((now.good.map(|g| g.value), now.failure.is_some()));
+                }
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if rx.has_changed().unwrap() {
+            let now = rx.borrow_and_update().clone();
+            woken.push((now.good.map(|g| g.value), now.failure.is_some()));
+        }
+        // The first outcome, the change to 5, each failure, the recovery; no repeat of a value.
+        assert_eq!(
+            woken,
+            [
+                (Some(3.0), false),
+                (Some(5.0), false),
+                (Some(5.0), true),
+                (Some(5.0), true),
+                (Some(5.0), false),
+            ]
+        );
+        assert_eq!(rx.borrow().polls, 9, "every poll is recorded, woken or not");
+        cancel.cancel();
     }
 
     #[tokio::test(start_paused = true)]

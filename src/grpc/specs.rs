@@ -282,9 +282,12 @@ impl Specs {
             shard.entries.insert(key, parsed.clone());
             released
         };
-        // Outside the shard's lock: the pollers learn that this object left them.
+        // Outside the shard's lock: the pollers this object's old maps used, and its new map
+        // does not, learn that it left them.
         for old in released {
-            old.poller.released(&old.origin);
+            if old.spec.poller != parsed.spec.poller {
+                old.poller.released(&old.origin);
+            }
         }
         Ok(parsed)
     }
