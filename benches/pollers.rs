@@ -80,7 +80,6 @@ fn key(connection: &str, query: String, interval: Duration) -> PollerKey {
         poll_interval: interval,
         query_timeout: Duration::from_secs(5),
         ignore_nulls: false,
-        wake: None,
     }
 }
 
@@ -119,6 +118,7 @@ async fn steady(
             .read(
                 &key(connection, query(i), Duration::from_secs(1)),
                 &origin(),
+                None,
                 None,
                 None,
             )
@@ -205,7 +205,7 @@ fn main() {
         let (reg, stop) = registry(sources, n);
         let before = support::rss_kib();
         for i in 0..n {
-            reg.read(&key("idle", format!("select {i}"), Duration::from_secs(3600)), &origin(), None, None)
+            reg.read(&key("idle", format!("select {i}"), Duration::from_secs(3600)), &origin(), None, None, None)
                 .await
                 .unwrap();
         }

@@ -476,3 +476,79 @@ async fn channels_follow_the_pollers_and_no_session_is_leaked() {
     })
     .await;
 }
+
+/// Wake-ups are not part of what makes a poller: 49 identical triggers and a 50th that adds
+/// `notifyChannel` share one poller (adding the channel adds no query), and that one poller
+/// polls on the channel's notifications for all 50.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notify_channel_on_one_of_fifty_identical_triggers_adds_no_query() {
+    let Some(pg) =
+        Pg::start_or_skip("a_notify_channel_on_one_of_fifty_identical_triggers_adds_no_query")
+    else {
+        return;
+    };
+    guard(LIMIT, async {
+        let (admin, _dir, server, c) = serve(&pg, true, &[]).await;
+        let plain = |i: usize| {
+            object(
+                &format!("so-{i}"),
+                &[
+                    ("connection", "pg"),
+                    ("query", QUEUED),
+                    ("targetQueryValue", "1"),
+                    ("pollInterval", "1h"),
+                ],
+            )
+        };
+        let mut objects: Vec<ScaledObjectRef> = (0..49).map(plain).collect();
+        objects.push(watched("so-49", QUEUED, "jobs_changed", "1h"));
+        let read_all = |want: f64| {
+            let objects = objects.clone();
+            let c = c.clone();
+            async move {
+                for o in &objects {
+                    let mut c = c.clone();
+                    let v = value(
+                        c.get_metrics(deadline(metrics_request(o, "")))
+                            .await
+                            .unwrap(),
+                    );
+                    assert_eq!(v, want, "{}", o.name);
+                }
+            }
+        };
+        read_all(0.0).await;
+        wait_metric(
+            &server,
+            "orascale_wake_listener_up",
+            |v| v == 1.0,
+            Duration::from_secs(10),
+        )
+        .await;
+        let settled = settle_listen_wakes(&server, 1.0, Duration::from_secs(5)).await;
+        let text = scrape(server.metrics).await;
+        assert_eq!(
+            metric_value(&text, "orascale_pollers", &[]),
+            Some(1.0),
+            "one poller for all 50"
+        );
+        let polls = metric_value(&text, "orascale_polls_total", &["connection=\"pg\""]).unwrap();
+        // The first poll, and at most the one wake poll that follows the channel's LISTEN.
+        assert_eq!(polls, 1.0 + settled, "{text}");
+        // A commit: the shared poller polls once more, and all 50 see the new value.
+        insert(&admin, 4).await;
+        wait_metric(
+            &server,
+            "orascale_wake_polls_total",
+            |v| v >= settled + 1.0,
+            Duration::from_secs(10),
+        )
+        .await;
+        read_all(4.0).await;
+        let text = scrape(server.metrics).await;
+        assert_eq!(metric_value(&text, "orascale_pollers", &[]), Some(1.0));
+        let after = metric_value(&text, "orascale_polls_total", &["connection=\"pg\""]).unwrap();
+        assert_eq!(after, polls + 1.0, "one query per notification, for all 50");
+    })
+    .await;
+}

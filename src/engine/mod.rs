@@ -10,12 +10,15 @@ use std::time::Duration;
 pub mod poller;
 pub mod registry;
 pub mod sample;
+pub mod wake;
 
 pub use registry::{EntryCache, PollerStatus, Registry, Subscription};
 pub use sample::{Reading, Sample};
 
-/// What makes two triggers share one poller. Thresholds and metric names are not part of it:
-/// they stay per ScaledObject.
+/// What makes two triggers share one poller: what determines the value. Thresholds, metric
+/// names and wake-ups are not part of it: thresholds and names stay per ScaledObject, and a
+/// poller waits on the union of its users' wake-up channels ([`wake::Wanted`]), so adding
+/// `notifyChannel` to one of many identical triggers adds no poller and no query.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PollerKey {
     pub connection: String,
@@ -23,21 +26,14 @@ pub struct PollerKey {
     pub poll_interval: Duration,
     pub query_timeout: Duration,
     pub ignore_nulls: bool,
-    /// Database wake-ups (`notifyChannel`): poll at once on a notification as well.
-    pub wake: Option<WakeKey>,
 }
 
 impl PollerKey {
     /// A short id of everything in the key, the same on every replica and release: the
     /// `poller` label that keeps per-poller series distinct.
     pub fn id(&self) -> String {
-        let wake = self
-            .wake
-            .as_ref()
-            .map(|w| format!("{}\u{0}{}", w.channel, w.min_interval.as_nanos()))
-            .unwrap_or_default();
         let text = format!(
-            "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{wake}",
+            "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
             self.connection,
             self.query,
             self.poll_interval.as_nanos(),

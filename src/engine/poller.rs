@@ -17,8 +17,9 @@ use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use super::WakeKey;
+use super::wake::{Subscribed, Wake};
 use super::{PollerKey, Sample};
-use crate::source::wake::Wake;
 use crate::source::{Cell, Source, SourceError};
 use crate::telemetry::metrics as m;
 
@@ -84,27 +85,48 @@ impl Named {
     }
 }
 
+/// The wake-ups of a poller: what its users want ([`super::wake::Wanted`]) and how to hold a
+/// channel on its connection's hub.
+pub struct Wakes {
+    pub wanted: watch::Receiver<Vec<WakeKey>>,
+    pub subscribe: HoldChannel,
+}
+
+/// Makes a poller's hold on one channel of its connection's hub, or says why it cannot.
+pub type HoldChannel = Box<dyn Fn(&str) -> Result<Wake, String> + Send + Sync>;
+
+impl Wakes {
+    /// No wake-ups, ever.
+    pub fn none() -> Wakes {
+        Wakes {
+            wanted: watch::channel(Vec::new()).1,
+            subscribe: Box::new(|_| Err("no wake-ups".into())),
+        }
+    }
+}
+
 pub struct Poller {
     pub key: PollerKey,
     pub source: Arc<dyn Source>,
     pub tx: watch::Sender<Sample>,
     /// Who the log lines name (shared with the registry's entry).
     pub origin: Arc<Named>,
-    /// The database's wake-ups on the key's channel, when it has one.
-    pub wake: Option<Wake>,
+    /// The wake-up channels this poller's users want, and how to hold one.
+    pub wakes: Wakes,
     /// This poller's poll metrics.
     pub series: m::PollSeries,
 }
 
 impl Poller {
     /// Polls until `cancel` fires.
-    pub async fn run(mut self, cancel: CancellationToken) {
+    pub async fn run(self, cancel: CancellationToken) {
         let interval = self.key.poll_interval;
-        let min_wake = self.key.wake.as_ref().map_or(interval, |w| w.min_interval);
         let mut last_start = Instant::now();
-        if let Some(w) = &mut self.wake {
-            w.mark_seen();
-        }
+        let mut subs = Subscribed::none();
+        let mut wanted = self.wakes.wanted.clone();
+        let mut wanted_open = true;
+        self.hold(&mut subs, &mut wanted);
+        subs.mark_seen();
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = self.poll() => {}
@@ -119,20 +141,26 @@ impl Poller {
             let woken = tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = ticks.tick() => false,
-                _ = notified(&mut self.wake) => true,
+                changed = wanted.changed(), if wanted_open => {
+                    match changed {
+                        Ok(()) => self.hold(&mut subs, &mut wanted),
+                        Err(_) => wanted_open = false,
+                    }
+                    continue;
+                }
+                _ = subs.notified() => true,
             };
             if woken {
-                // Never sooner than minWakeInterval after the last poll began; what arrives
-                // while waiting is covered by this poll.
+                // Never sooner than the least minWakeInterval after the last poll began; what
+                // arrives while waiting is covered by this poll.
+                let min_wake = subs.min_interval.unwrap_or(interval);
                 let earliest = crate::source::deadline_after(last_start, min_wake);
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep_until(earliest) => {}
                 }
-                if let Some(w) = &mut self.wake {
-                    w.mark_seen();
-                    w.record_poll();
-                }
+                subs.mark_seen();
+                subs.record_poll();
             }
             last_start = Instant::now();
             tokio::select! {
@@ -142,6 +170,17 @@ impl Poller {
             if woken {
                 ticks.reset();
             }
+        }
+    }
+
+    /// Holds exactly the channels the users want now.
+    fn hold(&self, subs: &mut Subscribed, wanted: &mut watch::Receiver<Vec<WakeKey>>) {
+        let keys = wanted.borrow_and_update().clone();
+        if let Err(e) = subs.update(&keys, |c| (self.wakes.subscribe)(c)) {
+            let origin = self.origin.get();
+            tracing::warn!(connection = %self.key.connection, namespace = %origin.namespace,
+                scaledobject = %origin.name, metric = %origin.metric, error = %e,
+                "wake-ups unavailable for this poller; interval polling goes on");
         }
     }
 
@@ -236,14 +275,6 @@ impl Poller {
     }
 }
 
-/// The next wake, or never without wake-ups.
-async fn notified(wake: &mut Option<Wake>) {
-    match wake {
-        Some(w) => w.notified().await,
-        None => std::future::pending().await,
-    }
-}
-
 fn quote_query(q: &str) -> String {
     let one_line: String = q.split_whitespace().collect::<Vec<_>>().join(" ");
     if one_line.chars().count() <= QUERY_QUOTE_MAX {
@@ -318,18 +349,41 @@ mod tests {
             poll_interval: Duration::from_secs(10),
             query_timeout: Duration::from_secs(5),
             ignore_nulls,
-            wake: None,
         }
     }
 
     fn start(key: PollerKey, script: Arc<Script>) -> (watch::Receiver<Sample>, CancellationToken) {
-        start_with(key, script, None)
+        start_with(key, script, Wakes::none())
+    }
+
+    /// Wake-ups on manual channels: `wanted` says which the users want; each channel's hold
+    /// comes from `holds` (once).
+    fn manual_wakes(wanted: watch::Receiver<Vec<WakeKey>>, holds: Vec<Wake>) -> Wakes {
+        let holds = std::sync::Mutex::new(holds);
+        Wakes {
+            wanted,
+            subscribe: Box::new(move |channel| {
+                let mut holds = holds.lock().unwrap();
+                let i = holds
+                    .iter()
+                    .position(|w| w.channel() == channel)
+                    .ok_or_else(|| format!("no hold for {channel}"))?;
+                Ok(holds.remove(i))
+            }),
+        }
+    }
+
+    fn wake_key(channel: &str, ms: u64) -> WakeKey {
+        WakeKey {
+            channel: channel.into(),
+            min_interval: Duration::from_millis(ms),
+        }
     }
 
     fn start_with(
         key: PollerKey,
         script: Arc<Script>,
-        wake: Option<Wake>,
+        wakes: Wakes,
     ) -> (watch::Receiver<Sample>, CancellationToken) {
         let (tx, rx) = watch::channel(Sample::default());
         let cancel = CancellationToken::new();
@@ -342,7 +396,7 @@ mod tests {
                 name: "so".into(),
                 metric: "m".into(),
             })),
-            wake,
+            wakes,
             series: Default::default(),
         };
         tokio::spawn(poller.run(cancel.clone()));
@@ -380,14 +434,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn wakes_poll_at_once_but_never_faster_than_min_wake_interval() {
         let s = script(Duration::from_millis(50), vec![Ok(Cell::Number(1.0))]);
-        let (wake, fire) = crate::source::wake::manual("jobs");
+        let (wake, fire) = crate::engine::wake::manual("jobs");
         let mut k = key(false);
         k.poll_interval = Duration::from_secs(60);
-        k.wake = Some(crate::engine::WakeKey {
-            channel: "jobs".into(),
-            min_interval: Duration::from_millis(100),
-        });
-        let (mut rx, cancel) = start_with(k, s.clone(), Some(wake));
+        // Two users of the poller want the channel, at 2 s and at 100 ms: the least holds.
+        let (_users, wanted) = watch::channel(vec![wake_key("jobs", 2000), wake_key("jobs", 100)]);
+        let (mut rx, cancel) = start_with(k, s.clone(), manual_wakes(wanted, vec![wake]));
         rx.wait_for(|s| s.has_outcome()).await.unwrap();
         assert_eq!(s.calls.load(Ordering::SeqCst), 1);
         // A wake long after the last poll: polled at once.
@@ -464,6 +516,48 @@ mod tests {
                 cancel.cancel();
             }
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_poller_holds_exactly_the_channels_its_users_want() {
+        let s = script(Duration::ZERO, vec![Ok(Cell::Number(1.0))]);
+        let (a, fire_a) = crate::engine::wake::manual("a");
+        let (b, fire_b) = crate::engine::wake::manual("b");
+        let mut k = key(false);
+        k.poll_interval = Duration::from_secs(3600);
+        let (users, wanted) = watch::channel(Vec::new());
+        let (mut rx, cancel) = start_with(k, s.clone(), manual_wakes(wanted, vec![a, b]));
+        rx.wait_for(|s| s.has_outcome()).await.unwrap();
+        let polls = |n| {
+            let s = s.clone();
+            async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                assert_eq!(s.calls.load(Ordering::SeqCst), n);
+            }
+        };
+        // Nobody wants a wake-up yet: a notification on a does nothing.
+        fire_a();
+        polls(1).await;
+        // A user asks for a: its notifications poll.
+        users.send_replace(vec![wake_key("a", 100)]);
+        polls(1).await;
+        fire_a();
+        polls(2).await;
+        fire_b();
+        polls(2).await;
+        // Another user asks for b too.
+        users.send_replace(vec![wake_key("a", 100), wake_key("b", 100)]);
+        polls(2).await;
+        fire_b();
+        polls(3).await;
+        // a's user is gone: a no longer polls, b still does.
+        users.send_replace(vec![wake_key("b", 100)]);
+        polls(3).await;
+        fire_a();
+        polls(3).await;
+        fire_b();
+        polls(4).await;
+        cancel.cancel();
     }
 
     #[tokio::test(start_paused = true)]

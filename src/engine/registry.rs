@@ -19,8 +19,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::poller::{Named, Origin, Poller};
-use super::{EngineError, PollerKey, Reading, Sample};
+use super::poller::{Named, Origin, Poller, Wakes};
+use super::wake::{Hubs, WakeStatus, Wanted};
+use super::{EngineError, PollerKey, Reading, Sample, WakeKey};
 use crate::config::EngineConfig;
 use crate::source::Source;
 use crate::telemetry::metrics as m;
@@ -41,6 +42,8 @@ pub struct Entry {
     origin: Arc<Named>,
     /// Why the poller task ended, when it ended on its own (not evicted, not shut down).
     stopped: Arc<OnceLock<String>>,
+    /// The wake-up channels its users ask for (the poller holds their union).
+    wanted: Wanted,
 }
 
 impl Entry {
@@ -119,6 +122,8 @@ pub struct Registry {
     epoch: Instant,
     /// Pollers replaced after their task ended on its own.
     restarts: AtomicU64,
+    /// One wake-up hub per connection with wake-ups in use.
+    hubs: Arc<Hubs>,
 }
 
 impl Registry {
@@ -135,6 +140,7 @@ impl Registry {
             config,
             entries: RwLock::new(HashMap::new()),
             streams: AtomicUsize::new(0),
+            hubs: Arc::new(Hubs::new(shutdown.clone(), tracker.clone())),
             shutdown,
             tracker,
             epoch: Instant::now(),
@@ -192,22 +198,32 @@ impl Registry {
     /// The value to answer with now. The first call for a new poller waits up to
     /// `first_result_wait` for its first result (as does any call in that window); every other
     /// call answers from the cache at once. `source` is the trigger's own source when it carries
-    /// credentials ([`Registry::prepare_source`]).
+    /// credentials ([`Registry::prepare_source`]); `wake` its wake-up channel, if any.
     pub async fn read(
         &self,
         key: &PollerKey,
         origin: &Origin,
         source: Option<&Arc<dyn Source>>,
         cache: Option<&EntryCache>,
+        wake: Option<&WakeKey>,
     ) -> Result<Reading, EngineError> {
         let entry = match cache.and_then(EntryCache::live) {
             Some(entry) => {
-                entry.last_used_ms.store(self.now_ms(), Ordering::Relaxed);
+                let now = self.now_ms();
+                entry.last_used_ms.store(now, Ordering::Relaxed);
                 entry.origin.adopt(origin);
+                if let Some(w) = wake {
+                    entry.wanted.touch(w, now, false);
+                }
                 entry
             }
             None => {
-                let (entry, replaced) = self.entry_with(key, origin, source, |_| {})?;
+                let now = self.now_ms();
+                let (entry, replaced) = self.entry_with(key, origin, source, |e| {
+                    if let Some(w) = wake {
+                        e.wanted.touch(w, now, false);
+                    }
+                })?;
                 if let Some(c) = cache {
                     c.remember(&entry);
                 }
@@ -257,12 +273,14 @@ impl Registry {
             .map_err(|e| EngineError::Unavailable(e.to_string()))
     }
 
-    /// A stream's view of a poller; it keeps the poller alive until dropped.
+    /// A stream's view of a poller; it keeps the poller (and its wake-up channel) alive until
+    /// dropped.
     pub fn subscribe(
         self: &Arc<Self>,
         key: &PollerKey,
         origin: &Origin,
         source: Option<&Arc<dyn Source>>,
+        wake: Option<&WakeKey>,
     ) -> Result<Subscription, EngineError> {
         let max = self.config.limits.max_streams;
         if self
@@ -276,8 +294,12 @@ impl Registry {
                 "this server already has {max} open streams (--max-streams)"
             )));
         }
+        let now = self.now_ms();
         let entry = match self.entry_with(key, origin, source, |e| {
             e.streams.fetch_add(1, Ordering::SeqCst);
+            if let Some(w) = wake {
+                e.wanted.touch(w, now, true);
+            }
         }) {
             Ok((e, _)) => e,
             Err(err) => {
@@ -292,6 +314,7 @@ impl Registry {
             entry,
             registry: self.clone(),
             source: source.cloned(),
+            wake: wake.cloned(),
         })
     }
 
@@ -385,16 +408,6 @@ impl Registry {
                 )));
             }
         };
-        // Wake-ups are subscribed here, under the lock, so a channel is listened on exactly
-        // while a poller uses it (the poller's task owns the subscription).
-        let wake = match &key.wake {
-            Some(w) => Some(
-                source
-                    .wake(&w.channel)
-                    .map_err(|e| EngineError::Unavailable(e.to_string()))?,
-            ),
-            None => None,
-        };
         let (tx, rx) = watch::channel(Sample::default());
         let cancel = self.shutdown.child_token();
         let stopped = Arc::new(OnceLock::new());
@@ -408,6 +421,7 @@ impl Registry {
             created: Instant::now(),
             origin: named.clone(),
             stopped: stopped.clone(),
+            wanted: Wanted::default(),
         });
         also(&entry);
         entries.insert(key.clone(), entry.clone());
@@ -417,12 +431,25 @@ impl Registry {
             poll_interval = %humantime::format_duration(key.poll_interval),
             query_timeout = %humantime::format_duration(key.query_timeout),
             pollers = entries.len(), "poller created");
+        // The poller holds the channels its users want on its connection's hub (the hub is
+        // made on first use; the registry owns it, the source only offers a listener).
+        let wakes = {
+            let hubs = self.hubs.clone();
+            let source = source.clone();
+            let connection = key.connection.clone();
+            Wakes {
+                wanted: entry.wanted.watch(),
+                subscribe: Box::new(move |channel| {
+                    hubs.subscribe(&connection, source.as_ref(), channel)
+                }),
+            }
+        };
         let poller = Poller {
             key: key.clone(),
             source,
             tx,
             origin: named.clone(),
-            wake,
+            wakes,
             series: Default::default(),
         };
         let who = (key.connection.clone(), named);
@@ -476,13 +503,18 @@ impl Registry {
                 }
                 !idle
             });
-            // Sources made from metadata credentials live as long as a poller uses them.
+            // A wake-up nobody asked for within the idle timeout goes like an idle poller.
+            for e in entries.values() {
+                e.wanted.expire(now.saturating_sub(idle_ms));
+            }
+            // Sources made from metadata credentials live as long as a poller uses them, and
+            // their wake-up hubs (and listening sessions) with them.
             let in_use: std::collections::HashSet<&str> =
                 entries.keys().map(|k| k.connection.as_str()).collect();
-            self.dynamic
-                .write()
-                .expect("registry lock")
-                .retain(|name, _| in_use.contains(name.as_str()));
+            let mut dynamic = self.dynamic.write().expect("registry lock");
+            dynamic.retain(|name, _| in_use.contains(name.as_str()));
+            self.hubs
+                .retain(|name| self.sources.contains_key(name) || dynamic.contains_key(name));
         }
         m::pollers_stopped(evicted.len());
         let idle = humantime::format_duration(self.config.idle_timeout);
@@ -545,26 +577,10 @@ impl Registry {
 
     /// Each connection's wake-ups (connections without any are left out). Connections made
     /// from metadata credentials are summed under their one metric label.
-    pub fn wakes(&self) -> Vec<(String, crate::source::wake::WakeStatus)> {
-        let mut out: BTreeMap<String, crate::source::wake::WakeStatus> = BTreeMap::new();
-        let dynamic: Vec<(String, Arc<dyn Source>)> = self
-            .dynamic
-            .read()
-            .expect("registry lock")
-            .iter()
-            .map(|(n, s)| (n.clone(), s.clone()))
-            .collect();
-        let all = self
-            .sources
-            .iter()
-            .map(|(n, s)| (n.clone(), s.clone()))
-            .chain(dynamic);
-        for (name, source) in all {
-            let Some(w) = source.wake_status() else {
-                continue;
-            };
-            let label = m::connection_label(&name);
-            let sum = out.entry(label).or_insert(crate::source::wake::WakeStatus {
+    pub fn wakes(&self) -> Vec<(String, WakeStatus)> {
+        let mut out: BTreeMap<String, WakeStatus> = BTreeMap::new();
+        for (name, w) in self.hubs.status() {
+            let sum = out.entry(m::connection_label(&name)).or_insert(WakeStatus {
                 listening: true,
                 ..Default::default()
             });
@@ -616,6 +632,8 @@ pub struct Subscription {
     max_age: Duration,
     registry: Arc<Registry>,
     source: Option<Arc<dyn Source>>,
+    /// The stream's wake-up channel, held on the poller while the stream is open.
+    wake: Option<WakeKey>,
 }
 
 impl Subscription {
@@ -636,12 +654,20 @@ impl Subscription {
     pub fn renew(&mut self) -> Result<(), EngineError> {
         // The stopped poller's key and creator name the trigger (the same for every stream on it).
         let old = self.entry.clone();
+        let now = self.registry.now_ms();
+        let wake = self.wake.as_ref();
         let (entry, _) =
             self.registry
                 .entry_with(&old.key, &old.origin.get(), self.source.as_ref(), |e| {
                     e.streams.fetch_add(1, Ordering::SeqCst);
+                    if let Some(w) = wake {
+                        e.wanted.touch(w, now, true);
+                    }
                 })?;
         self.entry.streams.fetch_sub(1, Ordering::SeqCst);
+        if let Some(w) = wake {
+            self.entry.wanted.stream_closed(w, now);
+        }
         self.rx = entry.rx.clone();
         self.entry = entry;
         Ok(())
@@ -661,6 +687,9 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.entry.streams.fetch_sub(1, Ordering::SeqCst);
+        if let Some(w) = &self.wake {
+            self.entry.wanted.stream_closed(w, self.registry.now_ms());
+        }
         self.registry.streams.fetch_sub(1, Ordering::SeqCst);
         m::stream_closed();
     }
@@ -696,7 +725,6 @@ mod tests {
             poll_interval: Duration::from_secs(1),
             query_timeout: Duration::from_secs(5),
             ignore_nulls: false,
-            wake: None,
         }
     }
 
@@ -712,14 +740,14 @@ mod tests {
     async fn identical_keys_share_a_poller() {
         let (r, cancel) = registry(Duration::from_secs(600));
         assert_eq!(
-            r.read(&key("select 5"), &origin(), None, None)
+            r.read(&key("select 5"), &origin(), None, None, None)
                 .await
                 .unwrap()
                 .value,
             5.0
         );
         assert_eq!(
-            r.read(&key("select 5"), &origin(), None, None)
+            r.read(&key("select 5"), &origin(), None, None, None)
                 .await
                 .unwrap()
                 .value,
@@ -728,11 +756,11 @@ mod tests {
         assert_eq!(r.pollers(), 1);
         let mut other = key("select 5");
         other.poll_interval = Duration::from_secs(2);
-        r.read(&other, &origin(), None, None).await.unwrap();
+        r.read(&other, &origin(), None, None, None).await.unwrap();
         assert_eq!(r.pollers(), 2);
         cancel.cancel();
         assert_eq!(
-            r.read(&key("select 5"), &origin(), None, None)
+            r.read(&key("select 5"), &origin(), None, None, None)
                 .await
                 .unwrap_err(),
             EngineError::ShuttingDown
@@ -742,10 +770,12 @@ mod tests {
     #[tokio::test]
     async fn idle_pollers_are_evicted_but_not_while_streamed() {
         let (r, cancel) = registry(Duration::from_millis(300));
-        r.read(&key("select 1"), &origin(), None, None)
+        r.read(&key("select 1"), &origin(), None, None, None)
             .await
             .unwrap();
-        let sub = r.subscribe(&key("select 2"), &origin(), None).unwrap();
+        let sub = r
+            .subscribe(&key("select 2"), &origin(), None, None)
+            .unwrap();
         tokio::time::timeout(Duration::from_secs(10), async {
             while r.pollers() != 1 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -772,7 +802,7 @@ mod tests {
         let cache = EntryCache::default();
         let k = key("select 7");
         assert_eq!(
-            r.read(&k, &origin(), None, Some(&cache))
+            r.read(&k, &origin(), None, Some(&cache), None)
                 .await
                 .unwrap()
                 .value,
@@ -789,7 +819,7 @@ mod tests {
         assert!(cache.live().is_none(), "an evicted poller is not live");
         // The next call takes the registry's path: a new poller, remembered.
         assert_eq!(
-            r.read(&k, &origin(), None, Some(&cache))
+            r.read(&k, &origin(), None, Some(&cache), None)
                 .await
                 .unwrap()
                 .value,
@@ -799,7 +829,9 @@ mod tests {
         assert!(cache.live().is_some());
         cancel.cancel();
         assert_eq!(
-            r.read(&k, &origin(), None, Some(&cache)).await.unwrap_err(),
+            r.read(&k, &origin(), None, Some(&cache), None)
+                .await
+                .unwrap_err(),
             EngineError::ShuttingDown
         );
     }
@@ -847,7 +879,7 @@ mod tests {
         };
         let _log = tracing::subscriber::set_default(tracing_subscriber::registry().with(probe));
         for i in 0..5 {
-            r.read(&key(&format!("select {i}")), &origin(), None, None)
+            r.read(&key(&format!("select {i}")), &origin(), None, None, None)
                 .await
                 .unwrap();
         }
@@ -867,7 +899,7 @@ mod tests {
     async fn sqlite_infinity_is_unavailable_never_a_value() {
         let (r, cancel) = registry(Duration::from_secs(600));
         for q in ["select 1e999", "select -1e999"] {
-            match r.read(&key(q), &origin(), None, None).await {
+            match r.read(&key(q), &origin(), None, None, None).await {
                 Err(EngineError::Unavailable(m)) => {
                     assert!(m.contains("not a finite number"), "{q}: {m}")
                 }
@@ -881,7 +913,7 @@ mod tests {
     async fn errors_are_unavailable_never_zero() {
         let (r, cancel) = registry(Duration::from_secs(600));
         let err = r
-            .read(&key("select * from missing"), &origin(), None, None)
+            .read(&key("select * from missing"), &origin(), None, None, None)
             .await
             .unwrap_err();
         match err {

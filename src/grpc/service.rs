@@ -113,6 +113,7 @@ impl Scaler {
                 &parsed.origin,
                 source.as_ref(),
                 Some(&parsed.poller),
+                parsed.spec.wake.as_ref(),
             )
             .await?;
         parsed
@@ -281,9 +282,12 @@ impl ExternalScaler for Scaler {
     ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
         let r = request.into_inner();
         let opened = self.spec(&r).await.and_then(|(parsed, source)| {
-            let sub =
-                self.registry
-                    .subscribe(&parsed.spec.poller, &parsed.origin, source.as_ref())?;
+            let sub = self.registry.subscribe(
+                &parsed.spec.poller,
+                &parsed.origin,
+                source.as_ref(),
+                parsed.spec.wake.as_ref(),
+            )?;
             Ok((parsed, sub))
         });
         let (parsed, sub) = match opened {
@@ -557,8 +561,8 @@ mod tests {
                 poll_interval: Duration::from_secs(1),
                 query_timeout: Duration::from_secs(1),
                 ignore_nulls: false,
-                wake: None,
             },
+            wake: None,
             target: 0.25,
             activation: 0.0,
             metric_name: "m".into(),

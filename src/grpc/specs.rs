@@ -356,7 +356,7 @@ impl Specs {
 /// The heap bytes of a parsed trigger's strings.
 fn spec_bytes(spec: &ScalerSpec) -> usize {
     let key = &spec.poller;
-    let wake = key.wake.as_ref().map_or(0, |w| w.channel.len());
+    let wake = spec.wake.as_ref().map_or(0, |w| w.channel.len());
     let dynamic = spec.dynamic.as_ref().map_or(0, |c| {
         std::mem::size_of::<crate::config::ConnectionConfig>()
             + c.name.len()

@@ -40,6 +40,9 @@ pub struct ScalerSpec {
     pub target: f64,
     pub activation: f64,
     pub metric_name: String,
+    /// Database wake-ups (`notifyChannel`): the poller also polls on a notification. Not part
+    /// of the poller key: identical triggers share one poller whatever their wake-ups.
+    pub wake: Option<crate::engine::WakeKey>,
     /// A connection made from the trigger's own credentials; `poller.connection` is its name.
     /// Boxed: most triggers have none, and a spec is kept per calling ScaledObject.
     pub dynamic: Option<Box<ConnectionConfig>>,
@@ -645,7 +648,7 @@ mod tests {
             crate::config::parse_url("oracle://u@h:1521/S").unwrap();
         let pg = ("connection", "pg");
         let spec = parse(&meta(&[Q, T, pg, ("notifyChannel", "jobs_changed")]), &c).unwrap();
-        let wake = spec.poller.wake.unwrap();
+        let wake = spec.wake.unwrap();
         assert_eq!(wake.channel, "jobs_changed");
         assert_eq!(wake.min_interval, Duration::from_millis(100));
         let spec = parse(
@@ -659,15 +662,16 @@ mod tests {
             &c,
         )
         .unwrap();
-        assert_eq!(
-            spec.poller.wake.unwrap().min_interval,
-            Duration::from_secs(2)
-        );
-        assert_eq!(parse(&meta(&[Q, T, pg]), &c).unwrap().poller.wake, None);
-        // Different channels are different pollers.
+        assert_eq!(spec.wake.unwrap().min_interval, Duration::from_secs(2));
+        assert_eq!(parse(&meta(&[Q, T, pg]), &c).unwrap().wake, None);
+        // Wake-ups are not part of the poller key: the same query shares one poller, which
+        // waits on every channel its users name.
         let a = parse(&meta(&[Q, T, pg, ("notifyChannel", "a")]), &c).unwrap();
         let b = parse(&meta(&[Q, T, pg, ("notifyChannel", "b")]), &c).unwrap();
-        assert_ne!(a.poller, b.poller);
+        let none = parse(&meta(&[Q, T, pg]), &c).unwrap();
+        assert_eq!(a.poller, b.poller);
+        assert_eq!(a.poller, none.poller);
+        assert_ne!(a.wake, b.wake);
         let long = "x".repeat(64);
         for (pairs, key, fragment) in [
             (
@@ -745,10 +749,7 @@ mod tests {
             &c,
         )
         .unwrap();
-        assert_eq!(
-            spec.poller.wake.unwrap().min_interval,
-            Duration::from_millis(10)
-        );
+        assert_eq!(spec.wake.unwrap().min_interval, Duration::from_millis(10));
         // Extreme values never panic; an error names its key.
         let long = "y".repeat(100_000);
         for v in [

@@ -10,7 +10,9 @@ use crate::config::parse_duration;
 use crate::engine::WakeKey;
 
 /// PostgreSQL's identifier limit (NAMEDATALEN - 1).
-const CHANNEL_MAX: usize = 63;
+const PG_CHANNEL_MAX: usize = 63;
+/// Oracle's `DBMS_ALERT` name limit.
+const ORACLE_CHANNEL_MAX: usize = 30;
 
 /// The rest of the parse, once the connection is known. `label` names the connection in the
 /// default metric name (stable across replicas).
@@ -127,8 +129,8 @@ pub(super) fn finish(
             poll_interval,
             query_timeout,
             ignore_nulls,
-            wake,
         },
+        wake,
         target,
         activation,
         metric_name,
@@ -179,34 +181,8 @@ fn wake<'a>(
             ));
         }
     }
-    let first_ok = channel
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
-    let rest_ok = channel
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
-    if channel.len() > CHANNEL_MAX {
-        return Err(invalid(
-            NOTIFY_CHANNEL,
-            channel,
-            format!("is longer than {CHANNEL_MAX} bytes, PostgreSQL's identifier limit"),
-        ));
-    }
-    if !first_ok || !rest_ok {
-        let hint = if channel.chars().any(|c| c.is_ascii_uppercase()) {
-            " (PostgreSQL folds an unquoted NOTIFY name to lowercase, so a mixed-case channel would never match: use lowercase)"
-        } else {
-            ""
-        };
-        return Err(invalid(
-            NOTIFY_CHANNEL,
-            channel,
-            format!(
-                "must be a lowercase PostgreSQL identifier: a-z or _ first, then a-z, 0-9, _ or ${hint}"
-            ),
-        ));
-    }
+    channel_rule(dialect(&conn.url), channel)
+        .map_err(|reason| invalid(NOTIFY_CHANNEL, channel, reason))?;
     let floor = ctx.engine.min_wake_interval;
     let min_interval = match get(MIN_WAKE_INTERVAL) {
         None | Some("") => crate::config::defaults::WAKE_INTERVAL.max(floor),
@@ -240,4 +216,94 @@ fn wake<'a>(
         channel: channel.to_string(),
         min_interval: min_interval.min(poll_interval),
     }))
+}
+
+/// The channel names a database's wake-ups accept, per dialect. PostgreSQL: an unquoted
+/// identifier, so lowercase (a NOTIFY without quotes folds to lowercase; a mixed-case channel
+/// would never match). Oracle `DBMS_ALERT`: a case-insensitive name of at most 30 bytes, not
+/// starting with the reserved `ORA$`. SQLite has none.
+pub(super) fn channel_rule(dialect: Dialect, channel: &str) -> Result<(), String> {
+    match dialect {
+        Dialect::Postgres => {
+            if channel.len() > PG_CHANNEL_MAX {
+                return Err(format!(
+                    "is longer than {PG_CHANNEL_MAX} bytes, PostgreSQL's identifier limit"
+                ));
+            }
+            let first_ok = channel
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+            let rest_ok = channel
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+            if first_ok && rest_ok {
+                return Ok(());
+            }
+            let hint = if channel.chars().any(|c| c.is_ascii_uppercase()) {
+                " (PostgreSQL folds an unquoted NOTIFY name to lowercase, so a mixed-case channel would never match: use lowercase)"
+            } else {
+                ""
+            };
+            Err(format!(
+                "must be a lowercase PostgreSQL identifier: a-z or _ first, then a-z, 0-9, _ or ${hint}"
+            ))
+        }
+        Dialect::Oracle => {
+            if channel.len() > ORACLE_CHANNEL_MAX {
+                return Err(format!(
+                    "is longer than {ORACLE_CHANNEL_MAX} bytes, Oracle's DBMS_ALERT name limit"
+                ));
+            }
+            let first_ok = channel
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic());
+            let rest_ok = channel
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '$' | '#'));
+            if !first_ok || !rest_ok {
+                return Err(
+                    "must be an Oracle DBMS_ALERT name: a letter first, then letters, digits, _, $ or # (case-insensitive)".into(),
+                );
+            }
+            if channel.to_ascii_uppercase().starts_with("ORA$") {
+                return Err("starts with ORA$, which Oracle reserves".into());
+            }
+            Ok(())
+        }
+        Dialect::Sqlite => Err("SQLite has no notifications".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_names_follow_each_database() {
+        for (dialect, ok, bad) in [
+            (
+                Dialect::Postgres,
+                vec!["jobs", "_q$1", "jobs_changed"],
+                vec!["Jobs", "1jobs", "jobs changed", "a\"b", ""],
+            ),
+            (
+                Dialect::Oracle,
+                vec!["JOBS", "jobs_changed", "Q$1", "A#B"],
+                vec!["ORA$X", "ora$x", "1jobs", "jobs changed", "a'b", ""],
+            ),
+            (Dialect::Sqlite, vec![], vec!["jobs"]),
+        ] {
+            for c in ok {
+                assert_eq!(channel_rule(dialect, c), Ok(()), "{dialect:?} {c}");
+            }
+            for c in bad {
+                assert!(channel_rule(dialect, c).is_err(), "{dialect:?} {c}");
+            }
+        }
+        assert!(channel_rule(Dialect::Postgres, &"x".repeat(64)).is_err());
+        assert!(channel_rule(Dialect::Oracle, &"X".repeat(31)).is_err());
+        assert_eq!(channel_rule(Dialect::Oracle, &"X".repeat(30)), Ok(()));
+    }
 }

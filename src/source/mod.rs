@@ -194,19 +194,9 @@ pub trait Source: Send + Sync + 'static {
         futures::future::ready(()).boxed()
     }
 
-    /// Subscribes to the database's wake-ups on `channel` (PostgreSQL LISTEN/NOTIFY): the
-    /// returned [`wake::Wake`] fires when a notification arrives. Never blocks; sources without
-    /// wake-ups say so.
-    fn wake(&self, channel: &str) -> Result<wake::Wake, SourceError> {
-        let _ = channel;
-        Err(SourceError::Unsupported(format!(
-            "{} connections have no wake-ups (notifyChannel needs a postgres connection)",
-            self.kind()
-        )))
-    }
-
-    /// The state of the source's wake-ups, if it has any.
-    fn wake_status(&self) -> Option<wake::WakeStatus> {
+    /// The database's notification listener, for database-driven wake-ups (`notifyChannel`),
+    /// if it has one. The engine owns the listening session it opens (one per connection).
+    fn listener(&self) -> Option<Arc<dyn wake::Listener>> {
         None
     }
 

@@ -278,7 +278,7 @@ pub fn sample_age_series(connection: &str, method: &'static str) -> Histogram {
 pub fn render_state(
     pollers: &[crate::engine::PollerStatus],
     pools: &[(String, crate::source::PoolStatus)],
-    wakes: &[(String, crate::source::wake::WakeStatus)],
+    wakes: &[(String, crate::engine::wake::WakeStatus)],
 ) -> String {
     use std::fmt::Write;
     let mut out = String::new();
@@ -360,7 +360,7 @@ pub fn render_state(
         "Polls waiting for a free database session, per connection.",
         pool(|s| s.waiting),
     );
-    let wake = |f: fn(&crate::source::wake::WakeStatus) -> f64| {
+    let wake = |f: fn(&crate::engine::wake::WakeStatus) -> f64| {
         wakes
             .iter()
             .map(|(c, s)| (format!("connection=\"{}\"", escape(c)), f(s)))

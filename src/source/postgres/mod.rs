@@ -35,7 +35,6 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 mod listen;
 
 use super::checkout;
-use super::wake::{Hub, Wake, WakeStatus};
 use super::{
     Cell, PasswordSource, PoolStatus, ServerInfo, Source, SourceError, parse_numeric_text,
 };
@@ -57,8 +56,8 @@ pub struct Postgres {
     tls: Tls,
     /// Connection drivers and cancel requests: tracked, and stopped with the source.
     tasks: Tasks,
-    /// LISTEN/NOTIFY wake-ups: one dedicated session, opened when a poller first asks.
-    wake: Hub,
+    /// LISTEN/NOTIFY wake-ups: opens the dedicated session the engine's hub asks for.
+    listener: Arc<listen::PgListener>,
 }
 
 /// The background tasks of one source. Cancelling `closed` ends every connection driver (the
@@ -158,17 +157,10 @@ impl Postgres {
             tls: tls.clone(),
             tasks: tasks.clone(),
         };
-        let wake = {
-            let tasks = tasks.clone();
-            Hub::new(
-                &conn.name,
-                std::sync::Arc::new(listen::PgListener {
-                    sessions: sessions.clone(),
-                    config: listener_config,
-                }),
-                move |f| tasks.spawn(f),
-            )
-        };
+        let listener = Arc::new(listen::PgListener {
+            sessions: sessions.clone(),
+            config: listener_config,
+        });
         let pool = Pool::builder(sessions)
             .max_size(conn.pool_size.max(1))
             .build()
@@ -180,7 +172,7 @@ impl Postgres {
             pool_timeout: conn.pool_timeout,
             tls,
             tasks,
-            wake,
+            listener,
         })
     }
 
@@ -285,12 +277,8 @@ impl Source for Postgres {
         .boxed()
     }
 
-    fn wake(&self, channel: &str) -> Result<Wake, SourceError> {
-        Ok(self.wake.subscribe(channel))
-    }
-
-    fn wake_status(&self) -> Option<WakeStatus> {
-        Some(self.wake.status())
+    fn listener(&self) -> Option<Arc<dyn super::wake::Listener>> {
+        Some(self.listener.clone())
     }
 
     fn driver(&self) -> Result<String, SourceError> {
