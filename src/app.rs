@@ -228,7 +228,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(crate::grpc::calls::server(scaler));
+        .add_service(crate::grpc::calls::server(
+            scaler,
+            crate::grpc::calls::max_request(&config.engine.limits),
+        ));
     let server = match tls {
         Some(tls) => {
             tls.clone()

@@ -117,7 +117,10 @@ pub async fn check(config: &Config, args: &CheckArgs) -> Result<Report, String> 
                     report.round_trip_ms = Some(round_ms(info.round_trip));
                     if let Some(q) = &query {
                         report.query = Some(match src.query(q, args.timeout).await {
-                            Ok(Cell::Number(v)) => Step::Ok(v.to_string()),
+                            Ok(Cell::Number(v)) => match crate::engine::poller::finite(v) {
+                                Ok(v) => Step::Ok(v.to_string()),
+                                Err(e) => Step::Failed(e),
+                            },
                             Ok(Cell::Null) => {
                                 Step::Ok("NULL (an error unless ignoreNullValues: \"true\")".into())
                             }

@@ -568,3 +568,15 @@ fn unused_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// check judges a value by the server's rule: a non-finite number is an error, not `inf`.
+#[test]
+fn check_refuses_a_non_finite_value_like_the_server() {
+    let db = TestDb::new();
+    let jobs = format!("jobs={}", db.url());
+    for query in ["select 1e999", "select -1e999"] {
+        let (code, out, err) = run_bin(&["check", "--connection", &jobs, "--query", query]);
+        assert_eq!(code, 1, "{query}: {out}{err}");
+        assert!(out.contains("not a finite number"), "{query}: {out}");
+    }
+}

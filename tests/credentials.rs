@@ -87,12 +87,41 @@ async fn metadata_credentials_never_borrow_or_probe_the_servers() {
                     ("passwordFromEnv", pw),
                 ],
             );
-            refused("userFromEnv", "connection's own user")(
+            refused("userFromEnv", "user of this server's connection")(
                 c.get_metrics(deadline(metrics_request(&o, "")))
                     .await
                     .unwrap_err(),
             );
         }
+        // The server's user through connectionFromEnv, in the URL or as a parameter: refused
+        // too, as is a Unix socket on the scaler's host (local trust authentication).
+        let port = pg.port;
+        for url in [
+            format!("postgres://{SCALER_USER}:guess-u@127.0.0.1:{port}/postgres?sslmode=disable"),
+            format!("postgres://bob@127.0.0.1:{port}/postgres?user={SCALER_USER}&password=guess-p&sslmode=disable"),
+        ] {
+            let o = object("via-url", &[q, t, ("connectionFromEnv", &url)]);
+            refused("userFromEnv", "user of this server's connection")(
+                c.get_metrics(deadline(metrics_request(&o, ""))).await.unwrap_err(),
+            );
+        }
+        let socket = format!(
+            "postgres://bob:{BOB_PASSWORD}@localhost/postgres?host={}&port={port}",
+            pg.dir.path().display()
+        );
+        let o = object("via-socket", &[q, t, ("connectionFromEnv", &socket)]);
+        refused("connectionFromEnv", "Unix socket")(
+            c.get_metric_spec(deadline(o)).await.unwrap_err(),
+        );
+        // A libpq key=value string is not a URL, and is never echoed.
+        let kv = object(
+            "kv",
+            &[q, t, ("connectionFromEnv", "host=127.0.0.1 user=bob password=Hidden-2 dbname=x")],
+        );
+        let e = c.get_metric_spec(deadline(kv)).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+        assert!(!e.message().contains("Hidden-2"), "{}", e.message());
+
         // A malformed connectionFromEnv is bad metadata, and the URL is never echoed.
         let broken = object(
             "broken-url",

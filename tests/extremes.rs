@@ -588,7 +588,8 @@ async fn malformed_and_oversized_requests_get_clear_codes_and_are_counted() {
         ];
         // An invalid varint, and a name field that is not UTF-8.
         let garbage: [Vec<u8>; 2] = [vec![0xff; 11], vec![0x0a, 0x02, 0xc3, 0x28]];
-        let too_large = vec![0u8; 5 * 1024 * 1024];
+        let limit = orascale::grpc::calls::max_request(&orascale::config::Limits::default());
+        let too_large = vec![0u8; 1024 * 1024];
         for (method, message) in methods {
             for bytes in &garbage {
                 let (code, msg) = raw_call(addr, method, bytes.clone()).await;
@@ -600,7 +601,7 @@ async fn malformed_and_oversized_requests_get_clear_codes_and_are_counted() {
             assert_eq!(code, Code::ResourceExhausted, "{method}: {msg}");
             assert_eq!(
                 msg,
-                "the request message (5242880 bytes) is over the limit of 4194304 bytes (4 MiB)",
+                format!("the request message (1048576 bytes) is over the limit of {limit} bytes (what the metadata limits allow)"),
                 "{method}"
             );
         }
@@ -631,6 +632,38 @@ async fn malformed_and_oversized_requests_get_clear_codes_and_are_counted() {
             ),
             3.0
         );
+    })
+    .await;
+}
+
+/// The request limit follows the metadata limits (~530 KiB), not tonic's 4 MiB: 128 concurrent
+/// requests on one connection carrying a 4 MiB value are refused from their length prefix, and
+/// the server does not grow by hundreds of MiB buffering them (it did: +600 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_oversized_requests_cannot_take_the_servers_memory() {
+    let (_db, _dir, server) = jobs_server();
+    let pid = server.child.id();
+    let addr = server.grpc;
+    guard(Duration::from_secs(120), async move {
+        let c = client(addr).await;
+        let before = rss_of(pid);
+        let big = "y".repeat(4 * 1024 * 1024 - 200);
+        let calls = (0..128).map(|i| {
+            let mut c = c.clone();
+            let o = object(
+                &format!("big-{i}"),
+                &[("query", QUEUED), ("targetQueryValue", "1"), ("x", &big)],
+            );
+            async move { c.get_metric_spec(o).await.unwrap_err().code() }
+        });
+        let codes = futures::future::join_all(calls).await;
+        assert!(
+            codes.iter().all(|c| *c == Code::ResourceExhausted),
+            "{codes:?}"
+        );
+        let grown = rss_of(pid).saturating_sub(before);
+        eprintln!("128 concurrent 4 MiB requests: RSS +{grown} KiB");
+        assert!(grown < 96 * 1024, "RSS grew by {grown} KiB");
     })
     .await;
 }

@@ -348,6 +348,64 @@ fn a_black_holed_host_cannot_take_the_blocking_threads() {
             assert!(!s.contains(PASSWORD));
         }
     }));
+
+    // Process-wide: connections made from metadata credentials are one per credential, so 40
+    // black-holed connections (two connect slots each) must still stay within the process's
+    // bound, and SQLite on the same blocking pool keeps answering.
+    use orascale::source::oracle::CONNECTS_IN_FLIGHT_PROCESS;
+    const WIDE_THREADS: usize = 48;
+    let wide_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(WIDE_THREADS)
+        .enable_all()
+        .build()
+        .unwrap();
+    let wide = Arc::new(BlackHole::default());
+    let _release_wide = ReleaseOnDrop(wide.clone());
+    wide_rt.block_on(guard(Duration::from_secs(60), async {
+        let sources: Vec<Oracle> = (0..40)
+            .map(|i| {
+                let mut conn = connection(&format!("meta-{i}"), "oracle://u@10.255.255.1:1521/S");
+                conn.pool_size = 2;
+                Oracle::with_connect(
+                    &conn,
+                    &format!("u{i}"),
+                    Some(PASSWORD),
+                    "//10.255.255.1:1521/S",
+                    wide.clone(),
+                )
+                .unwrap()
+            })
+            .collect();
+        let sqlite = Sqlite::new(
+            "jobs",
+            orascale::config::SqliteTarget::File(db.path.clone()),
+            2,
+        );
+        for round in 0..3 {
+            let polls = sources.iter().flat_map(|s| {
+                (0..2).map(move |_| s.query("select 1 from dual", Duration::from_millis(50)))
+            });
+            let (polls, local) = tokio::join!(
+                futures::future::join_all(polls),
+                sqlite.query(QUEUED, Duration::from_secs(5)),
+            );
+            assert!(polls.iter().all(Result::is_err), "round {round}");
+            assert_eq!(
+                local,
+                Ok(Cell::Number(3.0)),
+                "round {round}: SQLite is served"
+            );
+        }
+        let peak = wide.peak.load(SeqCst);
+        assert!(
+            peak <= CONNECTS_IN_FLIGHT_PROCESS,
+            "{peak} connect threads at once across connections (bound {CONNECTS_IN_FLIGHT_PROCESS})"
+        );
+        assert!(peak >= 8, "the connects did pile up to the bound: {peak}");
+    }));
+    wide.release();
     hole.release();
+    wide_rt.shutdown_timeout(Duration::from_secs(10));
     rt.shutdown_timeout(Duration::from_secs(10));
 }

@@ -146,6 +146,8 @@ pub struct Credentials {
     /// `None`: no user (PostgreSQL refuses to connect; Oracle uses external authentication).
     pub user: Option<String>,
     pub has_password: bool,
+    /// A PostgreSQL host that is a Unix-domain socket (a path): a database on this host.
+    pub unix_socket: bool,
 }
 
 impl ConnectionUrl {
@@ -156,6 +158,7 @@ impl ConnectionUrl {
             ConnectionUrl::Sqlite(_) => Ok(Credentials {
                 user: None,
                 has_password: false,
+                unix_socket: false,
             }),
             ConnectionUrl::Postgres { url } => {
                 use std::error::Error as _;
@@ -173,11 +176,16 @@ impl ConnectionUrl {
                         .filter(|u| !u.is_empty())
                         .map(str::to_string),
                     has_password: config.get_password().is_some_and(|p| !p.is_empty()),
+                    unix_socket: config
+                        .get_hosts()
+                        .iter()
+                        .any(|h| !matches!(h, tokio_postgres::config::Host::Tcp(_))),
                 })
             }
             ConnectionUrl::Oracle { user, password, .. } => Ok(Credentials {
                 user: (!user.is_empty()).then(|| user.clone()),
                 has_password: password.as_deref().is_some_and(|p| !p.is_empty()),
+                unix_socket: false,
             }),
         }
     }
@@ -224,12 +232,15 @@ impl fmt::Debug for ConnectionUrl {
 }
 
 /// Replaces the password of `scheme://user:password@host…` with `***`; other text is kept.
+/// Text that is not such a URL is shown only when it is a `sqlite:` path: anything else (a
+/// libpq `host=… password=…` string, an EZConnect `user/password@host`) may hold a password
+/// anywhere, so none of it is shown.
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
-        // Not a URL we understand: if anything could be credentials, hide all of it.
-        return match (url.split_once(':'), url.rfind('@')) {
-            (Some((scheme, _)), Some(at)) => format!("{scheme}:***{}", &url[at..]),
-            _ => url.to_string(),
+        return if url.to_ascii_lowercase().starts_with("sqlite:") && !url.contains('@') {
+            url.to_string()
+        } else {
+            NOT_SHOWN.to_string()
         };
     };
     let rest = &url[scheme_end + 3..];
@@ -248,6 +259,26 @@ pub fn redact_url(url: &str) -> String {
     format!("{}://{masked}{}", &url[..scheme_end], &rest[at..])
 }
 
+/// What an error shows instead of a value that may hold a password.
+const NOT_SHOWN: &str = "(not shown: it may hold a password)";
+
+/// `scheme` if it looks like a URL scheme (so it cannot be a password), else [`NOT_SHOWN`].
+fn shown_scheme(scheme: &str) -> String {
+    let plausible = scheme.len() <= 20
+        && scheme
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if plausible {
+        format!("{scheme:?}")
+    } else {
+        NOT_SHOWN.to_string()
+    }
+}
+
 /// Parses a connection URL; the error message never contains the password.
 pub fn parse_url(url: &str) -> Result<ConnectionUrl, String> {
     if url == "sqlite::memory:" {
@@ -255,8 +286,8 @@ pub fn parse_url(url: &str) -> Result<ConnectionUrl, String> {
     }
     let Some((scheme, rest)) = url.split_once(':') else {
         return Err(format!(
-            "URL {:?} has no scheme; expected sqlite:PATH, sqlite::memory:, postgres://…, postgresql://… or oracle://…",
-            redact_url(url)
+            "URL {} has no scheme; expected sqlite:PATH, sqlite::memory:, postgres://…, postgresql://… or oracle://…",
+            quoted(&redact_url(url))
         ));
     };
     match scheme.to_ascii_lowercase().as_str() {
@@ -275,8 +306,8 @@ pub fn parse_url(url: &str) -> Result<ConnectionUrl, String> {
         "postgres" | "postgresql" => {
             if !rest.starts_with("//") {
                 return Err(format!(
-                    "URL {:?} must start with {scheme}://",
-                    redact_url(url)
+                    "URL {} must start with {scheme}://",
+                    quoted(&redact_url(url))
                 ));
             }
             Ok(ConnectionUrl::Postgres {
@@ -284,8 +315,9 @@ pub fn parse_url(url: &str) -> Result<ConnectionUrl, String> {
             })
         }
         "oracle" => parse_oracle(url, rest),
-        other => Err(format!(
-            "URL scheme {other:?} is not built in (supported: sqlite, postgres, postgresql, oracle)"
+        _ => Err(format!(
+            "URL scheme {} is not built in (supported: sqlite, postgres, postgresql, oracle)",
+            shown_scheme(scheme)
         )),
     }
 }
@@ -293,8 +325,8 @@ pub fn parse_url(url: &str) -> Result<ConnectionUrl, String> {
 fn parse_oracle(url: &str, rest: &str) -> Result<ConnectionUrl, String> {
     let bad = || {
         format!(
-            "URL {:?} must be oracle://USER[:PASSWORD]@HOST[:PORT]/SERVICE or oracle://USER@TNS_ALIAS",
-            redact_url(url)
+            "URL {} must be oracle://USER[:PASSWORD]@HOST[:PORT]/SERVICE or oracle://USER@TNS_ALIAS",
+            quoted(&redact_url(url))
         )
     };
     let rest = rest.strip_prefix("//").ok_or_else(bad)?;
@@ -318,6 +350,15 @@ fn parse_oracle(url: &str, rest: &str) -> Result<ConnectionUrl, String> {
         password,
         connect_string,
     })
+}
+
+/// A redacted URL in quotes; the "not shown" note as it is.
+fn quoted(redacted: &str) -> String {
+    if redacted == NOT_SHOWN {
+        redacted.to_string()
+    } else {
+        format!("{redacted:?}")
+    }
 }
 
 /// `%XX` decoding for user and password in URLs; `None` on a malformed escape.
@@ -362,7 +403,8 @@ mod tests {
             pg.credentials().unwrap(),
             Credentials {
                 user: Some("srv".into()),
-                has_password: true
+                has_password: true,
+                unix_socket: false,
             }
         );
         let bad = ConnectionUrl::Postgres {
@@ -372,6 +414,26 @@ mod tests {
         assert!(
             e.contains("not a valid PostgreSQL URL") && !e.contains("s3cret"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn text_that_is_not_a_url_is_never_shown() {
+        for text in [
+            "host=127.0.0.1 port=5432 user=alice password=pw-a dbname=shop",
+            "user=alice password=pw-a host=h:5432",
+            "alice/pw-a@db:1521/ORCL",
+            "pw-a",
+        ] {
+            let e = parse_url(text).unwrap_err();
+            assert!(!e.contains("pw-a"), "{text}: {e}");
+            assert!(!redact_url(text).contains("pw-a"), "{text}");
+        }
+        assert_eq!(redact_url("sqlite:/data/x.db"), "sqlite:/data/x.db");
+        assert!(
+            parse_url("mysql://u:pw-a@h/db")
+                .unwrap_err()
+                .contains("\"mysql\" is not built in")
         );
     }
 

@@ -27,6 +27,9 @@ use crate::telemetry::metrics as m;
 /// source cancels on the database at the timeout, this only guards against a source that hangs.
 const SOURCE_GRACE: Duration = Duration::from_secs(2);
 
+/// Longest wait between polls whose credentials keep being refused.
+const AUTH_BACKOFF_MAX: Duration = Duration::from_secs(600);
+
 /// Longest query text quoted in an error message.
 const QUERY_QUOTE_MAX: usize = 200;
 
@@ -127,9 +130,11 @@ impl Poller {
         let mut wanted_open = true;
         self.hold(&mut subs, &mut wanted);
         subs.mark_seen();
+        // Refused credentials back off: the next poll no sooner than this.
+        let mut refused = Refused::default();
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = self.poll() => {}
+            auth_failed = self.poll() => refused.record(auth_failed, last_start, interval),
         }
         let phase = interval.mul_f64(random_fraction(&self.key)).min(interval);
         let start = crate::source::deadline_after(Instant::now(), phase);
@@ -162,10 +167,13 @@ impl Poller {
                 subs.mark_seen();
                 subs.record_poll();
             }
+            if refused.holds() {
+                continue;
+            }
             last_start = Instant::now();
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = self.poll() => {}
+                auth_failed = self.poll() => refused.record(auth_failed, last_start, interval),
             }
             if woken {
                 ticks.reset();
@@ -184,8 +192,9 @@ impl Poller {
         }
     }
 
-    /// One query, its metrics, its lifecycle log line, and the publish.
-    async fn poll(&self) {
+    /// One query, its metrics, its lifecycle log line, and the publish; true when the database
+    /// refused the credentials.
+    async fn poll(&self) -> bool {
         let key = &self.key;
         let started = Instant::now();
         let outcome = match tokio::time::timeout(
@@ -198,14 +207,12 @@ impl Poller {
             Err(_) => Err(SourceError::Timeout(key.query_timeout)),
         };
         let finished = Instant::now();
+        let mut auth_failed = false;
         let (value, result_label) = match outcome {
-            Ok(Cell::Number(v)) if v.is_finite() => (Ok(v), "ok"),
-            // The one place every source's value passes: KEDA turns NaN and ±Inf into 0, so a
-            // non-finite value is an error here, whichever driver let it through.
-            Ok(Cell::Number(v)) => (
-                Err(format!("first column is not a finite number: {v}; orascale scales on a finite number")),
-                "error",
-            ),
+            Ok(Cell::Number(v)) => match finite(v) {
+                Ok(v) => (Ok(v), "ok"),
+                Err(e) => (Err(e), "error"),
+            },
             Ok(Cell::Null | Cell::NoRows) if key.ignore_nulls => (Ok(0.0), "null"),
             Ok(Cell::Null) => (
                 Err("query returned NULL; set ignoreNullValues: \"true\" to read it as 0, or use COALESCE".to_string()),
@@ -216,6 +223,7 @@ impl Poller {
                 "null",
             ),
             Err(e) => {
+                auth_failed = e.is_auth_failure();
                 let label = e.result_label();
                 (Err(e.to_string()), label)
             }
@@ -272,6 +280,7 @@ impl Poller {
                 self.tx.send_modify(|s| s.record_err(message, finished));
             }
         }
+        auth_failed
     }
 }
 
@@ -282,6 +291,47 @@ fn quote_query(q: &str) -> String {
     } else {
         let cut: String = one_line.chars().take(QUERY_QUOTE_MAX).collect();
         format!("{cut}…")
+    }
+}
+
+/// Polls whose credentials the database refused, and when the next may start: the interval
+/// doubling per refusal up to [`AUTH_BACKOFF_MAX`] (never shorter than the interval), reset by
+/// any other outcome. The answers stay the error (UNAVAILABLE) meanwhile.
+#[derive(Debug, Default)]
+struct Refused {
+    streak: u32,
+    not_before: Option<Instant>,
+}
+
+impl Refused {
+    fn record(&mut self, auth_failed: bool, started: Instant, interval: Duration) {
+        if !auth_failed {
+            *self = Refused::default();
+            return;
+        }
+        self.streak = self.streak.saturating_add(1);
+        let wait = interval
+            .saturating_mul(1 << (self.streak - 1).min(16))
+            .clamp(interval, AUTH_BACKOFF_MAX.max(interval));
+        self.not_before = Some(crate::source::deadline_after(started, wait));
+    }
+
+    /// Whether a poll now would come too soon after a refusal.
+    fn holds(&self) -> bool {
+        self.not_before.is_some_and(|at| Instant::now() < at)
+    }
+}
+
+/// The one rule every source's value passes (here, where a poll is published, and in
+/// `orascale check`): KEDA turns NaN and ±Inf into 0, so a non-finite value is an error,
+/// whichever driver let it through.
+pub fn finite(v: f64) -> Result<f64, String> {
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(format!(
+            "first column is not a finite number: {v}; orascale scales on a finite number"
+        ))
     }
 }
 
@@ -558,6 +608,36 @@ mod tests {
         fire_b();
         polls(4).await;
         cancel.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refused_credentials_back_off_other_errors_do_not() {
+        let refused = SourceError::Connect(
+            "postgres: FATAL 28P01: password authentication failed for user \"bob\"".into(),
+        );
+        assert!(refused.is_auth_failure());
+        for (error, min, max) in [
+            // 1 s interval over 130 s: polls at 0, 1, 3, 7, 15, 31, 63, 127 s.
+            (refused, 6, 9),
+            (SourceError::Query("no such table".into()), 120, 132),
+        ] {
+            let s = script(Duration::ZERO, vec![Err(error.clone())]);
+            let mut k = key(false);
+            k.poll_interval = Duration::from_secs(1);
+            let (rx, cancel) = start(k, s.clone());
+            tokio::time::sleep(Duration::from_secs(130)).await;
+            let calls = s.calls.load(Ordering::SeqCst);
+            assert!(
+                (min..=max).contains(&calls),
+                "{error}: {calls} polls in 130 s"
+            );
+            assert!(
+                rx.borrow()
+                    .value(Instant::now(), Duration::from_secs(3))
+                    .is_err()
+            );
+            cancel.cancel();
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -3,7 +3,7 @@
 //!
 //! Counting here rather than in the handlers also counts what tonic answers before a handler
 //! runs: a request body that is not the method's protobuf (INVALID_ARGUMENT, from the codec's
-//! decoder) and a request over [`MAX_REQUEST`], which tonic refuses as OUT_OF_RANGE (a code
+//! decoder) and a request over [`max_request`], which tonic refuses as OUT_OF_RANGE (a code
 //! meant for reading past the end of a file); here it becomes RESOURCE_EXHAUSTED with a
 //! message naming the limit, the code gRPC itself uses for an oversized message. For a stream,
 //! the count is its opening: the response headers, OK or the refusal.
@@ -21,16 +21,26 @@ use super::Scaler;
 use super::proto::external_scaler_server::ExternalScalerServer;
 use crate::telemetry::metrics as m;
 
-/// The largest request message the service decodes: tonic's default, set explicitly so the
-/// refusal can name it. KEDA's requests are a few hundred bytes; the metadata limits keep a
-/// valid one far below this.
-pub const MAX_REQUEST: usize = 4 * 1024 * 1024;
+/// The largest request message a valid call can be, from the metadata limits: every entry at
+/// its longest key and value (with protobuf's framing), the longest Kubernetes name and
+/// namespace, and a metric name as long as a value. About 530 KiB with the default limits;
+/// tonic's default (4 MiB) let a few dozen concurrent refused requests take hundreds of MiB.
+pub fn max_request(limits: &crate::config::Limits) -> usize {
+    const FRAMING: usize = 16;
+    let entries = limits.max_metadata_entries.saturating_mul(
+        limits.max_metadata_key_length + limits.max_metadata_value_length + FRAMING,
+    );
+    entries
+        .saturating_add(253 + 63 + limits.max_metadata_value_length + 4 * FRAMING)
+        .max(64 * 1024)
+}
 
 /// The ExternalScaler service as served: the generated server around [`Scaler`], with the
-/// request limit, inside [`Calls`].
-pub fn server(scaler: Scaler) -> Calls<ExternalScalerServer<Scaler>> {
+/// request limit ([`max_request`]), inside [`Calls`].
+pub fn server(scaler: Scaler, max_request: usize) -> Calls<ExternalScalerServer<Scaler>> {
     Calls {
-        inner: ExternalScalerServer::new(scaler).max_decoding_message_size(MAX_REQUEST),
+        inner: ExternalScalerServer::new(scaler).max_decoding_message_size(max_request),
+        max_request,
     }
 }
 
@@ -38,6 +48,7 @@ pub fn server(scaler: Scaler) -> Calls<ExternalScalerServer<Scaler>> {
 #[derive(Debug, Clone)]
 pub struct Calls<S> {
     inner: S,
+    max_request: usize,
 }
 
 impl<S: NamedService> NamedService for Calls<S> {
@@ -63,7 +74,7 @@ fn code(response: &http::Response<Body>) -> Code {
 }
 
 /// Our handlers never answer OUT_OF_RANGE: on this service it is tonic's request size limit.
-fn rewrite(response: http::Response<Body>) -> http::Response<Body> {
+fn rewrite(response: http::Response<Body>, max_request: usize) -> http::Response<Body> {
     if code(&response) != Code::OutOfRange {
         return response;
     }
@@ -74,7 +85,7 @@ fn rewrite(response: http::Response<Body>) -> http::Response<Body> {
     });
     let size = found.map_or_else(String::new, |n| format!(" ({n} bytes)"));
     Status::resource_exhausted(format!(
-        "the request message{size} is over the limit of {MAX_REQUEST} bytes (4 MiB)"
+        "the request message{size} is over the limit of {max_request} bytes (what the metadata limits allow)"
     ))
     .into_http()
 }
@@ -96,12 +107,13 @@ where
         let method = method(request.uri().path());
         let started = Instant::now();
         let answer = self.inner.call(request);
+        let max_request = self.max_request;
         Box::pin(async move {
             let response = answer.await?;
             let Some(method) = method else {
                 return Ok(response);
             };
-            let response = rewrite(response);
+            let response = rewrite(response, max_request);
             m::grpc_request(method, code(&response), started.elapsed());
             Ok(response)
         })
@@ -132,15 +144,18 @@ mod tests {
             "Error, decoded message length too large: found 5242880 bytes, the limit is: 4194304 bytes",
         )
         .into_http::<Body>();
-        let ours = rewrite(tonic);
+        let ours = rewrite(tonic, 4194304);
         let status = Status::from_header_map(ours.headers()).unwrap();
         assert_eq!(status.code(), Code::ResourceExhausted);
         assert_eq!(
             status.message(),
-            "the request message (5242880 bytes) is over the limit of 4194304 bytes (4 MiB)"
+            "the request message (5242880 bytes) is over the limit of 4194304 bytes (what the metadata limits allow)"
         );
+        // With the default limits a valid request is at most about 530 KiB.
+        let default = max_request(&crate::config::Limits::default());
+        assert!((520 * 1024..560 * 1024).contains(&default), "{default}");
         // Anything else passes unchanged.
-        let other = rewrite(Status::invalid_argument("x").into_http::<Body>());
+        let other = rewrite(Status::invalid_argument("x").into_http::<Body>(), 1);
         assert_eq!(code(&other), Code::InvalidArgument);
         assert_eq!(code(&http::Response::new(Body::default())), Code::Ok);
     }

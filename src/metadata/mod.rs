@@ -273,7 +273,7 @@ pub fn parse(
         }
         // The ScaledObject's own URL, completed by its own keys: all of it comes from metadata.
         let url = parsed.with_credentials(user, password);
-        credentials::complete(&url, CONNECTION_FROM_ENV)?;
+        credentials::checked(&url, CONNECTION_FROM_ENV, true, &ctx.connections)?;
         let mut conn = ConnectionConfig::new(dynamic_name(&url), url);
         conn.pool_size = METADATA_POOL_SIZE;
         return finish(meta, query, target, activation, "meta", conn, true, ctx);
@@ -322,9 +322,8 @@ pub fn parse(
         // pool. Never one of them with the server's other half (a borrowed password, or
         // guesses against the server's account).
         let (user, password) = credentials::both(user, password)?;
-        credentials::not_the_servers_user(&conn.url, user)?;
         let url = conn.url.with_credentials(Some(user), Some(password));
-        credentials::complete(&url, USER_FROM_ENV)?;
+        credentials::checked(&url, USER_FROM_ENV, false, &ctx.connections)?;
         let mut own = conn.clone();
         own.name = dynamic_name(&url);
         own.url = url;
@@ -796,6 +795,13 @@ mod tests {
         c.allow_credentials = true;
         c.connections.get_mut("orders").unwrap().url =
             crate::config::parse_url("postgres://srv:srvpw@db/shop").unwrap();
+        c.connections.insert(
+            "reports".into(),
+            ConnectionConfig::new(
+                "reports",
+                crate::config::parse_url("postgres://rep_user:bobpw@db9/rep").unwrap(),
+            ),
+        );
         let so = |extra: &[(&str, &str)]| {
             let mut pairs = vec![Q, T];
             pairs.extend_from_slice(extra);
@@ -888,7 +894,7 @@ mod tests {
                     ("passwordFromEnv", "guess-2"),
                 ],
                 "userFromEnv",
-                "connection's own user",
+                "user of this server's connection",
             ),
             (
                 vec![
@@ -926,6 +932,63 @@ mod tests {
                 assert!(!text.contains(secret), "{extra:?}: {text}");
             }
         }
+        // The user of any server-side connection of the kind, through any path; Unix sockets
+        // on the scaler's host; names that are not plain names.
+        for (extra, key, fragment) in [
+            (
+                vec![
+                    ("connection", "orders"),
+                    ("userFromEnv", "rep_user"),
+                    ("passwordFromEnv", "g-3"),
+                ],
+                "userFromEnv",
+                "connection \"reports\"",
+            ),
+            (
+                vec![("connectionFromEnv", "postgres://srv:g-4@db/shop")],
+                "userFromEnv",
+                "connection \"orders\"",
+            ),
+            (
+                vec![(
+                    "connectionFromEnv",
+                    "postgres://alice@db/shop?user=srv&password=g-5",
+                )],
+                "userFromEnv",
+                "connection \"orders\"",
+            ),
+            (
+                vec![
+                    ("connectionFromEnv", "postgres://db2/shop"),
+                    ("userFromEnv", "rep_user"),
+                    ("passwordFromEnv", "g-6"),
+                ],
+                "userFromEnv",
+                "connection \"reports\"",
+            ),
+            (
+                vec![(
+                    "connectionFromEnv",
+                    "postgres://alice:g-7@localhost/shop?host=/run/pg&port=5432",
+                )],
+                "connectionFromEnv",
+                "Unix socket",
+            ),
+            (
+                vec![
+                    ("connection", "orders"),
+                    ("userFromEnv", "al\u{0}ice"),
+                    ("passwordFromEnv", "g-8"),
+                ],
+                "userFromEnv",
+                "plain user name",
+            ),
+        ] {
+            let e = so(&extra).unwrap_err().to_string();
+            assert!(e.contains(&format!("{key:?}")), "{extra:?}: {e}");
+            assert!(e.contains(fragment), "{extra:?}: {e}");
+            assert!(!e.contains("g-") && !e.contains("bobpw"), "{extra:?}: {e}");
+        }
         // The URL's own credentials complete the keys (all of it is the ScaledObject's).
         let url_pw = so(&[
             ("connectionFromEnv", "postgres://alice:pw-url@db2/shop"),
@@ -945,7 +1008,17 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("connection's own user"), "{e}");
+        assert!(e.contains("user of this server's connection"), "{e}");
+        for user in ["\"SCOTT\"", "APP[SCOTT]"] {
+            let e = super::parse(
+                &meta(&[Q, T, ("userFromEnv", user), ("passwordFromEnv", "x1")]),
+                "ns",
+                &ora,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("plain user name"), "{user}: {e}");
+        }
         let other = super::parse(
             &meta(&[Q, T, ("userFromEnv", "app_ro"), ("passwordFromEnv", "x1")]),
             "ns",

@@ -137,6 +137,18 @@ impl SourceError {
             _ => "error",
         }
     }
+
+    /// Whether the database refused the credentials (PostgreSQL SQLSTATE 28P01/28000; Oracle
+    /// ORA-01017 wrong credentials, ORA-28000 account locked, ORA-01005 null password): the
+    /// poller then backs off, so a wrong password is not retried every poll interval (a
+    /// guessing channel, and on Oracle a way to lock the account).
+    pub fn is_auth_failure(&self) -> bool {
+        const CODES: [&str; 5] = [" 28P01:", " 28000:", "ORA-01017", "ORA-28000", "ORA-01005"];
+        match self {
+            SourceError::Connect(m) => CODES.iter().any(|c| m.contains(c)),
+            _ => false,
+        }
+    }
 }
 
 /// What `orascale check` reports about a database.

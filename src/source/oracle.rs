@@ -53,6 +53,18 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// without this bound polls against a black-holed host would pile such threads up to tokio's
 /// blocking-thread cap, stalling every other blocking task of the process.
 pub const CONNECTS_IN_FLIGHT: usize = 2;
+/// Connects in flight across every Oracle connection of the process: connections made from
+/// metadata credentials are one per distinct credential, so a per-connection bound alone would
+/// let rotating credentials against a black-holed host take `2 × pollers` threads.
+pub const CONNECTS_IN_FLIGHT_PROCESS: usize = 32;
+
+/// The process-wide connect slots ([`CONNECTS_IN_FLIGHT_PROCESS`]).
+fn process_connects() -> Arc<tokio::sync::Semaphore> {
+    static SLOTS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+    SLOTS
+        .get_or_init(|| Arc::new(tokio::sync::Semaphore::new(CONNECTS_IN_FLIGHT_PROCESS)))
+        .clone()
+}
 /// How long past the deadline we wait for a call before breaking it from another thread.
 const BREAK_GRACE: Duration = Duration::from_secs(2);
 
@@ -363,13 +375,17 @@ impl managed::Manager for Sessions {
             .acquire_owned()
             .await
             .map_err(|_| SourceError::Connect("oracle source is closed".into()))?;
+        let process_permit = process_connects()
+            .acquire_owned()
+            .await
+            .map_err(|_| SourceError::Connect("oracle connects are closed".into()))?;
         let password = self.password.clone();
         let (user, connect_string) = (self.user.clone(), self.connect_string.clone());
         let connect = self.connect.clone();
         let made = tokio::task::spawn_blocking(move || {
             // Held until the connect really returns, even when the poll that asked has given
             // up: an abandoned connect still counts, and the next one waits for it.
-            let _permit = permit;
+            let _permits = (permit, process_permit);
             // A password file is read here too, never on a runtime worker.
             let password =
                 String::from_utf8_lossy(&password.get()?.unwrap_or_default()).into_owned();
