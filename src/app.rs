@@ -41,9 +41,14 @@ pub enum StartError {
     /// The configuration cannot be served (exit 64, like a bad flag).
     #[error("{0}")]
     Config(String),
-    #[error("cannot listen on {what} address {addr}: {source}")]
+    #[error(
+        "cannot listen on {what} address {addr}: {source}{}",
+        bind_hint(source, flag)
+    )]
     Bind {
         what: &'static str,
+        /// The flag that sets this address.
+        flag: &'static str,
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -52,11 +57,31 @@ pub enum StartError {
 }
 
 impl StartError {
+    /// 64 (EX_USAGE) for configuration that cannot be served, 69 (EX_UNAVAILABLE) for an
+    /// address that cannot be bound (in use, or not permitted), 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
             StartError::Config(_) => 64,
+            StartError::Bind { .. } => 69,
             _ => 1,
         }
+    }
+}
+
+/// What to do about a listen address that cannot be bound.
+fn bind_hint(e: &std::io::Error, flag: &str) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            " (another process listens there, perhaps another orascale: stop it, or choose \
+             another address with {flag})"
+        ),
+        std::io::ErrorKind::PermissionDenied => {
+            format!(" (ports below 1024 need privileges: choose another with {flag})")
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            format!(" (no interface has this address: choose another with {flag})")
+        }
+        _ => String::new(),
     }
 }
 
@@ -141,6 +166,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .await
         .map_err(|source| StartError::Bind {
             what: "gRPC",
+            flag: "--grpc-listen",
             addr: config.grpc_listen,
             source,
         })?;
@@ -148,6 +174,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .await
         .map_err(|source| StartError::Bind {
             what: "metrics",
+            flag: "--metrics-listen",
             addr: config.metrics_listen,
             source,
         })?;

@@ -2,7 +2,8 @@
 //! each connection, reports whether its driver (and client library) loads, whether it connects,
 //! the server version and the round-trip time of a trivial query; optionally runs a query and
 //! prints the value a trigger would report. With TLS configured it also checks the certificate
-//! files as clients will judge them (`tls::inspect`). A table for people, `--json` for scripts.
+//! files as clients will judge them (`tls::inspect`). `--demo` creates the demo database as
+//! `serve --demo` does. A table for people, `--json` for scripts.
 
 use std::time::Duration;
 
@@ -54,6 +55,10 @@ impl<T> Step<T> {
 
 /// Checks the connections of `config` (or only `only`).
 pub async fn check(config: &Config, args: &CheckArgs) -> Result<Report, String> {
+    // `--demo` means what it means for `serve`: the demo database, created if missing.
+    if let Some(path) = &config.demo_db {
+        crate::demo::prepare(path).map_err(|e| format!("--demo {}: {e}", path.display()))?;
+    }
     if let Some(only) = &args.only
         && !config.connections.contains_key(only)
     {

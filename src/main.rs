@@ -88,39 +88,26 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     telemetry::init_logging(config.log_format);
     let demo_db = config.demo_db.clone();
+    let tls = config.tls.is_some();
     let result = runtime().block_on(app::run(config, app::shutdown_signal(), |running| {
         if let Some(db) = &demo_db {
-            print_demo_instructions(db, running.grpc_addr.port());
+            // The commands must run as printed, from any directory: the program as it was
+            // started (cargo run passes a relative target/… path), the database by full path.
+            let argv0 = std::env::args().next().unwrap_or_default();
+            let me = demo::program(&argv0, std::env::current_exe().ok().as_deref());
+            let db = demo::absolute(db);
+            // Plain lines for a person: the log would escape the newlines (and quote the rest).
+            eprintln!("{}", demo::walkthrough(&me, &db, running.grpc_addr, tls));
         }
     }));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "orascale cannot start");
-            eprintln!("orascale: {e}");
+            // Once: the log goes to stderr already (as JSON with --log-format json).
+            tracing::error!("orascale cannot start: {e}");
             ExitCode::from(e.exit_code())
         }
     }
-}
-
-fn print_demo_instructions(db: &std::path::Path, port: u16) {
-    // Under `cargo run` the binary lives in target/; suggest the command the user typed.
-    let exe = std::env::args().next().unwrap_or_default();
-    let me = if exe.contains("/target/") {
-        "cargo run --release --"
-    } else {
-        "orascale"
-    };
-    tracing::info!(
-        "demo database {} is ready (table jobs). In another terminal:\n  \
-         watch:    {me} probe --addr 127.0.0.1:{port} -m \"query={}\" -m targetQueryValue=5 -m pollInterval=2s --watch\n  \
-         values:   {me} probe --addr 127.0.0.1:{port} -m \"query={}\" -m targetQueryValue=5\n  \
-         add work: {me} demo enqueue 12\n  \
-         drain:    {me} demo drain",
-        db.display(),
-        demo::QUERY,
-        demo::QUERY
-    );
 }
 
 fn demo_action(args: DemoArgs) -> ExitCode {

@@ -307,17 +307,84 @@ pub fn incoming(
                     }
                     // Why a client was refused is visible only here (e.g. a v1 client
                     // certificate, an unknown CA): WARN, at most one line per interval.
-                    Ok(Err(e)) => match warnings.admit() {
-                        Some(suppressed) => tracing::warn!(%peer, error = %e, suppressed,
-                            "TLS handshake failed"),
-                        None => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    },
+                    Ok(Err(e)) => {
+                        let error = handshake_error(&e);
+                        match warnings.admit() {
+                            Some(suppressed) => tracing::warn!(%peer, %error, suppressed,
+                                "TLS handshake failed"),
+                            None => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                        }
+                    }
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
             });
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// Why a handshake failed, in words an operator can act on. rustls reports a refused client
+/// certificate as e.g. `invalid peer certificate: Other(OtherError(UnsupportedCertVersion))`:
+/// the cause is named here, with the command that checks the files.
+pub fn handshake_error(e: &std::io::Error) -> String {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(tls) => describe_tls_error(tls),
+        None => e.to_string(),
+    }
+}
+
+fn describe_tls_error(e: &rustls::Error) -> String {
+    use rustls::{CertificateError as C, Error as E};
+    const CHECK: &str = "check the CA with `orascale check --tls-client-ca FILE` and the \
+                         client's certificate with `openssl x509 -noout -text -in FILE`";
+    match e {
+        E::NoCertificatesPresented => "the client presented no certificate, and \
+            --tls-client-ca requires one (mTLS): give KEDA tlsClientCert and tlsClientKey in a \
+            TriggerAuthentication"
+            .into(),
+        E::InvalidCertificate(c) => {
+            let why = match c {
+                C::UnknownIssuer => {
+                    "the client certificate is not signed by a CA in --tls-client-ca".to_string()
+                }
+                C::Expired | C::ExpiredContext { .. } => {
+                    "the client certificate has expired".to_string()
+                }
+                C::NotValidYet | C::NotValidYetContext { .. } => {
+                    "the client certificate is not valid yet (a clock skew?)".to_string()
+                }
+                C::BadEncoding => "the client certificate is not valid DER".to_string(),
+                C::BadSignature => "the client certificate's signature does not verify".into(),
+                C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
+                    "the client certificate is not for client authentication (its \
+                     extendedKeyUsage lacks clientAuth)"
+                        .to_string()
+                }
+                C::Revoked => "the client certificate is revoked".to_string(),
+                // webpki's own error is behind an opaque `OtherError`, and webpki is not our
+                // dependency: its Debug name is what identifies it.
+                C::Other(o) if format!("{o:?}").contains("UnsupportedCertVersion") => {
+                    "the client certificate is X.509 v1: rustls accepts v3 only (`openssl x509 \
+                     -req` makes v1 unless given extensions, e.g. -extfile with \
+                     extendedKeyUsage=clientAuth)"
+                        .to_string()
+                }
+                other => format!("the client certificate was refused ({other:?})"),
+            };
+            format!("{why}; {CHECK}")
+        }
+        E::NoApplicationProtocol => {
+            "the client offered no ALPN protocol this server speaks (h2)".into()
+        }
+        E::InvalidMessage(_) | E::InappropriateMessage { .. } => "the client does not speak \
+            TLS (plaintext gRPC on a TLS port?): connect with TLS (KEDA: caCert, or enableTLS)"
+            .into(),
+        E::AlertReceived(alert) => format!(
+            "the client refused the server's certificate ({alert:?}): check it with \
+             `orascale check --tls-cert FILE --tls-key FILE` and that the client trusts its CA"
+        ),
+        other => other.to_string(),
+    }
 }
 
 /// One finding of [`inspect`]: what was checked and its outcome.
@@ -418,4 +485,50 @@ fn describe_cert(der: &CertificateDer<'_>, now: i64, must_be_ca: bool) -> Result
         cert.subject(),
         cert.validity().not_after
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(e: rustls::Error) -> String {
+        handshake_error(&std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+
+    #[derive(Debug)]
+    struct UnsupportedCertVersion;
+    impl std::fmt::Display for UnsupportedCertVersion {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("UnsupportedCertVersion")
+        }
+    }
+    impl std::error::Error for UnsupportedCertVersion {}
+
+    #[test]
+    fn refusals_are_named_in_words() {
+        use rustls::{CertificateError as C, Error as E, OtherError};
+        let v1 = words(E::InvalidCertificate(C::Other(OtherError(Arc::new(
+            UnsupportedCertVersion,
+        )))));
+        assert!(
+            v1.contains("X.509 v1: rustls accepts v3 only")
+                && v1.contains("orascale check --tls-client-ca"),
+            "{v1}"
+        );
+        assert!(!v1.contains("OtherError"), "{v1}");
+        for (e, want) in [
+            (
+                E::InvalidCertificate(C::UnknownIssuer),
+                "not signed by a CA",
+            ),
+            (E::InvalidCertificate(C::Expired), "has expired"),
+            (E::NoCertificatesPresented, "presented no certificate"),
+            (E::NoApplicationProtocol, "ALPN"),
+        ] {
+            let w = words(e);
+            assert!(w.contains(want), "{w}");
+        }
+        let plain = handshake_error(&std::io::Error::other("connection reset"));
+        assert_eq!(plain, "connection reset");
+    }
 }

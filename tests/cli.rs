@@ -52,9 +52,25 @@ fn version_and_help_show_env_names() {
     }
     let (code, out, _) = run_bin(&["probe", "--help"]);
     assert_eq!(code, 0);
-    for flag in ["--addr", "--name", "--namespace", "--metadata", "--watch"] {
+    for flag in [
+        "--addr",
+        "--name",
+        "--namespace",
+        "--metadata",
+        "--watch",
+        "--ca",
+        "--cert",
+        "--key",
+        "--server-name",
+        "--min-replica-count",
+        "--max-replica-count",
+        "AverageValue",
+    ] {
         assert!(out.contains(flag), "probe --help lacks {flag}");
     }
+    let (code, out, _) = run_bin(&["check", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("--timeout"), "{out}");
     let (code, _, _) = run_bin(&["--help"]);
     assert_eq!(code, 0);
 }
@@ -337,10 +353,10 @@ fn demo_creates_its_database_and_serves_it() {
     let dir = tempfile::tempdir().unwrap();
     let server = Binary::start(&["--demo"], dir.path());
     assert!(dir.path().join("orascale-demo.db").exists());
-    let log = server.wait_log("demo enqueue", Duration::from_secs(10));
+    let log = server.wait_log("  add work:", Duration::from_secs(10));
     assert!(
-        log.contains("demo enqueue"),
-        "the demo logs how to use it: {log}"
+        log.contains(" demo --db ") && log.contains(" enqueue 12"),
+        "the demo prints how to use it: {log}"
     );
     let db = dir.path().join("orascale-demo.db");
     let db = db.to_str().unwrap();
@@ -579,4 +595,299 @@ fn check_refuses_a_non_finite_value_like_the_server() {
         assert_eq!(code, 1, "{query}: {out}{err}");
         assert!(out.contains("not a finite number"), "{query}: {out}");
     }
+}
+
+/// The lines `serve --demo` prints, by label: (watch, values, add work, drain).
+fn walkthrough(log: &str) -> [String; 4] {
+    ["watch:", "values:", "add work:", "drain:"].map(|label| {
+        log.lines()
+            .find_map(|l| l.strip_prefix("  ")?.strip_prefix(label))
+            .unwrap_or_else(|| panic!("the demo prints {label:?}:\n{log}"))
+            .trim()
+            .to_string()
+    })
+}
+
+/// Runs a printed command line with sh in `cwd`: (exit code, stdout, stderr).
+fn sh(line: &str, cwd: &std::path::Path) -> (i32, String, String) {
+    let out = Command::new("sh")
+        .args(["-c", line])
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Stdout lines of a running child, as they come.
+fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits up to `limit` for a line containing `fragment`; the lines seen on the way.
+fn wait_line(rx: &std::sync::mpsc::Receiver<String>, fragment: &str, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    let mut seen = String::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let hit = line.contains(fragment);
+                seen.push_str(&line);
+                seen.push('\n');
+                if hit {
+                    return seen;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    panic!("no line with {fragment:?} within {limit:?}:\n{seen}");
+}
+
+/// Issue 24: the demo's printed commands failed under `cargo run` (exit 127), `demo enqueue`
+/// elsewhere made a second database, `values` had its own 10 s poller, and `drain` showed
+/// nothing. Here each printed line runs as printed, from another directory, with the server
+/// started by an absolute path and by a relative `target/debug/orascale` (as cargo runs it).
+#[test]
+fn the_demo_walkthrough_runs_as_printed_from_anywhere() {
+    for relative in [false, true] {
+        let home = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let mut server = if relative {
+            let dir = home.path().join("target/debug");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::os::unix::fs::symlink(bin(), dir.join("orascale")).unwrap();
+            Binary::start_program("target/debug/orascale", &["--demo"], home.path())
+        } else {
+            Binary::start(&["--demo"], home.path())
+        };
+        let log = server.wait_log("  drain:", Duration::from_secs(10));
+        let [watch, values, add, drain] = walkthrough(&log);
+        assert_eq!(watch, format!("{values} --watch"), "one trigger for both");
+        let db = home.path().join("orascale-demo.db");
+
+        let (code, out, err) = sh(&add, elsewhere.path());
+        assert_eq!(code, 0, "{add}: {out}{err}");
+        assert_eq!(out.trim(), format!("12 queued jobs in {}", db.display()));
+        assert!(
+            std::fs::read_dir(elsewhere.path())
+                .unwrap()
+                .next()
+                .is_none(),
+            "no second database where the command ran"
+        );
+
+        let (code, out, err) = sh(&values, elsewhere.path());
+        assert_eq!(code, 0, "{values}: {out}{err}");
+        assert!(out.contains("GetMetrics: metricName="), "{out}");
+        assert!(
+            out.contains("Sample: polled ") && out.contains("pollInterval 2s"),
+            "the value's age and the poll interval: {out}"
+        );
+
+        let mut watching = Command::new("sh")
+            .args(["-c", &format!("exec {watch}")])
+            .current_dir(elsewhere.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = lines_of(&mut watching);
+        wait_line(
+            &lines,
+            "StreamIsActive: result=true",
+            Duration::from_secs(15),
+        );
+        wait_line(&lines, "IsActive: result=true", Duration::from_secs(15));
+        let (code, out, err) = sh(&drain, elsewhere.path());
+        assert_eq!(code, 0, "{drain}: {out}{err}");
+        assert_eq!(out.trim(), format!("0 queued jobs in {}", db.display()));
+        // The stream never sends false: the watch says so when IsActive turns false.
+        let after = wait_line(&lines, "IsActive: result=false", Duration::from_secs(15));
+        assert!(after.contains("never sends false"), "{after}");
+        assert!(!after.contains("StreamIsActive: result=false"), "{after}");
+        server.signal("TERM");
+        wait_line(&lines, "StreamIsActive: ended OK", Duration::from_secs(10));
+        assert_eq!(watching.wait().unwrap().code(), Some(0));
+        assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
+    }
+}
+
+/// Runs the real binary in `cwd`: (exit code, stdout, stderr).
+fn run_in(cwd: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("ORASCALE_CONNECTIONS")
+        .env_remove("ORASCALE_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn demo_actions_never_create_the_database_and_check_demo_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("orascale-demo.db");
+    let (code, out, err) = run_in(dir.path(), &["demo", "enqueue", "3"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("orascale-demo.db") && err.contains("no demo database there"),
+        "{err}"
+    );
+    assert!(err.contains("--db"), "says how to name it: {err}");
+    assert!(!db.exists(), "no database made by a demo action");
+
+    let (code, out, err) = run_in(dir.path(), &["check", "--demo"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(db.exists(), "check --demo creates it, as its help says");
+    assert!(
+        out.contains("demo") && out.contains("all connections OK"),
+        "{out}"
+    );
+    let (code, out, err) = run_in(dir.path(), &["demo", "enqueue", "3"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("3 queued jobs in"), "{out}");
+}
+
+#[test]
+fn a_busy_port_is_reported_once_with_the_flag_and_exits_69() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    for (flag, other) in [
+        ("--grpc-listen", "--metrics-listen"),
+        ("--metrics-listen", "--grpc-listen"),
+    ] {
+        let (code, _, err) = run_bin(&[
+            "serve",
+            "--connection",
+            "m=sqlite::memory:",
+            flag,
+            &addr,
+            other,
+            "127.0.0.1:0",
+        ]);
+        assert_eq!(code, 69, "{flag}: {err}");
+        assert_eq!(
+            err.matches("cannot listen").count(),
+            1,
+            "{flag}: printed once: {err}"
+        );
+        assert!(
+            err.contains(&addr) && err.contains("in use") && err.contains(flag),
+            "{flag}: {err}"
+        );
+    }
+}
+
+#[test]
+fn probe_takes_kedas_spelling_and_shows_what_keda_and_the_hpa_do() {
+    let db = TestDb::new();
+    db.set_queued(6);
+    let dir = tempfile::tempdir().unwrap();
+    let server = Binary::start(&["--connection", &format!("jobs={}", db.url())], dir.path());
+    let addr = server.grpc.to_string();
+    let probe = |query: &str, extra: &[&str]| {
+        let mut args = vec![
+            "probe",
+            "--addr",
+            &addr,
+            "-m",
+            query,
+            "-m",
+            "targetQueryValue=4",
+        ];
+        args.extend_from_slice(extra);
+        run_bin(&args)
+    };
+    let queued = format!("query={QUEUED}");
+    // 6 queued, 4 per replica; KEDA's spelling (as probe prints it), any case, and kebab.
+    for (current, kind, want) in [
+        (
+            "1",
+            "AverageValue",
+            "metricType=AverageValue: desiredReplicas=2 (ceil(6 / 4))",
+        ),
+        ("1", "averagevalue", "desiredReplicas=2 (ceil(6 / 4))"),
+        ("1", "average-value", "desiredReplicas=2 (ceil(6 / 4))"),
+        (
+            "3",
+            "Value",
+            "metricType=Value: desiredReplicas=5 (ceil(3 × 6 / 4))",
+        ),
+        ("3", "VALUE", "desiredReplicas=5"),
+    ] {
+        let (code, out, err) = probe(
+            &queued,
+            &["--current-replicas", current, "--metric-type", kind],
+        );
+        assert_eq!(code, 0, "{kind}: {err}");
+        assert!(out.contains(want), "{kind}: {out}");
+    }
+    let (code, out, err) = probe(
+        &queued,
+        &["--current-replicas", "1", "--max-replica-count", "1"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("desiredReplicas=1") && out.contains("capped at maxReplicaCount = 1"),
+        "{out}"
+    );
+    // Nothing queued, 4 replicas: the HPA's floor is 1; scaling to 0 is KEDA's, after cooldown.
+    let idle = "query=select count(*) from jobs where status = 'none'";
+    let (code, out, err) = probe(idle, &["--current-replicas", "4"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("IsActive: result=false"), "{out}");
+    assert!(
+        out.contains("desiredReplicas=1 (ceil(0 / 4) = 0, raised to max(minReplicaCount, 1) = 1")
+            && out.contains("after cooldownPeriod KEDA scales the workload to 0"),
+        "{out}"
+    );
+    assert!(!out.contains("desiredReplicas=0"), "{out}");
+    let (code, out, err) = probe(
+        idle,
+        &["--current-replicas", "4", "--min-replica-count", "2"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("desiredReplicas=2") && out.contains("minReplicaCount=2 keeps it"),
+        "{out}"
+    );
+    // The value's age and the poll interval (the server's default, 10s).
+    assert!(
+        out.contains("Sample: polled ") && out.contains("pollInterval 10s"),
+        "{out}"
+    );
+
+    // Keys from elsewhere: hints in words.
+    for (key, want) in [
+        ("metricType=AverageValue", "a field of the trigger itself"),
+        ("tlsCertFile=/certs/tls.crt", "removed in KEDA 2.17"),
+    ] {
+        let (code, _, err) = probe(&queued, &["-m", key]);
+        assert_eq!(code, 1, "{key}");
+        assert!(
+            err.contains("InvalidArgument") && err.contains(want),
+            "{key}: {err}"
+        );
+        assert!(!err.contains("did you mean nothing"), "{err}");
+    }
+    let (code, _, err) = probe(&queued, &["--metric-type", "Utilization"]);
+    assert_eq!(code, 64, "{err}");
 }

@@ -692,3 +692,192 @@ async fn a_refused_client_certificate_is_logged_and_check_judges_the_files() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("does not match"), "{out}");
 }
+
+/// Issue 24: `orascale probe` reaches the TLS overlay with the files KEDA's
+/// TriggerAuthentication uses (`--ca`, `--cert`, `--key`, `--server-name`), against the real
+/// binary with mTLS; without them it says which flag is missing, and the server names why it
+/// refused a client in words.
+#[test]
+fn probe_reaches_an_mtls_scaler_with_kedas_files_and_refusals_are_named() {
+    let pki = Pki::new();
+    let files = pki.server_files(true);
+    // Failed handshakes are logged at WARN once a second: a server for each refusal whose
+    // log line is checked.
+    let mtls_server = || {
+        Binary::start(
+            &[
+                "--connection",
+                "m=sqlite::memory:",
+                "--tls-cert",
+                files.cert.to_str().unwrap(),
+                "--tls-key",
+                files.key.to_str().unwrap(),
+                "--tls-client-ca",
+                files.client_ca.as_ref().unwrap().to_str().unwrap(),
+            ],
+            pki.dir.path(),
+        )
+    };
+    let server = mtls_server();
+    let (cert, key) = leaf(&pki.ca, "keda-operator", &[], false);
+    let cert = pki.write("keda.crt", &cert);
+    let key = pki.write("keda.key", &key);
+    let ca_file = pki.write("keda-ca.crt", &pki.ca.cert_pem);
+    let port = server.grpc.port();
+    let probe = |addr: String, extra: &[&str]| {
+        let mut args = vec![
+            "probe".to_string(),
+            "--addr".into(),
+            addr,
+            "-m".into(),
+            "query=select 5".into(),
+            "-m".into(),
+            "targetQueryValue=1".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        run_bin(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let (ca_s, cert_s, key_s) = (
+        ca_file.to_str().unwrap(),
+        cert.to_str().unwrap(),
+        key.to_str().unwrap(),
+    );
+    let mtls = ["--ca", ca_s, "--cert", cert_s, "--key", key_s];
+
+    // The certificate names localhost and 127.0.0.1: both reach it, with and without a scheme.
+    for addr in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("https://127.0.0.1:{port}"),
+    ] {
+        let (code, out, err) = probe(addr.clone(), &mtls);
+        assert_eq!(code, 0, "{addr}: {err}");
+        assert!(
+            out.contains("metricValueFloat=5") && out.contains("IsActive: result=true"),
+            "{addr}: {out}"
+        );
+    }
+    // --server-name: the name checked against the certificate, whatever --addr says.
+    let mut named = mtls.to_vec();
+    named.extend(["--server-name", "localhost"]);
+    let (code, _, err) = probe(format!("127.0.0.1:{port}"), &named);
+    assert_eq!(code, 0, "{err}");
+    let mut wrong = mtls.to_vec();
+    wrong.extend(["--server-name", "orascale.example"]);
+    let (code, _, err) = probe(format!("127.0.0.1:{port}"), &wrong);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--server-name"), "a hint: {err}");
+
+    // Plaintext to the TLS port: the hint names --ca.
+    let (code, _, err) = probe(format!("127.0.0.1:{port}"), &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("hint") && err.contains("--ca FILE"), "{err}");
+    // TLS without a client certificate: refused by the server, which says why in words; the
+    // probe's hint names --cert and --key.
+    let (code, _, err) = probe(format!("127.0.0.1:{port}"), &["--ca", ca_s]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--cert FILE --key FILE"), "{err}");
+    let fresh = mtls_server();
+    let (code, _, err) = probe(format!("127.0.0.1:{}", fresh.grpc.port()), &["--ca", ca_s]);
+    assert_eq!(code, 1, "{err}");
+    let log = fresh.wait_log("presented no certificate", Duration::from_secs(10));
+    assert!(
+        log.contains("the client presented no certificate"),
+        "in words: {log}"
+    );
+    // A client certificate from another CA.
+    let stranger = ca("not the client CA");
+    let (other_cert, other_key) = leaf(&stranger, "intruder", &[], false);
+    let other_cert = pki.write("other.crt", &other_cert);
+    let other_key = pki.write("other.key", &other_key);
+    let fresh = mtls_server();
+    let (code, _, err) = probe(
+        format!("127.0.0.1:{}", fresh.grpc.port()),
+        &[
+            "--ca",
+            ca_s,
+            "--cert",
+            other_cert.to_str().unwrap(),
+            "--key",
+            other_key.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("refused the client certificate"), "{err}");
+    let log = fresh.wait_log("not signed by a CA", Duration::from_secs(10));
+    assert!(
+        log.contains("the client certificate is not signed by a CA in --tls-client-ca")
+            && log.contains("orascale check --tls-client-ca"),
+        "{log}"
+    );
+    assert!(!log.contains("PRIVATE KEY"), "no key material in the log");
+    // Files that are not what the flag needs: a usage error naming the file.
+    let (code, _, err) = probe(
+        format!("127.0.0.1:{port}"),
+        &["--ca", key_s, "--cert", cert_s, "--key", key_s],
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("--ca") && err.contains("not a PEM certificate"),
+        "{err}"
+    );
+}
+
+/// The v1 client certificate that rustls refuses is named as such in the server's log (it
+/// used to read `invalid peer certificate: Other(OtherError(UnsupportedCertVersion))`).
+#[test]
+fn a_v1_client_certificate_is_named_in_words() {
+    let pki = Pki::new();
+    let Some((v1_cert, v1_key)) = openssl_v1_client_cert(&pki) else {
+        skip(
+            "a_v1_client_certificate_is_named_in_words",
+            "openssl is not installed",
+        );
+        return;
+    };
+    let files = pki.server_files(true);
+    let server = Binary::start(
+        &[
+            "--connection",
+            "m=sqlite::memory:",
+            "--tls-cert",
+            files.cert.to_str().unwrap(),
+            "--tls-key",
+            files.key.to_str().unwrap(),
+            "--tls-client-ca",
+            files.client_ca.as_ref().unwrap().to_str().unwrap(),
+        ],
+        pki.dir.path(),
+    );
+    let v1 = pki.write("v1-client.crt", &v1_cert);
+    let v1k = pki.write("v1-client.key", &v1_key);
+    let ca_file = pki.write("ca-client-side.crt", &pki.ca.cert_pem);
+    let _ = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &server.grpc.to_string(),
+            "-alpn",
+            "h2",
+            "-cert",
+        ])
+        .arg(&v1)
+        .arg("-key")
+        .arg(&v1k)
+        .arg("-CAfile")
+        .arg(&ca_file)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let log = server.wait_log("TLS handshake failed", Duration::from_secs(10));
+    let line = log
+        .lines()
+        .find(|l| l.contains("TLS handshake failed"))
+        .unwrap_or_else(|| panic!("the refusal is logged:\n{log}"));
+    assert!(
+        line.contains("X.509 v1: rustls accepts v3 only")
+            && line.contains("orascale check --tls-client-ca"),
+        "{line}"
+    );
+    assert!(!line.contains("OtherError"), "{line}");
+}

@@ -216,7 +216,8 @@ pub struct ProbeArgs {
     #[arg(short = 'm', long = "metadata", value_name = "KEY=VALUE")]
     pub metadata: Vec<String>,
 
-    /// Keep StreamIsActive open and print each message with a timestamp
+    /// Keep StreamIsActive open and print each message with a timestamp; IsActive is also
+    /// called every second and printed when it changes (the stream never sends `false`)
     #[arg(long)]
     pub watch: bool,
 
@@ -228,17 +229,56 @@ pub struct ProbeArgs {
     #[arg(long, value_name = "N")]
     pub current_replicas: Option<u32>,
 
-    /// The trigger's metricType, for --current-replicas (KEDA's default: AverageValue)
-    #[arg(long, value_enum, default_value = "average-value")]
+    /// The trigger's metricType, for --current-replicas: AverageValue (KEDA's default) or
+    /// Value, as written in the ScaledObject (any case; average-value also works)
+    #[arg(long, value_enum, ignore_case = true, default_value = "AverageValue")]
     pub metric_type: MetricType,
+
+    /// The ScaledObject's minReplicaCount, for --current-replicas
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub min_replica_count: u32,
+
+    /// The ScaledObject's maxReplicaCount, for --current-replicas
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub max_replica_count: u32,
+
+    /// PEM CA bundle that signed the scaler's certificate: connect with TLS (KEDA's `caCert`)
+    #[arg(long, value_name = "FILE", env = "ORASCALE_PROBE_CA")]
+    pub ca: Option<PathBuf>,
+
+    /// PEM client certificate for mTLS (KEDA's `tlsClientCert`); needs --key
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "key",
+        env = "ORASCALE_PROBE_CERT"
+    )]
+    pub cert: Option<PathBuf>,
+
+    /// PEM private key of --cert (KEDA's `tlsClientKey`)
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "cert",
+        env = "ORASCALE_PROBE_KEY"
+    )]
+    pub key: Option<PathBuf>,
+
+    /// Name to check the server certificate against, when it differs from the --addr host
+    /// (e.g. the Service's DNS name while probing through a port-forward)
+    #[arg(long, value_name = "NAME")]
+    pub server_name: Option<String>,
 }
 
-/// A trigger's `metricType` (a ScaledObject field, so the probe has to be told).
+/// A trigger's `metricType` (a ScaledObject field, so the probe has to be told). Spelled as
+/// KEDA spells it; the kebab-case forms are kept as aliases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum MetricType {
     /// desiredReplicas = ceil(value / target)
+    #[value(name = "AverageValue", alias = "average-value")]
     AverageValue,
     /// desiredReplicas = ceil(currentReplicas × value / target)
+    #[value(name = "Value")]
     Value,
 }
 
@@ -264,4 +304,42 @@ pub enum DemoAction {
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
     parse_duration(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(args: &[&str]) -> Result<ProbeArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["orascale", "probe"].iter().chain(args))?;
+        match cli.command {
+            Command::Probe(p) => Ok(p),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn metric_type_takes_kedas_spelling_in_any_case_and_the_kebab_forms() {
+        for (given, want) in [
+            ("AverageValue", MetricType::AverageValue),
+            ("averagevalue", MetricType::AverageValue),
+            ("AVERAGEVALUE", MetricType::AverageValue),
+            ("average-value", MetricType::AverageValue),
+            ("Value", MetricType::Value),
+            ("value", MetricType::Value),
+        ] {
+            let p = probe(&["--metric-type", given]).unwrap_or_else(|e| panic!("{given}: {e}"));
+            assert_eq!(p.metric_type, want, "{given}");
+        }
+        assert_eq!(probe(&[]).unwrap().metric_type, MetricType::AverageValue);
+        assert!(probe(&["--metric-type", "Utilization"]).is_err());
+    }
+
+    #[test]
+    fn probe_client_certificate_needs_its_key() {
+        assert!(probe(&["--cert", "c.pem"]).is_err());
+        assert!(probe(&["--key", "k.pem"]).is_err());
+        let p = probe(&["--ca", "ca.pem", "--cert", "c.pem", "--key", "k.pem"]).unwrap();
+        assert_eq!(p.ca.as_deref(), Some(std::path::Path::new("ca.pem")));
+    }
 }

@@ -97,14 +97,15 @@ impl Scaler {
         method: &'static str,
     ) -> Result<(Arc<Parsed>, f64), Error> {
         let parsed = self.parsed(r)?;
-        self.value_of(parsed, method).await
+        let (parsed, reading) = self.value_of(parsed, method).await?;
+        Ok((parsed, reading.value))
     }
 
     async fn value_of(
         &self,
         parsed: Arc<Parsed>,
         method: &'static str,
-    ) -> Result<(Arc<Parsed>, f64), Error> {
+    ) -> Result<(Arc<Parsed>, crate::engine::Reading), Error> {
         let source = self.source(&parsed).await?;
         let reading = self
             .registry
@@ -119,10 +120,13 @@ impl Scaler {
         parsed
             .sample_age(method)
             .record(reading.at.elapsed().as_secs_f64());
-        Ok((parsed, reading.value))
+        Ok((parsed, reading))
     }
 
-    async fn get_metrics_inner(&self, req: GetMetricsRequest) -> Result<GetMetricsResponse, Error> {
+    async fn get_metrics_inner(
+        &self,
+        req: GetMetricsRequest,
+    ) -> Result<(GetMetricsResponse, Freshness), Error> {
         let r = req
             .scaled_object_ref
             .ok_or_else(|| Error::Request("scaledObjectRef is required".into()))?;
@@ -136,10 +140,15 @@ impl Scaler {
                 parsed.spec.metric_name
             )));
         }
-        let (parsed, value) = self.value_of(parsed, "GetMetrics").await?;
-        Ok(GetMetricsResponse {
-            metric_values: vec![to_metric_value(&parsed.spec.metric_name, value)],
-        })
+        let (parsed, reading) = self.value_of(parsed, "GetMetrics").await?;
+        let freshness = Freshness {
+            age: reading.at.elapsed(),
+            poll_interval: parsed.spec.poller.poll_interval,
+        };
+        let response = GetMetricsResponse {
+            metric_values: vec![to_metric_value(&parsed.spec.metric_name, reading.value)],
+        };
+        Ok((response, freshness))
     }
 }
 
@@ -254,6 +263,32 @@ type Trigger = (Arc<Parsed>, Option<Arc<dyn crate::source::Source>>);
 type ActiveStream = Pin<Box<dyn Stream<Item = Result<IsActiveResponse, Status>> + Send>>;
 
 /// A handler's answer on the wire (counted and timed by method and code in [`super::calls`]).
+/// Response metadata of GetMetrics, for people (`orascale probe`); KEDA ignores it. The age of
+/// the served value, in seconds with millisecond precision ...
+pub const SAMPLE_AGE_HEADER: &str = "orascale-sample-age";
+/// ... and the trigger's poll interval, as humantime (`2s`): together they say how old a
+/// value can be, which the bare number cannot.
+pub const POLL_INTERVAL_HEADER: &str = "orascale-poll-interval";
+
+/// How old a served value is, and how often it is refreshed.
+struct Freshness {
+    age: Duration,
+    poll_interval: Duration,
+}
+
+impl Freshness {
+    fn attach<T>(&self, response: &mut Response<T>) {
+        let md = response.metadata_mut();
+        let age = format!("{:.3}", self.age.as_secs_f64());
+        let interval = humantime::format_duration(self.poll_interval).to_string();
+        // Both are ASCII digits and units, always valid header values.
+        if let (Ok(age), Ok(interval)) = (age.parse(), interval.parse()) {
+            md.insert(SAMPLE_AGE_HEADER, age);
+            md.insert(POLL_INTERVAL_HEADER, interval);
+        }
+    }
+}
+
 fn answer<T>(result: Result<T, Error>) -> Result<Response<T>, Status> {
     result.map(Response::new).map_err(Status::from)
 }
@@ -332,8 +367,13 @@ impl ExternalScaler for Scaler {
         &self,
         request: Request<GetMetricsRequest>,
     ) -> Result<Response<GetMetricsResponse>, Status> {
-        let result = self.get_metrics_inner(request.into_inner()).await;
-        answer(result)
+        let (response, freshness) = match self.get_metrics_inner(request.into_inner()).await {
+            Ok(pair) => pair,
+            Err(e) => return answer(Err(e)),
+        };
+        let mut response = Response::new(response);
+        freshness.attach(&mut response);
+        Ok(response)
     }
 }
 

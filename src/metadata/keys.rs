@@ -36,49 +36,74 @@ pub const KEDA_KEYS: &[&str] = &[
     "tlsClientKey",
 ];
 
-/// Keys users bring from elsewhere, with what to write instead.
-const HINTS: &[(&str, &str)] = &[
+/// Keys users bring from elsewhere, with what to write instead ("did you mean …") or, for
+/// keys that belong elsewhere or no longer exist, where they go.
+const HINTS: &[(&str, Hint)] = &[
     (
         "pollingInterval",
-        "pollInterval; pollingInterval is a ScaledObject field",
+        Hint::Key("pollInterval; pollingInterval is a ScaledObject field"),
     ),
     (
         "cooldownPeriod",
-        "nothing here; cooldownPeriod is a ScaledObject field",
+        Hint::Note(
+            "cooldownPeriod is a ScaledObject field (spec.cooldownPeriod), not trigger metadata",
+        ),
     ),
     (
         "metricType",
-        "nothing here; metricType is a trigger field, not metadata",
+        Hint::Note(
+            "metricType is a field of the trigger itself, beside `type:` and `metadata:`; move it out of metadata",
+        ),
     ),
-    ("timeout", "queryTimeout"),
-    ("listenChannel", "notifyChannel"),
-    ("channel", "notifyChannel"),
+    (
+        "tlsCertFile",
+        Hint::Note(
+            "tlsCertFile was removed in KEDA 2.17; give KEDA caCert (the CA of orascale's certificate) and, for mTLS, tlsClientCert and tlsClientKey in a TriggerAuthentication",
+        ),
+    ),
+    ("timeout", Hint::Key("queryTimeout")),
+    ("listenChannel", Hint::Key("notifyChannel")),
+    ("channel", Hint::Key("notifyChannel")),
     (
         "notifyQuery",
-        "notifyChannel (PostgreSQL LISTEN/NOTIFY); Oracle wake-ups are not available yet, see docs/oracle.md",
+        Hint::Key(
+            "notifyChannel (PostgreSQL LISTEN/NOTIFY); Oracle wake-ups are not available yet, see docs/oracle.md",
+        ),
     ),
     (
         "notifyQueue",
-        "notifyChannel (PostgreSQL LISTEN/NOTIFY); Oracle wake-ups are not available yet, see docs/oracle.md",
+        Hint::Key(
+            "notifyChannel (PostgreSQL LISTEN/NOTIFY); Oracle wake-ups are not available yet, see docs/oracle.md",
+        ),
     ),
-    ("sql", "query"),
-    ("threshold", "targetQueryValue"),
-    ("targetValue", "targetQueryValue"),
-    ("activationThreshold", "activationTargetQueryValue"),
-    ("activationValue", "activationTargetQueryValue"),
+    ("sql", Hint::Key("query")),
+    ("threshold", Hint::Key("targetQueryValue")),
+    ("targetValue", Hint::Key("targetQueryValue")),
+    (
+        "activationThreshold",
+        Hint::Key("activationTargetQueryValue"),
+    ),
+    ("activationValue", Hint::Key("activationTargetQueryValue")),
     (
         "connectionString",
-        "connection, the name of a connection configured on the orascale server",
+        Hint::Key("connection, the name of a connection configured on the orascale server"),
     ),
     (
         "connectionStringFromEnv",
-        "connection, the name of a connection configured on the orascale server",
+        Hint::Key("connection, the name of a connection configured on the orascale server"),
     ),
     (
         "host",
-        "connection, the name of a connection configured on the orascale server",
+        Hint::Key("connection, the name of a connection configured on the orascale server"),
     ),
 ];
+
+/// A hint: another key to write, or a note for a key that has no replacement here.
+#[derive(Debug, Clone, Copy)]
+enum Hint {
+    Key(&'static str),
+    Note(&'static str),
+}
 
 pub const CONNECTION_FROM_ENV: &str = "connectionFromEnv";
 pub const USER_FROM_ENV: &str = "userFromEnv";
@@ -89,9 +114,13 @@ pub const PASSWORD_FROM_ENV: &str = "passwordFromEnv";
 pub(super) const CREDENTIAL_KEYS: &[&str] =
     &[CONNECTION_FROM_ENV, USER_FROM_ENV, PASSWORD_FROM_ENV];
 
+/// The hint for an unknown key, as a whole phrase: "did you mean …" or a note.
 pub(super) fn hint_for(key: &str) -> Option<String> {
     if let Some((_, h)) = HINTS.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)) {
-        return Some((*h).to_string());
+        return Some(match h {
+            Hint::Key(k) => format!("did you mean {k}"),
+            Hint::Note(n) => (*n).to_string(),
+        });
     }
     KEYS.iter()
         .map(|k| {
@@ -102,7 +131,7 @@ pub(super) fn hint_for(key: &str) -> Option<String> {
         })
         .filter(|(k, d)| *d <= 3.max(k.len() / 5))
         .min_by_key(|(_, d)| *d)
-        .map(|(k, _)| (*k).to_string())
+        .map(|(k, _)| format!("did you mean {k}"))
 }
 
 /// Levenshtein distance, for short keys.
@@ -119,4 +148,32 @@ fn distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_read_as_sentences() {
+        let cases = [
+            ("pollingInterval", "did you mean pollInterval;"),
+            ("metricType", "a field of the trigger itself"),
+            ("MetricType", "move it out of metadata"),
+            ("cooldownPeriod", "ScaledObject field"),
+            ("tlsCertFile", "removed in KEDA 2.17"),
+            ("tlsCertFile", "caCert"),
+            (
+                "tlsCertFile",
+                "tlsClientCert and tlsClientKey in a TriggerAuthentication",
+            ),
+            ("querytimeout", "did you mean queryTimeout"),
+        ];
+        for (key, want) in cases {
+            let h = hint_for(key).unwrap_or_else(|| panic!("{key}: no hint"));
+            assert!(h.contains(want), "{key}: {h:?} lacks {want:?}");
+            assert!(!h.contains("did you mean nothing"), "{key}: {h:?}");
+        }
+        assert_eq!(hint_for("zzzzzzzzzzzzzzzzzzzz"), None);
+    }
 }

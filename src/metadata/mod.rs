@@ -61,7 +61,7 @@ pub enum MetadataError {
         value: String,
         reason: String,
     },
-    #[error("metadata key {key:?} is not known to orascale{}", hint.as_ref().map(|h| format!(" (did you mean {h})")).unwrap_or_default())]
+    #[error("metadata key {key:?} is not known to orascale{}", hint.as_ref().map(|h| format!(" ({h})")).unwrap_or_default())]
     UnknownKey { key: String, hint: Option<String> },
     #[error(
         "metadata key \"connection\": value {name:?} is not a connection of this server; configured: {}",

@@ -328,7 +328,25 @@ impl Binary {
         cwd: &Path,
         env: &[(&str, &str)],
     ) -> Result<Binary, (Option<i32>, String)> {
-        let mut child = Command::new(bin())
+        Binary::try_start_program(bin(), args, cwd, env)
+    }
+
+    /// As [`Binary::start`], with the program named as given (a path relative to `cwd`, as
+    /// `cargo run` starts it), not by the absolute path cargo built it at.
+    pub fn start_program(program: &str, args: &[&str], cwd: &Path) -> Binary {
+        match Binary::try_start_program(program, args, cwd, &[]) {
+            Ok(b) => b,
+            Err((code, log)) => panic!("orascale did not become ready (exit {code:?}): {log}"),
+        }
+    }
+
+    fn try_start_program(
+        program: &str,
+        args: &[&str],
+        cwd: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<Binary, (Option<i32>, String)> {
+        let mut child = Command::new(program)
             .arg("serve")
             .args([
                 "--grpc-listen",
