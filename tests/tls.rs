@@ -661,6 +661,14 @@ async fn a_refused_client_certificate_is_logged_and_check_judges_the_files() {
         "{line}"
     );
     assert!(line.to_lowercase().contains("cert"), "the reason: {line}");
+    // Named in words (it used to read `invalid peer certificate:
+    // Other(OtherError(UnsupportedCertVersion))`), with what to run.
+    assert!(
+        line.contains("X.509 v1: rustls accepts v3 only")
+            && line.contains("orascale check --tls-client-ca"),
+        "{line}"
+    );
+    assert!(!line.contains("OtherError"), "{line}");
     assert!(!log.contains("PRIVATE KEY"), "no key material in the log");
 
     // `orascale check` judges the same files before deploying.
@@ -821,63 +829,4 @@ fn probe_reaches_an_mtls_scaler_with_kedas_files_and_refusals_are_named() {
         err.contains("--ca") && err.contains("not a PEM certificate"),
         "{err}"
     );
-}
-
-/// The v1 client certificate that rustls refuses is named as such in the server's log (it
-/// used to read `invalid peer certificate: Other(OtherError(UnsupportedCertVersion))`).
-#[test]
-fn a_v1_client_certificate_is_named_in_words() {
-    let pki = Pki::new();
-    let Some((v1_cert, v1_key)) = openssl_v1_client_cert(&pki) else {
-        skip(
-            "a_v1_client_certificate_is_named_in_words",
-            "openssl is not installed",
-        );
-        return;
-    };
-    let files = pki.server_files(true);
-    let server = Binary::start(
-        &[
-            "--connection",
-            "m=sqlite::memory:",
-            "--tls-cert",
-            files.cert.to_str().unwrap(),
-            "--tls-key",
-            files.key.to_str().unwrap(),
-            "--tls-client-ca",
-            files.client_ca.as_ref().unwrap().to_str().unwrap(),
-        ],
-        pki.dir.path(),
-    );
-    let v1 = pki.write("v1-client.crt", &v1_cert);
-    let v1k = pki.write("v1-client.key", &v1_key);
-    let ca_file = pki.write("ca-client-side.crt", &pki.ca.cert_pem);
-    let _ = std::process::Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &server.grpc.to_string(),
-            "-alpn",
-            "h2",
-            "-cert",
-        ])
-        .arg(&v1)
-        .arg("-key")
-        .arg(&v1k)
-        .arg("-CAfile")
-        .arg(&ca_file)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let log = server.wait_log("TLS handshake failed", Duration::from_secs(10));
-    let line = log
-        .lines()
-        .find(|l| l.contains("TLS handshake failed"))
-        .unwrap_or_else(|| panic!("the refusal is logged:\n{log}"));
-    assert!(
-        line.contains("X.509 v1: rustls accepts v3 only")
-            && line.contains("orascale check --tls-client-ca"),
-        "{line}"
-    );
-    assert!(!line.contains("OtherError"), "{line}");
 }
