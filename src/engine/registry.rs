@@ -489,6 +489,17 @@ impl Registry {
     /// are written after the locks are released: a mass eviction (KEDA restarted elsewhere)
     /// never makes the calls that wait for the registry lock wait for the log too.
     pub fn evict_idle(&self) {
+        let idle = humantime::format_duration(self.config.idle_timeout);
+        self.evict_idle_then(|connection, origin| {
+            tracing::info!(connection = %connection, namespace = %origin.namespace,
+                scaledobject = %origin.name, metric = %origin.metric,
+                idle = %idle, "poller evicted");
+        });
+    }
+
+    /// [`Registry::evict_idle`], calling `log` for each evicted poller once every lock is
+    /// released.
+    fn evict_idle_then(&self, log: impl Fn(&str, &Origin)) {
         let idle_ms = self.config.idle_timeout.as_millis() as u64;
         let now = self.now_ms();
         let mut evicted: Vec<(String, Arc<Origin>)> = Vec::new();
@@ -517,11 +528,8 @@ impl Registry {
                 .retain(|name| self.sources.contains_key(name) || dynamic.contains_key(name));
         }
         m::pollers_stopped(evicted.len());
-        let idle = humantime::format_duration(self.config.idle_timeout);
         for (connection, origin) in evicted {
-            tracing::info!(connection = %connection, namespace = %origin.namespace,
-                scaledobject = %origin.name, metric = %origin.metric,
-                idle = %idle, "poller evicted");
+            log(&connection, &origin);
         }
     }
 
@@ -836,57 +844,27 @@ mod tests {
         );
     }
 
-    /// Records, for each "poller evicted" line, whether the registry's lock was free while it
-    /// was written.
-    struct LockProbe {
-        registry: std::sync::Weak<Registry>,
-        lines: Arc<std::sync::Mutex<Vec<bool>>>,
-    }
-
-    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LockProbe {
-        fn on_event(
-            &self,
-            event: &tracing::Event<'_>,
-            _: tracing_subscriber::layer::Context<'_, S>,
-        ) {
-            struct Message(String);
-            impl tracing::field::Visit for Message {
-                fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
-                    if f.name() == "message" {
-                        self.0 = format!("{v:?}");
-                    }
-                }
-            }
-            let mut m = Message(String::new());
-            event.record(&mut m);
-            if m.0 == "poller evicted"
-                && let Some(r) = self.registry.upgrade()
-            {
-                let free = r.entries.try_write().is_ok() && r.dynamic.try_write().is_ok();
-                self.lines.lock().unwrap().push(free);
-            }
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn the_janitor_logs_after_releasing_the_registry_lock() {
-        use tracing_subscriber::layer::SubscriberExt;
-        let (r, cancel) = registry(Duration::from_secs(60));
-        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let probe = LockProbe {
-            registry: Arc::downgrade(&r),
-            lines: lines.clone(),
-        };
-        let _log = tracing::subscriber::set_default(tracing_subscriber::registry().with(probe));
-        for i in 0..5 {
-            r.read(&key(&format!("select {i}")), &origin(), None, None, None)
-                .await
-                .unwrap();
-        }
-        tokio::time::sleep(Duration::from_secs(120)).await;
-        r.evict_idle();
+        // Streams keep the pollers from the janitor task while they idle; dropped, the pollers
+        // are idle at once, and the test evicts them before the janitor runs again.
+        let (r, cancel) = registry(Duration::from_secs(3600));
+        let streams: Vec<Subscription> = (0..5)
+            .map(|i| {
+                r.subscribe(&key(&format!("select {i}")), &origin(), None, None)
+                    .unwrap()
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_secs(3700)).await;
+        assert_eq!(r.pollers(), 5);
+        drop(streams);
+        let lines = std::sync::Mutex::new(Vec::new());
+        r.evict_idle_then(|_, _| {
+            let free = r.entries.try_write().is_ok() && r.dynamic.try_write().is_ok();
+            lines.lock().unwrap().push(free);
+        });
         assert_eq!(r.pollers(), 0);
-        let lines = lines.lock().unwrap().clone();
+        let lines = lines.into_inner().unwrap();
         assert_eq!(lines.len(), 5, "one line per evicted poller");
         assert!(
             lines.iter().all(|free| *free),
