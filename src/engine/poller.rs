@@ -25,7 +25,10 @@ use crate::telemetry::metrics as m;
 
 /// Extra time the engine grants a source past the query timeout before giving up on it: the
 /// source cancels on the database at the timeout, this only guards against a source that hangs.
-const SOURCE_GRACE: Duration = Duration::from_secs(2);
+/// Deadlines have one owner: the sources' own last resorts (Oracle's break after 2 s, a
+/// PostgreSQL cancel request bounded at 2 s) run inside this, so they always get to act and
+/// report (Oracle's "call did not return" line) before the engine stops waiting.
+pub const SOURCE_GRACE: Duration = Duration::from_secs(5);
 
 /// Longest wait between polls whose credentials keep being refused.
 const AUTH_BACKOFF_MAX: Duration = Duration::from_secs(600);
@@ -684,6 +687,23 @@ mod tests {
             ]
         );
         assert_eq!(rx.borrow().polls, 9, "every poll is recorded, woken or not");
+        cancel.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sources_own_last_resort_finishes_inside_the_engines_guard() {
+        // A source that answers 2.5 s past the query timeout (its break/cancel took that long):
+        // its answer is recorded, not cut off by the engine's guard.
+        let mut k = key(false);
+        let s = script(
+            k.query_timeout + Duration::from_millis(2500),
+            vec![Ok(Cell::Number(7.0))],
+        );
+        k.poll_interval = Duration::from_secs(60);
+        let (mut rx, cancel) = start(k, s.clone());
+        let sample = rx.wait_for(|s| s.has_outcome()).await.unwrap().clone();
+        assert_eq!(s.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(sample.good.map(|g| g.value), Some(7.0), "{sample:?}");
         cancel.cancel();
     }
 

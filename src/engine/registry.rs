@@ -46,7 +46,35 @@ pub struct Entry {
     wanted: Wanted,
 }
 
+/// `last_used_ms` of an evicted entry: a tombstone no touch can overwrite.
+const EVICTED: u64 = u64::MAX;
+
 impl Entry {
+    /// Records a use at `now_ms`; false if the entry was evicted first. Eviction and use are
+    /// one compare-and-swap on the same word, so either the use lands first (and the janitor's
+    /// swap fails: the poller stays) or the eviction does (and the use fails: the caller takes
+    /// the registry's path). A use never lands on an evicted poller.
+    fn touch(&self, now_ms: u64) -> bool {
+        self.last_used_ms
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
+                (last != EVICTED).then_some(now_ms.max(last))
+            })
+            .is_ok()
+    }
+
+    /// Evicts the entry if it has had no stream and no use for `idle_ms` at `now_ms`; true when
+    /// it did. Under the registry's write lock (streams only change under that lock).
+    fn evict_if_idle(&self, now_ms: u64, idle_ms: u64) -> bool {
+        let last = self.last_used_ms.load(Ordering::Acquire);
+        last != EVICTED
+            && self.streams.load(Ordering::SeqCst) == 0
+            && now_ms.saturating_sub(last) >= idle_ms
+            && self
+                .last_used_ms
+                .compare_exchange(last, EVICTED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
     /// Why the poller is gone, if its task ended without being asked to.
     fn stopped(&self) -> Option<String> {
         if let Some(reason) = self.stopped.get() {
@@ -207,10 +235,9 @@ impl Registry {
         cache: Option<&EntryCache>,
         wake: Option<&WakeKey>,
     ) -> Result<Reading, EngineError> {
-        let entry = match cache.and_then(EntryCache::live) {
+        let now = self.now_ms();
+        let entry = match cache.and_then(EntryCache::live).filter(|e| e.touch(now)) {
             Some(entry) => {
-                let now = self.now_ms();
-                entry.last_used_ms.store(now, Ordering::Relaxed);
                 entry.origin.adopt(origin);
                 if let Some(w) = wake {
                     entry.wanted.touch(w, now, false);
@@ -218,7 +245,6 @@ impl Registry {
                 entry
             }
             None => {
-                let now = self.now_ms();
                 let (entry, replaced) = self.entry_with(key, origin, source, |e| {
                     if let Some(w) = wake {
                         e.wanted.touch(w, now, false);
@@ -337,7 +363,7 @@ impl Registry {
             if let Some(e) = entries.get(key)
                 && e.stopped().is_none()
             {
-                e.last_used_ms.store(now, Ordering::Relaxed);
+                e.touch(now);
                 e.origin.adopt(origin);
                 also(e);
                 return Ok((e.clone(), None));
@@ -348,7 +374,7 @@ impl Registry {
         if let Some(e) = entries.get(key) {
             match e.stopped() {
                 None => {
-                    e.last_used_ms.store(now, Ordering::Relaxed);
+                    e.touch(now);
                     e.origin.adopt(origin);
                     also(e);
                     return Ok((e.clone(), None));
@@ -506,8 +532,7 @@ impl Registry {
         {
             let mut entries = self.entries.write().expect("registry lock");
             entries.retain(|key, e| {
-                let idle = e.streams.load(Ordering::SeqCst) == 0
-                    && now.saturating_sub(e.last_used_ms.load(Ordering::Relaxed)) >= idle_ms;
+                let idle = e.evict_if_idle(now, idle_ms);
                 if idle {
                     e.cancel.cancel();
                     evicted.push((key.connection.clone(), e.origin.get()));
@@ -842,6 +867,32 @@ mod tests {
                 .unwrap_err(),
             EngineError::ShuttingDown
         );
+    }
+
+    #[tokio::test]
+    async fn a_use_and_an_eviction_are_linearizable() {
+        let (r, cancel) = registry(Duration::from_secs(600));
+        let cache = EntryCache::default();
+        let k = key("select 3");
+        r.read(&k, &origin(), None, Some(&cache), None).await.unwrap();
+        let entry = cache.live().unwrap();
+        let idle = 1_000;
+        let t0 = entry.last_used_ms.load(Ordering::Acquire);
+        // A use after the janitor looked but before it swapped: the swap fails, the poller
+        // stays.
+        assert!(entry.touch(t0 + idle + 5));
+        assert!(!entry.evict_if_idle(t0 + idle + 5, idle));
+        // Idle: the eviction lands; any later use fails and takes the registry's path.
+        assert!(entry.evict_if_idle(t0 + 3 * idle, idle));
+        assert!(!entry.touch(t0 + 3 * idle + 1));
+        assert!(!entry.evict_if_idle(t0 + 4 * idle, idle), "evicted once");
+        // A stream keeps it however idle.
+        let (r2, cancel2) = registry(Duration::from_secs(600));
+        let sub = r2.subscribe(&key("select 4"), &origin(), None, None).unwrap();
+        assert!(!sub.entry.evict_if_idle(u64::MAX - 1, 1));
+        drop(sub);
+        cancel.cancel();
+        cancel2.cancel();
     }
 
     #[tokio::test(start_paused = true)]
