@@ -3,7 +3,9 @@
 //! # Layout
 //! - [`config`]: process configuration from flags, environment and a TOML file; typed, no I/O
 //!   beyond reading that file.
-//! - [`metadata`]: a trigger's `scalerMetadata` map → a typed [`metadata::ScalerSpec`]; pure.
+//! - [`trigger`]: the domain — [`trigger::ScalerSpec`], [`trigger::PollerKey`], wake-up
+//!   settings; imported by `metadata` and `engine`, importing neither.
+//! - [`metadata`]: a trigger's `scalerMetadata` map → a typed [`trigger::ScalerSpec`]; pure.
 //! - [`guard`]: the SQL guard on every trigger's `query`; pure.
 //! - [`source`]: the one small trait every database sits behind (Oracle, PostgreSQL, SQLite), and
 //!   database-driven wake-ups (`source::wake`).
@@ -41,3 +43,4 @@ pub mod probe;
 pub mod source;
 pub mod telemetry;
 pub mod tls;
+pub mod trigger;

@@ -874,7 +874,9 @@ mod tests {
         let (r, cancel) = registry(Duration::from_secs(600));
         let cache = EntryCache::default();
         let k = key("select 3");
-        r.read(&k, &origin(), None, Some(&cache), None).await.unwrap();
+        r.read(&k, &origin(), None, Some(&cache), None)
+            .await
+            .unwrap();
         let entry = cache.live().unwrap();
         let idle = 1_000;
         let t0 = entry.last_used_ms.load(Ordering::Acquire);
@@ -888,7 +890,9 @@ mod tests {
         assert!(!entry.evict_if_idle(t0 + 4 * idle, idle), "evicted once");
         // A stream keeps it however idle.
         let (r2, cancel2) = registry(Duration::from_secs(600));
-        let sub = r2.subscribe(&key("select 4"), &origin(), None, None).unwrap();
+        let sub = r2
+            .subscribe(&key("select 4"), &origin(), None, None)
+            .unwrap();
         assert!(!sub.entry.evict_if_idle(u64::MAX - 1, 1));
         drop(sub);
         cancel.cancel();

@@ -14,15 +14,16 @@ use std::collections::BTreeMap;
 use std::collections::HashMap;
 
 use crate::config::{ConnectionConfig, ConnectionUrl, EngineConfig};
-use crate::engine::PollerKey;
 use crate::guard::{self, Dialect};
+use crate::trigger::PollerKey;
+pub use crate::trigger::ScalerSpec;
 
 mod credentials;
 mod keys;
 mod naming;
 mod poller;
 
-pub use credentials::{DYNAMIC_PREFIX, is_dynamic_name};
+pub use crate::trigger::{DYNAMIC_PREFIX, is_dynamic_name};
 use credentials::{METADATA_POOL_SIZE, dynamic_name};
 pub use keys::*;
 use keys::{CREDENTIAL_KEYS, hint_for};
@@ -31,22 +32,6 @@ use poller::finish;
 
 /// Longest value quoted back in an error message.
 pub const QUOTE_MAX: usize = 120;
-
-/// What one trigger asks for.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ScalerSpec {
-    /// Which poller serves this trigger: identical keys share one.
-    pub poller: PollerKey,
-    pub target: f64,
-    pub activation: f64,
-    pub metric_name: String,
-    /// Database wake-ups (`notifyChannel`): the poller also polls on a notification. Not part
-    /// of the poller key: identical triggers share one poller whatever their wake-ups.
-    pub wake: Option<crate::engine::WakeKey>,
-    /// A connection made from the trigger's own credentials; `poller.connection` is its name.
-    /// Boxed: most triggers have none, and a spec is kept per calling ScaledObject.
-    pub dynamic: Option<Box<ConnectionConfig>>,
-}
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum MetadataError {

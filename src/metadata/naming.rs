@@ -52,7 +52,7 @@ pub fn default_metric_name(connection: &str, query: &str) -> String {
     let conn = conn.trim_end_matches('-');
     format!(
         "orascale-{conn}-{:012x}",
-        crate::engine::stable_hash(query.as_bytes()) >> 16
+        crate::trigger::stable_hash(query.as_bytes()) >> 16
     )
 }
 

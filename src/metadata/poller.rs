@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::naming::parse_metric_name;
 use super::*;
 use crate::config::parse_duration;
-use crate::engine::WakeKey;
+use crate::trigger::WakeKey;
 
 /// PostgreSQL's identifier limit (NAMEDATALEN - 1).
 const PG_CHANNEL_MAX: usize = 63;

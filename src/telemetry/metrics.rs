@@ -23,18 +23,7 @@ pub const SAMPLE_AGE: &str = "orascale_sample_age_seconds";
 pub const BUILD_INFO: &str = "orascale_build_info";
 pub const POLLER_RESTARTS: &str = "orascale_poller_restarts_total";
 
-/// The `connection` label of every connection made from metadata credentials: their names are
-/// per-credential hashes, which would grow the label set with every rotated password.
-pub const METADATA_CONNECTIONS: &str = "metadata-credentials";
-
-/// The bounded `connection` label value for a connection name.
-pub fn connection_label(name: &str) -> String {
-    if crate::metadata::is_dynamic_name(name) {
-        METADATA_CONNECTIONS.to_string()
-    } else {
-        name.to_string()
-    }
-}
+pub use crate::trigger::{METADATA_CONNECTIONS, connection_label};
 // Rendered at scrape time from the registry and the pools (see `render_state`).
 pub const LAST_SUCCESS: &str = "orascale_last_success_timestamp_seconds";
 pub const POLLER_SAMPLE_AGE: &str = "orascale_poller_sample_age_seconds";

@@ -1,0 +1,93 @@
+//! The domain: what a trigger asks for ([`ScalerSpec`]), what makes triggers share a poller
+//! ([`PollerKey`]), a trigger's wake-ups ([`WakeKey`]) and the names of connections made from
+//! metadata credentials. `metadata` makes these from a ScaledObject's map and `engine` serves
+//! them; both import this module, and it imports neither.
+
+use std::time::Duration;
+
+use crate::config::ConnectionConfig;
+
+/// What one trigger asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScalerSpec {
+    /// Which poller serves this trigger: identical keys share one.
+    pub poller: PollerKey,
+    pub target: f64,
+    pub activation: f64,
+    pub metric_name: String,
+    /// Database wake-ups (`notifyChannel`): the poller also polls on a notification. Not part
+    /// of the poller key: identical triggers share one poller whatever their wake-ups.
+    pub wake: Option<WakeKey>,
+    /// A connection made from the trigger's own credentials; `poller.connection` is its name.
+    /// Boxed: most triggers have none, and a spec is kept per calling ScaledObject.
+    pub dynamic: Option<Box<ConnectionConfig>>,
+}
+
+/// What makes two triggers share one poller: what determines the value. Thresholds, metric
+/// names and wake-ups are not part of it: thresholds and names stay per ScaledObject, and a
+/// poller waits on the union of its users' wake-up channels ([`wake::Wanted`]), so adding
+/// `notifyChannel` to one of many identical triggers adds no poller and no query.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PollerKey {
+    pub connection: String,
+    pub query: String,
+    pub poll_interval: Duration,
+    pub query_timeout: Duration,
+    pub ignore_nulls: bool,
+}
+
+impl PollerKey {
+    /// A short id of everything in the key, the same on every replica and release: the
+    /// `poller` label that keeps per-poller series distinct.
+    pub fn id(&self) -> String {
+        let text = format!(
+            "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
+            self.connection,
+            self.query,
+            self.poll_interval.as_nanos(),
+            self.query_timeout.as_nanos(),
+            self.ignore_nulls
+        );
+        format!("{:012x}", stable_hash(text.as_bytes()) >> 16)
+    }
+}
+
+/// FNV-1a 64: stable across Rust versions, platforms and processes, unlike `DefaultHasher`, so
+/// names derived from it agree across replicas and restarts.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// A poller's wake-up channel and how often a wake may make it poll.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WakeKey {
+    pub channel: String,
+    /// `minWakeInterval`: the least time between the starts of two polls caused by wakes.
+    pub min_interval: Duration,
+}
+
+/// Whether a connection name is one `metadata` makes for metadata credentials (configured names may not be).
+pub fn is_dynamic_name(name: &str) -> bool {
+    name.starts_with(DYNAMIC_PREFIX)
+}
+
+/// The prefix of connections made from metadata credentials; reserved.
+pub const DYNAMIC_PREFIX: &str = "meta-";
+
+/// The `connection` label of every connection made from metadata credentials in metrics: their
+/// names are per-credential hashes, which would grow the label set with every rotated password.
+pub const METADATA_CONNECTIONS: &str = "metadata-credentials";
+
+/// The bounded `connection` label for a connection name.
+pub fn connection_label(name: &str) -> String {
+    if is_dynamic_name(name) {
+        METADATA_CONNECTIONS.to_string()
+    } else {
+        name.to_string()
+    }
+}
