@@ -234,8 +234,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Arc::new(move || {
             telemetry::metrics::render_state(
                 &registry.snapshot(),
-                &registry.pools(),
-                &registry.wakes(),
+                &registry.sources().pools(),
+                &registry.sources().wakes(),
             )
         })
     };
@@ -315,7 +315,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             tracing::warn!("pollers did not stop within {TASK_DRAIN:?}; exiting anyway");
         }
         // Then the sources' own tasks (database connection drivers), also bounded.
-        let all = closing.all_sources();
+        let all = closing.sources().all();
         let sources = futures::future::join_all(all.iter().map(|s| s.close()));
         if tokio::time::timeout(TASK_DRAIN, sources).await.is_err() {
             tracing::warn!(

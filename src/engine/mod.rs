@@ -4,10 +4,16 @@
 //! - [`registry`]: the map key → poller, created on first use and evicted when idle.
 //! - [`poller`]: the task that runs one query on its interval.
 //! - [`sample`]: the cached value and how its age and errors become an answer.
+//! - [`sources`]: the databases (configured and made from credentials) and their wake-up hubs.
+//! - [`supervise`]: tasks that end on their own are recorded and reported, never mistaken for
+//!   live ones.
+//! - [`wake`]: database-driven wake-ups (one hub per connection; the channels pollers want).
 
 pub mod poller;
 pub mod registry;
 pub mod sample;
+pub mod sources;
+pub mod supervise;
 pub mod wake;
 
 pub use crate::trigger::{PollerKey, WakeKey};

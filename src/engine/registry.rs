@@ -7,11 +7,9 @@
 //! ERROR line and `orascale_poller_restarts_total` record it, and the next call replaces it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
-use futures::FutureExt;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -20,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::poller::{Named, Origin, Poller, Wakes};
-use super::wake::{Hubs, WakeStatus, Wanted};
+use super::sources::Sources;
+use super::supervise;
+use super::wake::{Hubs, Wanted};
 use super::{EngineError, PollerKey, Reading, Sample, WakeKey};
 use crate::config::EngineConfig;
 use crate::source::Source;
@@ -137,10 +137,8 @@ pub struct PollerStatus {
 }
 
 pub struct Registry {
-    sources: BTreeMap<String, Arc<dyn Source>>,
-    /// Sources made from per-ScaledObject credentials, by their keyed-hash name; dropped by the
-    /// janitor once no poller uses them.
-    dynamic: RwLock<HashMap<String, Arc<dyn Source>>>,
+    /// The databases, configured and made from credentials, and their wake-up hubs.
+    sources: Sources,
     config: EngineConfig,
     entries: RwLock<HashMap<PollerKey, Arc<Entry>>>,
     /// Open streams, for `max_streams`.
@@ -150,8 +148,6 @@ pub struct Registry {
     epoch: Instant,
     /// Pollers replaced after their task ended on its own.
     restarts: AtomicU64,
-    /// One wake-up hub per connection with wake-ups in use.
-    hubs: Arc<Hubs>,
 }
 
 impl Registry {
@@ -163,12 +159,10 @@ impl Registry {
         tracker: TaskTracker,
     ) -> Arc<Self> {
         let registry = Arc::new(Registry {
-            sources,
-            dynamic: RwLock::new(HashMap::new()),
+            sources: Sources::new(sources, Hubs::new(shutdown.clone(), tracker.clone())),
             config,
             entries: RwLock::new(HashMap::new()),
             streams: AtomicUsize::new(0),
-            hubs: Arc::new(Hubs::new(shutdown.clone(), tracker.clone())),
             shutdown,
             tracker,
             epoch: Instant::now(),
@@ -282,21 +276,12 @@ impl Registry {
             .map_err(EngineError::Unavailable)
     }
 
-    /// The source of a connection made from a trigger's own credentials: the live one if any,
-    /// else a new one. Building one may read certificate stores and files, so it runs on the
-    /// blocking pool and under no lock; the registry adopts it when the poller is created.
+    /// The source of a connection made from a trigger's own credentials ([`Sources::prepare`]).
     pub async fn prepare_source(
         &self,
         conn: &crate::config::ConnectionConfig,
     ) -> Result<Arc<dyn Source>, EngineError> {
-        if let Some(s) = self.source(&conn.name) {
-            return Ok(s);
-        }
-        let conn = conn.clone();
-        tokio::task::spawn_blocking(move || crate::source::open(&conn))
-            .await
-            .map_err(|e| EngineError::Unavailable(format!("opening the connection failed: {e}")))?
-            .map_err(|e| EngineError::Unavailable(e.to_string()))
+        self.sources.prepare(conn).await
     }
 
     /// A stream's view of a poller; it keeps the poller (and its wake-up channel) alive until
@@ -410,20 +395,12 @@ impl Registry {
                 origin.namespace, limits.max_pollers_per_namespace
             )));
         }
-        let source = match (self.source(&key.connection), given) {
+        let source = match (self.sources.get(&key.connection), given) {
             (Some(s), _) => s,
             // A connection from metadata credentials, adopted under the entries lock: the
             // janitor, which drops unused ones under the same lock, cannot race it.
             (None, Some(s)) => {
-                let mut dynamic = self.dynamic.write().expect("registry lock");
-                if dynamic.len() >= limits.max_pollers {
-                    return Err(EngineError::ResourceExhausted(format!(
-                        "this server already holds {} connections made from metadata credentials (--max-pollers)",
-                        dynamic.len()
-                    )));
-                }
-                tracing::info!(connection = %key.connection, kind = s.kind(), "connection made from metadata credentials");
-                dynamic.insert(key.connection.clone(), s.clone());
+                self.sources.adopt(&key.connection, s, limits.max_pollers)?;
                 s.clone()
             }
             // metadata::parse checks connection names first; this is a programming error guard.
@@ -460,7 +437,7 @@ impl Registry {
         // The poller holds the channels its users want on its connection's hub (the hub is
         // made on first use; the registry owns it, the source only offers a listener).
         let wakes = {
-            let hubs = self.hubs.clone();
+            let hubs = self.sources.hubs().clone();
             let source = source.clone();
             let connection = key.connection.clone();
             Wakes {
@@ -478,37 +455,22 @@ impl Registry {
             wakes,
             series: Default::default(),
         };
-        let who = (key.connection.clone(), named);
-        self.tracker.spawn(async move {
-            // The task owns the watch sender: however it ends, readers learn of it.
-            let ended = AssertUnwindSafe(poller.run(cancel.clone()))
-                .catch_unwind()
-                .await;
-            if cancel.is_cancelled() {
-                return; // evicted or shutting down: asked to stop
-            }
-            let reason = match ended {
-                Ok(()) => "the poller task ended".to_string(),
-                Err(panic) => format!("the poller task panicked: {}", panic_message(&*panic)),
-            };
-            let (connection, named) = who;
-            let origin = named.get();
-            tracing::error!(connection = %connection, namespace = %origin.namespace,
-                scaledobject = %origin.name, metric = %origin.metric, reason = %reason,
-                "poller stopped; the next call for this trigger starts a new one");
-            let _ = stopped.set(reason);
-        });
+        // The task owns the watch sender: however it ends, readers learn of it.
+        let connection = key.connection.clone();
+        supervise::spawn(
+            "poller task",
+            &self.tracker,
+            poller.run(cancel.clone()),
+            cancel,
+            stopped,
+            move |reason| {
+                let origin = named.get();
+                tracing::error!(connection = %connection, namespace = %origin.namespace,
+                    scaledobject = %origin.name, metric = %origin.metric, reason = %reason,
+                    "poller stopped; the next call for this trigger starts a new one");
+            },
+        );
         Ok((entry, replaced))
-    }
-
-    fn source(&self, name: &str) -> Option<Arc<dyn Source>> {
-        self.sources.get(name).cloned().or_else(|| {
-            self.dynamic
-                .read()
-                .expect("registry lock")
-                .get(name)
-                .cloned()
-        })
     }
 
     /// Stops pollers with no stream that nobody has called for the idle timeout. The log lines
@@ -547,10 +509,7 @@ impl Registry {
             // their wake-up hubs (and listening sessions) with them.
             let in_use: std::collections::HashSet<&str> =
                 entries.keys().map(|k| k.connection.as_str()).collect();
-            let mut dynamic = self.dynamic.write().expect("registry lock");
-            dynamic.retain(|name, _| in_use.contains(name.as_str()));
-            self.hubs
-                .retain(|name| self.sources.contains_key(name) || dynamic.contains_key(name));
+            self.sources.retain_used(&in_use);
         }
         m::pollers_stopped(evicted.len());
         for (connection, origin) in evicted {
@@ -600,46 +559,9 @@ impl Registry {
         out
     }
 
-    /// Each connection's pool.
-    pub fn pools(&self) -> Vec<(String, crate::source::PoolStatus)> {
-        self.sources
-            .iter()
-            .map(|(name, s)| (name.clone(), s.pool()))
-            .collect()
-    }
-
-    /// Each connection's wake-ups (connections without any are left out). Connections made
-    /// from metadata credentials are summed under their one metric label.
-    pub fn wakes(&self) -> Vec<(String, WakeStatus)> {
-        let mut out: BTreeMap<String, WakeStatus> = BTreeMap::new();
-        for (name, w) in self.hubs.status() {
-            let sum = out.entry(m::connection_label(&name)).or_insert(WakeStatus {
-                listening: true,
-                ..Default::default()
-            });
-            sum.channels += w.channels;
-            sum.listening &= w.listening || w.channels == 0;
-            sum.notifications += w.notifications;
-            sum.reconnects += w.reconnects;
-            sum.wake_polls += w.wake_polls;
-        }
-        for w in out.values_mut() {
-            w.listening &= w.channels > 0;
-        }
-        out.into_iter().collect()
-    }
-
-    /// Every source, configured and made from credentials, for closing at shutdown.
-    pub fn all_sources(&self) -> Vec<Arc<dyn Source>> {
-        let mut out: Vec<Arc<dyn Source>> = self.sources.values().cloned().collect();
-        out.extend(
-            self.dynamic
-                .read()
-                .expect("registry lock")
-                .values()
-                .cloned(),
-        );
-        out
+    /// The databases: pools, wake-ups, closing at shutdown.
+    pub fn sources(&self) -> &Sources {
+        &self.sources
     }
 
     fn now_ms(&self) -> u64 {
@@ -647,15 +569,6 @@ impl Registry {
             .saturating_duration_since(self.epoch)
             .as_millis() as u64
     }
-}
-
-/// The text of a panic payload.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a non-text panic".into())
 }
 
 /// An open StreamIsActive's hold on a poller. Kept small: there is one per open stream.
@@ -915,7 +828,7 @@ mod tests {
         drop(streams);
         let lines = std::sync::Mutex::new(Vec::new());
         r.evict_idle_then(|_, _| {
-            let free = r.entries.try_write().is_ok() && r.dynamic.try_write().is_ok();
+            let free = r.entries.try_write().is_ok() && r.sources.unlocked();
             lines.lock().unwrap().push(free);
         });
         assert_eq!(r.pollers(), 0);

@@ -536,14 +536,10 @@ async fn supervise(inner: Arc<Inner>, listener: Arc<dyn Listener>) {
         inner.listening.store(false, Ordering::Relaxed);
         let why = match ended {
             Ok(()) => "the session task ended".to_string(),
-            Err(panic) => panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .map_or_else(
-                    || "the session task panicked".to_string(),
-                    |m| format!("the session task panicked: {m}"),
-                ),
+            Err(panic) => format!(
+                "the session task panicked: {}",
+                super::supervise::panic_message(&*panic)
+            ),
         };
         if started.elapsed() >= STABLE_AFTER {
             backoff.reset();

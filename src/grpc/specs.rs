@@ -41,6 +41,8 @@ pub struct Parsed {
     ages: [std::sync::OnceLock<metrics::Histogram>; 2],
     /// Milliseconds since the cache's epoch of the latest call that used this entry.
     last_used_ms: AtomicU64,
+    /// The cache's insert count at the latest use: the LRU order (milliseconds tie too often).
+    recency: AtomicU64,
     /// The hash of the ScaledObject's name and namespace (its shard, its siblings).
     who: u64,
     /// What this entry is charged against the byte budget.
@@ -137,6 +139,8 @@ pub struct Specs {
     /// Each shard's share of `--max-spec-cache-bytes`.
     shard_budget: usize,
     epoch: Instant,
+    /// Inserts so far: the logical clock of [`Parsed::recency`].
+    inserts: AtomicU64,
 }
 
 #[derive(Default)]
@@ -204,6 +208,7 @@ impl Specs {
             seed: std::collections::hash_map::RandomState::new().hash_one(0x6f72_6173_u64),
             shard_budget: (max_bytes / SHARDS).max(1),
             epoch: Instant::now(),
+            inserts: AtomicU64::new(0),
         }
     }
 
@@ -226,6 +231,8 @@ impl Specs {
             && same_map(&hit.metadata, meta)
         {
             hit.last_used_ms.store(now, Ordering::Relaxed);
+            hit.recency
+                .store(self.inserts.load(Ordering::Relaxed), Ordering::Relaxed);
             return Ok(hit.clone());
         }
         let spec = metadata::parse(meta, namespace, ctx)?;
@@ -248,6 +255,7 @@ impl Specs {
             ages: Default::default(),
             poller: Default::default(),
             last_used_ms: AtomicU64::new(now),
+            recency: AtomicU64::new(self.inserts.fetch_add(1, Ordering::Relaxed) + 1),
             who,
             bytes,
         });
@@ -299,7 +307,7 @@ impl Specs {
         let mut by_age: Vec<(u64, u64)> = shard
             .entries
             .iter()
-            .map(|(k, e)| (e.last_used_ms.load(Ordering::Relaxed), *k))
+            .map(|(k, e)| (e.recency.load(Ordering::Relaxed), *k))
             .collect();
         by_age.sort_unstable();
         for (_, key) in by_age {
