@@ -231,13 +231,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     let state: telemetry::http::StateRenderer = {
         let registry = registry.clone();
-        Arc::new(move || {
-            telemetry::metrics::render_state(
-                &registry.snapshot(),
-                &registry.sources().pools(),
-                &registry.sources().wakes(),
-            )
-        })
+        Arc::new(move || crate::engine::stats::render_registry(&registry))
     };
     tracker.spawn(telemetry::http::serve(
         metrics_listener,

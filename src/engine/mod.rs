@@ -4,6 +4,7 @@
 //! - [`registry`]: the map key → poller, created on first use and evicted when idle.
 //! - [`poller`]: the task that runs one query on its interval.
 //! - [`sample`]: the cached value and how its age and errors become an answer.
+//! - [`stats`]: the engine's state as plain data, rendered as metric families at scrape time.
 //! - [`sources`]: the databases (configured and made from credentials) and their wake-up hubs.
 //! - [`supervise`]: tasks that end on their own are recorded and reported, never mistaken for
 //!   live ones.
@@ -13,12 +14,14 @@ pub mod poller;
 pub mod registry;
 pub mod sample;
 pub mod sources;
+pub mod stats;
 pub mod supervise;
 pub mod wake;
 
 pub use crate::trigger::{PollerKey, WakeKey};
-pub use registry::{EntryCache, PollerStatus, Registry, Subscription};
+pub use registry::{EntryCache, Registry, Subscription};
 pub use sample::{Reading, Sample};
+pub use stats::PollerStatus;
 
 /// Why the engine has no value to give.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use super::poller::{Named, Origin, Poller, Wakes};
 use super::sources::Sources;
+use super::stats::PollerStatus;
 use super::supervise;
 use super::wake::{Hubs, Wanted};
 use super::{EngineError, PollerKey, Reading, Sample, WakeKey};
@@ -116,24 +117,6 @@ impl std::fmt::Debug for EntryCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("EntryCache")
     }
-}
-
-/// One poller's state, for the per-poller metrics.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PollerStatus {
-    pub connection: String,
-    pub namespace: String,
-    pub scaledobject: String,
-    pub metric: String,
-    /// Unix time of the last successful poll.
-    pub last_success_unix: Option<f64>,
-    /// Age of the last good value.
-    pub sample_age: Option<Duration>,
-    pub consecutive_failures: u64,
-    pub streams: usize,
-    /// A short stable id of the poller's key ([`PollerKey::id`]): pollers of one trigger that
-    /// differ only in interval, timeout or null policy are distinct series.
-    pub poller: String,
 }
 
 pub struct Registry {

@@ -24,7 +24,7 @@ pub const BUILD_INFO: &str = "orascale_build_info";
 pub const POLLER_RESTARTS: &str = "orascale_poller_restarts_total";
 
 pub use crate::trigger::{METADATA_CONNECTIONS, connection_label};
-// Rendered at scrape time from the registry and the pools (see `render_state`).
+// Rendered at scrape time where the state lives (`engine::stats`).
 pub const LAST_SUCCESS: &str = "orascale_last_success_timestamp_seconds";
 pub const POLLER_SAMPLE_AGE: &str = "orascale_poller_sample_age_seconds";
 pub const POLLER_FAILURES: &str = "orascale_poller_consecutive_failures";
@@ -261,133 +261,20 @@ pub fn sample_age_series(connection: &str, method: &'static str) -> Histogram {
     histogram!(SAMPLE_AGE, "connection" => connection_label(connection), "method" => method)
 }
 
-/// The per-poller and per-pool families, written at scrape time from live state so that an
-/// evicted poller's series disappear with it. One series per poller: bounded by the number of
-/// pollers (distinct triggers), labelled with the ScaledObject that created the poller.
-pub fn render_state(
-    pollers: &[crate::engine::PollerStatus],
-    pools: &[(String, crate::source::PoolStatus)],
-    wakes: &[(String, crate::engine::wake::WakeStatus)],
-) -> String {
+/// Writes one metric family in Prometheus' text format: its HELP and TYPE lines and a sample
+/// line per `(labels, value)`; `labels` is already `name="value",…` ([`escape`] the values).
+pub fn write_family(out: &mut String, kind: &str, name: &str, help: &str, lines: &[(String, f64)]) {
     use std::fmt::Write;
-    let mut out = String::new();
-    let mut typed = |kind: &str, name: &str, help: &str, lines: Vec<(String, f64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, v) in lines {
-            let _ = writeln!(out, "{name}{{{labels}}} {v}");
-        }
-        out.push('\n');
-    };
-    let mut family =
-        |name: &str, help: &str, lines: Vec<(String, f64)>| typed("gauge", name, help, lines);
-    let poller_labels = |p: &crate::engine::PollerStatus| {
-        format!(
-            "connection=\"{}\",namespace=\"{}\",scaledobject=\"{}\",metric=\"{}\",poller=\"{}\"",
-            escape(&connection_label(&p.connection)),
-            escape(&p.namespace),
-            escape(&p.scaledobject),
-            escape(&p.metric),
-            escape(&p.poller)
-        )
-    };
-    family(
-        LAST_SUCCESS,
-        "Unix time of each poller's last successful poll (absent until one succeeds).",
-        pollers
-            .iter()
-            .filter_map(|p| p.last_success_unix.map(|t| (poller_labels(p), t)))
-            .collect(),
-    );
-    family(
-        POLLER_SAMPLE_AGE,
-        "Age of each poller's last good value, in seconds.",
-        pollers
-            .iter()
-            .filter_map(|p| p.sample_age.map(|a| (poller_labels(p), a.as_secs_f64())))
-            .collect(),
-    );
-    family(
-        POLLER_FAILURES,
-        "Consecutive failed polls of each poller (0 when the latest poll succeeded).",
-        pollers
-            .iter()
-            .map(|p| (poller_labels(p), p.consecutive_failures as f64))
-            .collect(),
-    );
-    family(
-        POLLER_STREAMS,
-        "Open StreamIsActive streams on each poller.",
-        pollers
-            .iter()
-            .map(|p| (poller_labels(p), p.streams as f64))
-            .collect(),
-    );
-    let pool = |f: fn(&crate::source::PoolStatus) -> usize| {
-        pools
-            .iter()
-            .map(|(c, s)| (format!("connection=\"{}\"", escape(c)), f(s) as f64))
-            .collect::<Vec<_>>()
-    };
-    family(
-        POOL_MAX,
-        "Most database sessions (concurrent queries) a connection may use.",
-        pool(|s| s.max),
-    );
-    family(
-        POOL_SIZE,
-        "Database sessions open now, per connection.",
-        pool(|s| s.size),
-    );
-    family(
-        POOL_IN_USE,
-        "Database sessions running a query now, per connection.",
-        pool(|s| s.in_use),
-    );
-    family(
-        POOL_WAITING,
-        "Polls waiting for a free database session, per connection.",
-        pool(|s| s.waiting),
-    );
-    let wake = |f: fn(&crate::engine::wake::WakeStatus) -> f64| {
-        wakes
-            .iter()
-            .map(|(c, s)| (format!("connection=\"{}\"", escape(c)), f(s)))
-            .collect::<Vec<_>>()
-    };
-    family(
-        WAKE_CHANNELS,
-        "Notification channels (notifyChannel) live pollers wait on, per connection.",
-        wake(|s| s.channels as f64),
-    );
-    family(
-        WAKE_LISTENER_UP,
-        "1 while the connection's notification session listens on every wanted channel; 0 while it is down (wake-ups degraded, interval polling goes on) or not needed.",
-        wake(|s| f64::from(u8::from(s.listening))),
-    );
-    typed(
-        "counter",
-        WAKE_NOTIFICATIONS,
-        "Database notifications received, per connection.",
-        wake(|s| s.notifications as f64),
-    );
-    typed(
-        "counter",
-        WAKE_POLLS,
-        "Polls run at once because of a notification or a listener reconnect, per connection.",
-        wake(|s| s.wake_polls as f64),
-    );
-    typed(
-        "counter",
-        WAKE_RECONNECTS,
-        "Notification sessions re-established after one was lost or could not be opened (or after the listener task was restarted), per connection.",
-        wake(|s| s.reconnects as f64),
-    );
-    out
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, v) in lines {
+        let _ = writeln!(out, "{name}{{{labels}}} {v}");
+    }
+    out.push('\n');
 }
 
 /// Prometheus label-value escaping.
-fn escape(v: &str) -> String {
+pub fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
