@@ -9,8 +9,9 @@
 //!   database-driven wake-ups (`source::wake`).
 //! - [`engine`]: the [`engine::Registry`] of pollers (one per distinct trigger), the poller task and
 //!   the cached [`engine::Sample`] each poller publishes into a `tokio::sync::watch` channel.
-//! - [`grpc`]: KEDA's `ExternalScaler` service over the engine, the single error → `Status`
-//!   mapping, and the generated protobuf types (which never leak into the engine).
+//! - [`grpc`]: KEDA's `ExternalScaler` service over the engine, the push state machine behind
+//!   its server streams, the single error → `Status` mapping, and the generated protobuf types
+//!   (which never leak into the engine).
 //! - [`telemetry`]: logging setup, metric names, the admin HTTP endpoints (`/metrics`, `/healthz`).
 //! - [`tls`]: TLS and mTLS for the gRPC port, with certificate reload.
 //! - [`app`]: wires it all together and owns the shutdown sequence.
