@@ -133,7 +133,7 @@ pub async fn run(
 /// Binds both listeners, starts the engine and the servers, and returns at once.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     if let Some(path) = &config.demo_db {
-        crate::demo::prepare(path)
+        crate::cli::demo::prepare(path)
             .map_err(|e| StartError::Demo(format!("{}: {e}", path.display())))?;
     }
     let mut sources: BTreeMap<String, Arc<dyn Source>> = BTreeMap::new();

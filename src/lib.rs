@@ -11,14 +11,15 @@
 //!   database-driven wake-ups (`source::wake`).
 //! - [`engine`]: the [`engine::Registry`] of pollers (one per distinct trigger), the poller task and
 //!   the cached [`engine::Sample`] each poller publishes into a `tokio::sync::watch` channel.
-//! - [`grpc`]: KEDA's `ExternalScaler` service over the engine, the single error → `Status`
-//!   mapping, and the generated protobuf types (which never leak into the engine).
+//! - [`grpc`]: KEDA's `ExternalScaler` service over the engine, the push state machine behind
+//!   its server streams, the single error → `Status` mapping, and the generated protobuf types
+//!   (which never leak into the engine).
 //! - [`telemetry`]: logging setup, metric names, the admin HTTP endpoints (`/metrics`, `/healthz`).
 //! - [`tls`]: TLS and mTLS for the gRPC port, with certificate reload.
 //! - [`app`]: wires it all together and owns the shutdown sequence.
-//! - [`probe`]: a KEDA-like command-line client, for users and for our tests.
-//! - [`demo`]: the `--demo` SQLite database.
-//! - [`check`]: `orascale check`, the connection doctor.
+//! - [`cli`]: the other subcommands, clients of the server rather than its parts:
+//!   `probe` (a KEDA-like client, for users and for our tests), `check` (the connection doctor)
+//!   and `demo` (the `--demo` SQLite database).
 //!
 //! # Data flow
 //! ```text
@@ -32,14 +33,12 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
-pub mod check;
+pub mod cli;
 pub mod config;
-pub mod demo;
 pub mod engine;
 pub mod grpc;
 pub mod guard;
 pub mod metadata;
-pub mod probe;
 pub mod source;
 pub mod telemetry;
 pub mod tls;

@@ -5,8 +5,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use orascale::cli::{check, demo, probe};
 use orascale::config::{CheckArgs, Cli, Command, DemoArgs, ServeArgs};
-use orascale::{app, check, demo, probe, telemetry};
+use orascale::{app, telemetry};
 
 const EX_USAGE: u8 = 64;
 

@@ -4,6 +4,8 @@
 //!   (and the probe client): the engine never sees them.
 //! - [`codec`]: prost with small per-RPC buffers (an open stream keeps its own).
 //! - [`service`]: the four RPCs, and the checks of what every request names.
+//! - [`push`]: the state machine behind a server stream (shutdown, errors, re-sends, a
+//!   replaced poller), generic over what is sent: IsActive edges today, a metric spec next.
 //! - [`calls`]: the service as served: request size limit, and every call counted by method
 //!   and code (also those tonic refuses before a handler runs).
 //! - [`specs`]: each calling ScaledObject's parsed trigger, so later calls skip parsing.
@@ -11,6 +13,7 @@
 
 pub mod calls;
 pub mod codec;
+pub mod push;
 pub mod service;
 pub mod specs;
 pub mod status;

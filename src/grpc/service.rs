@@ -6,15 +6,15 @@
 //!   poller waits (briefly) for its first result.
 //! - StreamIsActive: pushes `true` on inactive→active edges, once at open if already active,
 //!   and again every resend interval while active; never `false`; stays open through database
-//!   errors; ends with OK when the server shuts down.
+//!   errors; ends with OK when the server shuts down. The state machine is [`super::push`]'s,
+//!   with its [`ActiveEdges`] policy.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
-use tokio::time::Instant;
+use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -23,10 +23,11 @@ use super::proto::{
     GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec,
     MetricValue, ScaledObjectRef,
 };
+use super::push::{ActiveEdges, Push};
 use super::specs::{Parsed, Specs};
 use super::status::Error;
 use crate::config::ConnectionConfig;
-use crate::engine::{Registry, Subscription};
+use crate::engine::Registry;
 use crate::metadata::{Context, ScalerSpec};
 use crate::telemetry::metrics as m;
 
@@ -329,25 +330,16 @@ impl ExternalScaler for Scaler {
             Ok(v) => v,
             Err(e) => return answer::<ActiveStream>(Err(e)),
         };
-        let state = Push {
+        let push = Push::new(
             sub,
-            activation: parsed.spec.activation,
-            resend: self.registry.config().stream_resend_interval,
-            shutdown: self.shutdown.clone(),
-            active: None,
-            resend_at: None,
-            opened: false,
-            renew_every: parsed
-                .spec
-                .poller
-                .poll_interval
-                .clamp(Duration::from_secs(1), Duration::from_secs(60)),
-            renew_at: None,
-        };
-        let stream = futures::stream::unfold(state, |mut st| async move {
-            let msg = st.next().await?;
+            ActiveEdges::new(parsed.spec.activation),
+            self.registry.config().stream_resend_interval,
+            parsed.spec.poller.poll_interval,
+            self.shutdown.clone(),
+        );
+        let stream = push.into_stream().map(|msg| {
             m::stream_message();
-            Some((Ok(msg), st))
+            Ok(msg)
         });
         answer::<ActiveStream>(Ok(Box::pin(stream)))
     }
@@ -374,116 +366,6 @@ impl ExternalScaler for Scaler {
         let mut response = Response::new(response);
         freshness.attach(&mut response);
         Ok(response)
-    }
-}
-
-/// The state of one StreamIsActive.
-struct Push {
-    sub: Subscription,
-    activation: f64,
-    resend: Duration,
-    shutdown: CancellationToken,
-    /// The last known activity; `None` before the first value and while the value is an error.
-    active: Option<bool>,
-    /// When to re-send `true`, while active.
-    resend_at: Option<Instant>,
-    opened: bool,
-    /// How long a stream whose poller stopped on its own waits before moving to a new one.
-    renew_every: Duration,
-    /// Set while the poller is stopped: when to try the trigger's live poller again.
-    renew_at: Option<Instant>,
-}
-
-impl Push {
-    /// The next `true` to send, or `None` when the stream should end with OK (shutdown). A
-    /// poller that stopped on its own leaves the stream open and silent until it moves to the
-    /// poller that replaces it, one poll interval later (so a poller that keeps dying is not
-    /// restarted in a loop).
-    async fn next(&mut self) -> Option<IsActiveResponse> {
-        if !self.opened {
-            self.opened = true;
-            if self.sub.has_outcome() && self.judge() {
-                return Some(IsActiveResponse { result: true });
-            }
-        }
-        loop {
-            // One timer for both deadlines (a stream is mostly idle; its size is per stream).
-            let deadline = match (self.renew_at, self.resend_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            tokio::select! {
-                biased;
-                _ = self.shutdown.cancelled() => return None,
-                changed = self.sub.changed(), if self.renew_at.is_none() => {
-                    if changed.is_err() {
-                        if !self.sub.poller_stopped() {
-                            return None; // stopped because asked to: shutting down
-                        }
-                        self.judge(); // activity unknown: no sends
-                        self.renew_at = Some(crate::source::deadline_after(Instant::now(), self.renew_every));
-                        continue;
-                    }
-                    if self.judge() {
-                        return Some(IsActiveResponse { result: true });
-                    }
-                }
-                _ = sleep_until_opt(deadline) => {
-                    let now = Instant::now();
-                    if self.renew_at.is_some_and(|at| at <= now) {
-                        match self.sub.renew() {
-                            Ok(()) => {
-                                self.renew_at = None;
-                                if self.sub.has_outcome() && self.judge() {
-                                    return Some(IsActiveResponse { result: true });
-                                }
-                            }
-                            Err(crate::engine::EngineError::ShuttingDown) => return None,
-                            Err(_) => {
-                                self.renew_at = Some(crate::source::deadline_after(now, self.renew_every));
-                            }
-                        }
-                    }
-                    if self.resend_at.is_some_and(|at| at <= now) {
-                        self.resend_at = Some(crate::source::deadline_after(now, self.resend));
-                        if self.active == Some(true) {
-                            return Some(IsActiveResponse { result: true });
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Updates the activity from the current sample; true on an inactive→active edge.
-    fn judge(&mut self) -> bool {
-        match self.sub.current() {
-            Ok(reading) => {
-                let active = reading.value > self.activation;
-                let edge = active && self.active != Some(true);
-                self.active = Some(active);
-                if edge {
-                    self.resend_at =
-                        Some(crate::source::deadline_after(Instant::now(), self.resend));
-                } else if !active {
-                    self.resend_at = None;
-                }
-                edge
-            }
-            // Unknown while the database fails: no `false`, and no re-sends either.
-            Err(_) => {
-                self.active = None;
-                self.resend_at = None;
-                false
-            }
-        }
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => futures::future::pending().await,
     }
 }
 

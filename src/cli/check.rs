@@ -57,7 +57,7 @@ impl<T> Step<T> {
 pub async fn check(config: &Config, args: &CheckArgs) -> Result<Report, String> {
     // `--demo` means what it means for `serve`: the demo database, created if missing.
     if let Some(path) = &config.demo_db {
-        crate::demo::prepare(path).map_err(|e| format!("--demo {}: {e}", path.display()))?;
+        super::demo::prepare(path).map_err(|e| format!("--demo {}: {e}", path.display()))?;
     }
     if let Some(only) = &args.only
         && !config.connections.contains_key(only)
