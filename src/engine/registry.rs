@@ -602,11 +602,6 @@ impl Subscription {
         Ok(())
     }
 
-    /// Whether the poller has completed a poll.
-    pub fn has_outcome(&self) -> bool {
-        self.rx.borrow().has_outcome()
-    }
-
     /// Waits for the poller's next publish; `Err` when the poller has stopped.
     pub async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
         self.rx.changed().await
