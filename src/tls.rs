@@ -9,7 +9,7 @@
 //! Handshakes run in their own tasks with a time bound, so a slow or silent client cannot stall
 //! the accept loop.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -106,14 +106,7 @@ impl Throttle {
     }
 }
 
-/// The files the server's TLS is made of.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// With it, clients must present a certificate signed by this CA (mTLS).
-    pub client_ca: Option<PathBuf>,
-}
+pub use crate::config::TlsFiles;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

@@ -71,13 +71,7 @@ pub struct WakeKey {
     pub min_interval: Duration,
 }
 
-/// Whether a connection name is one `metadata` makes for metadata credentials (configured names may not be).
-pub fn is_dynamic_name(name: &str) -> bool {
-    name.starts_with(DYNAMIC_PREFIX)
-}
-
-/// The prefix of connections made from metadata credentials; reserved.
-pub const DYNAMIC_PREFIX: &str = "meta-";
+pub use crate::config::{DYNAMIC_PREFIX, is_dynamic_name};
 
 /// The `connection` label of every connection made from metadata credentials in metrics: their
 /// names are per-credential hashes, which would grow the label set with every rotated password.

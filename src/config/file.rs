@@ -376,7 +376,7 @@ fn file_connection_url(key: &str, conn: &FileConnection) -> Result<ConnectionUrl
 }
 
 impl ServeArgs {
-    fn tls_files(&self, file: &FileConfig) -> Result<Option<crate::tls::TlsFiles>, ConfigError> {
+    fn tls_files(&self, file: &FileConfig) -> Result<Option<super::TlsFiles>, ConfigError> {
         let cert = self.tls_cert.clone().or_else(|| file.tls_cert.clone());
         let key = self.tls_key.clone().or_else(|| file.tls_key.clone());
         let client_ca = self
@@ -384,7 +384,7 @@ impl ServeArgs {
             .clone()
             .or_else(|| file.tls_client_ca.clone());
         match (cert, key) {
-            (Some(cert), Some(key)) => Ok(Some(crate::tls::TlsFiles {
+            (Some(cert), Some(key)) => Ok(Some(super::TlsFiles {
                 cert,
                 key,
                 client_ca,

@@ -21,6 +21,24 @@ mod url;
 mod validate;
 
 pub use flags::*;
+
+/// The files the server's TLS is made of (loaded and checked by `tls`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// With it, clients must present a certificate signed by this CA (mTLS).
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
+/// The prefix of connections made from metadata credentials; reserved (configured connection
+/// names may not start with it).
+pub const DYNAMIC_PREFIX: &str = "meta-";
+
+/// Whether a connection name is one made for metadata credentials.
+pub fn is_dynamic_name(name: &str) -> bool {
+    name.starts_with(DYNAMIC_PREFIX)
+}
 pub use url::{ConnectionUrl, SqliteTarget, parse_url, redact_url};
 
 /// humantime with a hint for the most common mistake, a bare number.
@@ -38,7 +56,7 @@ pub struct Config {
     pub engine: EngineConfig,
     pub log_format: LogFormat,
     /// TLS on the gRPC port, when configured.
-    pub tls: Option<crate::tls::TlsFiles>,
+    pub tls: Option<TlsFiles>,
     pub tls_reload_interval: Duration,
     /// Per-ScaledObject credentials in metadata (only with TLS).
     pub allow_metadata_credentials: bool,

@@ -128,10 +128,10 @@ pub(super) fn validate_name(name: &str) -> Result<(), String> {
             "connection name {name:?} must be 1-63 characters of [A-Za-z0-9._-]"
         ));
     }
-    if crate::trigger::is_dynamic_name(name) {
+    if super::is_dynamic_name(name) {
         return Err(format!(
             "connection name {name:?} starts with {:?}, which is reserved for connections made from metadata credentials",
-            crate::trigger::DYNAMIC_PREFIX
+            super::DYNAMIC_PREFIX
         ));
     }
     Ok(())

@@ -18,7 +18,12 @@ pub mod stats;
 pub mod supervise;
 pub mod wake;
 
+pub use crate::source::deadline_after;
 pub use crate::trigger::{PollerKey, WakeKey};
+
+/// A database the engine polls, as callers outside the engine hold one (the source of a
+/// connection made from a trigger's own credentials, between preparing and polling it).
+pub type SourceRef = std::sync::Arc<dyn crate::source::Source>;
 pub use registry::{EntryCache, Registry, Subscription};
 pub use sample::{Reading, Sample};
 pub use stats::PollerStatus;

@@ -16,8 +16,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::proto::IsActiveResponse;
+use crate::engine::deadline_after;
 use crate::engine::{EngineError, Reading, Subscription};
-use crate::source::deadline_after;
 
 /// What a push stream reads: a poller's cached value, and whether that poller still runs.
 pub trait Feed: Send {

@@ -71,10 +71,7 @@ impl Scaler {
     }
 
     /// The trigger's own source when it carries credentials.
-    async fn source(
-        &self,
-        parsed: &Parsed,
-    ) -> Result<Option<Arc<dyn crate::source::Source>>, Error> {
+    async fn source(&self, parsed: &Parsed) -> Result<Option<crate::engine::SourceRef>, Error> {
         Ok(match &parsed.spec.dynamic {
             Some(conn) => Some(self.registry.prepare_source(conn).await?),
             None => None,
@@ -259,7 +256,7 @@ fn to_metric_spec(spec: &ScalerSpec) -> MetricSpec {
     }
 }
 
-type Trigger = (Arc<Parsed>, Option<Arc<dyn crate::source::Source>>);
+type Trigger = (Arc<Parsed>, Option<crate::engine::SourceRef>);
 
 type ActiveStream = Pin<Box<dyn Stream<Item = Result<IsActiveResponse, Status>> + Send>>;
 
