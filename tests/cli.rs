@@ -577,14 +577,6 @@ async fn check_refuses_what_the_server_refuses_before_connecting() {
     .await;
 }
 
-fn unused_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// check judges a value by the server's rule: a non-finite number is an error, not `inf`.
 #[test]
 fn check_refuses_a_non_finite_value_like_the_server() {

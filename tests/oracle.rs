@@ -19,14 +19,6 @@ fn client_present() -> bool {
     orascale::source::oracle::client_status().is_ok()
 }
 
-fn unused_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn without_instant_client_the_binary_serves_specs_and_reports_the_hint() {
     let dir = tempfile::tempdir().unwrap();

@@ -38,6 +38,15 @@ pub fn skip(test: &str, reason: &str) {
     }
 }
 
+/// A loopback port nothing listens on (the OS picked it free a moment ago).
+pub fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Every async test runs under this bound, so a hang fails instead of stalling CI.
 pub async fn guard<F: Future>(limit: Duration, f: F) -> F::Output {
     tokio::time::timeout(limit, f)

@@ -47,14 +47,6 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Pg {
     /// Starts a fresh server, or returns `None` after printing a SKIP line.
     pub fn start_or_skip(test: &str) -> Option<Pg> {
@@ -92,7 +84,7 @@ impl Pg {
         }
         let pg = Pg {
             dir,
-            port: free_port(),
+            port: super::unused_port(),
             bin,
             as_postgres,
         };
