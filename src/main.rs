@@ -104,8 +104,13 @@ fn serve(args: ServeArgs) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // Once: the log goes to stderr already (as JSON with --log-format json).
-            tracing::error!("orascale cannot start: {e}");
+            // Once: the log goes to stderr already (as JSON with --log-format json), unless
+            // RUST_LOG filters errors out; then stderr gets the line itself.
+            if tracing::enabled!(tracing::Level::ERROR) {
+                tracing::error!("orascale cannot start: {e}");
+            } else {
+                eprintln!("orascale cannot start: {e}");
+            }
             ExitCode::from(e.exit_code())
         }
     }

@@ -27,12 +27,23 @@ fn edges() -> BTreeMap<String, BTreeSet<String>> {
         for f in files {
             let text = std::fs::read_to_string(&f).unwrap();
             for (i, _) in text.match_indices("crate::") {
-                let module: String = text[i + 7..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
-                    .collect();
-                if !module.is_empty() && module != name {
-                    deps.insert(module);
+                let rest = &text[i + 7..];
+                // `crate::{a, b::c}` names several modules at once.
+                let names: Vec<&str> = match rest.strip_prefix('{') {
+                    Some(group) => group[..group.find('}').unwrap_or(group.len())]
+                        .split(',')
+                        .map(str::trim)
+                        .collect(),
+                    None => vec![rest],
+                };
+                for n in names {
+                    let module: String = n
+                        .chars()
+                        .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                        .collect();
+                    if !module.is_empty() && module != name {
+                        deps.insert(module);
+                    }
                 }
             }
         }

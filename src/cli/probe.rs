@@ -268,14 +268,19 @@ pub async fn run(args: ProbeArgs) -> Result<(), ProbeError> {
         return watch(&mut client, &object, timeout, transport).await;
     }
 
+    let mut ask = request(
+        GetMetricsRequest {
+            scaled_object_ref: Some(object.clone()),
+            metric_name,
+        },
+        timeout,
+    );
+    ask.metadata_mut().insert(
+        crate::grpc::service::FRESHNESS_REQUEST_HEADER,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
     let metrics = client
-        .get_metrics(request(
-            GetMetricsRequest {
-                scaled_object_ref: Some(object.clone()),
-                metric_name,
-            },
-            timeout,
-        ))
+        .get_metrics(ask)
         .await
         .map_err(call_err("GetMetrics", transport))?;
     let freshness = freshness(metrics.metadata());

@@ -133,8 +133,13 @@ impl Poller {
         let mut wanted_open = true;
         self.hold(&mut subs, &mut wanted);
         subs.mark_seen();
-        // Refused credentials back off: the next poll no sooner than this.
-        let mut refused = Refused::default();
+        // Refused credentials from metadata back off (a guessing channel otherwise); a
+        // configured connection's password file is re-read on every connect, so a rotation
+        // there is picked up at the next interval.
+        let mut refused = Refused {
+            applies: crate::trigger::is_dynamic_name(&self.key.connection),
+            ..Refused::default()
+        };
         tokio::select! {
             _ = cancel.cancelled() => return,
             auth_failed = self.poll() => refused.record(auth_failed, last_start, interval),
@@ -168,10 +173,12 @@ impl Poller {
                     _ = tokio::time::sleep_until(earliest) => {}
                 }
                 subs.mark_seen();
-                subs.record_poll();
             }
             if refused.holds() {
                 continue;
+            }
+            if woken {
+                subs.record_poll();
             }
             last_start = Instant::now();
             tokio::select! {
@@ -297,19 +304,22 @@ fn quote_query(q: &str) -> String {
     }
 }
 
-/// Polls whose credentials the database refused, and when the next may start: the interval
-/// doubling per refusal up to [`AUTH_BACKOFF_MAX`] (never shorter than the interval), reset by
-/// any other outcome. The answers stay the error (UNAVAILABLE) meanwhile.
+/// Polls whose credentials from metadata the database refused, and when the next may start:
+/// the interval doubling per refusal up to [`AUTH_BACKOFF_MAX`] (never shorter than the
+/// interval), reset by any other outcome. The answers stay the error (UNAVAILABLE) meanwhile.
 #[derive(Debug, Default)]
 struct Refused {
+    /// Only connections made from metadata credentials back off.
+    applies: bool,
     streak: u32,
     not_before: Option<Instant>,
 }
 
 impl Refused {
     fn record(&mut self, auth_failed: bool, started: Instant, interval: Duration) {
-        if !auth_failed {
-            *self = Refused::default();
+        if !auth_failed || !self.applies {
+            self.streak = 0;
+            self.not_before = None;
             return;
         }
         self.streak = self.streak.saturating_add(1);
@@ -619,13 +629,21 @@ mod tests {
             "postgres: FATAL 28P01: password authentication failed for user \"bob\"".into(),
         );
         assert!(refused.is_auth_failure());
-        for (error, min, max) in [
-            // 1 s interval over 130 s: polls at 0, 1, 3, 7, 15, 31, 63, 127 s.
-            (refused, 6, 9),
-            (SourceError::Query("no such table".into()), 120, 132),
+        for (connection, error, min, max) in [
+            // Metadata credentials, 1 s interval over 130 s: polls at 0, 1, 3, 7, 15, 31, 63, 127 s.
+            ("meta-0123456789abcdef", refused.clone(), 6, 9),
+            (
+                "meta-0123456789abcdef",
+                SourceError::Query("no such table".into()),
+                120,
+                132,
+            ),
+            // A configured connection: its rotated password file is read on the next interval.
+            ("orders", refused, 120, 132),
         ] {
             let s = script(Duration::ZERO, vec![Err(error.clone())]);
             let mut k = key(false);
+            k.connection = connection.into();
             k.poll_interval = Duration::from_secs(1);
             let (rx, cancel) = start(k, s.clone());
             tokio::time::sleep(Duration::from_secs(130)).await;

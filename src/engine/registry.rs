@@ -56,9 +56,10 @@ impl Entry {
     /// swap fails: the poller stays) or the eviction does (and the use fails: the caller takes
     /// the registry's path). A use never lands on an evicted poller.
     fn touch(&self, now_ms: u64) -> bool {
+        // Always a new word (never the one a janitor may have read), so its swap fails.
         self.last_used_ms
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
-                (last != EVICTED).then_some(now_ms.max(last))
+                (last != EVICTED).then_some(now_ms.max(last.saturating_add(1)).min(EVICTED - 1))
             })
             .is_ok()
     }
@@ -66,7 +67,12 @@ impl Entry {
     /// Evicts the entry if it has had no stream and no use for `idle_ms` at `now_ms`; true when
     /// it did. Under the registry's write lock (streams only change under that lock).
     fn evict_if_idle(&self, now_ms: u64, idle_ms: u64) -> bool {
-        let last = self.last_used_ms.load(Ordering::Acquire);
+        self.evict_if_idle_since(self.last_used_ms.load(Ordering::Acquire), now_ms, idle_ms)
+    }
+
+    /// The janitor's decision on the last use it read (`last`) and its swap, apart, so a test
+    /// can put a use between them.
+    fn evict_if_idle_since(&self, last: u64, now_ms: u64, idle_ms: u64) -> bool {
         last != EVICTED
             && self.streams.load(Ordering::SeqCst) == 0
             && now_ms.saturating_sub(last) >= idle_ms
@@ -772,7 +778,10 @@ mod tests {
         let idle = 1_000;
         let t0 = entry.last_used_ms.load(Ordering::Acquire);
         // A use after the janitor looked but before it swapped: the swap fails, the poller
-        // stays.
+        // stays — even a use at the very millisecond the janitor read.
+        let seen = entry.last_used_ms.load(Ordering::Acquire);
+        assert!(entry.touch(seen));
+        assert!(!entry.evict_if_idle_since(seen, t0 + 2 * idle, idle));
         assert!(entry.touch(t0 + idle + 5));
         assert!(!entry.evict_if_idle(t0 + idle + 5, idle));
         // Idle: the eviction lands; any later use fails and takes the registry's path.

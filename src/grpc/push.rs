@@ -65,6 +65,11 @@ pub trait Policy<V>: Send {
     fn repeat(&self) -> Option<Self::Message> {
         None
     }
+    /// The value as it is at a re-send (no publish since the last one, but it may have gone
+    /// stale): the policy updates what it would repeat, sending nothing itself.
+    fn refresh(&mut self, value: Result<V, String>) {
+        let _ = value;
+    }
 }
 
 /// StreamIsActive's policy: `true` on an inactive→active edge (at open too, if the value is
@@ -98,6 +103,10 @@ impl Policy<Reading> for ActiveEdges {
 
     fn repeat(&self) -> Option<IsActiveResponse> {
         (self.active == Some(true)).then_some(IsActiveResponse { result: true })
+    }
+
+    fn refresh(&mut self, value: Result<Reading, String>) {
+        self.active = value.ok().map(|r| r.value > self.activation);
     }
 }
 
@@ -202,6 +211,10 @@ where
                         }
                     }
                     if self.resend_at.is_some_and(|at| at <= now) {
+                        // The value is looked at again first: one that went stale since the
+                        // last publish (a poller backing off, say) stops the re-sends instead
+                        // of repeating what the stream remembers.
+                        self.policy.refresh(self.feed.current());
                         match self.policy.repeat() {
                             Some(msg) => {
                                 self.resend_at = Some(deadline_after(now, self.resend));
@@ -555,6 +568,12 @@ mod tests {
             assert_eq!(p.update(value.clone()), want, "{value:?}");
             assert_eq!(p.repeat().is_some(), repeats, "{value:?}");
         }
+        // At a re-send the value is looked at again: gone stale (no publish: the poller backs
+        // off), the stream stops repeating `true`.
+        p.refresh(Err(
+            "connection refused (last good value older than the staleness limit)".into(),
+        ));
+        assert_eq!(p.repeat(), None);
     }
 
     #[tokio::test(start_paused = true)]

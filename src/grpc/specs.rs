@@ -41,7 +41,7 @@ pub struct Parsed {
     ages: [std::sync::OnceLock<metrics::Histogram>; 2],
     /// Milliseconds since the cache's epoch of the latest call that used this entry.
     last_used_ms: AtomicU64,
-    /// The cache's insert count at the latest use: the LRU order (milliseconds tie too often).
+    /// The cache's use count at the latest use: the LRU order (milliseconds tie too often).
     recency: AtomicU64,
     /// The hash of the ScaledObject's name and namespace (its shard, its siblings).
     who: u64,
@@ -139,8 +139,8 @@ pub struct Specs {
     /// Each shard's share of `--max-spec-cache-bytes`.
     shard_budget: usize,
     epoch: Instant,
-    /// Inserts so far: the logical clock of [`Parsed::recency`].
-    inserts: AtomicU64,
+    /// Uses so far (hits and inserts): the logical clock of [`Parsed::recency`], never tied.
+    clock: AtomicU64,
 }
 
 #[derive(Default)]
@@ -208,7 +208,7 @@ impl Specs {
             seed: std::collections::hash_map::RandomState::new().hash_one(0x6f72_6173_u64),
             shard_budget: (max_bytes / SHARDS).max(1),
             epoch: Instant::now(),
-            inserts: AtomicU64::new(0),
+            clock: AtomicU64::new(0),
         }
     }
 
@@ -231,8 +231,10 @@ impl Specs {
             && same_map(&hit.metadata, meta)
         {
             hit.last_used_ms.store(now, Ordering::Relaxed);
-            hit.recency
-                .store(self.inserts.load(Ordering::Relaxed), Ordering::Relaxed);
+            hit.recency.store(
+                self.clock.fetch_add(1, Ordering::Relaxed) + 1,
+                Ordering::Relaxed,
+            );
             return Ok(hit.clone());
         }
         let spec = metadata::parse(meta, namespace, ctx)?;
@@ -255,7 +257,7 @@ impl Specs {
             ages: Default::default(),
             poller: Default::default(),
             last_used_ms: AtomicU64::new(now),
-            recency: AtomicU64::new(self.inserts.fetch_add(1, Ordering::Relaxed) + 1),
+            recency: AtomicU64::new(self.clock.fetch_add(1, Ordering::Relaxed) + 1),
             who,
             bytes,
         });
