@@ -57,6 +57,20 @@ fn helm_bin() -> PathBuf {
     tools().join("helm/helm/helm")
 }
 
+/// kubectl (with kustomize): the machine's, else the one `.ci/run` unpacks beside helm.
+fn kubectl_bin() -> PathBuf {
+    let ours = tools().join("helm/kubectl/kubectl");
+    let on_path = Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if on_path || !ours.exists() {
+        PathBuf::from("kubectl")
+    } else {
+        ours
+    }
+}
+
 fn node_modules() -> PathBuf {
     tools().join("node/node_modules")
 }
@@ -65,9 +79,9 @@ fn required() -> bool {
     std::env::var("ORASCALE_REQUIRE_DEPLOY_TOOLS").as_deref() == Ok("1")
 }
 
-/// Whether `tool probe…` runs; else a visible SKIP, or a failure when required.
-/// kubectl comes with the machine image, not from a registry: its absence is a SKIP, never a
-/// failure; the registry tools are required under ORASCALE_REQUIRE_DEPLOY_TOOLS=1.
+/// Whether `tool probe…` runs; else a visible SKIP, or a failure when required
+/// (ORASCALE_REQUIRE_DEPLOY_TOOLS=1, as in CI: every tool, kubectl included, comes from the
+/// machine or from `.ci/run`).
 fn have(test: &str, tool: impl AsRef<std::ffi::OsStr>, probe: &[&str]) -> bool {
     let tool = tool.as_ref();
     let ok = Command::new(tool)
@@ -77,7 +91,7 @@ fn have(test: &str, tool: impl AsRef<std::ffi::OsStr>, probe: &[&str]) -> bool {
         .unwrap_or(false);
     if !ok {
         let name = tool.to_string_lossy();
-        if name != "kubectl" && required() {
+        if required() {
             panic!("{test}: ORASCALE_REQUIRE_DEPLOY_TOOLS=1 but {name} is not usable");
         }
         skip(
@@ -118,7 +132,7 @@ fn docs(text: &str) -> Vec<Value> {
 }
 
 fn render(dir: &str) -> String {
-    let out = Command::new("kubectl")
+    let out = Command::new(kubectl_bin())
         .args(["kustomize", &root().join(dir).to_string_lossy()])
         .output()
         .unwrap();
@@ -503,7 +517,7 @@ fn args_of(all: &[Value]) -> Vec<&str> {
 #[test]
 fn kustomize_renders_valid_hardened_manifests() {
     let test = "kustomize_renders_valid_hardened_manifests";
-    if !have(test, "kubectl", &["version", "--client"]) {
+    if !have(test, kubectl_bin(), &["version", "--client"]) {
         return;
     }
     let validate = have(test, "kubernetes-validate", &["--version"]);
@@ -1063,7 +1077,7 @@ fn differences(kustomize: &[Value], chart: &[Value]) -> Vec<String> {
 #[test]
 fn the_chart_and_the_kustomize_manifests_agree() {
     let test = "the_chart_and_the_kustomize_manifests_agree";
-    if !have(test, "kubectl", &["version", "--client"]) || !have_helm(test) {
+    if !have(test, kubectl_bin(), &["version", "--client"]) || !have_helm(test) {
         return;
     }
     // The chart's copies of the alerts and the dashboard are the files kustomize ships.
@@ -1153,7 +1167,7 @@ fn checkov(path: &Path, framework: &str) -> (u64, Vec<String>, String) {
 /// Every rendered manifest set both install paths produce: (name, YAML).
 fn all_renders(test: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    if have(test, "kubectl", &["version", "--client"]) {
+    if have(test, kubectl_bin(), &["version", "--client"]) {
         for k in KUSTOMIZATIONS {
             out.push((k.replace('/', "_"), render(k)));
         }
@@ -1543,7 +1557,7 @@ kubectl() {{
 #[test]
 fn the_documented_install_steps_deploy_your_own_image_and_no_example_secret() {
     let test = "the_documented_install_steps_deploy_your_own_image_and_no_example_secret";
-    if !have(test, "kubectl", &["version", "--client"]) || !have_helm(test) {
+    if !have(test, kubectl_bin(), &["version", "--client"]) || !have_helm(test) {
         return;
     }
     let toml: toml::Table = toml::from_str(
