@@ -125,26 +125,50 @@ fn cpu_time(pid: &str) -> Duration {
     Duration::from_secs_f64(ticks as f64 / clock_ticks())
 }
 
+/// Context switches (voluntary + involuntary) of the threads `pid` has now. A thread that
+/// exits takes its count with it, so this undercounts a process whose threads come and go;
+/// the servers' runtime workers live for the whole run.
+fn switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
 /// CPU used by the server process (when it is not this one) and by this process, the load
-/// generator, from [`CpuMeter::start`] to [`CpuMeter::stop`].
+/// generator, from [`CpuMeter::start`] to [`CpuMeter::stop`]; and the server's context
+/// switches, which say how often its threads slept and were woken.
 struct CpuMeter {
-    server: Option<(u32, Duration)>,
+    server: Option<(u32, Duration, u64)>,
     client: Duration,
 }
 
 impl CpuMeter {
     fn start(server_pid: Option<u32>) -> Self {
         CpuMeter {
-            server: server_pid.map(|pid| (pid, cpu_time(&pid.to_string()))),
+            server: server_pid.map(|pid| (pid, cpu_time(&pid.to_string()), switches(pid))),
             client: cpu_time("self"),
         }
     }
 
-    /// (server CPU, client CPU) over the window.
-    fn stop(&self) -> (Option<Duration>, Duration) {
-        let server = self
-            .server
-            .map(|(pid, before)| cpu_time(&pid.to_string()).saturating_sub(before));
+    /// (server CPU and context switches, client CPU) over the window.
+    fn stop(&self) -> (Option<(Duration, u64)>, Duration) {
+        let server = self.server.map(|(pid, cpu, sw)| {
+            (
+                cpu_time(&pid.to_string()).saturating_sub(cpu),
+                switches(pid).saturating_sub(sw),
+            )
+        });
         (server, cpu_time("self").saturating_sub(self.client))
     }
 }
@@ -218,7 +242,9 @@ async fn fixed_rate(
         }
     }
     stats.seconds = started.elapsed().as_secs_f64();
-    (stats.server_cpu, stats.client_cpu) = cpu.stop();
+    let (server, client) = cpu.stop();
+    (stats.server_cpu, stats.server_switches) = (server.map(|s| s.0), server.map(|s| s.1));
+    stats.client_cpu = client;
     stats.requests = stats.latencies.len();
     stats.latencies.sort_unstable();
     stats
@@ -301,6 +327,8 @@ struct Stats {
     latencies: Vec<u32>,
     /// CPU of the server's process over the run; `None` when it is this process.
     server_cpu: Option<Duration>,
+    /// Context switches of the server's threads over the run (see [`switches`]).
+    server_switches: Option<u64>,
     /// CPU of this process (the load generator, and the server when in-process).
     client_cpu: Duration,
 }
@@ -362,7 +390,9 @@ async fn load(
         stats.errors += e;
     }
     stats.seconds = started.elapsed().as_secs_f64();
-    (stats.server_cpu, stats.client_cpu) = cpu.stop();
+    let (server, client) = cpu.stop();
+    (stats.server_cpu, stats.server_switches) = (server.map(|s| s.0), server.map(|s| s.1));
+    stats.client_cpu = client;
     stats.requests = stats.latencies.len();
     stats.latencies.sort_unstable();
     stats
@@ -554,6 +584,7 @@ fn report(which: &str, mode: &str, connections: usize, s: &Stats) {
             "p99_us": s.pct(0.99), "p999_us": s.pct(0.999),
             "max_us": s.latencies.last().copied().unwrap_or(0),
             "server_cpu_us_per_request": s.server_cpu_us_per_request().map(|c| (c * 10.0).round() / 10.0),
+            "server_switches_per_request": s.server_switches.map(|n| (n as f64 / s.requests as f64 * 100.0).round() / 100.0),
             "server_cores": s.server_cpu.map(|c| (c.as_secs_f64() / s.seconds * 100.0).round() / 100.0),
             "client_cpu_us_per_request":
                 (s.client_cpu.as_secs_f64() * 1e6 / s.requests as f64 * 10.0).round() / 10.0})
