@@ -2,10 +2,16 @@
 //! real binary) and against a bare tonic server that answers a constant with the same proto and
 //! the same HTTP/2 settings (this bench binary, `--serve-bare`), each in its own process, the
 //! load from this one. Alternating orascale / bare / orascale / bare in one run: at saturation
-//! over 1 and 16 connections, then at a fixed rate (ORASCALE_BENCH_RATE calls/s, 10,000 by
-//! default; latency counted from each call's scheduled time, so queueing shows). The ratio
-//! orascale ÷ bare is the overhead orascale adds to the gRPC stack. Prints one JSON line per run
-//! and a summary line last.
+//! over 1 and 16 connections, then at a fixed rate (ORASCALE_BENCH_RATE calls/s over
+//! ORASCALE_BENCH_RATE_CONNECTIONS connections, 5,000 on 1 by default; latency counted from
+//! each call's scheduled time, so queueing shows). The ratio orascale ÷ bare is the overhead
+//! orascale adds to the gRPC stack. Prints one JSON line per run and a summary line last.
+//!
+//! Every run also reports the CPU time each side spent per answered call: the server's from
+//! `/proc/<pid>/stat` of its own process (utime + stime over the run's window), the load
+//! generator's from `/proc/self/stat`. Throughput alone hides what a call costs: at saturation
+//! the servers share two cores with the client, so a server that costs more CPU per call also
+//! leaves the client less, and the throughput ratio mixes both.
 //!
 //! `cargo bench --bench unary` (ORASCALE_BENCH_SECS per run, ORASCALE_BENCH_CONCURRENCY calls
 //! in flight, spread over the connections). ORASCALE_BENCH_REQUESTS=N makes each worker send
@@ -48,7 +54,9 @@ fn main() {
     }
     // `cargo bench` passes `--bench`; under `cargo test` this runs as a short smoke test.
     let bench = std::env::args().any(|a| a == "--bench");
-    let rate: u64 = env_or("ORASCALE_BENCH_RATE", if bench { 10_000 } else { 1_000 });
+    // Issue 19's reference point: 5,000 calls/s on one connection.
+    let rate: u64 = env_or("ORASCALE_BENCH_RATE", if bench { 5_000 } else { 1_000 });
+    let rate_connections: usize = env_or("ORASCALE_BENCH_RATE_CONNECTIONS", 1);
     let secs: f64 = env_or("ORASCALE_BENCH_SECS", if bench { 5.0 } else { 0.3 });
     let concurrency: usize = env_or("ORASCALE_BENCH_CONCURRENCY", 64);
     let requests: Option<u64> = std::env::var("ORASCALE_BENCH_REQUESTS")
@@ -62,7 +70,7 @@ fn main() {
         Duration::from_secs_f64(secs),
         concurrency,
         requests,
-        rate,
+        (rate, rate_connections),
     ));
 }
 
@@ -77,6 +85,92 @@ fn serve_bare() {
         println!("{addr}");
         futures::future::pending::<()>().await;
     });
+}
+
+/// Linux's USER_HZ, the unit of `/proc/<pid>/stat`'s times (100 on every mainstream
+/// architecture; asked of `getconf` rather than assumed).
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// CPU time (utime + stime) the process `pid` ("self" for this one) has used so far: all its
+/// threads, exited ones included (tokio's blocking threads come and go).
+fn cpu_time(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/stat: {e}"));
+    // Field 2, the command name, may hold spaces and parentheses: count from its last ')'.
+    // After it, field 3 (state) is index 0, so utime (14) and stime (15) are 11 and 12.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .map(|&i| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("/proc/{pid}/stat: no field {}: {stat:?}", i + 3))
+        })
+        .sum();
+    Duration::from_secs_f64(ticks as f64 / clock_ticks())
+}
+
+/// Context switches (voluntary + involuntary) of the threads `pid` has now. A thread that
+/// exits takes its count with it, so this undercounts a process whose threads come and go;
+/// the servers' runtime workers live for the whole run.
+fn switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// CPU used by the server process (when it is not this one) and by this process, the load
+/// generator, from [`CpuMeter::start`] to [`CpuMeter::stop`]; and the server's context
+/// switches, which say how often its threads slept and were woken.
+struct CpuMeter {
+    server: Option<(u32, Duration, u64)>,
+    client: Duration,
+}
+
+impl CpuMeter {
+    fn start(server_pid: Option<u32>) -> Self {
+        CpuMeter {
+            server: server_pid.map(|pid| (pid, cpu_time(&pid.to_string()), switches(pid))),
+            client: cpu_time("self"),
+        }
+    }
+
+    /// (server CPU and context switches, client CPU) over the window.
+    fn stop(&self) -> (Option<(Duration, u64)>, Duration) {
+        let server = self.server.map(|(pid, cpu, sw)| {
+            (
+                cpu_time(&pid.to_string()).saturating_sub(cpu),
+                switches(pid).saturating_sub(sw),
+            )
+        });
+        (server, cpu_time("self").saturating_sub(self.client))
+    }
 }
 
 /// This binary again, with `--serve-bare`; killed when dropped.
@@ -114,13 +208,14 @@ impl Drop for BareProcess {
 /// Open loop at `rate` calls/s over `connections`: every millisecond, that millisecond's calls
 /// are started; latency is counted from when each was due.
 async fn fixed_rate(
-    addr: SocketAddr,
+    (addr, server_pid): (SocketAddr, Option<u32>),
     connections: usize,
     rate: u64,
     duration: Duration,
     request: &GetMetricsRequest,
 ) -> Stats {
     let clients = connect(addr, connections).await;
+    let cpu = CpuMeter::start(server_pid);
     let started = tokio::time::Instant::now();
     let total = (rate as f64 * duration.as_secs_f64()) as u64;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -138,12 +233,7 @@ async fn fixed_rate(
         });
     }
     drop(tx);
-    let mut stats = Stats {
-        requests: 0,
-        errors: 0,
-        seconds: 0.0,
-        latencies: Vec::new(),
-    };
+    let mut stats = Stats::default();
     while let Some((ok, us)) = rx.recv().await {
         if ok {
             stats.latencies.push(us);
@@ -152,6 +242,9 @@ async fn fixed_rate(
         }
     }
     stats.seconds = started.elapsed().as_secs_f64();
+    let (server, client) = cpu.stop();
+    (stats.server_cpu, stats.server_switches) = (server.map(|s| s.0), server.map(|s| s.1));
+    stats.client_cpu = client;
     stats.requests = stats.latencies.len();
     stats.latencies.sort_unstable();
     stats
@@ -226,16 +319,27 @@ async fn connect(addr: SocketAddr, n: usize) -> Vec<ExternalScalerClient<Channel
     clients
 }
 
+#[derive(Default)]
 struct Stats {
     requests: usize,
     errors: u64,
     seconds: f64,
     latencies: Vec<u32>,
+    /// CPU of the server's process over the run; `None` when it is this process.
+    server_cpu: Option<Duration>,
+    /// Context switches of the server's threads over the run (see [`switches`]).
+    server_switches: Option<u64>,
+    /// CPU of this process (the load generator, and the server when in-process).
+    client_cpu: Duration,
 }
 
 impl Stats {
     fn per_sec(&self) -> f64 {
         self.requests as f64 / self.seconds
+    }
+    fn server_cpu_us_per_request(&self) -> Option<f64> {
+        self.server_cpu
+            .map(|c| c.as_secs_f64() * 1e6 / self.requests as f64)
     }
     fn pct(&self, p: f64) -> u32 {
         let l = &self.latencies;
@@ -248,7 +352,7 @@ impl Stats {
 /// `concurrency` callers spread over `connections` HTTP/2 connections, for `duration` (or
 /// `requests` calls each).
 async fn load(
-    addr: SocketAddr,
+    (addr, server_pid): (SocketAddr, Option<u32>),
     connections: usize,
     concurrency: usize,
     duration: Duration,
@@ -256,6 +360,7 @@ async fn load(
     request: &GetMetricsRequest,
 ) -> Stats {
     let clients = connect(addr, connections).await;
+    let cpu = CpuMeter::start(server_pid);
     let started = Instant::now();
     let deadline = started + duration;
     let workers: Vec<_> = (0..concurrency)
@@ -278,24 +383,27 @@ async fn load(
             })
         })
         .collect();
-    let mut stats = Stats {
-        requests: 0,
-        errors: 0,
-        seconds: 0.0,
-        latencies: Vec::new(),
-    };
+    let mut stats = Stats::default();
     for w in workers {
         let (l, e) = w.await.unwrap();
         stats.latencies.extend(l);
         stats.errors += e;
     }
     stats.seconds = started.elapsed().as_secs_f64();
+    let (server, client) = cpu.stop();
+    (stats.server_cpu, stats.server_switches) = (server.map(|s| s.0), server.map(|s| s.1));
+    stats.client_cpu = client;
     stats.requests = stats.latencies.len();
     stats.latencies.sort_unstable();
     stats
 }
 
-async fn run(duration: Duration, concurrency: usize, requests: Option<u64>, rate: u64) {
+async fn run(
+    duration: Duration,
+    concurrency: usize,
+    requests: Option<u64>,
+    (rate, rate_connections): (u64, usize),
+) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bench.db");
     {
@@ -337,7 +445,6 @@ async fn run(duration: Duration, concurrency: usize, requests: Option<u64>, rate
         .map(|s| s.grpc_addr)
         .or(binary.as_ref().map(|b| b.grpc))
         .unwrap();
-    let bare = bare_process.as_ref().map(|b| b.addr);
     let request = GetMetricsRequest {
         scaled_object_ref: Some(ScaledObjectRef {
             name: "bench".into(),
@@ -363,21 +470,19 @@ async fn run(duration: Duration, concurrency: usize, requests: Option<u64>, rate
     assert_eq!(first.metric_values[0].metric_value_float, 1000.0);
 
     let mut summary = serde_json::Map::new();
-    let mut targets = vec![("orascale", ours)];
-    if let Some(bare) = bare {
-        targets = vec![
-            ("orascale", ours),
-            ("bare", bare),
-            ("orascale", ours),
-            ("bare", bare),
-        ];
+    // (name, (address, the server's pid when it is another process))
+    let ours = ("orascale", (ours, binary.as_ref().map(|b| b.child.id())));
+    let mut targets = vec![ours];
+    if let Some(bare) = &bare_process {
+        let bare = ("bare", (bare.addr, Some(bare.child.id())));
+        targets = vec![ours, bare, ours, bare];
     }
     let plan: &[usize] = if requests.is_some() { &[1] } else { &[1, 16] };
     for &connections in plan {
-        let mut totals = [(0.0f64, 0u32), (0.0, 0)]; // (sum of calls/s, runs) for orascale, bare
-        for (which, addr) in &targets {
+        let mut totals = [Totals::default(), Totals::default()]; // orascale, bare
+        for &(which, target) in &targets {
             let s = load(
-                *addr,
+                target,
                 connections,
                 concurrency,
                 duration,
@@ -386,34 +491,26 @@ async fn run(duration: Duration, concurrency: usize, requests: Option<u64>, rate
             )
             .await;
             report(which, "saturation", connections, &s);
-            let i = usize::from(*which == "bare");
-            totals[i].0 += s.per_sec();
-            totals[i].1 += 1;
+            totals[usize::from(which == "bare")].add(&s);
         }
-        if totals[1].1 > 0 {
-            let ours = totals[0].0 / f64::from(totals[0].1);
-            let bare = totals[1].0 / f64::from(totals[1].1);
+        if totals[1].runs > 0 {
             summary.insert(
                 format!("saturation_connections_{connections}"),
-                json!({"orascale_per_sec": ours.round(), "bare_per_sec": bare.round(),
-                    "ratio": (ours / bare * 1000.0).round() / 1000.0}),
+                Totals::compare(&totals, "per_sec", Totals::per_sec),
             );
         }
     }
-    if bare.is_some() {
-        let mut p99 = [Vec::new(), Vec::new()];
-        for (which, addr) in &targets {
-            let s = fixed_rate(*addr, 16, rate, duration, &request).await;
-            report(which, "fixed_rate", 16, &s);
-            p99[usize::from(*which == "bare")].push(f64::from(s.pct(0.99)));
+    if bare_process.is_some() {
+        let mut totals = [Totals::default(), Totals::default()];
+        for &(which, target) in &targets {
+            let s = fixed_rate(target, rate_connections, rate, duration, &request).await;
+            report(which, "fixed_rate", rate_connections, &s);
+            totals[usize::from(which == "bare")].add(&s);
         }
-        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-        summary.insert(
-            "fixed_rate".into(),
-            json!({"calls_per_sec": rate, "orascale_p99_us": mean(&p99[0]).round(),
-                "bare_p99_us": mean(&p99[1]).round(),
-                "ratio": (mean(&p99[0]) / mean(&p99[1]) * 1000.0).round() / 1000.0}),
-        );
+        let mut line = Totals::compare(&totals, "p99_us", Totals::p99);
+        line["calls_per_sec"] = json!(rate);
+        line["connections"] = json!(rate_connections);
+        summary.insert("fixed_rate".into(), line);
     }
     println!(
         "{}",
@@ -424,6 +521,50 @@ async fn run(duration: Duration, concurrency: usize, requests: Option<u64>, rate
     }
     if let Some(binary) = &binary {
         assert!(!binary.log_text().contains("panicked"));
+    }
+}
+
+/// One server's runs in one mode, summed.
+#[derive(Default)]
+struct Totals {
+    runs: u32,
+    per_sec: f64,
+    p99: f64,
+    requests: usize,
+    server_cpu: Duration,
+}
+
+impl Totals {
+    fn add(&mut self, s: &Stats) {
+        self.runs += 1;
+        self.per_sec += s.per_sec();
+        self.p99 += f64::from(s.pct(0.99));
+        self.requests += s.requests;
+        self.server_cpu += s.server_cpu.unwrap_or_default();
+    }
+    fn per_sec(&self) -> f64 {
+        self.per_sec / f64::from(self.runs)
+    }
+    fn p99(&self) -> f64 {
+        self.p99 / f64::from(self.runs)
+    }
+    /// Over all runs: CPU seconds ÷ calls, not a mean of per-run ratios.
+    fn cpu_us_per_request(&self) -> f64 {
+        self.server_cpu.as_secs_f64() * 1e6 / self.requests as f64
+    }
+    /// The summary of `[orascale, bare]`: `figure` (the mean of the runs) and the server CPU
+    /// per call of each, and the ratios orascale ÷ bare (`ratio` is `figure`'s).
+    fn compare(t: &[Totals; 2], name: &str, figure: fn(&Totals) -> f64) -> serde_json::Value {
+        let ratio = |a: f64, b: f64| (a / b * 1000.0).round() / 1000.0;
+        let cpu = [t[0].cpu_us_per_request(), t[1].cpu_us_per_request()];
+        json!({
+            format!("orascale_{name}"): figure(&t[0]).round(),
+            format!("bare_{name}"): figure(&t[1]).round(),
+            "ratio": ratio(figure(&t[0]), figure(&t[1])),
+            "orascale_cpu_us_per_request": (cpu[0] * 10.0).round() / 10.0,
+            "bare_cpu_us_per_request": (cpu[1] * 10.0).round() / 10.0,
+            "cpu_ratio": ratio(cpu[0], cpu[1]),
+        })
     }
 }
 
@@ -441,6 +582,11 @@ fn report(which: &str, mode: &str, connections: usize, s: &Stats) {
             "requests": s.requests, "errors": s.errors,
             "requests_per_sec": s.per_sec().round(), "p50_us": s.pct(0.50),
             "p99_us": s.pct(0.99), "p999_us": s.pct(0.999),
-            "max_us": s.latencies.last().copied().unwrap_or(0)})
+            "max_us": s.latencies.last().copied().unwrap_or(0),
+            "server_cpu_us_per_request": s.server_cpu_us_per_request().map(|c| (c * 10.0).round() / 10.0),
+            "server_switches_per_request": s.server_switches.map(|n| (n as f64 / s.requests as f64 * 100.0).round() / 100.0),
+            "server_cores": s.server_cpu.map(|c| (c.as_secs_f64() / s.seconds * 100.0).round() / 100.0),
+            "client_cpu_us_per_request":
+                (s.client_cpu.as_secs_f64() * 1e6 / s.requests as f64 * 10.0).round() / 10.0})
     );
 }
