@@ -138,6 +138,26 @@ impl SourceError {
         }
     }
 
+    /// Whether the server refused a new session because it has no slot for it: PostgreSQL
+    /// SQLSTATE 53300 (too many connections for the role or the database, or the remaining
+    /// slots are reserved), Oracle ORA-00018 (sessions), ORA-00020 (processes), ORA-02391
+    /// (the user's SESSIONS_PER_USER), ORA-12516/12519/12520 (the listener has no handler).
+    pub fn is_session_limit(&self) -> bool {
+        const CODES: [&str; 7] = [
+            " 53300:",
+            "ORA-00018",
+            "ORA-00020",
+            "ORA-02391",
+            "ORA-12516",
+            "ORA-12519",
+            "ORA-12520",
+        ];
+        match self {
+            SourceError::Connect(m) => CODES.iter().any(|c| m.contains(c)),
+            _ => false,
+        }
+    }
+
     /// Whether the database refused the credentials (PostgreSQL SQLSTATE 28P01/28000; Oracle
     /// ORA-01017 wrong credentials, ORA-28000 account locked, ORA-01005 null password): the
     /// poller then backs off, so a wrong password is not retried every poll interval (a
@@ -253,35 +273,165 @@ pub fn deadline_after(start: tokio::time::Instant, d: Duration) -> tokio::time::
         .unwrap_or(start)
 }
 
-/// Takes a session from `pool`, waiting until `deadline` or, when the connection sets one, its
-/// `pool_timeout` after `started`, whichever comes first. Waiting never outlasts the query's
-/// budget, and a full pool is reported as such.
+/// How long a pool that the server refused a session stays at the sessions it holds before it
+/// asks the server for one more (one slot per period, so a freed slot is found again).
+pub const REGROW_AFTER: Duration = Duration::from_secs(30);
+
+/// How long a poll refused its first session waits for a session outside the pool (the
+/// wake-up listener's) to give its slot up before it tries once more.
+const YIELD_PAUSE: Duration = Duration::from_millis(200);
+
+/// The sessions a pool may ask for now: its `pool_size`, less the sessions the server refused
+/// it (PostgreSQL 53300, Oracle ORA-00018/00020/02391). A poll takes a slot before it takes a
+/// session, so when the server will not open another session the poll waits for one of the
+/// sessions the pool already holds (within its deadline) instead of failing. Every
+/// [`REGROW_AFTER`] one refused slot is given back, so a limit that was raised (or a session
+/// another client closed) is used again.
+#[derive(Debug)]
+pub struct Slots {
+    gate: Arc<tokio::sync::Semaphore>,
+    max: usize,
+    state: std::sync::Mutex<SlotState>,
+    /// Counts refusals while the pool held no session: a session outside the pool (the
+    /// wake-up listener's) has the slot polls need, and gives it up on a change.
+    starved: tokio::sync::watch::Sender<u64>,
+}
+
+#[derive(Debug)]
+struct SlotState {
+    /// Slots in circulation: `max` less the refused ones.
+    capacity: usize,
+    /// When the last slot was refused (or given back).
+    changed: tokio::time::Instant,
+}
+
+/// A poll's slot: held with its session, released when the poll is done with it.
+pub type Slot = tokio::sync::OwnedSemaphorePermit;
+
+impl Slots {
+    pub fn new(max: usize) -> Slots {
+        let max = max.max(1);
+        Slots {
+            gate: Arc::new(tokio::sync::Semaphore::new(max)),
+            max,
+            state: std::sync::Mutex::new(SlotState {
+                capacity: max,
+                changed: tokio::time::Instant::now(),
+            }),
+            starved: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    /// Changes whenever the server refused the pool a session while it held none: a session
+    /// outside the pool watching this gives its slot up (polls come first).
+    pub fn starved(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.starved.subscribe()
+    }
+
+    /// Slots in circulation now (`pool_size` unless the server refused sessions).
+    pub fn capacity(&self) -> usize {
+        self.lock().capacity
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Gives one refused slot back once [`REGROW_AFTER`] has passed since the last change.
+    fn regrow(&self) {
+        let mut state = self.lock();
+        if state.capacity < self.max && state.changed.elapsed() >= REGROW_AFTER {
+            state.capacity += 1;
+            state.changed = tokio::time::Instant::now();
+            self.gate.add_permits(1);
+        }
+    }
+
+    /// The server refused a new session while the pool holds `held`: retire `slot` so the
+    /// polls wait for the held sessions. False (the refusal is the poll's error) when the
+    /// pool holds none to wait for.
+    fn refused(&self, slot: Slot, held: usize) -> bool {
+        if held == 0 {
+            self.starved.send_modify(|n| *n = n.wrapping_add(1));
+            return false;
+        }
+        let mut state = self.lock();
+        if state.capacity <= held {
+            return false;
+        }
+        slot.forget();
+        state.capacity -= 1;
+        state.changed = tokio::time::Instant::now();
+        true
+    }
+}
+
+/// Takes a slot, then a session from `pool`, waiting until `deadline` or, when the connection
+/// sets one, its `pool_timeout` after `started`, whichever comes first. Waiting never outlasts
+/// the query's budget, and a full pool is reported as such ([`SourceError::PoolTimeout`]).
+/// When the server refuses the pool another session ([`SourceError::is_session_limit`]) while
+/// the pool holds some, the poll waits for one of those instead of failing ([`Slots`]). The
+/// [`Slot`] is the caller's to hold until it is done with the session.
 pub async fn checkout<M>(
     pool: &deadpool::managed::Pool<M>,
+    slots: &Slots,
     started: tokio::time::Instant,
     deadline: tokio::time::Instant,
     pool_timeout: Option<Duration>,
     kind: &str,
-) -> Result<deadpool::managed::Object<M>, SourceError>
+) -> Result<(deadpool::managed::Object<M>, Slot), SourceError>
 where
     M: deadpool::managed::Manager<Error = SourceError>,
 {
     let wait_until = pool_timeout.map_or(deadline, |t| deadline.min(deadline_after(started, t)));
-    match tokio::time::timeout_at(wait_until, pool.get()).await {
-        Ok(Ok(s)) => Ok(s),
-        Ok(Err(deadpool::managed::PoolError::Backend(e))) => Err(e),
-        Ok(Err(e)) => Err(SourceError::Connect(format!("{kind} pool: {e}"))),
-        Err(_) => {
-            let status = pool.status();
-            let waited = Duration::from_millis((wait_until - started).as_millis() as u64);
-            Err(if status.size >= status.max_size {
-                SourceError::PoolTimeout {
-                    waited,
-                    size: status.max_size,
+    let waited = || Duration::from_millis((wait_until - started).as_millis() as u64);
+    // A refusal while the pool holds nothing asks a session outside it to give its slot up;
+    // the poll tries once more after this pause.
+    let mut yielded = false;
+    loop {
+        slots.regrow();
+        let slot =
+            match tokio::time::timeout_at(wait_until, slots.gate.clone().acquire_owned()).await {
+                Ok(Ok(slot)) => slot,
+                Ok(Err(_)) => return Err(SourceError::Connect(format!("{kind} pool: closed"))),
+                Err(_) => {
+                    return Err(SourceError::PoolTimeout {
+                        waited: waited(),
+                        size: slots.capacity(),
+                    });
                 }
-            } else {
-                SourceError::Timeout(waited)
-            })
+            };
+        match tokio::time::timeout_at(wait_until, pool.get()).await {
+            Ok(Ok(s)) => return Ok((s, slot)),
+            Ok(Err(deadpool::managed::PoolError::Backend(e))) if e.is_session_limit() => {
+                let held = pool.status().size;
+                if !slots.refused(slot, held) {
+                    if held > 0 || yielded {
+                        return Err(e);
+                    }
+                    yielded = true;
+                    let pause = deadline_after(tokio::time::Instant::now(), YIELD_PAUSE);
+                    tokio::time::sleep_until(pause.min(wait_until)).await;
+                    continue;
+                }
+                tracing::info!(kind, sessions = held, error = %e,
+                    "the database refused another session: polls wait for the sessions the pool holds");
+            }
+            Ok(Err(deadpool::managed::PoolError::Backend(e))) => return Err(e),
+            Ok(Err(e)) => return Err(SourceError::Connect(format!("{kind} pool: {e}"))),
+            Err(_) => {
+                let status = pool.status();
+                return Err(if status.size >= status.max_size {
+                    SourceError::PoolTimeout {
+                        waited: waited(),
+                        size: status.max_size,
+                    }
+                } else {
+                    SourceError::Timeout(waited())
+                });
+            }
         }
     }
 }
@@ -381,6 +531,78 @@ mod tests {
         assert!(text.contains("\"c7\" … and 992 more)"), "{text}");
         assert!(!text.contains("\"c8\""), "{text}");
         assert!(text.len() < 600, "{} bytes", text.len());
+    }
+
+    #[test]
+    fn session_limits() {
+        for (m, limit) in [
+            (
+                "postgres: FATAL 53300: too many connections for role \"limited\"",
+                true,
+            ),
+            (
+                "postgres: FATAL 53300: remaining connection slots are reserved",
+                true,
+            ),
+            (
+                "oracle: ORA-00018: maximum number of sessions exceeded",
+                true,
+            ),
+            (
+                "oracle: ORA-02391: exceeded simultaneous SESSIONS_PER_USER limit",
+                true,
+            ),
+            (
+                "postgres: FATAL 28P01: password authentication failed",
+                false,
+            ),
+            (
+                "postgres: error connecting to server: Connection refused",
+                false,
+            ),
+        ] {
+            assert_eq!(
+                SourceError::Connect(m.into()).is_session_limit(),
+                limit,
+                "{m}"
+            );
+        }
+        assert!(!SourceError::Query(" 53300: x".into()).is_session_limit());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refused_slots_wait_for_held_sessions_and_come_back() {
+        let slots = Slots::new(4);
+        let take = || slots.gate.clone().try_acquire_owned();
+        // The pool holds nothing: nothing to wait for, the refusal is the poll's error (and
+        // a session outside the pool is asked to give its slot up).
+        let starved = slots.starved();
+        assert!(!slots.refused(take().unwrap(), 0));
+        assert!(starved.has_changed().unwrap());
+        assert_eq!(slots.capacity(), 4);
+        // Holding one: refused slots are retired down to the one held, never below.
+        let held = take().unwrap();
+        assert!(slots.refused(take().unwrap(), 1));
+        assert!(slots.refused(take().unwrap(), 1));
+        assert!(slots.refused(take().unwrap(), 1));
+        assert_eq!(slots.capacity(), 1);
+        assert!(take().is_err(), "the next poll waits for the held session");
+        drop(held);
+        assert!(take().is_ok());
+        // One slot comes back per REGROW_AFTER.
+        slots.regrow();
+        assert_eq!(slots.capacity(), 1);
+        tokio::time::advance(REGROW_AFTER).await;
+        slots.regrow();
+        slots.regrow();
+        assert_eq!(slots.capacity(), 2);
+        tokio::time::advance(REGROW_AFTER * 5).await;
+        for _ in 0..5 {
+            slots.regrow();
+            tokio::time::advance(REGROW_AFTER).await;
+        }
+        assert_eq!(slots.capacity(), 4, "never past pool_size");
+        assert_eq!(slots.gate.available_permits(), 4);
     }
 
     #[test]

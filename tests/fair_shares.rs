@@ -1,0 +1,343 @@
+//! Fair shares between wake-ups and polling (issue 20), against a real PostgreSQL server and
+//! the real binary: polls come first for connection slots (a role limited to one or two
+//! connections still answers every GetMetrics, the listener takes only a slot the pool does not
+//! need), a poll that waited for a session says so, and a busy notification channel never
+//! starves the interval polls of unrelated triggers.
+
+mod support;
+
+use std::time::Duration;
+
+use orascale::grpc::proto::ScaledObjectRef;
+use orascale::grpc::proto::external_scaler_client::ExternalScalerClient;
+use support::pg::{self, Pg};
+use support::*;
+use tokio_postgres::Client;
+use tonic::transport::Channel;
+
+const LIMIT: Duration = Duration::from_secs(240);
+
+/// The test's database (the scaler role limited to `limit` connections, `jobs` and its notify
+/// trigger) and orascale serving it as connection `pg` with `pool_size` and `extra` TOML lines.
+async fn serve(
+    pg: &Pg,
+    limit: Option<u32>,
+    pool_size: usize,
+    extra: &str,
+) -> (
+    Client,
+    tempfile::TempDir,
+    Binary,
+    ExternalScalerClient<Channel>,
+) {
+    let admin = pg.setup().await;
+    pg::notify_trigger(&admin).await;
+    if let Some(n) = limit {
+        admin
+            .batch_execute(&format!(
+                "alter role {} connection limit {n}",
+                pg::SCALER_USER
+            ))
+            .await
+            .unwrap();
+    }
+    pg::set_queued(&admin, 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("orascale.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[connections.pg]\nurl = \"{}\"\npool_size = {pool_size}\n{extra}\n",
+            pg.scaler_url()
+        ),
+    )
+    .unwrap();
+    let server = Binary::start(&["--config", file.to_str().unwrap()], dir.path());
+    let c = client(server.grpc).await;
+    (admin, dir, server, c)
+}
+
+/// A distinct query per `i` that takes 50 ms, so polls of different triggers overlap and the
+/// pool wants more than one session.
+fn slow_count(i: usize) -> String {
+    format!("select count(*) + {i} - {i} from jobs, pg_sleep(0.05) where status = 'queued'")
+}
+
+fn trigger(name: &str, query: &str, interval: &str, channel: Option<&str>) -> ScaledObjectRef {
+    let mut meta = vec![
+        ("connection", "pg"),
+        ("query", query),
+        ("targetQueryValue", "1"),
+        ("pollInterval", interval),
+    ];
+    if let Some(c) = channel {
+        meta.push(("notifyChannel", c));
+        meta.push(("minWakeInterval", "100ms"));
+    }
+    object(name, &meta)
+}
+
+async fn metric(server: &Binary, name: &str, parts: &[&str]) -> f64 {
+    let text = scrape(server.metrics).await;
+    metric_value(&text, name, parts).unwrap_or(0.0)
+}
+
+/// At least `min` polls succeeded and none failed: a refused session is waited for, not a
+/// failed poll.
+async fn assert_polls_ok(server: &Binary, min: f64) {
+    let text = scrape(server.metrics).await;
+    let polls = |result: &str| {
+        metric_value(
+            &text,
+            "orascale_polls_total",
+            &["connection=\"pg\"", &format!("result=\"{result}\"")],
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(polls("ok") >= min, "{} polls ok:\n{text}", polls("ok"));
+    for result in ["error", "timeout", "pool_timeout"] {
+        assert_eq!(polls(result), 0.0, "{result}:\n{}", server.log_text());
+    }
+}
+
+/// Sessions of the scaler's role PostgreSQL holds now.
+async fn scaler_sessions(admin: &Client) -> usize {
+    pg::scaler_sessions(admin).await.len()
+}
+
+/// Asks every trigger for its value, `rounds` times, `every` apart, while `admin` commits a
+/// change to `jobs` (a NOTIFY) every fifth round: every answer must be a value, never UNAVAILABLE.
+/// Returns the most scaler sessions seen at once.
+async fn every_call_answers(
+    c: &mut ExternalScalerClient<Channel>,
+    admin: &Client,
+    server: &Binary,
+    triggers: &[ScaledObjectRef],
+    rounds: usize,
+    every: Duration,
+) -> usize {
+    let mut most = 0;
+    for round in 0..rounds {
+        if round % 5 == 0 {
+            admin
+                .batch_execute("update jobs set status = 'queued' where id = 1")
+                .await
+                .unwrap();
+        }
+        for t in triggers {
+            match c.get_metrics(deadline(metrics_request(t, ""))).await {
+                Ok(r) => assert!(value(r) >= 0.0),
+                Err(e) => panic!(
+                    "round {round}: {} answered {:?}: {}\n{}",
+                    t.name,
+                    e.code(),
+                    e.message(),
+                    server.log_text()
+                ),
+            }
+        }
+        most = most.max(scaler_sessions(admin).await);
+        tokio::time::sleep(every).await;
+    }
+    most
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_connection_role_keeps_polling_and_wakeups_degrade() {
+    let Some(pg) = Pg::start_or_skip("a_one_connection_role_keeps_polling_and_wakeups_degrade")
+    else {
+        return;
+    };
+    guard(LIMIT, async {
+        // The default pool of 4 on a role allowed one connection, three triggers with a channel.
+        let (admin, _dir, server, mut c) = serve(&pg, Some(1), 4, "").await;
+        let triggers: Vec<ScaledObjectRef> = (0..4)
+            .map(|i| {
+                trigger(
+                    &format!("t{i}"),
+                    &slow_count(i),
+                    "1s",
+                    (i < 3).then_some("jobs_changed"),
+                )
+            })
+            .collect();
+        let most = every_call_answers(
+            &mut c,
+            &admin,
+            &server,
+            &triggers,
+            40,
+            Duration::from_millis(200),
+        )
+        .await;
+        assert_eq!(most, 1, "the role's one connection, never more");
+        assert_eq!(
+            metric(&server, "orascale_wake_listener_up", &["connection=\"pg\""]).await,
+            0.0,
+            "no slot for the listener: wake-ups are down and say so"
+        );
+        let log = server.log_text();
+        assert_eq!(
+            log.matches("notification listener down").count(),
+            1,
+            "WARN once per outage:\n{log}"
+        );
+        assert!(log.contains("53300"), "{log}");
+        assert_polls_ok(&server, 20.0).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_connection_role_with_a_pool_of_two_keeps_polling_and_listening() {
+    let Some(pg) =
+        Pg::start_or_skip("a_two_connection_role_with_a_pool_of_two_keeps_polling_and_listening")
+    else {
+        return;
+    };
+    guard(LIMIT, async {
+        let (admin, _dir, server, mut c) = serve(&pg, Some(2), 2, "").await;
+        let triggers: Vec<ScaledObjectRef> = (0..6)
+            .map(|i| {
+                trigger(
+                    &format!("t{i}"),
+                    &slow_count(i),
+                    "1s",
+                    (i % 2 == 0).then_some("jobs_changed"),
+                )
+            })
+            .collect();
+        let most = every_call_answers(
+            &mut c,
+            &admin,
+            &server,
+            &triggers,
+            40,
+            Duration::from_millis(200),
+        )
+        .await;
+        assert!(most <= 2, "{most} sessions on a role allowed 2");
+        assert_polls_ok(&server, 30.0).await;
+        // Which of the pool's second session and the listener has the second slot depends on
+        // who asked first; either way no poll failed. Below pool_size + 1 nothing more is promised.
+    })
+    .await;
+}
+
+/// The source of connection `pg` as the engine gets it, with `pool_size`.
+fn source(pg: &Pg, pool_size: usize) -> std::sync::Arc<dyn orascale::source::Source> {
+    let mut conn = connection("pg", &pg.scaler_url());
+    conn.pool_size = pool_size;
+    orascale::source::open(&conn).unwrap()
+}
+
+fn deliver_nothing() -> orascale::source::wake::Deliver {
+    std::sync::Arc::new(|_: &str| {})
+}
+
+async fn limit_role(admin: &Client, n: u32) {
+    admin
+        .batch_execute(&format!(
+            "alter role {} connection limit {n}",
+            pg::SCALER_USER
+        ))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_opens_only_after_the_pool_holds_a_session() {
+    let Some(pg) = Pg::start_or_skip("the_listener_opens_only_after_the_pool_holds_a_session")
+    else {
+        return;
+    };
+    guard(LIMIT, async {
+        let admin = pg.setup().await;
+        limit_role(&admin, 1).await;
+        let src = source(&pg, 4);
+        let listener = src.listener().expect("postgres listens");
+        // The listener asks first: it must leave the one slot to the poll that follows.
+        let listening = tokio::spawn(async move { listener.connect(deliver_nothing()).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            scaler_sessions(&admin).await,
+            0,
+            "no listener before the pool"
+        );
+        let cell = src
+            .query("select count(*) from jobs", Duration::from_secs(5))
+            .await;
+        assert!(cell.is_ok(), "{cell:?}");
+        let refused = listening
+            .await
+            .unwrap()
+            .err()
+            .expect("no slot for the listener");
+        assert!(refused.is_session_limit(), "{refused}");
+        assert!(
+            refused.to_string().contains("at least pool_size + 1"),
+            "{refused}"
+        );
+        // And polls go on on the pool's one session.
+        for _ in 0..5 {
+            let cell = src
+                .query("select count(*) from jobs", Duration::from_secs(5))
+                .await;
+            assert!(cell.is_ok(), "{cell:?}");
+        }
+        src.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_gives_its_slot_up_when_the_pool_holds_none() {
+    let Some(pg) = Pg::start_or_skip("the_listener_gives_its_slot_up_when_the_pool_holds_none")
+    else {
+        return;
+    };
+    guard(LIMIT, async {
+        let admin = pg.setup().await;
+        limit_role(&admin, 2).await;
+        let src = source(&pg, 1);
+        assert!(
+            src.query("select count(*) from jobs", Duration::from_secs(5))
+                .await
+                .is_ok()
+        );
+        let mut session = src
+            .listener()
+            .unwrap()
+            .connect(deliver_nothing())
+            .await
+            .expect("a second slot for the listener");
+        // As the hub does: the session is dropped once it reports its loss.
+        let (gone_tx, gone) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let why = session.lost().await;
+            drop(session);
+            let _ = gone_tx.send(why);
+        });
+        // Now only one slot, held by the listener, and the pool's session is gone.
+        limit_role(&admin, 1).await;
+        admin
+            .batch_execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity \
+                 where application_name = 'orascale'",
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let cell = src
+            .query("select count(*) from jobs", Duration::from_secs(5))
+            .await;
+        assert!(cell.is_ok(), "the poll got the listener's slot: {cell:?}");
+        let why = tokio::time::timeout(Duration::from_secs(5), gone)
+            .await
+            .expect("the listener let go")
+            .unwrap();
+        assert!(why.contains("polls come first"), "{why}");
+        src.close().await;
+    })
+    .await;
+}
