@@ -341,3 +341,80 @@ async fn the_listener_gives_its_slot_up_when_the_pool_holds_none() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_that_waited_for_a_session_says_so() {
+    let Some(pg) = Pg::start_or_skip("a_poll_that_waited_for_a_session_says_so") else {
+        return;
+    };
+    guard(LIMIT, async {
+        let admin = pg.setup().await;
+        pg::set_queued(&admin, 1).await;
+        let mut conn = connection("pgwait", &pg.scaler_url());
+        conn.pool_size = 1;
+        let server = start(vec![conn], engine()).await;
+        let mut c = client(server.grpc_addr).await;
+        // The pool's one session is taken by a query that runs for 3 s, poll after poll.
+        let hog = object(
+            "hog",
+            &[
+                ("query", "select count(*) from (select pg_sleep(5)) s"),
+                ("targetQueryValue", "1"),
+                ("pollInterval", "1s"),
+                ("queryTimeout", "3s"),
+            ],
+        );
+        let _ = c.get_metrics(deadline(metrics_request(&hog, ""))).await;
+        // A fresh hog query (at most 1 s old): the next poller's first poll cannot have it.
+        let started = std::time::Instant::now();
+        loop {
+            let young: bool = admin
+                .query_one(
+                    "select coalesce(bool_or(now() - query_start < interval '1 second'), false) \
+                     from pg_stat_activity where usename = $1 and state = 'active' \
+                     and query like '%pg_sleep(5)%'",
+                    &[&pg::SCALER_USER],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if young {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let fast = object(
+            "fast",
+            &[
+                ("query", "select count(*) from jobs"),
+                ("targetQueryValue", "1"),
+                ("pollInterval", "10s"),
+                ("queryTimeout", "300ms"),
+            ],
+        );
+        let err = c
+            .get_metrics(deadline(metrics_request(&fast, "")))
+            .await
+            .expect_err("its only poll waited for the pool");
+        let m = err.message();
+        assert!(
+            m.contains("no free database session within 300ms (all 1 of the pool busy)"),
+            "{m}"
+        );
+        assert!(!m.contains("query timed out"), "not a slow query: {m}");
+        assert!(m.contains("raise the connection's pool_size"), "{m}");
+        let text = scrape(server.metrics_addr).await;
+        let polls = |result: &str| {
+            metric_value(
+                &text,
+                "orascale_polls_total",
+                &["connection=\"pgwait\"", &format!("result=\"{result}\"")],
+            )
+            .unwrap_or(0.0)
+        };
+        assert_eq!(polls("pool_timeout"), 1.0, "{text}");
+        server.stop().await;
+    })
+    .await;
+}

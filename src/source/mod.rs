@@ -35,13 +35,16 @@ pub enum Cell {
 pub enum SourceError {
     #[error("query timed out after {}", humantime::format_duration(*.0))]
     Timeout(Duration),
-    #[error("query timed out after {}, {} of it waiting for a free database session (pool of {size})", humantime::format_duration(*timeout), humantime::format_duration(*waited))]
+    /// Most of the budget went to waiting for a session: the pool is the bottleneck, not the
+    /// query, and the message leads with that (an operator reading "query timed out" indexes
+    /// the query).
+    #[error("waited {} of the {} query timeout for a free database session (pool of {size}) and the query ran out of the rest: {POOL_ADVICE}", humantime::format_duration(*waited), humantime::format_duration(*timeout))]
     TimeoutAfterWait {
         timeout: Duration,
         waited: Duration,
         size: usize,
     },
-    #[error("no free database session within {} (all {size} of the pool busy)", humantime::format_duration(*waited))]
+    #[error("no free database session within {} (all {size} of the pool busy): {POOL_ADVICE}", humantime::format_duration(*waited))]
     PoolTimeout { waited: Duration, size: usize },
     #[error("cannot connect: {0}")]
     Connect(String),
@@ -73,6 +76,9 @@ pub enum SourceError {
     #[error("{0}")]
     Unsupported(String),
 }
+
+/// What to do about polls that wait for a session, in their messages (docs/operations.md).
+pub const POOL_ADVICE: &str = "raise the connection's pool_size, or lower wake-up fan-out (fewer triggers per notifyChannel, a longer minWakeInterval)";
 
 /// Column names kept in a [`SourceError::ManyColumns`]; the rest are counted.
 pub const SHOWN_COLUMNS: usize = 8;
@@ -128,12 +134,15 @@ pub fn one_column<S: AsRef<str>>(
 }
 
 impl SourceError {
-    /// A short, bounded label for metrics: `timeout` or `error`.
+    /// A short, bounded label for metrics: `timeout` (the query or the connect was too slow),
+    /// `pool_timeout` (the poll spent its budget, or most of it, waiting for a pooled session:
+    /// a sizing problem, not a slow query) or `error`.
     pub fn result_label(&self) -> &'static str {
         match self {
-            SourceError::Timeout(_)
-            | SourceError::TimeoutAfterWait { .. }
-            | SourceError::PoolTimeout { .. } => "timeout",
+            SourceError::Timeout(_) => "timeout",
+            SourceError::TimeoutAfterWait { .. } | SourceError::PoolTimeout { .. } => {
+                "pool_timeout"
+            }
             _ => "error",
         }
     }
@@ -397,9 +406,16 @@ where
                 Ok(Ok(slot)) => slot,
                 Ok(Err(_)) => return Err(SourceError::Connect(format!("{kind} pool: closed"))),
                 Err(_) => {
-                    return Err(SourceError::PoolTimeout {
-                        waited: waited(),
-                        size: slots.capacity(),
+                    // Every slot busy with an open session is a pool wait; slots still
+                    // connecting (a slow or black-holed server) make it a connect that timed out.
+                    let capacity = slots.capacity();
+                    return Err(if pool.status().size >= capacity {
+                        SourceError::PoolTimeout {
+                            waited: waited(),
+                            size: capacity,
+                        }
+                    } else {
+                        SourceError::Timeout(waited())
                     });
                 }
             };
@@ -531,6 +547,36 @@ mod tests {
         assert!(text.contains("\"c7\" … and 992 more)"), "{text}");
         assert!(!text.contains("\"c8\""), "{text}");
         assert!(text.len() < 600, "{} bytes", text.len());
+    }
+
+    #[test]
+    fn pool_waits_are_not_slow_queries() {
+        let wait = SourceError::PoolTimeout {
+            waited: Duration::from_secs(5),
+            size: 4,
+        };
+        let after = SourceError::TimeoutAfterWait {
+            timeout: Duration::from_secs(5),
+            waited: Duration::from_secs(4),
+            size: 4,
+        };
+        for e in [&wait, &after] {
+            assert_eq!(e.result_label(), "pool_timeout", "{e}");
+            let text = e.to_string();
+            assert!(!text.starts_with("query timed out"), "{text}");
+            assert!(text.contains("free database session"), "{text}");
+            assert!(text.contains("pool_size"), "{text}");
+            assert!(text.contains("wake-up fan-out"), "{text}");
+        }
+        assert_eq!(
+            after.to_string(),
+            format!(
+                "waited 4s of the 5s query timeout for a free database session (pool of 4) and the query ran out of the rest: {POOL_ADVICE}"
+            )
+        );
+        let slow = SourceError::Timeout(Duration::from_secs(5));
+        assert_eq!(slow.result_label(), "timeout");
+        assert_eq!(slow.to_string(), "query timed out after 5s");
     }
 
     #[test]

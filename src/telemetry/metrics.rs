@@ -153,7 +153,7 @@ fn describe() {
 }
 
 /// The `result` labels of `orascale_polls_total`.
-const POLL_RESULTS: [&str; 4] = ["ok", "error", "timeout", "null"];
+const POLL_RESULTS: [&str; 5] = ["ok", "error", "timeout", "null", "pool_timeout"];
 
 /// One poller's poll series, looked up once each (a label lookup per poll costs more than the
 /// rest of the bookkeeping) and only when first used, so no series exists before it happens.
@@ -162,7 +162,7 @@ pub struct PollSeries {
     /// `outcome` ok, error.
     duration: [OnceLock<Histogram>; 2],
     /// By [`POLL_RESULTS`].
-    polls: [OnceLock<Counter>; 4],
+    polls: [OnceLock<Counter>; 5],
 }
 
 impl PollSeries {
