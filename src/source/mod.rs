@@ -406,16 +406,12 @@ where
                 Ok(Ok(slot)) => slot,
                 Ok(Err(_)) => return Err(SourceError::Connect(format!("{kind} pool: closed"))),
                 Err(_) => {
-                    // Every slot busy with an open session is a pool wait; slots still
-                    // connecting (a slow or black-holed server) make it a connect that timed out.
-                    let capacity = slots.capacity();
-                    return Err(if pool.status().size >= capacity {
-                        SourceError::PoolTimeout {
-                            waited: waited(),
-                            size: capacity,
-                        }
-                    } else {
-                        SourceError::Timeout(waited())
+                    // Every slot was held by another poll (querying, or connecting a session
+                    // to replace one discarded after a timeout): a pool wait, not a slow query.
+                    // A poll that holds a slot and times out connecting is a `Timeout` below.
+                    return Err(SourceError::PoolTimeout {
+                        waited: waited(),
+                        size: slots.capacity(),
                     });
                 }
             };
@@ -577,6 +573,62 @@ mod tests {
         let slow = SourceError::Timeout(Duration::from_secs(5));
         assert_eq!(slow.result_label(), "timeout");
         assert_eq!(slow.to_string(), "query timed out after 5s");
+    }
+
+    /// A pool of numbers, for checkout tests without a database.
+    struct Numbers;
+
+    impl deadpool::managed::Manager for Numbers {
+        type Type = u32;
+        type Error = SourceError;
+        async fn create(&self) -> Result<u32, SourceError> {
+            Ok(7)
+        }
+        async fn recycle(
+            &self,
+            _: &mut u32,
+            _: &deadpool::managed::Metrics,
+        ) -> deadpool::managed::RecycleResult<SourceError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_that_waited_for_a_slot_is_a_pool_wait_whatever_the_holder_does() {
+        let pool: deadpool::managed::Pool<Numbers> = deadpool::managed::Pool::builder(Numbers)
+            .max_size(1)
+            .build()
+            .unwrap();
+        let slots = Slots::new(1);
+        // The one slot is held by a poll that has no session yet (it is connecting, say
+        // after its session was discarded): the pool holds none, and still the wait is a
+        // pool wait, not "query timed out".
+        let held = slots.gate.clone().try_acquire_owned().unwrap();
+        let started = tokio::time::Instant::now();
+        let deadline = deadline_after(started, Duration::from_millis(300));
+        let e = checkout(&pool, &slots, started, deadline, None, "test")
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(
+            e,
+            SourceError::PoolTimeout {
+                waited: Duration::from_millis(300),
+                size: 1
+            }
+        );
+        drop(held);
+        let (n, _slot) = checkout(
+            &pool,
+            &slots,
+            started,
+            deadline_after(started, Duration::from_secs(1)),
+            None,
+            "test",
+        )
+        .await
+        .unwrap();
+        assert_eq!(*n, 7);
     }
 
     #[test]
