@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use orascale::grpc::proto::ScaledObjectRef;
 use orascale::grpc::proto::external_scaler_client::ExternalScalerClient;
@@ -18,7 +18,8 @@ use tonic::transport::Channel;
 const LIMIT: Duration = Duration::from_secs(240);
 
 /// The test's database (the scaler role limited to `limit` connections, `jobs` and its notify
-/// trigger) and orascale serving it as connection `pg` with `pool_size` and `extra` TOML lines.
+/// trigger) and orascale serving it as connection `pg` with `pool_size`, after `extra`
+/// top-level TOML lines.
 async fn serve(
     pg: &Pg,
     limit: Option<u32>,
@@ -47,7 +48,7 @@ async fn serve(
     std::fs::write(
         &file,
         format!(
-            "[connections.pg]\nurl = \"{}\"\npool_size = {pool_size}\n{extra}\n",
+            "{extra}\n[connections.pg]\nurl = \"{}\"\npool_size = {pool_size}\n",
             pg.scaler_url()
         ),
     )
@@ -415,6 +416,125 @@ async fn a_poll_that_waited_for_a_session_says_so() {
         };
         assert_eq!(polls("pool_timeout"), 1.0, "{text}");
         server.stop().await;
+    })
+    .await;
+}
+
+/// 50 triggers on one busy channel (each query 200 ms) and 5 unrelated triggers polling every
+/// second share a pool of 2, under a steady NOTIFY stream; `share` is `wake_poll_share`. Returns
+/// (the unrelated triggers' oldest sample age seen, GetMetrics calls that failed for them,
+/// deferred wake polls, wake polls).
+async fn busy_channel(pg: &Pg, share: u8) -> (f64, Vec<String>, f64, f64) {
+    let (admin, _dir, server, mut c) =
+        serve(pg, None, 2, &format!("wake_poll_share = {share}")).await;
+    let fresh: Vec<ScaledObjectRef> = (0..5)
+        .map(|i| {
+            trigger(
+                &format!("fresh-{i}"),
+                &format!("select count(*) + {i} - {i} from jobs"),
+                "1s",
+                None,
+            )
+        })
+        .collect();
+    for t in &fresh {
+        value(
+            c.get_metrics(deadline(metrics_request(t, "")))
+                .await
+                .unwrap(),
+        );
+    }
+    let busy: Vec<ScaledObjectRef> = (0..50)
+        .map(|i| {
+            trigger(
+                &format!("busy-{i}"),
+                &format!(
+                    "select count(*) + {i} - {i} from jobs, pg_sleep(0.2) where status = 'queued'"
+                ),
+                "1h",
+                Some("jobs_changed"),
+            )
+        })
+        .collect();
+    // Their first polls (10 s of queries on 2 sessions) may outlast KEDA's first-call wait.
+    for t in &busy {
+        let _ = c.get_metrics(deadline(metrics_request(t, ""))).await;
+    }
+    // The NOTIFY stream: a commit every 20 ms, for the whole window.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let notifier = {
+        let stop = stop.clone();
+        let admin = pg.admin().await;
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.is_cancelled() {
+                admin
+                    .batch_execute("update jobs set status = 'queued' where id = 1")
+                    .await
+                    .unwrap();
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            n
+        })
+    };
+    // Let the busy pollers' first polls drain; from here the fresh ones must stay fresh.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let deferred_before = metric(&server, "orascale_wake_polls_deferred_total", &[]).await;
+    let wakes_before = metric(&server, "orascale_wake_polls_total", &[]).await;
+    let mut oldest = 0.0f64;
+    let mut failures = Vec::new();
+    let window = Instant::now();
+    while window.elapsed() < Duration::from_secs(12) {
+        for t in &fresh {
+            if let Err(e) = c.get_metrics(deadline(metrics_request(t, ""))).await {
+                failures.push(format!("{}: {:?} {}", t.name, e.code(), e.message()));
+            }
+        }
+        let text = scrape(server.metrics).await;
+        for t in &fresh {
+            let age = metric_value(
+                &text,
+                "orascale_poller_sample_age_seconds",
+                &[&format!("scaledobject=\"{}\"", t.name)],
+            )
+            .unwrap_or(f64::INFINITY);
+            oldest = oldest.max(age);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stop.cancel();
+    let commits = notifier.await.unwrap();
+    let deferred =
+        metric(&server, "orascale_wake_polls_deferred_total", &[]).await - deferred_before;
+    let wakes = metric(&server, "orascale_wake_polls_total", &[]).await - wakes_before;
+    eprintln!(
+        "wake_poll_share {share}: {commits} commits, {wakes} wake polls, {deferred} deferred; \
+         unrelated triggers' oldest sample {oldest:.2} s, {} failed calls",
+        failures.len()
+    );
+    drop(admin);
+    (oldest, failures, deferred, wakes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_channel_never_starves_interval_polls() {
+    let Some(pg) = Pg::start_or_skip("a_busy_channel_never_starves_interval_polls") else {
+        return;
+    };
+    guard(LIMIT, async {
+        // The default share: half of the pool of 2, so one session is always left to the
+        // interval polls.
+        let (oldest, failures, deferred, wakes) = busy_channel(&pg, 50).await;
+        assert!(failures.is_empty(), "{failures:#?}");
+        // Polled every second; a poll may queue behind at most one 200 ms wake poll. (Without
+        // the budget, 50 wake polls queue ahead of it: 5 s on 2 sessions.)
+        assert!(
+            oldest < 2.0,
+            "an unrelated trigger's sample was {oldest:.2} s old"
+        );
+        assert!(deferred > 0.0, "the budget deferred wake polls: {deferred}");
+        assert!(wakes > 0.0, "the busy channel was still served: {wakes}");
     })
     .await;
 }

@@ -38,6 +38,7 @@ pub const WAKE_LISTENER_UP: &str = "orascale_wake_listener_up";
 pub const WAKE_NOTIFICATIONS: &str = "orascale_wake_notifications_total";
 pub const WAKE_POLLS: &str = "orascale_wake_polls_total";
 pub const WAKE_RECONNECTS: &str = "orascale_wake_listener_reconnects_total";
+pub const WAKE_DEFERRED: &str = "orascale_wake_polls_deferred_total";
 
 /// Every metric family orascale exports (for tests and the monitoring files' validation).
 pub const ALL: &[&str] = &[
@@ -64,6 +65,7 @@ pub const ALL: &[&str] = &[
     WAKE_NOTIFICATIONS,
     WAKE_POLLS,
     WAKE_RECONNECTS,
+    WAKE_DEFERRED,
 ];
 
 /// Database round-trips: 1 ms … 30 s.
