@@ -7,6 +7,11 @@
 //! [`SourceError::ManyRows`] for a second one, because scaling on "the first cell of many" is
 //! scaling on an id or on noise. What a NULL or an empty result means is the engine's decision
 //! (`ignoreNullValues`), not the source's.
+//!
+//! Pooled sources take their sessions through [`checkout`]: a poll takes one of the pool's
+//! [`Slots`] first, so a server that refuses more sessions makes polls wait for the ones the
+//! pool holds instead of failing them, and a poll that spent its budget waiting is reported as
+//! a pool wait ([`SourceError::PoolTimeout`], metric label `pool_timeout`), not a slow query.
 
 use std::sync::Arc;
 use std::time::Duration;
