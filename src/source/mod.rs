@@ -382,6 +382,15 @@ impl Slots {
     }
 }
 
+/// A session taken from a pool: its slot (held until the caller is done with the session) and
+/// how long the poll waited for that slot — the time other polls' sessions cost it; connecting
+/// a new session is not counted, so a slow connect is never reported as a pool wait.
+pub struct Checked<M: deadpool::managed::Manager> {
+    pub session: deadpool::managed::Object<M>,
+    pub slot: Slot,
+    pub waited: Duration,
+}
+
 /// Takes a slot, then a session from `pool`, waiting until `deadline` or, when the connection
 /// sets one, its `pool_timeout` after `started`, whichever comes first. Waiting never outlasts
 /// the query's budget, and a full pool is reported as such ([`SourceError::PoolTimeout`]).
@@ -395,7 +404,7 @@ pub async fn checkout<M>(
     deadline: tokio::time::Instant,
     pool_timeout: Option<Duration>,
     kind: &str,
-) -> Result<(deadpool::managed::Object<M>, Slot), SourceError>
+) -> Result<Checked<M>, SourceError>
 where
     M: deadpool::managed::Manager<Error = SourceError>,
 {
@@ -404,8 +413,11 @@ where
     // A refusal while the pool holds nothing asks a session outside it to give its slot up;
     // the poll tries once more after this pause.
     let mut yielded = false;
+    // Time spent waiting for a slot (other polls' sessions), not connecting one.
+    let mut slot_waited = Duration::ZERO;
     loop {
         slots.regrow();
+        let asked = tokio::time::Instant::now();
         let slot =
             match tokio::time::timeout_at(wait_until, slots.gate.clone().acquire_owned()).await {
                 Ok(Ok(slot)) => slot,
@@ -420,8 +432,15 @@ where
                     });
                 }
             };
+        slot_waited += asked.elapsed();
         match tokio::time::timeout_at(wait_until, pool.get()).await {
-            Ok(Ok(s)) => return Ok((s, slot)),
+            Ok(Ok(session)) => {
+                return Ok(Checked {
+                    session,
+                    slot,
+                    waited: slot_waited,
+                });
+            }
             Ok(Err(deadpool::managed::PoolError::Backend(e))) if e.is_session_limit() => {
                 let held = pool.status().size;
                 if !slots.refused(slot, held) {
@@ -580,13 +599,15 @@ mod tests {
         assert_eq!(slow.to_string(), "query timed out after 5s");
     }
 
-    /// A pool of numbers, for checkout tests without a database.
-    struct Numbers;
+    /// A pool of numbers that take the given time to make, for checkout tests without a
+    /// database.
+    struct Numbers(Duration);
 
     impl deadpool::managed::Manager for Numbers {
         type Type = u32;
         type Error = SourceError;
         async fn create(&self) -> Result<u32, SourceError> {
+            tokio::time::sleep(self.0).await;
             Ok(7)
         }
         async fn recycle(
@@ -600,10 +621,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_poll_that_waited_for_a_slot_is_a_pool_wait_whatever_the_holder_does() {
-        let pool: deadpool::managed::Pool<Numbers> = deadpool::managed::Pool::builder(Numbers)
-            .max_size(1)
-            .build()
-            .unwrap();
+        let pool: deadpool::managed::Pool<Numbers> =
+            deadpool::managed::Pool::builder(Numbers(Duration::ZERO))
+                .max_size(1)
+                .build()
+                .unwrap();
         let slots = Slots::new(1);
         // The one slot is held by a poll that has no session yet (it is connecting, say
         // after its session was discarded): the pool holds none, and still the wait is a
@@ -623,7 +645,7 @@ mod tests {
             }
         );
         drop(held);
-        let (n, _slot) = checkout(
+        let Checked { session: n, .. } = checkout(
             &pool,
             &slots,
             started,
@@ -634,6 +656,37 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(*n, 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connecting_a_session_is_not_waiting_for_one() {
+        // A 200 ms connect with a free slot: no pool wait (a slow server is not a small pool).
+        let pool: deadpool::managed::Pool<Numbers> =
+            deadpool::managed::Pool::builder(Numbers(Duration::from_millis(200)))
+                .max_size(1)
+                .build()
+                .unwrap();
+        let slots = Slots::new(1);
+        let started = tokio::time::Instant::now();
+        let deadline = deadline_after(started, Duration::from_secs(1));
+        let first = checkout(&pool, &slots, started, deadline, None, "test")
+            .await
+            .unwrap();
+        assert_eq!(started.elapsed(), Duration::from_millis(200));
+        assert_eq!(first.waited, Duration::ZERO);
+        // Waiting 300 ms for the held session is a wait.
+        let second = {
+            let started = tokio::time::Instant::now();
+            let deadline = deadline_after(started, Duration::from_secs(1));
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                drop(first);
+            });
+            checkout(&pool, &slots, started, deadline, None, "test")
+                .await
+                .unwrap()
+        };
+        assert_eq!(second.waited, Duration::from_millis(300));
     }
 
     #[test]

@@ -221,7 +221,11 @@ impl Oracle {
     ) -> Result<T, SourceError> {
         let started = Instant::now();
         let deadline = super::deadline_after(started, timeout);
-        let (session, _slot) = checkout(
+        let super::Checked {
+            session,
+            slot: _slot,
+            waited,
+        } = checkout(
             &self.pool,
             &self.slots,
             started,
@@ -230,7 +234,6 @@ impl Oracle {
             "oracle",
         )
         .await?;
-        let waited = started.elapsed();
         let remaining = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));

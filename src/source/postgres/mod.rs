@@ -185,7 +185,11 @@ impl Postgres {
     async fn run(&self, sql: &str, timeout: Duration) -> Result<Cell, SourceError> {
         let started = Instant::now();
         let deadline = super::deadline_after(started, timeout);
-        let (session, _slot) = checkout(
+        let super::Checked {
+            session,
+            slot: _slot,
+            waited,
+        } = checkout(
             &self.pool,
             &self.slots,
             started,
@@ -194,7 +198,6 @@ impl Postgres {
             "postgres",
         )
         .await?;
-        let waited = started.elapsed();
         let mut flight = InFlight {
             cancel: Some((session.client.cancel_token(), self.tls.clone())),
             session: Some(session),
@@ -308,7 +311,11 @@ impl Source for Postgres {
     ) -> BoxFuture<'a, Result<ServerInfo, SourceError>> {
         async move {
             let deadline = super::deadline_after(Instant::now(), timeout);
-            let (session, _slot) = checkout(
+            let super::Checked {
+                session,
+                slot: _slot,
+                ..
+            } = checkout(
                 &self.pool,
                 &self.slots,
                 Instant::now(),
