@@ -306,7 +306,7 @@ async fn pool_exhaustion_queues_with_a_bound_and_blocks_no_answer() {
             max_sessions <= 2,
             "the pool bounds sessions: saw {max_sessions}"
         );
-        let waits = polls(server.metrics_addr, "pgpool", "timeout").await;
+        let waits = polls(server.metrics_addr, "pgpool", "pool_timeout").await;
         assert!(
             waits >= 3.0,
             "waiting for a slot times out as an error ({waits})"

@@ -13,6 +13,9 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 pub const STREAM_RESEND_INTERVAL: Duration = Duration::from_secs(30);
 pub const STALE_AFTER_POLLS: u32 = 3;
+/// Percent of a connection's `pool_size` that polls caused by notifications may use at once
+/// (at least one session): the rest is kept for interval polls.
+pub const WAKE_POLL_SHARE: u8 = 50;
 pub const FIRST_RESULT_WAIT: Duration = Duration::from_secs(2);
 pub const POOL_SIZE: usize = 4;
 pub const MAX_CONCURRENT_STREAMS: u32 = 100_000;

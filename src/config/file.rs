@@ -21,6 +21,7 @@ struct FileConfig {
     min_poll_interval: Option<String>,
     max_poll_interval: Option<String>,
     min_wake_interval: Option<String>,
+    wake_poll_share: Option<u8>,
     default_query_timeout: Option<String>,
     max_query_timeout: Option<String>,
     idle_timeout: Option<String>,
@@ -153,6 +154,10 @@ impl ServeArgs {
                 "shutdown_delay",
                 defaults::SHUTDOWN_DELAY,
             )?,
+            wake_poll_share: self
+                .wake_poll_share
+                .or(file.wake_poll_share)
+                .unwrap_or(defaults::WAKE_POLL_SHARE),
             stale_after_polls: self
                 .stale_after_polls
                 .or(file.stale_after_polls)
@@ -637,6 +642,14 @@ mod tests {
             (
                 "stale_after_polls = 4294967295",
                 "stale_after_polls: value 4294967295",
+            ),
+            (
+                "wake_poll_share = 0",
+                "wake_poll_share: value 0 must be a percent from 1 to 100",
+            ),
+            (
+                "wake_poll_share = 101",
+                "wake_poll_share: value 101 must be a percent from 1 to 100",
             ),
             (
                 "[connections.x]\nurl = \"sqlite::memory:\"\nmin_poll_interval = \"0s\"",

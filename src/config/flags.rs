@@ -103,6 +103,12 @@ pub struct ServeArgs {
     #[arg(long, env = "ORASCALE_MIN_WAKE_INTERVAL", value_name = "DURATION", value_parser = parse_duration_arg)]
     pub min_wake_interval: Option<Duration>,
 
+    /// Percent of each connection's pool_size that polls caused by notifications (notifyChannel)
+    /// may use at once, at least one session; more wake polls wait (coalesced) so interval polls
+    /// never queue behind them [default: 50]
+    #[arg(long, env = "ORASCALE_WAKE_POLL_SHARE", value_name = "PERCENT")]
+    pub wake_poll_share: Option<u8>,
+
     /// Longest pollInterval a trigger may ask for; above it is INVALID_ARGUMENT [default: 24h]
     #[arg(long, env = "ORASCALE_MAX_POLL_INTERVAL", value_name = "DURATION", value_parser = parse_duration_arg)]
     pub max_poll_interval: Option<Duration>,

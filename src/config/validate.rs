@@ -95,6 +95,15 @@ pub(super) fn validate_engine(e: &EngineConfig) -> Result<(), ConfigError> {
             ),
         ));
     }
+    if !(1..=100).contains(&e.wake_poll_share) {
+        return Err(invalid(
+            "wake_poll_share",
+            format!(
+                "value {} must be a percent from 1 to 100",
+                e.wake_poll_share
+            ),
+        ));
+    }
     if e.stale_after_polls == 0 {
         return Err(invalid("stale_after_polls", "value 0 must be at least 1"));
     }

@@ -7,6 +7,8 @@
 //! sooner than `minWakeInterval` after the previous poll started. Notifications that arrive
 //! during a poll are coalesced into one more poll after it: a burst costs at most the poll in
 //! flight plus one. A poll caused by a wake restarts the interval, which stays the safety net.
+//! Wake polls of one connection share a budget of its pool (`engine::wake`): one that finds it
+//! spent waits, and its tick, if that comes first, makes it an interval poll, which never waits.
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -151,7 +153,7 @@ impl Poller {
         let mut ticks = tokio::time::interval_at(start, period);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            let woken = tokio::select! {
+            let mut woken = tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = ticks.tick() => false,
                 changed = wanted.changed(), if wanted_open => {
@@ -163,6 +165,8 @@ impl Poller {
                 }
                 _ = subs.notified() => true,
             };
+            // A wake poll's slot of the connection's wake budget, held until the poll is done.
+            let mut _wake_slot = None;
             if woken {
                 // Never sooner than the least minWakeInterval after the last poll began; what
                 // arrives while waiting is covered by this poll.
@@ -171,6 +175,23 @@ impl Poller {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep_until(earliest) => {}
+                }
+                // Wake polls take at most their budget of the pool, so interval polls never
+                // queue behind a busy channel's: beyond it this one waits (counted deferred),
+                // later wakes coalescing into it, and becomes an interval poll if its tick
+                // comes first (interval polls need no slot).
+                if let Some(budget) = subs.budget() {
+                    match budget.clone().try_acquire_owned() {
+                        Ok(slot) => _wake_slot = Some(slot),
+                        Err(_) => {
+                            subs.record_deferred();
+                            tokio::select! {
+                                _ = cancel.cancelled() => return,
+                                slot = budget.acquire_owned() => _wake_slot = slot.ok(),
+                                _ = ticks.tick() => woken = false,
+                            }
+                        }
+                    }
                 }
                 subs.mark_seen();
             }
@@ -492,6 +513,80 @@ mod tests {
             calls,
             "no poll after cancel"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wake_polls_beyond_the_budget_wait_and_interval_polls_never_do() {
+        // Three pollers woken by one channel whose connection lets one wake poll run at once;
+        // each query takes 1 s.
+        let (mut holds, fire, status) = crate::engine::wake::manual_budget("jobs", 4, 1);
+        let mut pollers = Vec::new();
+        for i in 0..3 {
+            let s = script(Duration::from_secs(1), vec![Ok(Cell::Number(1.0))]);
+            let mut k = key(false);
+            k.query = format!("select {i}");
+            k.poll_interval = Duration::from_secs(3600);
+            let (_users, wanted) = watch::channel(vec![wake_key("jobs", 100)]);
+            let wake = holds.pop().unwrap();
+            let (mut rx, cancel) = start_with(k, s.clone(), manual_wakes(wanted, vec![wake]));
+            rx.wait_for(|s| s.has_outcome()).await.unwrap();
+            pollers.push((s, rx, cancel, _users));
+        }
+        let calls = |p: &Vec<(Arc<Script>, _, _, _)>| -> Vec<u32> {
+            p.iter()
+                .map(|(s, ..)| s.calls.load(Ordering::SeqCst))
+                .collect()
+        };
+        assert_eq!(calls(&pollers), vec![1, 1, 1]);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        fire();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // One wake poll runs; the two others wait for its slot, counted once each.
+        assert_eq!(calls(&pollers).iter().sum::<u32>(), 4);
+        assert_eq!(status().deferred, 2);
+        // A burst of wakes while they wait costs nothing more: they are coalesced.
+        for _ in 0..50 {
+            fire();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Each waiting poll runs in turn (1 s each), then each poller's burst wakes are one
+        // more poll, still one at a time; never two wake polls at once.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let after = calls(&pollers);
+        assert!(after.iter().all(|&c| (2..=3).contains(&c)), "{after:?}");
+        assert_eq!(
+            status().wake_polls,
+            u64::from(after.iter().sum::<u32>() - 3)
+        );
+        for (.., cancel, _) in &pollers {
+            cancel.cancel();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deferred_wake_poll_becomes_the_interval_poll_when_its_tick_comes() {
+        // The budget's one slot is taken (by another poller's long wake poll, here held by the
+        // test): this poller's wake waits, and its 10 s tick polls anyway.
+        let (mut holds, fire, status) = crate::engine::wake::manual_budget("jobs", 1, 1);
+        let budget = holds[0].budget_for_test();
+        let _taken = budget.try_acquire_owned().unwrap();
+        let s = script(Duration::from_millis(10), vec![Ok(Cell::Number(1.0))]);
+        let (_users, wanted) = watch::channel(vec![wake_key("jobs", 100)]);
+        let (mut rx, cancel) = start_with(
+            key(false),
+            s.clone(),
+            manual_wakes(wanted, vec![holds.pop().unwrap()]),
+        );
+        rx.wait_for(|s| s.has_outcome()).await.unwrap();
+        fire();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(status().deferred, 1);
+        assert_eq!(s.calls.load(Ordering::SeqCst), 1, "the wake poll waits");
+        // Within one interval the tick polls: interval polls never wait for a wake slot.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(s.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(status().wake_polls, 0, "it ran as the interval poll");
+        cancel.cancel();
     }
 
     #[tokio::test(start_paused = true)]

@@ -148,7 +148,10 @@ impl Registry {
         tracker: TaskTracker,
     ) -> Arc<Self> {
         let registry = Arc::new(Registry {
-            sources: Sources::new(sources, Hubs::new(shutdown.clone(), tracker.clone())),
+            sources: Sources::new(
+                sources,
+                Hubs::new(shutdown.clone(), tracker.clone(), config.wake_poll_share),
+            ),
             config,
             entries: RwLock::new(HashMap::new()),
             streams: AtomicUsize::new(0),

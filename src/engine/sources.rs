@@ -112,6 +112,7 @@ impl Sources {
             sum.notifications += w.notifications;
             sum.reconnects += w.reconnects;
             sum.wake_polls += w.wake_polls;
+            sum.deferred += w.deferred;
         }
         for w in out.values_mut() {
             w.listening &= w.channels > 0;

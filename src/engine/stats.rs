@@ -147,6 +147,12 @@ pub fn render(
     );
     typed(
         "counter",
+        m::WAKE_DEFERRED,
+        "Wake polls that found the connection's wake budget (--wake-poll-share of pool_size) spent and waited for a slot, coalescing later wakes, so interval polls keep their sessions; per connection.",
+        wake(|s| s.deferred as f64),
+    );
+    typed(
+        "counter",
         m::WAKE_RECONNECTS,
         "Notification sessions re-established after one was lost or could not be opened (or after the listener task was restarted), per connection.",
         wake(|s| s.reconnects as f64),

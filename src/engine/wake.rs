@@ -14,6 +14,11 @@
 //! A wake is a counter in a `watch` channel: however many notifications arrive while a poller
 //! is busy, it sees one change. The poller decides when to poll (`minWakeInterval`); the hub
 //! never queries anything but its own session.
+//!
+//! A hub also holds its connection's wake budget: the sessions of the pool that polls caused
+//! by wakes may use at once (`--wake-poll-share`, half the pool by default, at least one). A
+//! wake poll beyond it waits for a slot, its later wakes coalesced into it, and counts as
+//! deferred; interval polls never take a slot, so a busy channel cannot starve them.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
@@ -24,7 +29,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
@@ -62,6 +67,14 @@ pub struct WakeStatus {
     pub reconnects: u64,
     /// Polls run because of a wake.
     pub wake_polls: u64,
+    /// Wake polls that found the connection's wake budget spent and waited for a slot.
+    pub deferred: u64,
+}
+
+/// The sessions of a pool of `pool_size` that wake polls may use at once: `share` percent of
+/// it, rounded down, at least one.
+pub fn wake_budget(pool_size: usize, share: u8) -> usize {
+    (pool_size.saturating_mul(usize::from(share)) / 100).max(1)
 }
 
 /// Reconnect waits with "equal jitter": half of the current ceiling fixed, half random, the
@@ -127,6 +140,9 @@ struct Inner {
     notifications: AtomicU64,
     reconnects: AtomicU64,
     wake_polls: AtomicU64,
+    /// Slots for wake polls on this connection (see [`wake_budget`]).
+    budget: Arc<Semaphore>,
+    deferred: AtomicU64,
 }
 
 struct Channel {
@@ -152,12 +168,22 @@ impl Hub {
                 notifications: AtomicU64::new(0),
                 reconnects: AtomicU64::new(0),
                 wake_polls: AtomicU64::new(0),
+                budget: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
+                deferred: AtomicU64::new(0),
             }),
             listener,
             started: AtomicBool::new(false),
             spawn: Box::new(spawn),
             stop,
         }
+    }
+
+    /// Lets at most `slots` wake polls run at once on this connection (before any subscribe).
+    pub fn with_wake_budget(mut self, slots: usize) -> Hub {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.budget = Arc::new(Semaphore::new(slots.clamp(1, Semaphore::MAX_PERMITS)));
+        }
+        self
     }
 
     /// Starts waiting for notifications on `channel`; listening stops once every [`Wake`] of
@@ -200,6 +226,7 @@ impl Hub {
             notifications: i.notifications.load(Ordering::Relaxed),
             reconnects: i.reconnects.load(Ordering::Relaxed),
             wake_polls: i.wake_polls.load(Ordering::Relaxed),
+            deferred: i.deferred.load(Ordering::Relaxed),
         }
     }
 }
@@ -211,14 +238,17 @@ pub struct Hubs {
     hubs: Mutex<HashMap<String, Arc<Hub>>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    /// Percent of each pool that wake polls may use at once (`--wake-poll-share`).
+    share: u8,
 }
 
 impl Hubs {
-    pub fn new(shutdown: CancellationToken, tracker: TaskTracker) -> Hubs {
+    pub fn new(shutdown: CancellationToken, tracker: TaskTracker, share: u8) -> Hubs {
         Hubs {
             hubs: Mutex::default(),
             shutdown,
             tracker,
+            share,
         }
     }
 
@@ -242,14 +272,17 @@ impl Hubs {
                         )
                     })?;
                     let tracker = self.tracker.clone();
-                    let hub = Arc::new(Hub::new(
-                        connection,
-                        listener,
-                        self.shutdown.child_token(),
-                        move |f| {
-                            tracker.spawn(f);
-                        },
-                    ));
+                    let hub = Arc::new(
+                        Hub::new(
+                            connection,
+                            listener,
+                            self.shutdown.child_token(),
+                            move |f| {
+                                tracker.spawn(f);
+                            },
+                        )
+                        .with_wake_budget(wake_budget(source.pool().max, self.share)),
+                    );
                     hubs.insert(connection.to_string(), hub.clone());
                     hub
                 }
@@ -423,7 +456,23 @@ impl Subscribed {
             w.record_poll();
         }
     }
+
+    /// A slot of the connection's wake budget for the wake poll about to run: at once, or
+    /// after `deferred` was called and the budget had room again. `None` without wake-ups.
+    pub fn budget(&self) -> Option<Arc<Semaphore>> {
+        self.wakes.first().map(|w| w.inner.budget.clone())
+    }
+
+    /// Counts a wake poll that found the budget spent.
+    pub fn record_deferred(&self) {
+        if let Some(w) = self.wakes.first() {
+            w.inner.deferred.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
+
+/// A wake poll's slot of its connection's wake budget, released when the poll is done.
+pub type WakeSlot = OwnedSemaphorePermit;
 
 /// A poller's hold on one channel.
 pub struct Wake {
@@ -453,6 +502,12 @@ impl Wake {
 
     pub fn channel(&self) -> &str {
         &self.channel
+    }
+
+    /// The connection's wake budget, for tests that take its slots.
+    #[cfg(test)]
+    pub(crate) fn budget_for_test(&self) -> Arc<Semaphore> {
+        self.inner.budget.clone()
     }
 }
 
@@ -492,6 +547,22 @@ impl Inner {
 /// what pollers do with wakes.
 #[cfg(test)]
 pub(crate) fn manual(channel: &str) -> (Wake, impl Fn() + use<>) {
+    let (mut wakes, fire, _) = manual_budget(channel, 1, Semaphore::MAX_PERMITS);
+    (wakes.pop().expect("one hold"), fire)
+}
+
+/// `holds` wakes on `channel` of one connection whose wake budget is `slots`, the function that
+/// fires them, and the connection's status: for tests of the budget.
+#[cfg(test)]
+pub(crate) fn manual_budget(
+    channel: &str,
+    holds: usize,
+    slots: usize,
+) -> (
+    Vec<Wake>,
+    impl Fn() + use<>,
+    impl Fn() -> WakeStatus + use<>,
+) {
     let inner = Arc::new(Inner {
         connection: "test".into(),
         channels: Mutex::new(HashMap::new()),
@@ -500,26 +571,33 @@ pub(crate) fn manual(channel: &str) -> (Wake, impl Fn() + use<>) {
         notifications: AtomicU64::new(0),
         reconnects: AtomicU64::new(0),
         wake_polls: AtomicU64::new(0),
+        budget: Arc::new(Semaphore::new(slots)),
+        deferred: AtomicU64::new(0),
     });
-    let (tx, rx) = watch::channel(0);
+    let (tx, _) = watch::channel(0);
+    let wakes = (0..holds)
+        .map(|_| Wake {
+            channel: channel.to_string(),
+            rx: tx.subscribe(),
+            inner: inner.clone(),
+        })
+        .collect();
     inner
         .channels
         .lock()
         .unwrap()
-        .insert(channel.to_string(), Channel { users: 1, tx });
+        .insert(channel.to_string(), Channel { users: holds, tx });
     let fire = {
         let inner = inner.clone();
         let channel = channel.to_string();
         move || inner.wake(&channel)
     };
-    (
-        Wake {
-            channel: channel.to_string(),
-            rx,
-            inner,
-        },
-        fire,
-    )
+    let status = move || WakeStatus {
+        wake_polls: inner.wake_polls.load(Ordering::Relaxed),
+        deferred: inner.deferred.load(Ordering::Relaxed),
+        ..WakeStatus::default()
+    };
+    (wakes, fire, status)
 }
 
 /// Runs the session task and restarts it whenever it panics (or ends, which it should never
@@ -1000,6 +1078,22 @@ mod tests {
             assert!(status.listening, "mode {mode}: back");
             assert_eq!(status.reconnects, 1, "mode {mode}");
             assert_eq!(script.sessions.load(Ordering::SeqCst), 1, "mode {mode}");
+        }
+    }
+
+    #[test]
+    fn the_wake_budget_is_a_share_of_the_pool_and_at_least_one() {
+        for (pool, share, want) in [
+            (4, 50, 2),
+            (2, 50, 1),
+            (1, 50, 1),
+            (1, 100, 1),
+            (10, 25, 2),
+            (10, 100, 10),
+            (0, 50, 1),
+            (usize::MAX, 100, usize::MAX / 100),
+        ] {
+            assert_eq!(wake_budget(pool, share), want, "pool {pool}, {share}%");
         }
     }
 

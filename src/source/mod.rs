@@ -7,6 +7,11 @@
 //! [`SourceError::ManyRows`] for a second one, because scaling on "the first cell of many" is
 //! scaling on an id or on noise. What a NULL or an empty result means is the engine's decision
 //! (`ignoreNullValues`), not the source's.
+//!
+//! Pooled sources take their sessions through [`checkout`]: a poll takes one of the pool's
+//! [`Slots`] first, so a server that refuses more sessions makes polls wait for the ones the
+//! pool holds instead of failing them, and a poll that spent its budget waiting is reported as
+//! a pool wait ([`SourceError::PoolTimeout`], metric label `pool_timeout`), not a slow query.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,13 +40,16 @@ pub enum Cell {
 pub enum SourceError {
     #[error("query timed out after {}", humantime::format_duration(*.0))]
     Timeout(Duration),
-    #[error("query timed out after {}, {} of it waiting for a free database session (pool of {size})", humantime::format_duration(*timeout), humantime::format_duration(*waited))]
+    /// Most of the budget went to waiting for a session: the pool is the bottleneck, not the
+    /// query, and the message leads with that (an operator reading "query timed out" indexes
+    /// the query).
+    #[error("waited {} of the {} query timeout for a free database session (pool of {size}) and the query ran out of the rest: {POOL_ADVICE}", humantime::format_duration(*waited), humantime::format_duration(*timeout))]
     TimeoutAfterWait {
         timeout: Duration,
         waited: Duration,
         size: usize,
     },
-    #[error("no free database session within {} (all {size} of the pool busy)", humantime::format_duration(*waited))]
+    #[error("no free database session within {} (all {size} of the pool busy): {POOL_ADVICE}", humantime::format_duration(*waited))]
     PoolTimeout { waited: Duration, size: usize },
     #[error("cannot connect: {0}")]
     Connect(String),
@@ -73,6 +81,9 @@ pub enum SourceError {
     #[error("{0}")]
     Unsupported(String),
 }
+
+/// What to do about polls that wait for a session, in their messages (docs/operations.md).
+pub const POOL_ADVICE: &str = "raise the connection's pool_size, or lower wake-up fan-out (fewer triggers per notifyChannel, a longer minWakeInterval)";
 
 /// Column names kept in a [`SourceError::ManyColumns`]; the rest are counted.
 pub const SHOWN_COLUMNS: usize = 8;
@@ -128,13 +139,36 @@ pub fn one_column<S: AsRef<str>>(
 }
 
 impl SourceError {
-    /// A short, bounded label for metrics: `timeout` or `error`.
+    /// A short, bounded label for metrics: `timeout` (the query or the connect was too slow),
+    /// `pool_timeout` (the poll spent its budget, or most of it, waiting for a pooled session:
+    /// a sizing problem, not a slow query) or `error`.
     pub fn result_label(&self) -> &'static str {
         match self {
-            SourceError::Timeout(_)
-            | SourceError::TimeoutAfterWait { .. }
-            | SourceError::PoolTimeout { .. } => "timeout",
+            SourceError::Timeout(_) => "timeout",
+            SourceError::TimeoutAfterWait { .. } | SourceError::PoolTimeout { .. } => {
+                "pool_timeout"
+            }
             _ => "error",
+        }
+    }
+
+    /// Whether the server refused a new session because it has no slot for it: PostgreSQL
+    /// SQLSTATE 53300 (too many connections for the role or the database, or the remaining
+    /// slots are reserved), Oracle ORA-00018 (sessions), ORA-00020 (processes), ORA-02391
+    /// (the user's SESSIONS_PER_USER), ORA-12516/12519/12520 (the listener has no handler).
+    pub fn is_session_limit(&self) -> bool {
+        const CODES: [&str; 7] = [
+            " 53300:",
+            "ORA-00018",
+            "ORA-00020",
+            "ORA-02391",
+            "ORA-12516",
+            "ORA-12519",
+            "ORA-12520",
+        ];
+        match self {
+            SourceError::Connect(m) => CODES.iter().any(|c| m.contains(c)),
+            _ => false,
         }
     }
 
@@ -253,35 +287,187 @@ pub fn deadline_after(start: tokio::time::Instant, d: Duration) -> tokio::time::
         .unwrap_or(start)
 }
 
-/// Takes a session from `pool`, waiting until `deadline` or, when the connection sets one, its
-/// `pool_timeout` after `started`, whichever comes first. Waiting never outlasts the query's
-/// budget, and a full pool is reported as such.
+/// How long a pool that the server refused a session stays at the sessions it holds before it
+/// asks the server for one more (one slot per period, so a freed slot is found again).
+pub const REGROW_AFTER: Duration = Duration::from_secs(30);
+
+/// How long a poll refused its first session waits for a session outside the pool (the
+/// wake-up listener's) to give its slot up before it tries once more.
+const YIELD_PAUSE: Duration = Duration::from_millis(200);
+
+/// The sessions a pool may ask for now: its `pool_size`, less the sessions the server refused
+/// it (PostgreSQL 53300, Oracle ORA-00018/00020/02391). A poll takes a slot before it takes a
+/// session, so when the server will not open another session the poll waits for one of the
+/// sessions the pool already holds (within its deadline) instead of failing. Every
+/// [`REGROW_AFTER`] one refused slot is given back, so a limit that was raised (or a session
+/// another client closed) is used again.
+#[derive(Debug)]
+pub struct Slots {
+    gate: Arc<tokio::sync::Semaphore>,
+    max: usize,
+    state: std::sync::Mutex<SlotState>,
+    /// Counts refusals while the pool held no session: a session outside the pool (the
+    /// wake-up listener's) has the slot polls need, and gives it up on a change.
+    starved: tokio::sync::watch::Sender<u64>,
+}
+
+#[derive(Debug)]
+struct SlotState {
+    /// Slots in circulation: `max` less the refused ones.
+    capacity: usize,
+    /// When the last slot was refused (or given back).
+    changed: tokio::time::Instant,
+}
+
+/// A poll's slot: held with its session, released when the poll is done with it.
+pub type Slot = tokio::sync::OwnedSemaphorePermit;
+
+impl Slots {
+    pub fn new(max: usize) -> Slots {
+        let max = max.max(1);
+        Slots {
+            gate: Arc::new(tokio::sync::Semaphore::new(max)),
+            max,
+            state: std::sync::Mutex::new(SlotState {
+                capacity: max,
+                changed: tokio::time::Instant::now(),
+            }),
+            starved: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    /// Changes whenever the server refused the pool a session while it held none: a session
+    /// outside the pool watching this gives its slot up (polls come first).
+    pub fn starved(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.starved.subscribe()
+    }
+
+    /// Slots in circulation now (`pool_size` unless the server refused sessions).
+    pub fn capacity(&self) -> usize {
+        self.lock().capacity
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Gives one refused slot back once [`REGROW_AFTER`] has passed since the last change.
+    fn regrow(&self) {
+        let mut state = self.lock();
+        if state.capacity < self.max && state.changed.elapsed() >= REGROW_AFTER {
+            state.capacity += 1;
+            state.changed = tokio::time::Instant::now();
+            self.gate.add_permits(1);
+        }
+    }
+
+    /// The server refused a new session while the pool holds `held`: retire `slot` so the
+    /// polls wait for the held sessions. False (the refusal is the poll's error) when the
+    /// pool holds none to wait for.
+    fn refused(&self, slot: Slot, held: usize) -> bool {
+        if held == 0 {
+            self.starved.send_modify(|n| *n = n.wrapping_add(1));
+            return false;
+        }
+        let mut state = self.lock();
+        if state.capacity <= held {
+            return false;
+        }
+        slot.forget();
+        state.capacity -= 1;
+        state.changed = tokio::time::Instant::now();
+        true
+    }
+}
+
+/// A session taken from a pool: its slot (held until the caller is done with the session) and
+/// how long the poll waited for that slot — the time other polls' sessions cost it; connecting
+/// a new session is not counted, so a slow connect is never reported as a pool wait.
+pub struct Checked<M: deadpool::managed::Manager> {
+    pub session: deadpool::managed::Object<M>,
+    pub slot: Slot,
+    pub waited: Duration,
+}
+
+/// Takes a slot, then a session from `pool`, waiting until `deadline` or, when the connection
+/// sets one, its `pool_timeout` after `started`, whichever comes first. Waiting never outlasts
+/// the query's budget, and a full pool is reported as such ([`SourceError::PoolTimeout`]).
+/// When the server refuses the pool another session ([`SourceError::is_session_limit`]) while
+/// the pool holds some, the poll waits for one of those instead of failing ([`Slots`]). The
+/// [`Slot`] is the caller's to hold until it is done with the session.
 pub async fn checkout<M>(
     pool: &deadpool::managed::Pool<M>,
+    slots: &Slots,
     started: tokio::time::Instant,
     deadline: tokio::time::Instant,
     pool_timeout: Option<Duration>,
     kind: &str,
-) -> Result<deadpool::managed::Object<M>, SourceError>
+) -> Result<Checked<M>, SourceError>
 where
     M: deadpool::managed::Manager<Error = SourceError>,
 {
     let wait_until = pool_timeout.map_or(deadline, |t| deadline.min(deadline_after(started, t)));
-    match tokio::time::timeout_at(wait_until, pool.get()).await {
-        Ok(Ok(s)) => Ok(s),
-        Ok(Err(deadpool::managed::PoolError::Backend(e))) => Err(e),
-        Ok(Err(e)) => Err(SourceError::Connect(format!("{kind} pool: {e}"))),
-        Err(_) => {
-            let status = pool.status();
-            let waited = Duration::from_millis((wait_until - started).as_millis() as u64);
-            Err(if status.size >= status.max_size {
-                SourceError::PoolTimeout {
-                    waited,
-                    size: status.max_size,
+    let waited = || Duration::from_millis((wait_until - started).as_millis() as u64);
+    // A refusal while the pool holds nothing asks a session outside it to give its slot up;
+    // the poll tries once more after this pause.
+    let mut yielded = false;
+    // Time spent waiting for a slot (other polls' sessions), not connecting one.
+    let mut slot_waited = Duration::ZERO;
+    loop {
+        slots.regrow();
+        let asked = tokio::time::Instant::now();
+        let slot =
+            match tokio::time::timeout_at(wait_until, slots.gate.clone().acquire_owned()).await {
+                Ok(Ok(slot)) => slot,
+                Ok(Err(_)) => return Err(SourceError::Connect(format!("{kind} pool: closed"))),
+                Err(_) => {
+                    // Every slot was held by another poll (querying, or connecting a session
+                    // to replace one discarded after a timeout): a pool wait, not a slow query.
+                    // A poll that holds a slot and times out connecting is a `Timeout` below.
+                    return Err(SourceError::PoolTimeout {
+                        waited: waited(),
+                        size: slots.capacity(),
+                    });
                 }
-            } else {
-                SourceError::Timeout(waited)
-            })
+            };
+        slot_waited += asked.elapsed();
+        match tokio::time::timeout_at(wait_until, pool.get()).await {
+            Ok(Ok(session)) => {
+                return Ok(Checked {
+                    session,
+                    slot,
+                    waited: slot_waited,
+                });
+            }
+            Ok(Err(deadpool::managed::PoolError::Backend(e))) if e.is_session_limit() => {
+                let held = pool.status().size;
+                if !slots.refused(slot, held) {
+                    if held > 0 || yielded {
+                        return Err(e);
+                    }
+                    yielded = true;
+                    let pause = deadline_after(tokio::time::Instant::now(), YIELD_PAUSE);
+                    tokio::time::sleep_until(pause.min(wait_until)).await;
+                    continue;
+                }
+                tracing::info!(kind, sessions = held, error = %e,
+                    "the database refused another session: polls wait for the sessions the pool holds");
+            }
+            Ok(Err(deadpool::managed::PoolError::Backend(e))) => return Err(e),
+            Ok(Err(e)) => return Err(SourceError::Connect(format!("{kind} pool: {e}"))),
+            Err(_) => {
+                let status = pool.status();
+                return Err(if status.size >= status.max_size {
+                    SourceError::PoolTimeout {
+                        waited: waited(),
+                        size: status.max_size,
+                    }
+                } else {
+                    SourceError::Timeout(waited())
+                });
+            }
         }
     }
 }
@@ -381,6 +567,198 @@ mod tests {
         assert!(text.contains("\"c7\" … and 992 more)"), "{text}");
         assert!(!text.contains("\"c8\""), "{text}");
         assert!(text.len() < 600, "{} bytes", text.len());
+    }
+
+    #[test]
+    fn pool_waits_are_not_slow_queries() {
+        let wait = SourceError::PoolTimeout {
+            waited: Duration::from_secs(5),
+            size: 4,
+        };
+        let after = SourceError::TimeoutAfterWait {
+            timeout: Duration::from_secs(5),
+            waited: Duration::from_secs(4),
+            size: 4,
+        };
+        for e in [&wait, &after] {
+            assert_eq!(e.result_label(), "pool_timeout", "{e}");
+            let text = e.to_string();
+            assert!(!text.starts_with("query timed out"), "{text}");
+            assert!(text.contains("free database session"), "{text}");
+            assert!(text.contains("pool_size"), "{text}");
+            assert!(text.contains("wake-up fan-out"), "{text}");
+        }
+        assert_eq!(
+            after.to_string(),
+            format!(
+                "waited 4s of the 5s query timeout for a free database session (pool of 4) and the query ran out of the rest: {POOL_ADVICE}"
+            )
+        );
+        let slow = SourceError::Timeout(Duration::from_secs(5));
+        assert_eq!(slow.result_label(), "timeout");
+        assert_eq!(slow.to_string(), "query timed out after 5s");
+    }
+
+    /// A pool of numbers that take the given time to make, for checkout tests without a
+    /// database.
+    struct Numbers(Duration);
+
+    impl deadpool::managed::Manager for Numbers {
+        type Type = u32;
+        type Error = SourceError;
+        async fn create(&self) -> Result<u32, SourceError> {
+            tokio::time::sleep(self.0).await;
+            Ok(7)
+        }
+        async fn recycle(
+            &self,
+            _: &mut u32,
+            _: &deadpool::managed::Metrics,
+        ) -> deadpool::managed::RecycleResult<SourceError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_that_waited_for_a_slot_is_a_pool_wait_whatever_the_holder_does() {
+        let pool: deadpool::managed::Pool<Numbers> =
+            deadpool::managed::Pool::builder(Numbers(Duration::ZERO))
+                .max_size(1)
+                .build()
+                .unwrap();
+        let slots = Slots::new(1);
+        // The one slot is held by a poll that has no session yet (it is connecting, say
+        // after its session was discarded): the pool holds none, and still the wait is a
+        // pool wait, not "query timed out".
+        let held = slots.gate.clone().try_acquire_owned().unwrap();
+        let started = tokio::time::Instant::now();
+        let deadline = deadline_after(started, Duration::from_millis(300));
+        let e = checkout(&pool, &slots, started, deadline, None, "test")
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(
+            e,
+            SourceError::PoolTimeout {
+                waited: Duration::from_millis(300),
+                size: 1
+            }
+        );
+        drop(held);
+        let Checked { session: n, .. } = checkout(
+            &pool,
+            &slots,
+            started,
+            deadline_after(started, Duration::from_secs(1)),
+            None,
+            "test",
+        )
+        .await
+        .unwrap();
+        assert_eq!(*n, 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connecting_a_session_is_not_waiting_for_one() {
+        // A 200 ms connect with a free slot: no pool wait (a slow server is not a small pool).
+        let pool: deadpool::managed::Pool<Numbers> =
+            deadpool::managed::Pool::builder(Numbers(Duration::from_millis(200)))
+                .max_size(1)
+                .build()
+                .unwrap();
+        let slots = Slots::new(1);
+        let started = tokio::time::Instant::now();
+        let deadline = deadline_after(started, Duration::from_secs(1));
+        let first = checkout(&pool, &slots, started, deadline, None, "test")
+            .await
+            .unwrap();
+        assert_eq!(started.elapsed(), Duration::from_millis(200));
+        assert_eq!(first.waited, Duration::ZERO);
+        // Waiting 300 ms for the held session is a wait.
+        let second = {
+            let started = tokio::time::Instant::now();
+            let deadline = deadline_after(started, Duration::from_secs(1));
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                drop(first);
+            });
+            checkout(&pool, &slots, started, deadline, None, "test")
+                .await
+                .unwrap()
+        };
+        assert_eq!(second.waited, Duration::from_millis(300));
+    }
+
+    #[test]
+    fn session_limits() {
+        for (m, limit) in [
+            (
+                "postgres: FATAL 53300: too many connections for role \"limited\"",
+                true,
+            ),
+            (
+                "postgres: FATAL 53300: remaining connection slots are reserved",
+                true,
+            ),
+            (
+                "oracle: ORA-00018: maximum number of sessions exceeded",
+                true,
+            ),
+            (
+                "oracle: ORA-02391: exceeded simultaneous SESSIONS_PER_USER limit",
+                true,
+            ),
+            (
+                "postgres: FATAL 28P01: password authentication failed",
+                false,
+            ),
+            (
+                "postgres: error connecting to server: Connection refused",
+                false,
+            ),
+        ] {
+            assert_eq!(
+                SourceError::Connect(m.into()).is_session_limit(),
+                limit,
+                "{m}"
+            );
+        }
+        assert!(!SourceError::Query(" 53300: x".into()).is_session_limit());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refused_slots_wait_for_held_sessions_and_come_back() {
+        let slots = Slots::new(4);
+        let take = || slots.gate.clone().try_acquire_owned();
+        // The pool holds nothing: nothing to wait for, the refusal is the poll's error (and
+        // a session outside the pool is asked to give its slot up).
+        let starved = slots.starved();
+        assert!(!slots.refused(take().unwrap(), 0));
+        assert!(starved.has_changed().unwrap());
+        assert_eq!(slots.capacity(), 4);
+        // Holding one: refused slots are retired down to the one held, never below.
+        let held = take().unwrap();
+        assert!(slots.refused(take().unwrap(), 1));
+        assert!(slots.refused(take().unwrap(), 1));
+        assert!(slots.refused(take().unwrap(), 1));
+        assert_eq!(slots.capacity(), 1);
+        assert!(take().is_err(), "the next poll waits for the held session");
+        drop(held);
+        assert!(take().is_ok());
+        // One slot comes back per REGROW_AFTER.
+        slots.regrow();
+        assert_eq!(slots.capacity(), 1);
+        tokio::time::advance(REGROW_AFTER).await;
+        slots.regrow();
+        slots.regrow();
+        assert_eq!(slots.capacity(), 2);
+        tokio::time::advance(REGROW_AFTER * 5).await;
+        for _ in 0..5 {
+            slots.regrow();
+            tokio::time::advance(REGROW_AFTER).await;
+        }
+        assert_eq!(slots.capacity(), 4, "never past pool_size");
+        assert_eq!(slots.gate.available_permits(), 4);
     }
 
     #[test]

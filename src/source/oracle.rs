@@ -71,6 +71,8 @@ const BREAK_GRACE: Duration = Duration::from_secs(2);
 pub struct Oracle {
     name: String,
     pool: Pool<Sessions>,
+    /// The sessions polls may ask the pool for (fewer when the server refuses more).
+    slots: super::Slots,
     pool_size: usize,
     pool_timeout: Option<Duration>,
 }
@@ -203,6 +205,7 @@ impl Oracle {
             .map_err(|e| SourceError::Unsupported(format!("connection {:?}: {e}", conn.name)))?;
         Ok(Oracle {
             name: conn.name.clone(),
+            slots: super::Slots::new(conn.pool_size),
             pool,
             pool_size: conn.pool_size.max(1),
             pool_timeout: conn.pool_timeout,
@@ -218,8 +221,19 @@ impl Oracle {
     ) -> Result<T, SourceError> {
         let started = Instant::now();
         let deadline = super::deadline_after(started, timeout);
-        let session = checkout(&self.pool, started, deadline, self.pool_timeout, "oracle").await?;
-        let waited = started.elapsed();
+        let super::Checked {
+            session,
+            slot: _slot,
+            waited,
+        } = checkout(
+            &self.pool,
+            &self.slots,
+            started,
+            deadline,
+            self.pool_timeout,
+            "oracle",
+        )
+        .await?;
         let remaining = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));

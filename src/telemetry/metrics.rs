@@ -38,6 +38,7 @@ pub const WAKE_LISTENER_UP: &str = "orascale_wake_listener_up";
 pub const WAKE_NOTIFICATIONS: &str = "orascale_wake_notifications_total";
 pub const WAKE_POLLS: &str = "orascale_wake_polls_total";
 pub const WAKE_RECONNECTS: &str = "orascale_wake_listener_reconnects_total";
+pub const WAKE_DEFERRED: &str = "orascale_wake_polls_deferred_total";
 
 /// Every metric family orascale exports (for tests and the monitoring files' validation).
 pub const ALL: &[&str] = &[
@@ -64,6 +65,7 @@ pub const ALL: &[&str] = &[
     WAKE_NOTIFICATIONS,
     WAKE_POLLS,
     WAKE_RECONNECTS,
+    WAKE_DEFERRED,
 ];
 
 /// Database round-trips: 1 ms … 30 s.
@@ -153,7 +155,7 @@ fn describe() {
 }
 
 /// The `result` labels of `orascale_polls_total`.
-const POLL_RESULTS: [&str; 4] = ["ok", "error", "timeout", "null"];
+const POLL_RESULTS: [&str; 5] = ["ok", "error", "timeout", "null", "pool_timeout"];
 
 /// One poller's poll series, looked up once each (a label lookup per poll costs more than the
 /// rest of the bookkeeping) and only when first used, so no series exists before it happens.
@@ -162,7 +164,7 @@ pub struct PollSeries {
     /// `outcome` ok, error.
     duration: [OnceLock<Histogram>; 2],
     /// By [`POLL_RESULTS`].
-    polls: [OnceLock<Counter>; 4],
+    polls: [OnceLock<Counter>; 5],
 }
 
 impl PollSeries {

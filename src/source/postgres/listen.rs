@@ -1,27 +1,49 @@
 //! PostgreSQL wake-ups: LISTEN/NOTIFY on one dedicated session per connection (never a pooled
-//! one: its LISTEN state would leak into other polls). The hub in `source::wake` decides what
-//! to listen on and when to reconnect; this is only the session.
+//! one: its LISTEN state would leak into other polls). The engine's hub decides what to listen
+//! on and when to reconnect; this is only the session.
+//!
+//! Polls come first: the session takes a connection slot only once the pool holds a session
+//! (so with a role limited to fewer slots than `pool_size + 1` the pool is served first), and
+//! it gives its slot up when the server refuses the pool a session while the pool holds none.
+//! A refused connect (SQLSTATE 53300) is the hub's to back off from; wake-ups degrade and
+//! interval polling goes on.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool::managed::Pool;
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use tokio::sync::watch;
 use tokio_postgres::Client;
 
 use super::{Sessions, describe};
-use crate::source::SourceError;
 use crate::source::wake::{Deliver, ListenSession, Listener};
+use crate::source::{Slots, SourceError};
 
 /// LISTEN/UNLISTEN/ping may not run longer on the server than this.
 const STATEMENT_TIMEOUT_MS: u64 = 10_000;
+/// How long a connect waits for the pool to hold its first session (inside the hub's own
+/// connect timeout); past it, the connect fails and the hub retries with its backoff.
+const POOL_FIRST_WAIT: Duration = Duration::from_secs(5);
+/// How often that wait looks at the pool.
+const POOL_CHECK_EVERY: Duration = Duration::from_millis(20);
 
 pub(super) struct PgListener {
     pub(super) sessions: Sessions,
     /// The connection's config with the listener's application_name.
     pub(super) config: tokio_postgres::Config,
+    /// The pool whose first session comes before the listener's.
+    pub(super) pool: Pool<Sessions>,
+    /// Says when the pool was refused a session while holding none.
+    pub(super) slots: Arc<Slots>,
 }
 
 struct PgSession {
     client: Client,
     lost: tokio::sync::oneshot::Receiver<String>,
+    /// Changes when the pool needs this session's slot.
+    starved: watch::Receiver<u64>,
 }
 
 /// `"name"`: channel names are validated identifiers; quoting keeps their case exactly.
@@ -39,16 +61,39 @@ impl Listener for PgListener {
         deliver: Deliver,
     ) -> BoxFuture<'_, Result<Box<dyn ListenSession>, SourceError>> {
         async move {
+            // The pool's first session before the listener's: with a connection limit below
+            // pool_size + 1 the slot goes to polling.
+            let waiting = tokio::time::Instant::now();
+            while self.pool.status().size == 0 {
+                if waiting.elapsed() >= POOL_FIRST_WAIT {
+                    return Err(SourceError::Connect(
+                        "postgres: the pool holds no session yet; the listening session opens after the pool's first (polls come first)".into(),
+                    ));
+                }
+                tokio::time::sleep(POOL_CHECK_EVERY).await;
+            }
+            let mut starved = self.slots.starved();
+            starved.borrow_and_update();
             let (tx, lost) = tokio::sync::oneshot::channel();
             let client = self
                 .sessions
                 .open(self.config.clone(), Some((deliver, tx)))
-                .await?;
+                .await
+                .map_err(|e| match e {
+                    SourceError::Connect(m) if e.is_session_limit() => SourceError::Connect(format!(
+                        "{m}; the server has no slot for the listening session beside the pool's: wake-ups need a connection limit of at least pool_size + 1"
+                    )),
+                    e => e,
+                })?;
             client
                 .batch_execute(&format!("SET statement_timeout = {STATEMENT_TIMEOUT_MS}"))
                 .await
                 .map_err(failed)?;
-            Ok(Box::new(PgSession { client, lost }) as Box<dyn ListenSession>)
+            Ok(Box::new(PgSession {
+                client,
+                lost,
+                starved,
+            }) as Box<dyn ListenSession>)
         }
         .boxed()
     }
@@ -75,9 +120,13 @@ impl ListenSession for PgSession {
 
     fn lost(&mut self) -> BoxFuture<'_, String> {
         async move {
-            (&mut self.lost)
-                .await
-                .unwrap_or_else(|_| "the session was closed".to_string())
+            tokio::select! {
+                why = &mut self.lost => why.unwrap_or_else(|_| "the session was closed".to_string()),
+                // Closed only with the source, and then the session is gone too.
+                Ok(()) = self.starved.changed() => {
+                    "the server refused the pool a session while it held none: the listening session gave its slot up (polls come first)".to_string()
+                }
+            }
         }
         .boxed()
     }

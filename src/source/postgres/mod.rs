@@ -51,6 +51,8 @@ const STATEMENT_CACHE: usize = 64;
 pub struct Postgres {
     name: String,
     pool: Pool<Sessions>,
+    /// The sessions polls may ask the pool for (fewer when the server refuses more).
+    slots: Arc<super::Slots>,
     pool_size: usize,
     pool_timeout: Option<Duration>,
     tls: Tls,
@@ -157,16 +159,20 @@ impl Postgres {
             tls: tls.clone(),
             tasks: tasks.clone(),
         };
-        let listener = Arc::new(listen::PgListener {
-            sessions: sessions.clone(),
-            config: listener_config,
-        });
-        let pool = Pool::builder(sessions)
+        let pool = Pool::builder(sessions.clone())
             .max_size(conn.pool_size.max(1))
             .build()
             .map_err(|e| SourceError::Unsupported(format!("connection {:?}: {e}", conn.name)))?;
+        let slots = Arc::new(super::Slots::new(conn.pool_size));
+        let listener = Arc::new(listen::PgListener {
+            sessions,
+            config: listener_config,
+            pool: pool.clone(),
+            slots: slots.clone(),
+        });
         Ok(Postgres {
             name: conn.name.clone(),
+            slots,
             pool,
             pool_size: conn.pool_size.max(1),
             pool_timeout: conn.pool_timeout,
@@ -179,9 +185,19 @@ impl Postgres {
     async fn run(&self, sql: &str, timeout: Duration) -> Result<Cell, SourceError> {
         let started = Instant::now();
         let deadline = super::deadline_after(started, timeout);
-        let session =
-            checkout(&self.pool, started, deadline, self.pool_timeout, "postgres").await?;
-        let waited = started.elapsed();
+        let super::Checked {
+            session,
+            slot: _slot,
+            waited,
+        } = checkout(
+            &self.pool,
+            &self.slots,
+            started,
+            deadline,
+            self.pool_timeout,
+            "postgres",
+        )
+        .await?;
         let mut flight = InFlight {
             cancel: Some((session.client.cancel_token(), self.tls.clone())),
             session: Some(session),
@@ -295,8 +311,13 @@ impl Source for Postgres {
     ) -> BoxFuture<'a, Result<ServerInfo, SourceError>> {
         async move {
             let deadline = super::deadline_after(Instant::now(), timeout);
-            let session = checkout(
+            let super::Checked {
+                session,
+                slot: _slot,
+                ..
+            } = checkout(
                 &self.pool,
+                &self.slots,
                 Instant::now(),
                 deadline,
                 self.pool_timeout,

@@ -1,0 +1,540 @@
+//! Fair shares between wake-ups and polling (issue 20), against a real PostgreSQL server and
+//! the real binary: polls come first for connection slots (a role limited to one or two
+//! connections still answers every GetMetrics, the listener takes only a slot the pool does not
+//! need), a poll that waited for a session says so, and a busy notification channel never
+//! starves the interval polls of unrelated triggers.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use orascale::grpc::proto::ScaledObjectRef;
+use orascale::grpc::proto::external_scaler_client::ExternalScalerClient;
+use support::pg::{self, Pg};
+use support::*;
+use tokio_postgres::Client;
+use tonic::transport::Channel;
+
+const LIMIT: Duration = Duration::from_secs(240);
+
+/// The test's database (the scaler role limited to `limit` connections, `jobs` and its notify
+/// trigger) and orascale serving it as connection `pg` with `pool_size`, after `extra`
+/// top-level TOML lines.
+async fn serve(
+    pg: &Pg,
+    limit: Option<u32>,
+    pool_size: usize,
+    extra: &str,
+) -> (
+    Client,
+    tempfile::TempDir,
+    Binary,
+    ExternalScalerClient<Channel>,
+) {
+    let admin = pg.setup().await;
+    pg::notify_trigger(&admin).await;
+    if let Some(n) = limit {
+        admin
+            .batch_execute(&format!(
+                "alter role {} connection limit {n}",
+                pg::SCALER_USER
+            ))
+            .await
+            .unwrap();
+    }
+    pg::set_queued(&admin, 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("orascale.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "{extra}\n[connections.pg]\nurl = \"{}\"\npool_size = {pool_size}\n",
+            pg.scaler_url()
+        ),
+    )
+    .unwrap();
+    let server = Binary::start(&["--config", file.to_str().unwrap()], dir.path());
+    let c = client(server.grpc).await;
+    (admin, dir, server, c)
+}
+
+/// A distinct query per `i` that takes 50 ms, so polls of different triggers overlap and the
+/// pool wants more than one session.
+fn slow_count(i: usize) -> String {
+    format!("select count(*) + {i} - {i} from jobs, pg_sleep(0.05) where status = 'queued'")
+}
+
+fn trigger(name: &str, query: &str, interval: &str, channel: Option<&str>) -> ScaledObjectRef {
+    let mut meta = vec![
+        ("connection", "pg"),
+        ("query", query),
+        ("targetQueryValue", "1"),
+        ("pollInterval", interval),
+    ];
+    if let Some(c) = channel {
+        meta.push(("notifyChannel", c));
+        meta.push(("minWakeInterval", "100ms"));
+    }
+    object(name, &meta)
+}
+
+async fn metric(server: &Binary, name: &str, parts: &[&str]) -> f64 {
+    let text = scrape(server.metrics).await;
+    metric_value(&text, name, parts).unwrap_or(0.0)
+}
+
+/// At least `min` polls succeeded and none failed: a refused session is waited for, not a
+/// failed poll.
+async fn assert_polls_ok(server: &Binary, min: f64) {
+    let text = scrape(server.metrics).await;
+    let polls = |result: &str| {
+        metric_value(
+            &text,
+            "orascale_polls_total",
+            &["connection=\"pg\"", &format!("result=\"{result}\"")],
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(polls("ok") >= min, "{} polls ok:\n{text}", polls("ok"));
+    for result in ["error", "timeout", "pool_timeout"] {
+        assert_eq!(polls(result), 0.0, "{result}:\n{}", server.log_text());
+    }
+}
+
+/// Sessions of the scaler's role PostgreSQL holds now.
+async fn scaler_sessions(admin: &Client) -> usize {
+    pg::scaler_sessions(admin).await.len()
+}
+
+/// Asks every trigger for its value, `rounds` times, `every` apart, while `admin` commits a
+/// change to `jobs` (a NOTIFY) every fifth round: every answer must be a value, never UNAVAILABLE.
+/// Returns the most scaler sessions seen at once.
+async fn every_call_answers(
+    c: &mut ExternalScalerClient<Channel>,
+    admin: &Client,
+    server: &Binary,
+    triggers: &[ScaledObjectRef],
+    rounds: usize,
+    every: Duration,
+) -> usize {
+    let mut most = 0;
+    for round in 0..rounds {
+        if round % 5 == 0 {
+            admin
+                .batch_execute("update jobs set status = 'queued' where id = 1")
+                .await
+                .unwrap();
+        }
+        for t in triggers {
+            match c.get_metrics(deadline(metrics_request(t, ""))).await {
+                Ok(r) => assert!(value(r) >= 0.0),
+                Err(e) => panic!(
+                    "round {round}: {} answered {:?}: {}\n{}",
+                    t.name,
+                    e.code(),
+                    e.message(),
+                    server.log_text()
+                ),
+            }
+        }
+        most = most.max(scaler_sessions(admin).await);
+        tokio::time::sleep(every).await;
+    }
+    most
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_connection_role_keeps_polling_and_wakeups_degrade() {
+    let Some(pg) = Pg::start_or_skip("a_one_connection_role_keeps_polling_and_wakeups_degrade")
+    else {
+        return;
+    };
+    guard(LIMIT, async {
+        // The default pool of 4 on a role allowed one connection, three triggers with a channel.
+        let (admin, _dir, server, mut c) = serve(&pg, Some(1), 4, "").await;
+        let triggers: Vec<ScaledObjectRef> = (0..4)
+            .map(|i| {
+                trigger(
+                    &format!("t{i}"),
+                    &slow_count(i),
+                    "1s",
+                    (i < 3).then_some("jobs_changed"),
+                )
+            })
+            .collect();
+        let most = every_call_answers(
+            &mut c,
+            &admin,
+            &server,
+            &triggers,
+            40,
+            Duration::from_millis(200),
+        )
+        .await;
+        assert_eq!(most, 1, "the role's one connection, never more");
+        assert_eq!(
+            metric(&server, "orascale_wake_listener_up", &["connection=\"pg\""]).await,
+            0.0,
+            "no slot for the listener: wake-ups are down and say so"
+        );
+        let log = server.log_text();
+        assert_eq!(
+            log.matches("notification listener down").count(),
+            1,
+            "WARN once per outage:\n{log}"
+        );
+        assert!(log.contains("53300"), "{log}");
+        assert_polls_ok(&server, 20.0).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_connection_role_with_a_pool_of_two_keeps_polling_and_listening() {
+    let Some(pg) =
+        Pg::start_or_skip("a_two_connection_role_with_a_pool_of_two_keeps_polling_and_listening")
+    else {
+        return;
+    };
+    guard(LIMIT, async {
+        let (admin, _dir, server, mut c) = serve(&pg, Some(2), 2, "").await;
+        let triggers: Vec<ScaledObjectRef> = (0..6)
+            .map(|i| {
+                trigger(
+                    &format!("t{i}"),
+                    &slow_count(i),
+                    "1s",
+                    (i % 2 == 0).then_some("jobs_changed"),
+                )
+            })
+            .collect();
+        let most = every_call_answers(
+            &mut c,
+            &admin,
+            &server,
+            &triggers,
+            40,
+            Duration::from_millis(200),
+        )
+        .await;
+        assert!(most <= 2, "{most} sessions on a role allowed 2");
+        assert_polls_ok(&server, 30.0).await;
+        // Which of the pool's second session and the listener has the second slot depends on
+        // who asked first; either way no poll failed. Below pool_size + 1 nothing more is promised.
+    })
+    .await;
+}
+
+/// The source of connection `pg` as the engine gets it, with `pool_size`.
+fn source(pg: &Pg, pool_size: usize) -> std::sync::Arc<dyn orascale::source::Source> {
+    let mut conn = connection("pg", &pg.scaler_url());
+    conn.pool_size = pool_size;
+    orascale::source::open(&conn).unwrap()
+}
+
+fn deliver_nothing() -> orascale::source::wake::Deliver {
+    std::sync::Arc::new(|_: &str| {})
+}
+
+async fn limit_role(admin: &Client, n: u32) {
+    admin
+        .batch_execute(&format!(
+            "alter role {} connection limit {n}",
+            pg::SCALER_USER
+        ))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_opens_only_after_the_pool_holds_a_session() {
+    let Some(pg) = Pg::start_or_skip("the_listener_opens_only_after_the_pool_holds_a_session")
+    else {
+        return;
+    };
+    guard(LIMIT, async {
+        let admin = pg.setup().await;
+        limit_role(&admin, 1).await;
+        let src = source(&pg, 4);
+        let listener = src.listener().expect("postgres listens");
+        // The listener asks first: it must leave the one slot to the poll that follows.
+        let listening = tokio::spawn(async move { listener.connect(deliver_nothing()).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            scaler_sessions(&admin).await,
+            0,
+            "no listener before the pool"
+        );
+        let cell = src
+            .query("select count(*) from jobs", Duration::from_secs(5))
+            .await;
+        assert!(cell.is_ok(), "{cell:?}");
+        let refused = listening
+            .await
+            .unwrap()
+            .err()
+            .expect("no slot for the listener");
+        assert!(refused.is_session_limit(), "{refused}");
+        assert!(
+            refused.to_string().contains("at least pool_size + 1"),
+            "{refused}"
+        );
+        // And polls go on on the pool's one session.
+        for _ in 0..5 {
+            let cell = src
+                .query("select count(*) from jobs", Duration::from_secs(5))
+                .await;
+            assert!(cell.is_ok(), "{cell:?}");
+        }
+        src.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_gives_its_slot_up_when_the_pool_holds_none() {
+    let Some(pg) = Pg::start_or_skip("the_listener_gives_its_slot_up_when_the_pool_holds_none")
+    else {
+        return;
+    };
+    guard(LIMIT, async {
+        let admin = pg.setup().await;
+        limit_role(&admin, 2).await;
+        let src = source(&pg, 1);
+        assert!(
+            src.query("select count(*) from jobs", Duration::from_secs(5))
+                .await
+                .is_ok()
+        );
+        let mut session = src
+            .listener()
+            .unwrap()
+            .connect(deliver_nothing())
+            .await
+            .expect("a second slot for the listener");
+        // As the hub does: the session is dropped once it reports its loss.
+        let (gone_tx, gone) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let why = session.lost().await;
+            drop(session);
+            let _ = gone_tx.send(why);
+        });
+        // Now only one slot, held by the listener, and the pool's session is gone.
+        limit_role(&admin, 1).await;
+        admin
+            .batch_execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity \
+                 where application_name = 'orascale'",
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let cell = src
+            .query("select count(*) from jobs", Duration::from_secs(5))
+            .await;
+        assert!(cell.is_ok(), "the poll got the listener's slot: {cell:?}");
+        let why = tokio::time::timeout(Duration::from_secs(5), gone)
+            .await
+            .expect("the listener let go")
+            .unwrap();
+        assert!(why.contains("polls come first"), "{why}");
+        src.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_that_waited_for_a_session_says_so() {
+    let Some(pg) = Pg::start_or_skip("a_poll_that_waited_for_a_session_says_so") else {
+        return;
+    };
+    guard(LIMIT, async {
+        let admin = pg.setup().await;
+        pg::set_queued(&admin, 1).await;
+        let mut conn = connection("pgwait", &pg.scaler_url());
+        conn.pool_size = 1;
+        let server = start(vec![conn], engine()).await;
+        let mut c = client(server.grpc_addr).await;
+        // The pool's one session is taken by a query that runs for 3 s, poll after poll.
+        let hog = object(
+            "hog",
+            &[
+                ("query", "select count(*) from (select pg_sleep(5)) s"),
+                ("targetQueryValue", "1"),
+                ("pollInterval", "1s"),
+                ("queryTimeout", "3s"),
+            ],
+        );
+        let _ = c.get_metrics(deadline(metrics_request(&hog, ""))).await;
+        // A fresh hog query (at most 1 s old): the next poller's first poll cannot have it.
+        let started = std::time::Instant::now();
+        loop {
+            let young: bool = admin
+                .query_one(
+                    "select coalesce(bool_or(now() - query_start < interval '1 second'), false) \
+                     from pg_stat_activity where usename = $1 and state = 'active' \
+                     and query like '%pg_sleep(5)%'",
+                    &[&pg::SCALER_USER],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if young {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let fast = object(
+            "fast",
+            &[
+                ("query", "select count(*) from jobs"),
+                ("targetQueryValue", "1"),
+                ("pollInterval", "10s"),
+                ("queryTimeout", "300ms"),
+            ],
+        );
+        let err = c
+            .get_metrics(deadline(metrics_request(&fast, "")))
+            .await
+            .expect_err("its only poll waited for the pool");
+        let m = err.message();
+        assert!(
+            m.contains("no free database session within 300ms (all 1 of the pool busy)"),
+            "{m}"
+        );
+        assert!(!m.contains("query timed out"), "not a slow query: {m}");
+        assert!(m.contains("raise the connection's pool_size"), "{m}");
+        let text = scrape(server.metrics_addr).await;
+        let polls = |result: &str| {
+            metric_value(
+                &text,
+                "orascale_polls_total",
+                &["connection=\"pgwait\"", &format!("result=\"{result}\"")],
+            )
+            .unwrap_or(0.0)
+        };
+        assert_eq!(polls("pool_timeout"), 1.0, "{text}");
+        server.stop().await;
+    })
+    .await;
+}
+
+/// 50 triggers on one busy channel (each query 200 ms) and 5 unrelated triggers polling every
+/// second share a pool of 2, under a steady NOTIFY stream; `share` is `wake_poll_share`. Returns
+/// (the unrelated triggers' oldest sample age seen, GetMetrics calls that failed for them,
+/// deferred wake polls, wake polls).
+async fn busy_channel(pg: &Pg, share: u8) -> (f64, Vec<String>, f64, f64) {
+    let (admin, _dir, server, mut c) =
+        serve(pg, None, 2, &format!("wake_poll_share = {share}")).await;
+    let fresh: Vec<ScaledObjectRef> = (0..5)
+        .map(|i| {
+            trigger(
+                &format!("fresh-{i}"),
+                &format!("select count(*) + {i} - {i} from jobs"),
+                "1s",
+                None,
+            )
+        })
+        .collect();
+    for t in &fresh {
+        value(
+            c.get_metrics(deadline(metrics_request(t, "")))
+                .await
+                .unwrap(),
+        );
+    }
+    let busy: Vec<ScaledObjectRef> = (0..50)
+        .map(|i| {
+            trigger(
+                &format!("busy-{i}"),
+                &format!(
+                    "select count(*) + {i} - {i} from jobs, pg_sleep(0.2) where status = 'queued'"
+                ),
+                "1h",
+                Some("jobs_changed"),
+            )
+        })
+        .collect();
+    // Their first polls (10 s of queries on 2 sessions) may outlast KEDA's first-call wait.
+    for t in &busy {
+        let _ = c.get_metrics(deadline(metrics_request(t, ""))).await;
+    }
+    // The NOTIFY stream: a commit every 20 ms, for the whole window.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let notifier = {
+        let stop = stop.clone();
+        let admin = pg.admin().await;
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.is_cancelled() {
+                admin
+                    .batch_execute("update jobs set status = 'queued' where id = 1")
+                    .await
+                    .unwrap();
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            n
+        })
+    };
+    // Let the busy pollers' first polls drain; from here the fresh ones must stay fresh.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let deferred_before = metric(&server, "orascale_wake_polls_deferred_total", &[]).await;
+    let wakes_before = metric(&server, "orascale_wake_polls_total", &[]).await;
+    let mut oldest = 0.0f64;
+    let mut failures = Vec::new();
+    let window = Instant::now();
+    while window.elapsed() < Duration::from_secs(12) {
+        for t in &fresh {
+            if let Err(e) = c.get_metrics(deadline(metrics_request(t, ""))).await {
+                failures.push(format!("{}: {:?} {}", t.name, e.code(), e.message()));
+            }
+        }
+        let text = scrape(server.metrics).await;
+        for t in &fresh {
+            let age = metric_value(
+                &text,
+                "orascale_poller_sample_age_seconds",
+                &[&format!("scaledobject=\"{}\"", t.name)],
+            )
+            .unwrap_or(f64::INFINITY);
+            oldest = oldest.max(age);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stop.cancel();
+    let commits = notifier.await.unwrap();
+    let deferred =
+        metric(&server, "orascale_wake_polls_deferred_total", &[]).await - deferred_before;
+    let wakes = metric(&server, "orascale_wake_polls_total", &[]).await - wakes_before;
+    eprintln!(
+        "wake_poll_share {share}: {commits} commits, {wakes} wake polls, {deferred} deferred; \
+         unrelated triggers' oldest sample {oldest:.2} s, {} failed calls",
+        failures.len()
+    );
+    drop(admin);
+    (oldest, failures, deferred, wakes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_channel_never_starves_interval_polls() {
+    let Some(pg) = Pg::start_or_skip("a_busy_channel_never_starves_interval_polls") else {
+        return;
+    };
+    guard(LIMIT, async {
+        // The default share: half of the pool of 2, so one session is always left to the
+        // interval polls.
+        let (oldest, failures, deferred, wakes) = busy_channel(&pg, 50).await;
+        assert!(failures.is_empty(), "{failures:#?}");
+        // Polled every second; a poll may queue behind at most one 200 ms wake poll. (Without
+        // the budget, 50 wake polls queue ahead of it: 5 s on 2 sessions.)
+        assert!(
+            oldest < 2.0,
+            "an unrelated trigger's sample was {oldest:.2} s old"
+        );
+        assert!(deferred > 0.0, "the budget deferred wake polls: {deferred}");
+        assert!(wakes > 0.0, "the busy channel was still served: {wakes}");
+    })
+    .await;
+}
