@@ -568,6 +568,12 @@ const CONNECT: &[&str] = &[
     "ORA-12514", // listener does not know the service
     "ORA-12505", // listener does not know the SID
     "ORA-12541", // no listener
+    "ORA-00018", // maximum number of sessions exceeded
+    "ORA-00020", // maximum number of processes exceeded
+    "ORA-02391", // exceeded simultaneous SESSIONS_PER_USER limit
+    "ORA-12516", // listener could not find an available handler
+    "ORA-12519", // no appropriate service handler found
+    "ORA-12520", // no available handler for the requested server type
     "ORA-12543", // destination host unreachable
     "ORA-12170", // connect timeout
     "ORA-12545", // target host does not exist
@@ -800,6 +806,15 @@ mod tests {
                 Fault::Connect,
             ),
             ("ORA-12541: TNS:no listener", Fault::Connect),
+            // Session limits are failures to log on, so the pool waits for a session it holds.
+            (
+                "ORA-02391: exceeded simultaneous SESSIONS_PER_USER limit",
+                Fault::Connect,
+            ),
+            (
+                "ORA-00018: maximum number of sessions exceeded",
+                Fault::Connect,
+            ),
             (
                 "ORA-12514: TNS:listener does not currently know of service requested",
                 Fault::Connect,
