@@ -72,7 +72,7 @@ const FORBIDDEN: &[&str] = &[
 ];
 
 /// The statement after its one trailing `;`, or why it is refused.
-pub fn check(query: &str, dialect: Dialect, allow_dblinks: bool) -> Result<String, Rejection> {
+pub fn screen(query: &str, dialect: Dialect, allow_dblinks: bool) -> Result<String, Rejection> {
     let tokens = lex(query, dialect)?;
     // One trailing `;` (Oracle rejects it) is stripped; any other `;` is a second statement.
     let mut end = tokens.len();
@@ -642,7 +642,7 @@ mod tests {
     fn hostile_queries_are_refused_with_the_rule() {
         assert!(HOSTILE.len() >= 40);
         for (q, dialect, frag) in HOSTILE {
-            match check(q, *dialect, false) {
+            match screen(q, *dialect, false) {
                 Ok(_) => panic!("{dialect:?} accepted: {q}"),
                 Err(e) => assert!(e.to_string().contains(frag), "{q}: {e} lacks {frag:?}"),
             }
@@ -655,7 +655,7 @@ mod tests {
         for (q, dialect) in LEGITIMATE {
             // The db-link case is legitimate only where the connection allows links.
             let allow = q.contains("@prod_link");
-            match check(q, *dialect, allow) {
+            match screen(q, *dialect, allow) {
                 Ok(stripped) => assert_eq!(stripped, q.trim_end_matches(';').trim(), "{q}"),
                 Err(e) => panic!("{dialect:?} refused {q}: {e}"),
             }
@@ -665,11 +665,11 @@ mod tests {
     #[test]
     fn one_trailing_semicolon_is_stripped() {
         assert_eq!(
-            check("select 1 from dual ;  ", Oracle, false).unwrap(),
+            screen("select 1 from dual ;  ", Oracle, false).unwrap(),
             "select 1 from dual"
         );
         assert_eq!(
-            check("select 1 from dual -- done\n;", Oracle, false).unwrap(),
+            screen("select 1 from dual -- done\n;", Oracle, false).unwrap(),
             "select 1 from dual -- done"
         );
     }
@@ -679,7 +679,7 @@ mod tests {
         use proptest::prelude::*;
         proptest!(|(q in ".{0,200}")| {
             for d in [Oracle, Postgres, Sqlite] {
-                let _ = check(&q, d, false);
+                let _ = screen(&q, d, false);
             }
         });
     }

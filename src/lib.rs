@@ -10,7 +10,7 @@
 //! - [`source`]: the one small trait every database sits behind (Oracle, PostgreSQL, SQLite), and
 //!   database-driven wake-ups (`source::wake`).
 //! - [`engine`]: the [`engine::Registry`] of pollers (one per distinct trigger), the poller task and
-//!   the cached [`engine::Sample`] each poller publishes into a `tokio::sync::watch` channel.
+//!   the cached [`engine::PollState`] each poller publishes into a `tokio::sync::watch` channel.
 //! - [`grpc`]: KEDA's `ExternalScaler` service over the engine, the push state machine behind
 //!   its server streams, the single error → `Status` mapping, and the generated protobuf types
 //!   (which never leak into the engine).
@@ -25,8 +25,8 @@
 //! ```text
 //! KEDA ──gRPC──► grpc::Scaler ──metadata::parse──► ScalerSpec ──► engine::Registry::entry(key)
 //!                     ▲                                                   │ (create on miss)
-//!                     │ read the cached Sample, never the database        ▼
-//!                     └──────────── watch::Receiver<Sample> ◄── Poller ──► source::Source ──► DB
+//!                     │ read the cached PollState, never the database     ▼
+//!                     └───────── watch::Receiver<PollState> ◄── Poller ──► source::Source ──► DB
 //! ```
 //! Pollers write, handlers read: only a poller ever talks to a database, so a slow or failing
 //! database delays nobody's gRPC answer, and identical triggers share one query.

@@ -4,7 +4,7 @@
 //! credentials redacted, so `main` can print it and exit with status 64.
 //!
 //! - [`flags`]: the command line (clap), each flag with its environment variable.
-//! - [`file`]: the TOML file, and how flags + file + defaults resolve into a [`Config`].
+//! - [`resolve`]: the resolver: the TOML file, and how flags + file + defaults resolve into a [`Config`].
 //! - [`url`]: connection URLs, parsed and shown without passwords.
 //! - [`validate`]: the startup range checks every duration and count goes through.
 //! - [`defaults`]: every default in one place.
@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod defaults;
-mod file;
 mod flags;
+mod resolve;
 mod url;
 mod validate;
 

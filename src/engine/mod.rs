@@ -1,5 +1,5 @@
 //! The polling engine: one poller task per distinct trigger, each publishing its latest
-//! [`Sample`] into a watch channel that the gRPC handlers read without touching the database.
+//! [`PollState`] into a watch channel that the gRPC handlers read without touching the database.
 //!
 //! - [`registry`]: the map key → poller, created on first use and evicted when idle.
 //! - [`poller`]: the task that runs one query on its interval.
@@ -12,8 +12,8 @@
 
 pub mod poller;
 pub mod registry;
-pub mod sample;
 pub mod sources;
+pub mod state;
 pub mod stats;
 pub mod supervise;
 pub mod wake;
@@ -25,7 +25,7 @@ pub use crate::trigger::{PollerKey, WakeKey};
 /// connection made from a trigger's own credentials, between preparing and polling it).
 pub type SourceRef = std::sync::Arc<dyn crate::source::Source>;
 pub use registry::{EntryCache, Registry, Subscription};
-pub use sample::{Reading, Sample};
+pub use state::{PollState, Reading};
 pub use stats::PollerStatus;
 
 /// Why the engine has no value to give.

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::WakeKey;
 use super::wake::{Subscribed, Wake};
-use super::{PollerKey, Sample};
+use super::{PollState, PollerKey};
 use crate::source::{Cell, Source, SourceError};
 use crate::telemetry::metrics as m;
 
@@ -116,7 +116,7 @@ impl Wakes {
 pub struct Poller {
     pub key: PollerKey,
     pub source: Arc<dyn Source>,
-    pub tx: watch::Sender<Sample>,
+    pub tx: watch::Sender<PollState>,
     /// Who the log lines name (shared with the registry's entry).
     pub origin: Arc<Named>,
     /// The wake-up channels this poller's users want, and how to hold one.
@@ -436,7 +436,10 @@ mod tests {
         }
     }
 
-    fn start(key: PollerKey, script: Arc<Script>) -> (watch::Receiver<Sample>, CancellationToken) {
+    fn start(
+        key: PollerKey,
+        script: Arc<Script>,
+    ) -> (watch::Receiver<PollState>, CancellationToken) {
         start_with(key, script, Wakes::none())
     }
 
@@ -468,8 +471,8 @@ mod tests {
         key: PollerKey,
         script: Arc<Script>,
         wakes: Wakes,
-    ) -> (watch::Receiver<Sample>, CancellationToken) {
-        let (tx, rx) = watch::channel(Sample::default());
+    ) -> (watch::Receiver<PollState>, CancellationToken) {
+        let (tx, rx) = watch::channel(PollState::default());
         let cancel = CancellationToken::new();
         let poller = Poller {
             key,

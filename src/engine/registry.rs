@@ -22,7 +22,7 @@ use super::sources::Sources;
 use super::stats::PollerStatus;
 use super::supervise;
 use super::wake::{Hubs, Wanted};
-use super::{EngineError, PollerKey, Reading, Sample, WakeKey};
+use super::{EngineError, PollState, PollerKey, Reading, WakeKey};
 use crate::config::EngineConfig;
 use crate::source::Source;
 use crate::telemetry::metrics as m;
@@ -31,7 +31,7 @@ use crate::telemetry::metrics as m;
 pub struct Entry {
     /// The poller's key, so a stream can find the poller's successor without a copy of its own.
     key: PollerKey,
-    rx: watch::Receiver<Sample>,
+    rx: watch::Receiver<PollState>,
     /// Milliseconds since the registry's epoch of the latest call or stream.
     last_used_ms: AtomicU64,
     streams: AtomicUsize,
@@ -249,7 +249,7 @@ impl Registry {
         };
         if !entry.rx.borrow().has_outcome() {
             let mut rx = entry.rx.clone();
-            let wait = rx.wait_for(Sample::has_outcome);
+            let wait = rx.wait_for(PollState::has_outcome);
             let _ = tokio::time::timeout_at(
                 crate::source::deadline_after(entry.created, self.config.first_result_wait),
                 wait,
@@ -403,7 +403,7 @@ impl Registry {
                 )));
             }
         };
-        let (tx, rx) = watch::channel(Sample::default());
+        let (tx, rx) = watch::channel(PollState::default());
         let cancel = self.shutdown.child_token();
         let stopped = Arc::new(OnceLock::new());
         let named = Arc::new(Named::new(origin.clone()));
@@ -566,7 +566,7 @@ impl Registry {
 /// An open StreamIsActive's hold on a poller. Kept small: there is one per open stream.
 pub struct Subscription {
     entry: Arc<Entry>,
-    rx: watch::Receiver<Sample>,
+    rx: watch::Receiver<PollState>,
     max_age: Duration,
     registry: Arc<Registry>,
     source: Option<Arc<dyn Source>>,

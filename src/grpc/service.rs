@@ -111,7 +111,7 @@ impl Scaler {
                 &parsed.spec.poller,
                 &parsed.origin,
                 source.as_ref(),
-                Some(&parsed.poller),
+                Some(&parsed.cached_poller),
                 parsed.spec.wake.as_ref(),
             )
             .await?;

@@ -36,7 +36,7 @@ pub struct Parsed {
     /// Who asks, for the poller's log lines and per-poller metrics.
     pub origin: Origin,
     /// The trigger's poller as last found, so later calls skip the registry lookup.
-    pub poller: crate::engine::EntryCache,
+    pub cached_poller: crate::engine::EntryCache,
     /// `orascale_sample_age_seconds` for GetMetrics and IsActive, made on first use.
     ages: [std::sync::OnceLock<metrics::Histogram>; 2],
     /// Milliseconds since the cache's epoch of the latest call that used this entry.
@@ -255,7 +255,7 @@ impl Specs {
             },
             spec,
             ages: Default::default(),
-            poller: Default::default(),
+            cached_poller: Default::default(),
             last_used_ms: AtomicU64::new(now),
             recency: AtomicU64::new(self.clock.fetch_add(1, Ordering::Relaxed) + 1),
             who,
@@ -296,7 +296,7 @@ impl Specs {
         // does not, learn that it left them.
         for old in released {
             if old.spec.poller != parsed.spec.poller {
-                old.poller.released(&old.origin);
+                old.cached_poller.released(&old.origin);
             }
         }
         Ok(parsed)

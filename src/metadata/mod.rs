@@ -132,7 +132,11 @@ pub fn guarded_query(
 
 /// The SQL guard with the connection's dialect and database-link policy.
 pub(super) fn guarded(query: &str, conn: &ConnectionConfig) -> Result<String, MetadataError> {
-    Ok(guard::check(query, dialect(&conn.url), conn.allow_dblinks)?)
+    Ok(guard::screen(
+        query,
+        dialect(&conn.url),
+        conn.allow_dblinks,
+    )?)
 }
 
 /// What the parser needs from the server: its connections (with their policies), engine

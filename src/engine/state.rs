@@ -26,7 +26,7 @@ pub struct Failure {
 
 /// Everything a handler needs to answer, copied out of the watch channel.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Sample {
+pub struct PollState {
     /// The last successful poll, however old.
     pub good: Option<Reading>,
     /// Set when the latest poll failed; cleared by the next success.
@@ -35,7 +35,7 @@ pub struct Sample {
     pub polls: u64,
 }
 
-impl Sample {
+impl PollState {
     /// Whether any poll has completed.
     pub fn has_outcome(&self) -> bool {
         self.polls > 0
@@ -87,7 +87,7 @@ mod tests {
     #[test]
     fn serving_rules() {
         let t0 = Instant::now();
-        let mut s = Sample::default();
+        let mut s = PollState::default();
         assert!(s.value(t0, LIMIT).unwrap_err().contains("no result yet"));
 
         s.record_err("no such table: jobs", t0);
