@@ -220,6 +220,25 @@ pub async fn wait_value(
     }
 }
 
+/// GetMetrics for a trigger whose poller may be new: while the answer is "no result yet" (the
+/// first query still running after the server's own 2 s wait, as on a loaded machine) it asks
+/// again, up to `limit`; any other answer is returned as it is.
+pub async fn first_value(
+    c: &mut ExternalScalerClient<Channel>,
+    obj: &ScaledObjectRef,
+    limit: std::time::Duration,
+) -> Result<f64, tonic::Status> {
+    let started = std::time::Instant::now();
+    loop {
+        match c.get_metrics(deadline(metrics_request(obj, ""))).await {
+            Err(s) if s.message().starts_with("no result yet") && started.elapsed() < limit => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            other => return other.map(value),
+        }
+    }
+}
+
 /// `/metrics` of a server, from an async test.
 pub async fn scrape(addr: SocketAddr) -> String {
     tokio::task::spawn_blocking(move || http_get(addr, "/metrics").1)

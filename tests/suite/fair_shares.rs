@@ -4,7 +4,7 @@
 //! need), a poll that waited for a session says so, and a busy notification channel never
 //! starves the interval polls of unrelated triggers.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

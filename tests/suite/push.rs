@@ -1,7 +1,7 @@
 //! StreamIsActive as KEDA's external-push trigger uses it: edges pushed, never `false`,
 //! thousands of streams over one HTTP/2 connection, streams ended with OK on shutdown.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -7,7 +7,7 @@
 //! configuration is loaded (tested in tests/tls.rs and src/config), and these rules are the same
 //! with or without it.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

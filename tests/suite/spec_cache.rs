@@ -2,7 +2,7 @@
 //! distinct, valid metadata maps through GetMetricSpec (which no poller limit covers) keeps the
 //! real binary's memory under a stated bound, and real triggers are answered throughout.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Fault tolerance proven against a real PostgreSQL server that the tests stop, restart, slow
 //! down and kill. Each test asserts what KEDA would see.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

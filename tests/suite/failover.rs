@@ -4,7 +4,7 @@
 //! StreamIsActive succeed on the other one (the first call within the first-poll wait), and the
 //! still-active trigger gets its `true` again.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 //! and silent, the registry replaces the poller on the next call, the restart is counted and an
 //! ERROR line names it — and the stream moves to the new poller and pushes again.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};

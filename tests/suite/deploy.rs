@@ -24,7 +24,7 @@
 //! installs all of them and then requires them (ORASCALE_REQUIRE_DEPLOY_TOOLS=1); elsewhere
 //! their absence is a visible SKIP.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

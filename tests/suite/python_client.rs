@@ -5,7 +5,7 @@
 //! Needs python3 with grpcio, grpcio-tools and grpcio-reflection; `.ci/run` installs them and
 //! sets ORASCALE_REQUIRE_PYTHON_GRPC=1, under which their absence is a failure, not a skip.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

@@ -1,7 +1,7 @@
 //! KEDA's call pattern against the real server over loopback gRPC, on a real SQLite file.
 #![allow(deprecated)] // KEDA's int64 fields are deprecated in the proto but part of the contract.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

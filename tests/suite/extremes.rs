@@ -2,7 +2,7 @@
 //! or INVALID_ARGUMENT; every TOML key × extreme values either starts the server (which then
 //! stops cleanly on SIGTERM) or exits 64 naming the key. The server's log never says "panicked".
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! the rest of the result. Against the real server over gRPC (SQLite and a real PostgreSQL) and
 //! the real binary's `check`.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

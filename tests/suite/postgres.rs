@@ -1,6 +1,6 @@
 //! The PostgreSQL source against a real server: conversions, read-only sessions, passwords.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

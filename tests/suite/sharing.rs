@@ -4,7 +4,7 @@
 //! how many polls ran, and its last-success timestamps say how much poll time passed between
 //! two scrapes, so a slow machine changes how long the test takes, not what it asserts.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Telemetry from the outside: /metrics after real traffic, health and reflection, the shutdown
 //! order, structured logs and lifecycle lines, and that no secret leaks into any of them.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //! And connects that hang (a black-holed host), through the source's connect seam: they cannot
 //! pile up threads and starve the process's other blocking work.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! What a ScaledObject may do, from the outside: the SQL guard over gRPC, connections scoped to
 //! namespaces, and the limits that keep a flood of ScaledObjects from exhausting the server.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! The real binary: flags, exit codes, the probe, the demo, and shutdown on signals.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

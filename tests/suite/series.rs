@@ -2,7 +2,7 @@
 //! that uses the poller — also after a ScaledObject edits its trigger away from a poller it
 //! shared with another object.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::time::Duration;

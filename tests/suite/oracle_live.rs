@@ -7,7 +7,7 @@
 //! `ORASCALE_TEST_ORACLE_URL=… cargo test --test oracle_live -- --ignored`, where a missing
 //! variable is a failure. `.github/workflows/oracle.yml` runs them against gvenzl/oracle-free.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
