@@ -476,3 +476,86 @@ async fn postgres_a_notify_brings_the_new_target_at_once_and_an_outage_is_the_fa
     })
     .await;
 }
+
+#[test]
+fn probe_shows_where_the_target_came_from_and_watches_the_spec_stream() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let db = targets_db(dir.path(), Some(10.0));
+    let server = serve(&db, dir.path(), &[]);
+    let addr = server.grpc.to_string();
+    let meta = [
+        format!("query={QUEUED}"),
+        "targetQueryValue=5".into(),
+        "metricName=jobs-backlog".into(),
+        format!("targetQuery={TARGET}"),
+        "targetPollInterval=200ms".into(),
+    ];
+    let mut args = vec!["probe".to_string(), "--addr".into(), addr.clone()];
+    for m in &meta {
+        args.extend(["-m".to_string(), m.clone()]);
+    }
+    // The first call creates the target poller: until its first poll the static fallback.
+    let started = Instant::now();
+    let out = loop {
+        let (code, out, err) = run_bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(code, 0, "{out}{err}");
+        if out.contains("targetSizeFloat=10") {
+            break out;
+        }
+        assert!(
+            out.contains("Target: static targetQueryValue, the fallback"),
+            "{out}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10), "{out}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(out.contains("Target: from targetQuery, polled "), "{out}");
+    assert!(out.contains("s ago"), "{out}");
+    // Without a target query: static.
+    let (code, out, _) = run_bin(&[
+        "probe",
+        "--addr",
+        &addr,
+        "-m",
+        &format!("query={QUEUED}"),
+        "-m",
+        "targetQueryValue=3",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("Target: static targetQueryValue (no targetQuery)"),
+        "{out}"
+    );
+
+    // --watch-spec: the spec at open, one line per change, "ended OK" at shutdown.
+    args.push("--watch-spec".into());
+    let mut child = std::process::Command::new(bin())
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next_spec = || loop {
+        let line = lines.next().expect("a line").unwrap();
+        if line.contains("StreamMetricSpec: metricName") || line.contains("ended OK") {
+            return line;
+        }
+    };
+    let first = next_spec();
+    assert!(first.contains("targetSizeFloat=10"), "{first}");
+    assert!(
+        first.starts_with("20") && first.as_bytes()[10] == b'T',
+        "{first}"
+    );
+    set_target(&db, Some(15.0));
+    let changed = next_spec();
+    assert!(
+        changed.contains("metricName=jobs-backlog targetSize=15 targetSizeFloat=15"),
+        "{changed}"
+    );
+    server.signal("TERM");
+    let end = next_spec();
+    assert!(end.contains("StreamMetricSpec: ended OK"), "{end}");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
