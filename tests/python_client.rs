@@ -204,7 +204,13 @@ fn assert_documented_answers(results: &[serde_json::Value], how: &str) {
     names.sort();
     assert_eq!(
         names,
-        ["GetMetricSpec", "GetMetrics", "IsActive", "StreamIsActive"],
+        [
+            "GetMetricSpec",
+            "GetMetrics",
+            "IsActive",
+            "StreamIsActive",
+            "StreamMetricSpec"
+        ],
         "{how}"
     );
     assert_eq!(
@@ -212,6 +218,14 @@ fn assert_documented_answers(results: &[serde_json::Value], how: &str) {
         "externalscaler.GetMetricsRequest"
     );
     assert_eq!(methods["StreamIsActive"]["server_streaming"], true, "{how}");
+    assert_eq!(
+        methods["StreamMetricSpec"]["server_streaming"], true,
+        "{how}"
+    );
+    assert_eq!(
+        methods["StreamMetricSpec"]["output"], "externalscaler.GetMetricSpecResponse",
+        "{how}"
+    );
     let spec = &results[2]["response"]["metricSpecs"][0];
     assert!(
         spec["metricName"]

@@ -281,8 +281,9 @@ type ActiveStream = Pin<Box<dyn Stream<Item = Result<IsActiveResponse, Status>> 
 
 type SpecStream = Pin<Box<dyn Stream<Item = Result<GetMetricSpecResponse, Status>> + Send>>;
 
-/// Request metadata that asks GetMetrics for the freshness headers below: `orascale probe`
-/// sends it, KEDA does not, so KEDA's calls pay nothing for them (formatting them and their
+/// Request metadata that asks GetMetrics for the freshness headers below (and GetMetricSpec
+/// for the target's origin): `orascale probe` sends it, KEDA does not, so KEDA's calls pay
+/// nothing for them (formatting them and their
 /// HPACK entries cost ~12,000 instructions a call).
 pub const FRESHNESS_REQUEST_HEADER: &str = "orascale-freshness";
 /// Response metadata of GetMetrics when asked for, for people (`orascale probe`). The age of
