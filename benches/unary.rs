@@ -275,6 +275,14 @@ impl ExternalScaler for Bare {
     ) -> Result<Response<GetMetricSpecResponse>, Status> {
         Err(Status::unimplemented("bare"))
     }
+    type StreamMetricSpecStream =
+        Pin<Box<dyn futures::Stream<Item = Result<GetMetricSpecResponse, Status>> + Send>>;
+    async fn stream_metric_spec(
+        &self,
+        _: Request<ScaledObjectRef>,
+    ) -> Result<Response<Self::StreamMetricSpecStream>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
     async fn get_metrics(
         &self,
         _: Request<GetMetricsRequest>,

@@ -7,12 +7,27 @@ use std::time::Duration;
 
 use crate::config::ConnectionConfig;
 
+/// The least target a metric spec may carry: KEDA rounds targets to 3 decimals, and 0 breaks
+/// the HPA.
+pub const MIN_TARGET: f64 = 0.001;
+
+/// Whether a target read from a target query may be served: finite and at least
+/// [`MIN_TARGET`]; anything else serves the static `targetQueryValue`.
+pub fn valid_target(value: f64) -> bool {
+    value.is_finite() && value >= MIN_TARGET
+}
+
 /// What one trigger asks for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScalerSpec {
     /// Which poller serves this trigger: identical keys share one.
     pub poller: PollerKey,
+    /// The static target (`targetQueryValue`); with a target query, the fallback target.
     pub target: f64,
+    /// `targetQuery`: a second poller, on the same connection, whose last good value is the
+    /// metric spec's target (pushed by StreamMetricSpec). Shared by identical triggers like
+    /// any poller; its nulls read as 0, which is below the least target: the fallback.
+    pub target_poller: Option<PollerKey>,
     pub activation: f64,
     pub metric_name: String,
     /// Database wake-ups (`notifyChannel`): the poller also polls on a notification. Not part

@@ -2,7 +2,10 @@
 //! IsActive — and prints the answers, with the age of the served value and the trigger's poll
 //! interval; with `--watch` it keeps StreamIsActive open and prints each message with a
 //! timestamp, and calls IsActive every second to print when it changes (the stream never sends
-//! `false`, so without it a drained queue would look like silence). `--ca`, `--cert`, `--key`
+//! `false`, so without it a drained queue would look like silence). GetMetricSpec's target is
+//! shown with where it came from: the static `targetQueryValue`, the `targetQuery` (and how
+//! old its poll is), or the static value as the target query's fallback (and why);
+//! `--watch-spec` keeps StreamMetricSpec open and prints each spec it sends. `--ca`, `--cert`, `--key`
 //! and `--server-name` reach a TLS or mTLS scaler with the files KEDA's TriggerAuthentication
 //! uses. On an error it prints the gRPC status (with a hint when TLS is the likely cause) and
 //! fails.
@@ -18,7 +21,10 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use crate::config::ProbeArgs;
 use crate::grpc::proto::external_scaler_client::ExternalScalerClient;
 use crate::grpc::proto::{GetMetricsRequest, ScaledObjectRef};
-use crate::grpc::service::{POLL_INTERVAL_HEADER, SAMPLE_AGE_HEADER};
+use crate::grpc::service::{
+    POLL_INTERVAL_HEADER, SAMPLE_AGE_HEADER, TARGET_AGE_HEADER, TARGET_REASON_HEADER,
+    TARGET_SOURCE_HEADER,
+};
 
 /// How often `--watch` calls IsActive, as KEDA's polling loop would (more often: it is cheap).
 const WATCH_IS_ACTIVE_EVERY: Duration = Duration::from_secs(1);
@@ -250,11 +256,17 @@ pub async fn run(args: ProbeArgs) -> Result<(), ProbeError> {
     };
     let timeout = args.timeout;
 
+    let mut ask = request(object.clone(), timeout);
+    ask.metadata_mut().insert(
+        crate::grpc::service::FRESHNESS_REQUEST_HEADER,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
     let spec = client
-        .get_metric_spec(request(object.clone(), timeout))
+        .get_metric_spec(ask)
         .await
-        .map_err(call_err("GetMetricSpec", transport))?
-        .into_inner();
+        .map_err(call_err("GetMetricSpec", transport))?;
+    let origin = target_origin(spec.metadata());
+    let spec = spec.into_inner();
     let mut metric_name = String::new();
     for s in &spec.metric_specs {
         println!(
@@ -263,9 +275,15 @@ pub async fn run(args: ProbeArgs) -> Result<(), ProbeError> {
         );
         metric_name = s.metric_name.clone();
     }
+    if let Some(line) = origin {
+        println!("{line}");
+    }
 
     if args.watch {
         return watch(&mut client, &object, timeout, transport).await;
+    }
+    if args.watch_spec {
+        return watch_spec(&mut client, &object, transport).await;
     }
 
     let mut ask = request(
@@ -329,6 +347,60 @@ fn freshness(md: &tonic::metadata::MetadataMap) -> Option<String> {
     Some(format!(
         "Sample: polled {age}s ago; pollInterval {interval} (the scaler serves its last poll: a change shows within one interval)"
     ))
+}
+
+/// The line that says where GetMetricSpec's target came from, from its response metadata
+/// (absent when the scaler is older than this probe).
+fn target_origin(md: &tonic::metadata::MetadataMap) -> Option<String> {
+    let source = md.get(TARGET_SOURCE_HEADER)?.to_str().ok()?;
+    let text = |name: &str| md.get(name).and_then(|v| v.to_str().ok());
+    Some(match source {
+        "query" => format!(
+            "Target: from targetQuery, polled {}s ago (StreamMetricSpec pushes a change; GetMetricSpec returns the same)",
+            text(TARGET_AGE_HEADER).unwrap_or("?")
+        ),
+        "fallback" => format!(
+            "Target: static targetQueryValue, the fallback: the targetQuery has no good value ({})",
+            text(TARGET_REASON_HEADER).unwrap_or("no reason given")
+        ),
+        _ => "Target: static targetQueryValue (no targetQuery)".to_string(),
+    })
+}
+
+/// `--watch-spec`: StreamMetricSpec's messages as they come, until the stream ends.
+async fn watch_spec(
+    client: &mut ExternalScalerClient<Channel>,
+    object: &ScaledObjectRef,
+    transport: Transport,
+) -> Result<(), ProbeError> {
+    let mut stream = client
+        .stream_metric_spec(Request::new(object.clone()))
+        .await
+        .map_err(call_err("StreamMetricSpec", transport))?
+        .into_inner();
+    println!("{} StreamMetricSpec: open", now());
+    loop {
+        match stream.next().await {
+            Some(Ok(m)) => {
+                let specs: Vec<String> = m
+                    .metric_specs
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "metricName={} targetSize={} targetSizeFloat={}",
+                            s.metric_name, s.target_size, s.target_size_float
+                        )
+                    })
+                    .collect();
+                println!("{} StreamMetricSpec: {}", now(), specs.join("; "));
+            }
+            None => {
+                println!("{} StreamMetricSpec: ended OK", now());
+                return Ok(());
+            }
+            Some(Err(s)) => return Err(call_err("StreamMetricSpec", transport)(s)),
+        }
+    }
 }
 
 /// `--watch`: the stream's messages as they come, and IsActive whenever its answer changes.

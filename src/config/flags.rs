@@ -227,6 +227,11 @@ pub struct ProbeArgs {
     #[arg(long)]
     pub watch: bool,
 
+    /// Keep StreamMetricSpec open (KEDA main, for v2.21) and print each metric spec it sends,
+    /// with a timestamp: the spec at open, then one line per change of the target
+    #[arg(long, conflicts_with = "watch")]
+    pub watch_spec: bool,
+
     /// Deadline of each unary call (KEDA uses 3s on its HPA path)
     #[arg(long, default_value = "3s", value_parser = parse_duration_arg)]
     pub timeout: Duration,

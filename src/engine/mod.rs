@@ -24,7 +24,7 @@ pub use crate::trigger::{PollerKey, WakeKey};
 /// A database the engine polls, as callers outside the engine hold one (the source of a
 /// connection made from a trigger's own credentials, between preparing and polling it).
 pub type SourceRef = std::sync::Arc<dyn crate::source::Source>;
-pub use registry::{EntryCache, Registry, Subscription};
+pub use registry::{EntryCache, Registry, StreamSlot, Subscription};
 pub use state::{PollState, Reading};
 pub use stats::PollerStatus;
 

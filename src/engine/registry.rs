@@ -268,6 +268,68 @@ impl Registry {
             .map_err(EngineError::Unavailable)
     }
 
+    /// The latest poll's value if that poll succeeded, at once: never waits for a first
+    /// poll (it creates the poller on a miss), never applies the staleness allowance. For
+    /// what must not block on or fail because of a database, such as a metric spec's target
+    /// read from a query (GetMetricSpec): every error is "no good value now", and why.
+    pub fn latest(
+        &self,
+        key: &PollerKey,
+        origin: &Origin,
+        source: Option<&Arc<dyn Source>>,
+        cache: Option<&EntryCache>,
+        wake: Option<&WakeKey>,
+    ) -> Result<Reading, EngineError> {
+        let now = self.now_ms();
+        let entry = match cache.and_then(EntryCache::live).filter(|e| e.touch(now)) {
+            Some(entry) => {
+                entry.origin.adopt(origin);
+                if let Some(w) = wake {
+                    entry.wanted.touch(w, now, false);
+                }
+                entry
+            }
+            None => {
+                let (entry, _) = self.entry_with(key, origin, source, |e| {
+                    if let Some(w) = wake {
+                        e.wanted.touch(w, now, false);
+                    }
+                })?;
+                if let Some(c) = cache {
+                    c.remember(&entry);
+                }
+                entry
+            }
+        };
+        if let Some(reason) = entry.stopped() {
+            return Err(EngineError::Unavailable(format!(
+                "poller stopped: {reason}"
+            )));
+        }
+        entry.rx.borrow().latest().map_err(EngineError::Unavailable)
+    }
+
+    /// A stream's place under `--max-streams` when it follows no poller (a metric spec stream
+    /// of a trigger without a target query): counted and reported like a subscription.
+    pub fn stream_slot(self: &Arc<Self>) -> Result<StreamSlot, EngineError> {
+        let max = self.config.limits.max_streams;
+        if self
+            .streams
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return Err(EngineError::ResourceExhausted(format!(
+                "this server already has {max} open streams (--max-streams)"
+            )));
+        }
+        m::stream_opened();
+        Ok(StreamSlot {
+            registry: self.clone(),
+        })
+    }
+
     /// The source of a connection made from a trigger's own credentials ([`Sources::prepare`]).
     pub async fn prepare_source(
         &self,
@@ -611,6 +673,15 @@ impl Subscription {
         Ok(())
     }
 
+    /// The latest poll's value when that poll succeeded, or why there is none: no staleness
+    /// allowance (see [`PollState::latest_good`]).
+    pub fn latest(&self) -> Result<Reading, String> {
+        if let Some(reason) = self.entry.stopped() {
+            return Err(format!("poller stopped: {reason}"));
+        }
+        self.rx.borrow().latest()
+    }
+
     /// Waits for the poller's next publish; `Err` when the poller has stopped.
     pub async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
         self.rx.changed().await
@@ -623,6 +694,18 @@ impl Drop for Subscription {
         if let Some(w) = &self.wake {
             self.entry.wanted.stream_closed(w, self.registry.now_ms());
         }
+        self.registry.streams.fetch_sub(1, Ordering::SeqCst);
+        m::stream_closed();
+    }
+}
+
+/// A stream's place under `--max-streams` without a poller ([`Registry::stream_slot`]).
+pub struct StreamSlot {
+    registry: Arc<Registry>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
         self.registry.streams.fetch_sub(1, Ordering::SeqCst);
         m::stream_closed();
     }

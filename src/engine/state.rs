@@ -57,6 +57,22 @@ impl PollState {
         }
     }
 
+    /// The latest poll's value when that poll succeeded; `None` while the latest poll failed
+    /// or before the first one. No staleness allowance: a metric spec target served from a
+    /// query falls back to its static value at the first failure (`grpc::push::SpecChanges`).
+    pub fn latest_good(&self) -> Option<Reading> {
+        self.good.filter(|_| self.failure.is_none())
+    }
+
+    /// [`PollState::latest_good`], or why there is none.
+    pub fn latest(&self) -> Result<Reading, String> {
+        match (self.latest_good(), &self.failure) {
+            (Some(r), _) => Ok(r),
+            (None, Some(f)) => Err(f.message.to_string()),
+            (None, None) => Err("no result yet: the first query has not finished".into()),
+        }
+    }
+
     pub fn record_ok(&mut self, value: f64, at: Instant) {
         self.good = Some(Reading { value, at });
         self.failure = None;
@@ -113,7 +129,15 @@ mod tests {
         s.record_err("connection refused", t0 + Duration::from_secs(20));
         assert_eq!(s.failure.as_ref().unwrap().streak, 2);
 
+        assert_eq!(
+            s.latest_good(),
+            None,
+            "a failed latest poll has no latest value"
+        );
+        assert_eq!(s.latest().unwrap_err(), "connection refused");
+
         s.record_ok(0.0, t0 + Duration::from_secs(40));
+        assert_eq!(s.latest().unwrap().value, 0.0);
         assert_eq!(
             s.value(t0 + Duration::from_secs(40), LIMIT).unwrap().value,
             0.0

@@ -59,9 +59,15 @@ impl<S: NamedService> NamedService for Calls<S> {
 /// answers UNIMPLEMENTED; not counted, so no client can invent label values).
 fn method(path: &str) -> Option<&'static str> {
     let name = path.strip_prefix("/externalscaler.ExternalScaler/")?;
-    ["GetMetricSpec", "GetMetrics", "IsActive", "StreamIsActive"]
-        .into_iter()
-        .find(|m| *m == name)
+    [
+        "GetMetricSpec",
+        "GetMetrics",
+        "IsActive",
+        "StreamIsActive",
+        "StreamMetricSpec",
+    ]
+    .into_iter()
+    .find(|m| *m == name)
 }
 
 /// The answer's code: a refusal carries `grpc-status` in its headers (a trailers-only
@@ -133,6 +139,10 @@ mod tests {
         assert_eq!(
             method("/externalscaler.ExternalScaler/StreamIsActive"),
             Some("StreamIsActive")
+        );
+        assert_eq!(
+            method("/externalscaler.ExternalScaler/StreamMetricSpec"),
+            Some("StreamMetricSpec")
         );
         assert_eq!(method("/externalscaler.ExternalScaler/Nope"), None);
         assert_eq!(method("/grpc.health.v1.Health/Check"), None);

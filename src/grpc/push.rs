@@ -7,7 +7,11 @@
 //! interval later, so a poller that keeps dying is not restarted in a loop), and re-sends the
 //! policy's message at the resend interval while the policy has one. The policy owns only the
 //! meaning: [`ActiveEdges`] sends `true` on inactive→active edges and never `false`
-//! (StreamIsActive); a metric spec policy would send the current spec, then only a real change.
+//! (StreamIsActive); [`SpecChanges`] sends the current metric spec at open, then only a real
+//! change of it, never a repeat and never an empty list (StreamMetricSpec). A metric spec
+//! stream follows its trigger's target poller through [`LatestPoll`] (no staleness allowance:
+//! a failing target query is the static fallback at once), or, without a target query, no
+//! poller at all ([`NoPoller`]: the spec once, then silence until shutdown).
 
 use std::future::Future;
 use std::time::Duration;
@@ -15,9 +19,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::proto::IsActiveResponse;
+use super::proto::{GetMetricSpecResponse, IsActiveResponse, MetricSpec};
+use super::target::{Target, to_metric_spec};
 use crate::engine::deadline_after;
-use crate::engine::{EngineError, Reading, Subscription};
+use crate::engine::{EngineError, Reading, StreamSlot, Subscription};
 
 /// What a push stream reads: a poller's cached value, and whether that poller still runs.
 pub trait Feed: Send {
@@ -50,6 +55,59 @@ impl Feed for Subscription {
 
     fn renew(&mut self) -> Result<(), EngineError> {
         Subscription::renew(self)
+    }
+}
+
+/// A poller read as a metric spec target reads it: the latest poll's value only when that poll
+/// succeeded ([`Subscription::latest`]), so a failure is the fallback at once, not after the
+/// staleness limit.
+pub struct LatestPoll(pub Subscription);
+
+impl Feed for LatestPoll {
+    type Value = Reading;
+
+    fn current(&self) -> Result<Reading, String> {
+        self.0.latest()
+    }
+
+    async fn published(&mut self) -> bool {
+        self.0.changed().await.is_ok()
+    }
+
+    fn stopped(&self) -> bool {
+        self.0.poller_stopped()
+    }
+
+    fn renew(&mut self) -> Result<(), EngineError> {
+        self.0.renew()
+    }
+}
+
+/// The feed of a stream that follows no poller (a metric spec stream of a trigger without a
+/// target query): there is never a value, and never a publish; it holds its place under
+/// `--max-streams` until dropped.
+pub struct NoPoller(pub StreamSlot);
+
+/// What [`NoPoller`] gives a policy: there is no target query to read.
+pub const NO_TARGET_QUERY: &str = "the trigger has no targetQuery";
+
+impl Feed for NoPoller {
+    type Value = Reading;
+
+    fn current(&self) -> Result<Reading, String> {
+        Err(NO_TARGET_QUERY.into())
+    }
+
+    async fn published(&mut self) -> bool {
+        futures::future::pending().await
+    }
+
+    fn stopped(&self) -> bool {
+        false
+    }
+
+    fn renew(&mut self) -> Result<(), EngineError> {
+        Ok(())
     }
 }
 
@@ -107,6 +165,48 @@ impl Policy<Reading> for ActiveEdges {
 
     fn refresh(&mut self, value: Result<Reading, String>) {
         self.active = value.ok().map(|r| r.value > self.activation);
+    }
+}
+
+/// StreamMetricSpec's policy: the trigger's metric spec at open (whatever the target poller's
+/// state: before its first poll, that is the static target), then one message per real change
+/// of the whole spec it would send, never a repeat (each costs KEDA a reconcile) and never an
+/// empty list (KEDA would silently drop the trigger's metric). The target is resolved exactly
+/// as GetMetricSpec resolves it ([`Target::resolve`]).
+pub struct SpecChanges {
+    metric_name: String,
+    /// `targetQueryValue`: the target without a target query, and its fallback with one.
+    fallback: f64,
+    /// Whether the feed is a target poller: without one the spec is the static one.
+    queried: bool,
+    /// The spec sent last.
+    sent: Option<MetricSpec>,
+}
+
+impl SpecChanges {
+    pub fn new(metric_name: String, fallback: f64, queried: bool) -> Self {
+        SpecChanges {
+            metric_name,
+            fallback,
+            queried,
+            sent: None,
+        }
+    }
+}
+
+impl Policy<Reading> for SpecChanges {
+    type Message = GetMetricSpecResponse;
+
+    fn update(&mut self, value: Result<Reading, String>) -> Option<GetMetricSpecResponse> {
+        let target = Target::resolve(self.fallback, self.queried.then_some(value));
+        let spec = to_metric_spec(&self.metric_name, target.value);
+        if self.sent.as_ref() == Some(&spec) {
+            return None;
+        }
+        self.sent = Some(spec.clone());
+        Some(GetMetricSpecResponse {
+            metric_specs: vec![spec],
+        })
     }
 }
 
@@ -574,6 +674,68 @@ mod tests {
             "connection refused (last good value older than the staleness limit)".into(),
         ));
         assert_eq!(p.repeat(), None);
+    }
+
+    fn target_of(msg: &GetMetricSpecResponse) -> f64 {
+        assert_eq!(
+            msg.metric_specs.len(),
+            1,
+            "never empty, never more: {msg:?}"
+        );
+        assert_eq!(msg.metric_specs[0].metric_name, "m");
+        msg.metric_specs[0].target_size_float
+    }
+
+    #[test]
+    fn spec_changes_send_the_spec_at_open_then_only_real_changes() {
+        let mut p = SpecChanges::new("m".into(), 5.0, true);
+        // Before the first poll: the static spec at once.
+        let first = p.update(Err("no result yet".into())).expect("sent at open");
+        assert_eq!(target_of(&first), 5.0);
+        assert_eq!(p.repeat(), None, "never a repeat");
+        for (value, want) in [
+            (reading(5.0), None),      // the query agrees with the fallback: no change
+            (reading(8.0), Some(8.0)), // a real change
+            (reading(8.0), None),      // a steady value: nothing
+            (reading(0.0), Some(5.0)), // not a target: the fallback
+            (reading(0.0005), None),   // still the fallback
+            (Err("no such table".into()), None), // failing: the fallback, unchanged
+            (reading(12.0), Some(12.0)), // recovered
+            (Err("connection refused".into()), Some(5.0)),
+        ] {
+            let got = p.update(value.clone()).map(|m| target_of(&m));
+            assert_eq!(got, want, "{value:?}");
+            assert_eq!(p.repeat(), None);
+        }
+    }
+
+    #[test]
+    fn without_a_target_query_the_spec_is_static() {
+        let mut p = SpecChanges::new("m".into(), 2.0, false);
+        assert_eq!(
+            target_of(&p.update(Err(NO_TARGET_QUERY.into())).unwrap()),
+            2.0
+        );
+        assert_eq!(p.update(reading(9.0)), None, "values are not targets here");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spec_stream_sends_at_open_then_once_per_change_and_nothing_while_steady() {
+        let (poller, feed) = fake::<Reading>(Err("no result yet".into()));
+        let (mut push, shutdown) = open(feed, SpecChanges::new("m".into(), 5.0, true));
+        let (msg, after) = next(&mut push).await.expect("at open");
+        assert_eq!((target_of(&msg), after), (5.0, Duration::ZERO));
+        poller.publish(reading(7.0));
+        assert_eq!(next(&mut push).await.map(|(m, _)| target_of(&m)), Some(7.0));
+        // Publishes of the same target (a failure streak's, say) and an hour of quiet: nothing.
+        poller.publish(reading(7.0));
+        assert!(silent(&mut push).await);
+        poller.publish(Err("connection refused".into()));
+        assert_eq!(next(&mut push).await.map(|(m, _)| target_of(&m)), Some(5.0));
+        poller.publish(Err("connection refused again".into()));
+        assert!(silent(&mut push).await);
+        shutdown.cancel();
+        assert!(next(&mut push).await.is_none(), "ends on shutdown");
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,13 +1,18 @@
-//! The four RPCs KEDA calls (see ../shared/KEDA.md for the call pattern).
+//! The five RPCs KEDA calls (see ../shared/KEDA.md for the call pattern).
 //!
-//! - GetMetricSpec: a pure function of the metadata; never touches the database or the engine,
-//!   so it keeps succeeding during an outage and KEDA's fallback can fire.
+//! - GetMetricSpec: a function of the metadata and, with `targetQuery`, of the target poller's
+//!   cached state ([`super::target`]); it never touches the database, never waits for a poll
+//!   and never fails because of the target query (the static target is the fallback), so it
+//!   keeps succeeding during an outage and KEDA's fallback can fire.
 //! - GetMetrics / IsActive: read the poller's cached sample; only the very first call for a new
 //!   poller waits (briefly) for its first result.
 //! - StreamIsActive: pushes `true` on inactive→active edges, once at open if already active,
 //!   and again every resend interval while active; never `false`; stays open through database
 //!   errors; ends with OK when the server shuts down. The state machine is [`super::push`]'s,
 //!   with its [`ActiveEdges`] policy.
+//! - StreamMetricSpec (KEDA main, for v2.21): the spec GetMetricSpec gives, at open, then once
+//!   per real change of it ([`SpecChanges`]); never a repeat, never an empty list; ends with OK
+//!   on shutdown; counts against `--max-streams` like StreamIsActive.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -20,15 +25,16 @@ use tonic::{Request, Response, Status};
 
 use super::proto::external_scaler_server::ExternalScaler;
 use super::proto::{
-    GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec,
-    MetricValue, ScaledObjectRef,
+    GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricValue,
+    ScaledObjectRef,
 };
-use super::push::{ActiveEdges, Push};
+use super::push::{ActiveEdges, LatestPoll, NoPoller, Push, SpecChanges};
 use super::specs::{Parsed, Specs};
 use super::status::Error;
+use super::target::{Origin, Target, to_metric_spec};
 use crate::config::ConnectionConfig;
 use crate::engine::Registry;
-use crate::metadata::{Context, ScalerSpec};
+use crate::metadata::Context;
 use crate::telemetry::metrics as m;
 
 /// The service: shared by every connection and request.
@@ -119,6 +125,29 @@ impl Scaler {
             .sample_age(method)
             .record(reading.at.elapsed().as_secs_f64());
         Ok((parsed, reading))
+    }
+
+    /// The trigger's metric spec target now: the target poller's latest good value, else the
+    /// static one. Never waits for a poll (a new target poller is created and polls in the
+    /// background) and never fails: any trouble, the poller limit included, is the fallback.
+    async fn target(&self, parsed: &Parsed) -> Target {
+        let Some(key) = &parsed.spec.target_poller else {
+            return Target::resolve(parsed.spec.target, None);
+        };
+        let latest = match self.source(parsed).await {
+            Ok(source) => self
+                .registry
+                .latest(
+                    key,
+                    &parsed.origin,
+                    source.as_ref(),
+                    Some(&parsed.cached_target),
+                    parsed.spec.wake.as_ref(),
+                )
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        Target::resolve(parsed.spec.target, Some(latest))
     }
 
     async fn get_metrics_inner(
@@ -246,22 +275,15 @@ fn to_metric_value(name: &str, value: f64) -> MetricValue {
     }
 }
 
-/// Both target fields; the int64 one is at least 1, because 0 breaks the HPA on old KEDA.
-#[allow(deprecated)]
-fn to_metric_spec(spec: &ScalerSpec) -> MetricSpec {
-    MetricSpec {
-        metric_name: spec.metric_name.clone(),
-        target_size: (spec.target.round() as i64).max(1),
-        target_size_float: spec.target,
-    }
-}
-
 type Trigger = (Arc<Parsed>, Option<crate::engine::SourceRef>);
 
 type ActiveStream = Pin<Box<dyn Stream<Item = Result<IsActiveResponse, Status>> + Send>>;
 
-/// Request metadata that asks GetMetrics for the freshness headers below: `orascale probe`
-/// sends it, KEDA does not, so KEDA's calls pay nothing for them (formatting them and their
+type SpecStream = Pin<Box<dyn Stream<Item = Result<GetMetricSpecResponse, Status>> + Send>>;
+
+/// Request metadata that asks GetMetrics for the freshness headers below (and GetMetricSpec
+/// for the target's origin): `orascale probe` sends it, KEDA does not, so KEDA's calls pay
+/// nothing for them (formatting them and their
 /// HPACK entries cost ~12,000 instructions a call).
 pub const FRESHNESS_REQUEST_HEADER: &str = "orascale-freshness";
 /// Response metadata of GetMetrics when asked for, for people (`orascale probe`). The age of
@@ -270,6 +292,50 @@ pub const SAMPLE_AGE_HEADER: &str = "orascale-sample-age";
 /// ... and the trigger's poll interval, as humantime (`2s`): together they say how old a
 /// value can be, which the bare number cannot.
 pub const POLL_INTERVAL_HEADER: &str = "orascale-poll-interval";
+
+/// Response metadata of GetMetricSpec when asked for (the freshness request header): where the
+/// target came from, `static`, `query` or `fallback` ...
+pub const TARGET_SOURCE_HEADER: &str = "orascale-target-source";
+/// ... the age of a queried target, in seconds with millisecond precision ...
+pub const TARGET_AGE_HEADER: &str = "orascale-target-age";
+/// ... and why a target query's value is not served (a fallback), cut like every echo.
+pub const TARGET_REASON_HEADER: &str = "orascale-target-reason";
+
+/// Attaches where `target` came from to a GetMetricSpec answer.
+fn attach_target<T>(target: &Target, response: &mut Response<T>) {
+    let md = response.metadata_mut();
+    let (source, age, reason) = match &target.origin {
+        Origin::Static => ("static", None, None),
+        Origin::Query { .. } => ("query", target.age(), None),
+        Origin::Fallback(reason) => ("fallback", None, Some(reason)),
+    };
+    md.insert(
+        TARGET_SOURCE_HEADER,
+        tonic::metadata::MetadataValue::from_static(source),
+    );
+    if let Some(age) = age
+        && let Ok(v) = format!("{:.3}", age.as_secs_f64()).parse()
+    {
+        md.insert(TARGET_AGE_HEADER, v);
+    }
+    if let Some(reason) = reason {
+        // A header value is visible ASCII: anything else (a database's message may hold any
+        // text) becomes '?'.
+        let text: String = quote(reason)
+            .chars()
+            .map(|c| {
+                if c.is_ascii_graphic() || c == ' ' {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .collect();
+        if let Ok(v) = text.parse() {
+            md.insert(TARGET_REASON_HEADER, v);
+        }
+    }
+}
 
 /// How old a served value is, and how often it is refreshed.
 struct Freshness {
@@ -349,11 +415,77 @@ impl ExternalScaler for Scaler {
         &self,
         request: Request<ScaledObjectRef>,
     ) -> Result<Response<GetMetricSpecResponse>, Status> {
+        let wants_source = request.metadata().contains_key(FRESHNESS_REQUEST_HEADER);
         let r = request.into_inner();
-        let result = self.parsed(&r).map(|parsed| GetMetricSpecResponse {
-            metric_specs: vec![to_metric_spec(&parsed.spec)],
+        let parsed = match self.parsed(&r) {
+            Ok(p) => p,
+            Err(e) => return answer(Err(e)),
+        };
+        let target = self.target(&parsed).await;
+        let mut response = Response::new(GetMetricSpecResponse {
+            metric_specs: vec![to_metric_spec(&parsed.spec.metric_name, target.value)],
         });
-        answer(result)
+        if wants_source {
+            attach_target(&target, &mut response);
+        }
+        Ok(response)
+    }
+
+    type StreamMetricSpecStream = SpecStream;
+
+    async fn stream_metric_spec(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<Self::StreamMetricSpecStream>, Status> {
+        let r = request.into_inner();
+        let (parsed, source) = match self.spec(&r).await {
+            Ok(v) => v,
+            Err(e) => return answer::<SpecStream>(Err(e)),
+        };
+        let spec = &parsed.spec;
+        let resend = self.registry.config().stream_resend_interval;
+        let shutdown = self.shutdown.clone();
+        let stream: SpecStream = match &spec.target_poller {
+            // The target poller, as a stream on it: it keeps the poller alive, counts under
+            // --max-streams, and hears the trigger's wake-ups like any stream of its poller.
+            Some(key) => {
+                let sub = match self.registry.subscribe(
+                    key,
+                    &parsed.origin,
+                    source.as_ref(),
+                    spec.wake.as_ref(),
+                ) {
+                    Ok(sub) => sub,
+                    Err(e) => return answer::<SpecStream>(Err(e.into())),
+                };
+                let policy = SpecChanges::new(spec.metric_name.clone(), spec.target, true);
+                let push = Push::new(LatestPoll(sub), policy, resend, key.poll_interval, shutdown);
+                Box::pin(push.into_stream().map(|msg| {
+                    m::stream_message();
+                    Ok(msg)
+                }))
+            }
+            // No target query: the static spec once, then nothing until shutdown.
+            None => {
+                let slot = match self.registry.stream_slot() {
+                    Ok(slot) => slot,
+                    Err(e) => return answer::<SpecStream>(Err(e.into())),
+                };
+                let policy = SpecChanges::new(spec.metric_name.clone(), spec.target, false);
+                let push = Push::new(
+                    NoPoller(slot),
+                    policy,
+                    resend,
+                    spec.poller.poll_interval,
+                    shutdown,
+                );
+                Box::pin(push.into_stream().map(|msg| {
+                    m::stream_message();
+                    Ok(msg)
+                }))
+            }
+        };
+        answer::<SpecStream>(Ok(stream))
     }
 
     async fn get_metrics(
@@ -480,21 +612,7 @@ mod tests {
         assert_eq!((v.metric_value, v.metric_value_float), (13, 12.6));
         let v = to_metric_value("m", 1e300);
         assert_eq!(v.metric_value, i64::MAX);
-        let spec = ScalerSpec {
-            poller: crate::engine::PollerKey {
-                connection: "c".into(),
-                query: "select 1".into(),
-                poll_interval: Duration::from_secs(1),
-                query_timeout: Duration::from_secs(1),
-                ignore_nulls: false,
-            },
-            wake: None,
-            target: 0.25,
-            activation: 0.0,
-            metric_name: "m".into(),
-            dynamic: None,
-        };
-        let s = to_metric_spec(&spec);
+        let s = to_metric_spec("m", 0.25);
         assert_eq!((s.target_size, s.target_size_float), (1, 0.25));
     }
 }

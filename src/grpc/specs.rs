@@ -37,6 +37,8 @@ pub struct Parsed {
     pub origin: Origin,
     /// The trigger's poller as last found, so later calls skip the registry lookup.
     pub cached_poller: crate::engine::EntryCache,
+    /// The trigger's target poller (`targetQuery`) as last found, likewise.
+    pub cached_target: crate::engine::EntryCache,
     /// `orascale_sample_age_seconds` for GetMetrics and IsActive, made on first use.
     ages: [std::sync::OnceLock<metrics::Histogram>; 2],
     /// Milliseconds since the cache's epoch of the latest call that used this entry.
@@ -256,6 +258,7 @@ impl Specs {
             spec,
             ages: Default::default(),
             cached_poller: Default::default(),
+            cached_target: Default::default(),
             last_used_ms: AtomicU64::new(now),
             recency: AtomicU64::new(self.clock.fetch_add(1, Ordering::Relaxed) + 1),
             who,
@@ -297,6 +300,7 @@ impl Specs {
         for old in released {
             if old.spec.poller != parsed.spec.poller {
                 old.cached_poller.released(&old.origin);
+                old.cached_target.released(&old.origin);
             }
         }
         Ok(parsed)
@@ -372,7 +376,10 @@ fn spec_bytes(spec: &ScalerSpec) -> usize {
             + c.name.len()
             + c.url.identity_for_hashing().len()
     });
-    key.connection.len() + key.query.len() + spec.metric_name.len() + wake + dynamic
+    let target = spec.target_poller.as_ref().map_or(0, |t| {
+        std::mem::size_of::<crate::trigger::PollerKey>() + t.connection.len() + t.query.len()
+    });
+    key.connection.len() + key.query.len() + spec.metric_name.len() + wake + dynamic + target
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@ pub const METRIC_NAME: &str = "metricName";
 pub const IGNORE_NULL_VALUES: &str = "ignoreNullValues";
 pub const NOTIFY_CHANNEL: &str = "notifyChannel";
 pub const MIN_WAKE_INTERVAL: &str = "minWakeInterval";
+pub const TARGET_QUERY: &str = "targetQuery";
+pub const TARGET_POLL_INTERVAL: &str = "targetPollInterval";
 
 /// Our keys, for the "did you mean" hint.
 pub const KEYS: &[&str] = &[
@@ -24,6 +26,8 @@ pub const KEYS: &[&str] = &[
     IGNORE_NULL_VALUES,
     NOTIFY_CHANNEL,
     MIN_WAKE_INTERVAL,
+    TARGET_QUERY,
+    TARGET_POLL_INTERVAL,
 ];
 
 /// KEDA's own keys: they arrive in scalerMetadata (KEDA.md) and are accepted and ignored.
@@ -76,6 +80,14 @@ const HINTS: &[(&str, Hint)] = &[
             "notifyChannel (PostgreSQL LISTEN/NOTIFY); Oracle wake-ups are not available yet, see docs/oracle.md",
         ),
     ),
+    (
+        "activationTargetQuery",
+        Hint::Note(
+            "activationTargetQuery is not supported: activation is orascale's own comparison, never part of the spec KEDA caches, so it stays the static activationTargetQueryValue (docs/configuration.md, \"Targets from the database\")",
+        ),
+    ),
+    ("targetInterval", Hint::Key("targetPollInterval")),
+    ("targetQueryInterval", Hint::Key("targetPollInterval")),
     ("sql", Hint::Key("query")),
     ("threshold", Hint::Key("targetQueryValue")),
     ("targetValue", Hint::Key("targetQueryValue")),
@@ -168,6 +180,9 @@ mod tests {
                 "tlsClientCert and tlsClientKey in a TriggerAuthentication",
             ),
             ("querytimeout", "did you mean queryTimeout"),
+            ("targetquery", "did you mean targetQuery"),
+            ("targetPollIntervall", "did you mean targetPollInterval"),
+            ("activationTargetQuery", "is not supported"),
         ];
         for (key, want) in cases {
             let h = hint_for(key).unwrap_or_else(|| panic!("{key}: no hint"));

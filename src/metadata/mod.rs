@@ -69,6 +69,12 @@ pub enum MetadataError {
     TooLarge { what: String, limit: usize },
     #[error("metadata key \"query\" is rejected by the SQL guard: {0}")]
     Guard(#[from] guard::Rejection),
+    /// The SQL guard's refusal of another query key (`targetQuery`).
+    #[error("metadata key {key:?} is rejected by the SQL guard: {rejection}")]
+    GuardOn {
+        key: &'static str,
+        rejection: guard::Rejection,
+    },
     #[error(
         "metadata key {key:?}: credentials in metadata are disabled on this server (it needs --allow-metadata-credentials and TLS); use \"connection\" with a server-side connection"
     )]
@@ -111,12 +117,23 @@ fn query_text<'a>(
             key: QUERY,
             what: "one SELECT returning one row and one column: the metric",
         }),
-        Some(q) if q.len() > limits.max_query_length => Err(MetadataError::TooLarge {
-            what: format!("key \"query\" is {} bytes long", q.len()),
-            limit: limits.max_query_length,
-        }),
-        Some(q) => Ok(q),
+        Some(q) => within_limit(QUERY, q, limits),
     }
+}
+
+/// A query key's value within `--max-query-length`.
+pub(super) fn within_limit<'a>(
+    key: &'static str,
+    q: &'a str,
+    limits: &crate::config::Limits,
+) -> Result<&'a str, MetadataError> {
+    if q.len() > limits.max_query_length {
+        return Err(MetadataError::TooLarge {
+            what: format!("key {key:?} is {} bytes long", q.len()),
+            limit: limits.max_query_length,
+        });
+    }
+    Ok(q)
 }
 
 /// The query a trigger on `conn` would run, or the error the server would answer for it: the
@@ -218,9 +235,14 @@ pub fn parse(
 
     let target = match get(TARGET_QUERY_VALUE) {
         None | Some("") => {
+            let what = if get(TARGET_QUERY).is_some_and(|q| !q.is_empty()) {
+                "with targetQuery it is the fallback target, served until the target query's first good value and whenever it fails or reads NULL or a value below 0.001: a number ≥ 0.001"
+            } else {
+                "the value one replica handles, a number ≥ 0.001"
+            };
             return Err(MetadataError::Missing {
                 key: TARGET_QUERY_VALUE,
-                what: "the value one replica handles, a number ≥ 0.001",
+                what,
             });
         }
         Some(v) => {
@@ -613,6 +635,122 @@ mod tests {
         let e = parse(&meta(&[Q, T, ("scalerAddress", &long_value)]), &c).unwrap_err();
         assert!(e.to_string().contains("(limit 16384)"), "{e}");
         assert!(e.to_string().len() < 400);
+    }
+
+    #[test]
+    fn a_target_query_is_a_second_poller_on_the_same_connection() {
+        let tq = (
+            "targetQuery",
+            " select target from scaling_targets where name = 'jobs'; ",
+        );
+        let spec = parse(&meta(&[Q, T, tq, ("queryTimeout", "2s")]), &ctx(&["db"])).unwrap();
+        let t = spec.target_poller.expect("a target poller");
+        assert_eq!(t.connection, "db");
+        assert_eq!(
+            t.query,
+            "select target from scaling_targets where name = 'jobs'"
+        );
+        assert_eq!(t.poll_interval, Duration::from_secs(60), "the default");
+        assert_eq!(t.query_timeout, Duration::from_secs(2), "the trigger's");
+        assert!(t.ignore_nulls, "NULL reads as 0: the static fallback");
+        assert_eq!(spec.target, 5.0, "targetQueryValue is the fallback");
+        assert_ne!(t, spec.poller);
+
+        let spec = parse(
+            &meta(&[Q, T, tq, ("targetPollInterval", "1m 30s")]),
+            &ctx(&["db"]),
+        )
+        .unwrap();
+        assert_eq!(
+            spec.target_poller.unwrap().poll_interval,
+            Duration::from_secs(90)
+        );
+        // Identical triggers get identical keys (and so share the poller).
+        let a = parse(&meta(&[Q, T, tq]), &ctx(&["db"])).unwrap();
+        let b = parse(&meta(&[Q, ("targetQueryValue", "9"), tq]), &ctx(&["db"])).unwrap();
+        assert_eq!(a.target_poller, b.target_poller);
+        // Without targetQuery: none, and an empty one is none too.
+        assert_eq!(
+            parse(&meta(&[Q, T]), &ctx(&["db"])).unwrap().target_poller,
+            None
+        );
+        let empty = parse(&meta(&[Q, T, ("targetQuery", " ")]), &ctx(&["db"])).unwrap();
+        assert_eq!(empty.target_poller, None);
+        // The default interval never exceeds the server's maximum.
+        let mut c = ctx(&["db"]);
+        c.engine.max_poll_interval = Duration::from_secs(20);
+        let spec = parse(&meta(&[Q, T, tq]), &c).unwrap();
+        assert_eq!(
+            spec.target_poller.unwrap().poll_interval,
+            Duration::from_secs(20)
+        );
+    }
+
+    #[test]
+    fn target_query_errors_name_the_key() {
+        let tq = ("targetQuery", "select 3");
+        let long = "x".repeat(EngineConfig::default().limits.max_query_length + 1);
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+        let cases: &[Case] = &[
+            (
+                &[Q, tq],
+                &["\"targetQueryValue\" is required", "fallback target"],
+            ),
+            (
+                &[Q, T, ("targetPollInterval", "5m")],
+                &["\"targetPollInterval\"", "\"5m\"", "without targetQuery"],
+            ),
+            (
+                &[Q, T, tq, ("targetPollInterval", "10")],
+                &["\"targetPollInterval\"", "\"10\"", "not a duration"],
+            ),
+            (
+                &[Q, T, tq, ("targetPollInterval", "10ms")],
+                &["\"targetPollInterval\"", "below the server minimum"],
+            ),
+            (
+                &[Q, T, tq, ("targetPollInterval", "400d")],
+                &["\"targetPollInterval\"", "--max-poll-interval"],
+            ),
+            (
+                &[Q, T, ("targetQuery", "delete from targets")],
+                &["\"targetQuery\"", "SQL guard", "DELETE"],
+            ),
+            (
+                &[Q, T, ("targetQuery", "select 1; select 2")],
+                &["\"targetQuery\"", "exactly one statement"],
+            ),
+            (
+                &[Q, T, ("targetQuery", long.as_str())],
+                &["key \"targetQuery\" is", "bytes long"],
+            ),
+            (
+                &[Q, T, tq, ("activationTargetQuery", "select 1")],
+                &["\"activationTargetQuery\"", "not supported"],
+            ),
+            (
+                &[Q, T, ("targetquery", "select 1")],
+                &["did you mean targetQuery"],
+            ),
+        ];
+        for (pairs, wants) in cases {
+            let err = parse(&meta(pairs), &ctx(&["db"])).unwrap_err().to_string();
+            for want in *wants {
+                assert!(err.contains(want), "{pairs:?}: {err:?} lacks {want:?}");
+            }
+            assert!(err.len() < 600, "{err}");
+        }
+        // The target query gets the connection's guard: database links on Oracle.
+        let mut c = ctx(&["ora"]);
+        c.connections.get_mut("ora").unwrap().url =
+            crate::config::parse_url("oracle://u@h:1521/S").unwrap();
+        let e = parse(
+            &meta(&[Q, T, ("targetQuery", "select t from targets@remote")]),
+            &c,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("\"targetQuery\""), "{e}");
+        assert!(e.to_string().contains("database links"), "{e}");
     }
 
     #[test]

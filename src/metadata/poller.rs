@@ -9,6 +9,10 @@ use super::*;
 use crate::config::parse_duration;
 use crate::trigger::WakeKey;
 
+/// `targetPollInterval` when not given: targets are tuned by people, not by the load, so a
+/// longer interval than the metric's serves them (a `notifyChannel` wake-up polls at once).
+pub const TARGET_POLL_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
+
 /// PostgreSQL's identifier limit (NAMEDATALEN - 1).
 const PG_CHANNEL_MAX: usize = 63;
 /// Oracle's `DBMS_ALERT` name limit.
@@ -36,31 +40,7 @@ pub(super) fn finish(
 
     let poll_interval = match get(POLL_INTERVAL) {
         None | Some("") => ctx.engine.default_poll_interval,
-        Some(v) => {
-            let d = parse_duration(v)
-                .map_err(|e| invalid(POLL_INTERVAL, v, format!("is not a duration: {e}")))?;
-            if d < min_poll_interval {
-                return Err(invalid(
-                    POLL_INTERVAL,
-                    v,
-                    format!(
-                        "is below the server minimum poll interval {}",
-                        humantime::format_duration(min_poll_interval)
-                    ),
-                ));
-            }
-            if d > ctx.engine.max_poll_interval {
-                return Err(invalid(
-                    POLL_INTERVAL,
-                    v,
-                    format!(
-                        "is above the server maximum poll interval {} (--max-poll-interval)",
-                        humantime::format_duration(ctx.engine.max_poll_interval)
-                    ),
-                ));
-            }
-            d
-        }
+        Some(v) => bounded_interval(POLL_INTERVAL, v, min_poll_interval, ctx)?,
     };
     // The server default may itself be below a connection's minimum.
     let poll_interval = poll_interval.max(min_poll_interval);
@@ -116,6 +96,7 @@ pub(super) fn finish(
     };
 
     let wake = wake(&get, &conn, poll_interval, ctx)?;
+    let target_poller = target_poller(&get, &conn, min_poll_interval, query_timeout, ctx)?;
 
     let metric_name = match get(METRIC_NAME) {
         None | Some("") => default_metric_name(label, &query),
@@ -130,12 +111,91 @@ pub(super) fn finish(
             query_timeout,
             ignore_nulls,
         },
+        target_poller,
         wake,
         target,
         activation,
         metric_name,
         dynamic: dynamic.then(|| Box::new(conn)),
     })
+}
+
+/// `targetQuery` and `targetPollInterval`: the poller whose value is the metric spec's target.
+/// The same connection, guard, query timeout and one-row rule as `query`; NULL or no rows read
+/// as 0, which the handlers serve as the static fallback (a target is never an error).
+fn target_poller<'a>(
+    get: &impl Fn(&'static str) -> Option<&'a str>,
+    conn: &ConnectionConfig,
+    min_poll_interval: Duration,
+    query_timeout: Duration,
+    ctx: &Context,
+) -> Result<Option<PollerKey>, MetadataError> {
+    let interval_value = get(TARGET_POLL_INTERVAL).filter(|v| !v.is_empty());
+    let query = match get(TARGET_QUERY).filter(|v| !v.is_empty()) {
+        Some(q) => q,
+        None => {
+            if let Some(v) = interval_value {
+                return Err(invalid(
+                    TARGET_POLL_INTERVAL,
+                    v,
+                    "has no effect without targetQuery: set both, or remove targetPollInterval",
+                ));
+            }
+            return Ok(None);
+        }
+    };
+    let query = within_limit(TARGET_QUERY, query, &ctx.engine.limits)?;
+    let query =
+        guard::screen(query, dialect(&conn.url), conn.allow_dblinks).map_err(|rejection| {
+            MetadataError::GuardOn {
+                key: TARGET_QUERY,
+                rejection,
+            }
+        })?;
+    let default = TARGET_POLL_INTERVAL_DEFAULT.min(ctx.engine.max_poll_interval);
+    let interval = match interval_value {
+        None => default,
+        Some(v) => bounded_interval(TARGET_POLL_INTERVAL, v, min_poll_interval, ctx)?,
+    };
+    Ok(Some(PollerKey {
+        connection: conn.name.clone(),
+        query,
+        poll_interval: interval.max(min_poll_interval),
+        query_timeout,
+        ignore_nulls: true,
+    }))
+}
+
+/// A poll interval key's value: a duration between the connection's (or server's) minimum and
+/// `--max-poll-interval`.
+fn bounded_interval(
+    key: &'static str,
+    v: &str,
+    min: Duration,
+    ctx: &Context,
+) -> Result<Duration, MetadataError> {
+    let d = parse_duration(v).map_err(|e| invalid(key, v, format!("is not a duration: {e}")))?;
+    if d < min {
+        return Err(invalid(
+            key,
+            v,
+            format!(
+                "is below the server minimum poll interval {}",
+                humantime::format_duration(min)
+            ),
+        ));
+    }
+    if d > ctx.engine.max_poll_interval {
+        return Err(invalid(
+            key,
+            v,
+            format!(
+                "is above the server maximum poll interval {} (--max-poll-interval)",
+                humantime::format_duration(ctx.engine.max_poll_interval)
+            ),
+        ));
+    }
+    Ok(d)
 }
 
 /// `notifyChannel` and `minWakeInterval`: wake-ups on a PostgreSQL connection.

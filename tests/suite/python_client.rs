@@ -83,6 +83,57 @@ fn grpcio_client_speaks_kedas_protocol_with_the_real_binary() {
     );
 }
 
+#[test]
+fn grpcio_client_plays_keda_mains_push_sequence_with_stream_metric_spec() {
+    if !python_has(
+        "grpcio_client_plays_keda_mains_push_sequence_with_stream_metric_spec",
+        "grpc, grpc_tools",
+    ) {
+        return;
+    }
+    let db = TestDb::new();
+    db.set_queued(3);
+    let conn = rusqlite::Connection::open(&db.path).unwrap();
+    conn.execute_batch(
+        "create table targets (name text primary key, target real);
+         insert into targets values ('jobs', 10);",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Binary::start(
+        &[
+            "--connection",
+            &format!("jobs={}", db.url()),
+            "--min-poll-interval",
+            "100ms",
+        ],
+        dir.path(),
+    );
+    let out = Command::new("python3")
+        .arg(script("keda_main_client.py"))
+        .arg(server.grpc.to_string())
+        .arg(&db.path)
+        // One targetPollInterval (500ms), with room for a loaded machine's scheduling.
+        .arg("1.5")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    let spec = |t: f64| serde_json::json!([{"name": "py-jobs", "targetSize": t as i64, "targetSizeFloat": t}]);
+    assert_eq!(r["spec"], spec(10.0), "{r}");
+    assert_eq!(r["on_open"], spec(10.0), "the current spec at open: {r}");
+    assert_eq!(r["active"], true, "{r}");
+    assert_eq!(r["changed"], spec(25.0), "{r}");
+    assert_eq!(r["within"], true, "within one targetPollInterval: {r}");
+    assert_eq!(r["get_after_change"], r["changed"], "{r}");
+    assert_eq!(r["extra"], serde_json::Value::Null, "{r}");
+}
+
 /// The grpcurl lines of docs/operations.md (the block after the `grpcurl-commands` marker).
 fn documented_grpcurl_commands() -> Vec<String> {
     let doc = std::fs::read_to_string(
@@ -153,7 +204,13 @@ fn assert_documented_answers(results: &[serde_json::Value], how: &str) {
     names.sort();
     assert_eq!(
         names,
-        ["GetMetricSpec", "GetMetrics", "IsActive", "StreamIsActive"],
+        [
+            "GetMetricSpec",
+            "GetMetrics",
+            "IsActive",
+            "StreamIsActive",
+            "StreamMetricSpec"
+        ],
         "{how}"
     );
     assert_eq!(
@@ -161,6 +218,14 @@ fn assert_documented_answers(results: &[serde_json::Value], how: &str) {
         "externalscaler.GetMetricsRequest"
     );
     assert_eq!(methods["StreamIsActive"]["server_streaming"], true, "{how}");
+    assert_eq!(
+        methods["StreamMetricSpec"]["server_streaming"], true,
+        "{how}"
+    );
+    assert_eq!(
+        methods["StreamMetricSpec"]["output"], "externalscaler.GetMetricSpecResponse",
+        "{how}"
+    );
     let spec = &results[2]["response"]["metricSpecs"][0];
     assert!(
         spec["metricName"]
