@@ -17,6 +17,7 @@ mod failover;
 mod fair_shares;
 mod keda_protocol;
 mod many_rows;
+mod metric_spec;
 mod monitoring;
 mod observability;
 mod oracle;

@@ -8,7 +8,7 @@
 //! Only GetMetricSpec and StreamMetricSpec are called here, so the trigger's own poller never
 //! exists: every poll on the connection (`orascale_polls_total`) is a target poll.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
