@@ -99,6 +99,98 @@ fn without_instant_client_the_binary_serves_specs_and_reports_the_hint() {
     );
 }
 
+/// Issue 22, on a machine without Instant Client (the DPI-1047 path): a trigger with
+/// `notifyChannel` on an Oracle connection is accepted, answers UNAVAILABLE with the install
+/// hint (never 0 or false), and its listener degrades with one WARN and a backing-off retry:
+/// no panic, no spin, and the process still stops on SIGTERM.
+#[test]
+fn without_instant_client_oracle_wake_ups_degrade_without_spinning() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "oracle://scott:{PASSWORD}@127.0.0.1:{}/FREEPDB1",
+        unused_port()
+    );
+    let mut server = Binary::start_with_env(
+        &["--connection", &format!("ora={url}")],
+        dir.path(),
+        &[("RUST_LOG", "info,orascale::engine::wake=debug")],
+    );
+    let present = client_present();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (grpc, metrics) = (server.grpc, server.metrics);
+    rt.block_on(guard(Duration::from_secs(60), async move {
+        let mut c = client(grpc).await;
+        let obj = object(
+            "orders",
+            &[
+                (
+                    "query",
+                    "select count(*) from app.jobs where status = 'QUEUED'",
+                ),
+                ("targetQueryValue", "10"),
+                ("pollInterval", "60s"),
+                ("notifyChannel", "jobs_changed"),
+                ("minWakeInterval", "250ms"),
+            ],
+        );
+        let _stream = c
+            .stream_is_active(obj.clone())
+            .await
+            .expect("accepted: Oracle takes notifyChannel")
+            .into_inner();
+        let e = c
+            .get_metrics(deadline(metrics_request(&obj, "")))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable);
+        if !present {
+            assert!(e.message().contains(HINT), "{}", e.message());
+        }
+        let e = c.is_active(deadline(obj.clone())).await.unwrap_err();
+        assert_eq!(
+            e.code(),
+            Code::Unavailable,
+            "never false in place of an error"
+        );
+        // The channel is wanted and nothing listens: that is what the metrics say.
+        loop {
+            let text = scrape(metrics).await;
+            let channels = metric_value(&text, "orascale_wake_channels", &["connection=\"ora\""]);
+            let up = metric_value(&text, "orascale_wake_listener_up", &["connection=\"ora\""]);
+            if channels == Some(1.0) && up == Some(0.0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }));
+    let first = server.wait_log("notification listener down", Duration::from_secs(10));
+    assert!(first.contains("notification listener down"), "{first}");
+    // A window of a few seconds: the retries back off (100 ms doubling to 10 s), so a handful
+    // of attempts, where a spinning listener would make thousands.
+    std::thread::sleep(Duration::from_secs(4));
+    let log = server.log_text();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("notification listener down"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one WARN per outage: {log}");
+    if !present {
+        assert!(warnings[0].contains(HINT), "{}", warnings[0]);
+        assert!(warnings[0].contains("DPI-1047"), "{}", warnings[0]);
+    }
+    let retries = log.matches("notification listener still down").count();
+    assert!(retries <= 12, "{retries} retries in about 4 s: {log}");
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(!log.contains(PASSWORD), "no password in the log");
+    server.signal("TERM");
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "stops with the listener down: {}",
+        server.log_text()
+    );
+}
+
 fn check(args: &[&str]) -> (i32, String, String) {
     let mut full = vec!["check"];
     full.extend_from_slice(args);
