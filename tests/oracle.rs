@@ -1105,6 +1105,32 @@ mod alert_wakeups {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn many_alerts_register_in_one_wait_not_one_wait_each() {
+        guard(Duration::from_secs(600), async {
+            let rig = Rig::new(2);
+            let wakes: Vec<Wake> = (0..40)
+                .map(|i| rig.hub.subscribe(&format!("A{i}")))
+                .collect();
+            // The hub sends one REGISTER at a time; each after the first follows its answer at
+            // once, so all 40 take about one WAIT, not 40.
+            rig.run_for(WAIT * 5).await;
+            let registered = rig
+                .script
+                .log()
+                .iter()
+                .filter(|l| l.starts_with("register "))
+                .count();
+            assert_eq!(registered, 40);
+            assert!(rig.listening());
+            assert_eq!(rig.hub.status().channels, 40);
+            drop(wakes);
+            rig.settle().await;
+            assert_eq!(rig.listener.threads(), 0);
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn shutdown_ends_the_listener_thread_at_once() {
         guard(Duration::from_secs(600), async {
             let rig = Rig::new(2);

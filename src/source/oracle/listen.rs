@@ -6,8 +6,9 @@
 //! ODPI-C is blocking and `WAITANY` blocks for its whole timeout, so each listening session is
 //! owned by one blocking thread (`spawn_blocking`) that runs a loop: handle the commands the
 //! hub sent (REGISTER, REMOVE, ping), then `DBMS_ALERT.WAITANY` for at most [`WAIT`], deliver
-//! the alert if one came, repeat. Commands are therefore answered within [`WAIT`] plus one
-//! call. The session is dedicated (never from the pool: its registrations would leak into
+//! the alert if one came, repeat. A command is therefore answered within [`WAIT`] plus one
+//! call, and the commands that follow it at once (a burst of REGISTERs) within
+//! [`COMMAND_GRACE`] each. The session is dedicated (never from the pool: its registrations would leak into
 //! polls), shows MODULE `orascale` and ACTION `listener` in `V$SESSION`, and runs only fixed
 //! PL/SQL of orascale's own with the alert name as a bind. Every call has a `call_timeout`
 //! (WAITANY's is its wait plus [`CALL_TIMEOUT`]), the connect is bounded like the pool's
@@ -23,7 +24,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, TryRecvError};
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -41,6 +42,10 @@ use crate::source::{PasswordSource, SourceError};
 pub const WAIT: Duration = Duration::from_secs(1);
 /// The `call_timeout` of REGISTER, REMOVE, REMOVEALL and ping, and WAITANY's on top of [`WAIT`].
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// After answering a command, how long the thread waits for the hub's next one before it
+/// waits for alerts again: the hub sends commands one at a time, so without it each of N
+/// REGISTERs (a reconnect, many new pollers) would wait for a WAITANY to end.
+pub const COMMAND_GRACE: Duration = Duration::from_millis(50);
 /// Longest error message kept from the driver.
 const MESSAGE_MAX: usize = 300;
 
@@ -199,8 +204,9 @@ fn serve(
     deliver: &Deliver,
 ) -> Option<String> {
     loop {
+        let mut next = inbox.try_recv();
         loop {
-            let (outcome, reply) = match inbox.try_recv() {
+            let (outcome, reply) = match next {
                 Ok(Command::Register(name, reply)) => (s.register(&name), reply),
                 Ok(Command::Remove(name, reply)) => (s.remove(&name), reply),
                 Ok(Command::Ping(reply)) => (s.ping(), reply),
@@ -221,6 +227,12 @@ fn serve(
                 close(s, false);
                 return failed;
             }
+            // The hub sends its next command as soon as this answer arrives: wait a moment for
+            // it rather than a whole WAIT, so re-registering many alerts takes milliseconds.
+            next = inbox.recv_timeout(COMMAND_GRACE).map_err(|e| match e {
+                RecvTimeoutError::Timeout => TryRecvError::Empty,
+                RecvTimeoutError::Disconnected => TryRecvError::Disconnected,
+            });
         }
         match s.wait_any(WAIT) {
             Ok(Some(name)) => deliver(&name.to_ascii_uppercase()),
