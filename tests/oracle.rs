@@ -554,7 +554,10 @@ mod alert_wakeups {
 
     impl Script {
         fn lock(&self) -> MutexGuard<'_, State> {
-            self.state.lock().unwrap()
+            // A failed assertion elsewhere must not turn into a second panic here.
+            self.state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
         }
 
         fn set(&self, f: impl FnOnce(&mut State)) {
@@ -798,6 +801,8 @@ mod alert_wakeups {
                 Arc::new(Scripted(script.clone())),
                 "scott",
                 Arc::new(tokio::sync::Semaphore::new(connect_slots)),
+                // Its own process-wide slots: another test of this binary black-holes the real ones.
+                Arc::new(tokio::sync::Semaphore::new(32)),
             ));
             let stop = CancellationToken::new();
             let hub = Hub::new("ora", listener.clone(), stop.clone(), |f| {

@@ -89,14 +89,21 @@ pub struct OracleListener {
     user: String,
     /// The connection's connect slots, shared with its pool: a hung connect holds one.
     connects: Arc<Semaphore>,
+    /// The process-wide connect slots (`CONNECTS_IN_FLIGHT_PROCESS`).
+    process_connects: Arc<Semaphore>,
     /// Listener threads alive now (connecting, serving or closing).
     threads: Arc<AtomicUsize>,
 }
 
 impl OracleListener {
     /// A listener whose sessions `alerts` opens, at most as many connecting at once as
-    /// `connects` has permits (and the process-wide bound).
-    pub fn new(alerts: Arc<dyn AlertConnect>, user: &str, connects: Arc<Semaphore>) -> Self {
+    /// `connects` (the connection's) and `process_connects` (the process's) have permits.
+    pub fn new(
+        alerts: Arc<dyn AlertConnect>,
+        user: &str,
+        connects: Arc<Semaphore>,
+        process_connects: Arc<Semaphore>,
+    ) -> Self {
         OracleListener {
             alerts,
             user: if user.is_empty() {
@@ -105,6 +112,7 @@ impl OracleListener {
                 user.to_ascii_uppercase()
             },
             connects,
+            process_connects,
             threads: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -139,7 +147,9 @@ impl Listener for OracleListener {
                 .acquire_owned()
                 .await
                 .map_err(|_| SourceError::Connect("oracle source is closed".into()))?;
-            let process_slot = super::process_connects()
+            let process_slot = self
+                .process_connects
+                .clone()
                 .acquire_owned()
                 .await
                 .map_err(|_| SourceError::Connect("oracle connects are closed".into()))?;
@@ -527,9 +537,10 @@ mod tests {
 
     #[test]
     fn external_authentication_names_a_placeholder_user() {
-        let l = OracleListener::new(Arc::new(Never), "", Arc::new(Semaphore::new(1)));
+        let slots = || Arc::new(Semaphore::new(1));
+        let l = OracleListener::new(Arc::new(Never), "", slots(), slots());
         assert_eq!(l.user, "<user>");
-        let l = OracleListener::new(Arc::new(Never), "scott", Arc::new(Semaphore::new(1)));
+        let l = OracleListener::new(Arc::new(Never), "scott", slots(), slots());
         assert_eq!(l.user, "SCOTT");
     }
 

@@ -217,6 +217,7 @@ impl Oracle {
             }),
             user,
             sessions.connects.clone(),
+            process_connects(),
         ));
         let pool = Pool::builder(sessions)
             .max_size(conn.pool_size.max(1))
