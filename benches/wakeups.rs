@@ -11,6 +11,13 @@
 //!    query). A second wake-up trigger with `minWakeInterval: 1s` shows the knob that trades
 //!    latency under load for queries.
 //!
+//! 3. Oracle (`DBMS_ALERT`), when `ORASCALE_BENCH_ORACLE_URL` names a database
+//!    (`oracle://USER:PASSWORD@HOST:PORT/SERVICE`; the user needs CREATE TABLE, CREATE TRIGGER
+//!    and EXECUTE ON SYS.DBMS_ALERT, and Instant Client must be installed): the same activation
+//!    latency for one trigger with `pollInterval: 60s` + `notifyChannel`, its table's
+//!    statement-level trigger signalling the alert. Without the variable the JSON's `oracle`
+//!    entry says it was skipped.
+//!
 //! `cargo bench --bench wakeups` (120 trials, 60 s phases). Under `cargo test` a short run
 //! (5 trials, 2 s phases) checks the path works. Prints JSON on the last line.
 
@@ -44,7 +51,111 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(run(trials, phase));
+    rt.block_on(async {
+        let mut out = run(trials, phase).await;
+        out.insert("oracle".into(), oracle_wakeups(trials).await);
+        println!("{}", serde_json::Value::Object(out));
+    });
+}
+
+/// The bench's Oracle entry: commit → `true` through DBMS_ALERT, or why it was skipped.
+async fn oracle_wakeups(trials: usize) -> serde_json::Value {
+    const VAR: &str = "ORASCALE_BENCH_ORACLE_URL";
+    const TABLE: &str = "orascale_bench_jobs";
+    let url = match std::env::var(VAR) {
+        Ok(u) if !u.is_empty() => u,
+        _ => {
+            return json!({"skipped": format!("{VAR} is not set (oracle://USER:PASSWORD@HOST:PORT/SERVICE; needs Instant Client, CREATE TABLE, CREATE TRIGGER and EXECUTE ON SYS.DBMS_ALERT)")});
+        }
+    };
+    let Ok(orascale::config::ConnectionUrl::Oracle {
+        user,
+        password,
+        connect_string,
+    }) = orascale::config::parse_url(&url)
+    else {
+        panic!("{VAR} must be an oracle:// URL");
+    };
+    let admin = oracle::Connection::connect(user, password.unwrap_or_default(), connect_string)
+        .expect("an admin session to the bench database");
+    let _ = admin.execute(&format!("drop table {TABLE} purge"), &[]);
+    admin
+        .execute(&format!("create table {TABLE} (id number)"), &[])
+        .unwrap();
+    // The documented trigger (docs/oracle.md §7): statement-level, signalled at commit.
+    admin
+        .execute(
+            &format!(
+                "create or replace trigger {TABLE}_signal after insert or update or delete on {TABLE} \
+                 begin dbms_alert.signal('ORASCALE_BENCH_JOBS', ''); end;"
+            ),
+            &[],
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The URL (with its password) goes through the environment, not the command line.
+    let server = Binary::start_with_env(
+        &["--stream-resend-interval", "1h"],
+        dir.path(),
+        &[("ORASCALE_CONNECTIONS", &format!("ora={url}"))],
+    );
+    let mut c = client(server.grpc).await;
+    let o = object(
+        "ora",
+        &[
+            ("connection", "ora"),
+            ("query", &format!("select count(*) from {TABLE}")),
+            ("targetQueryValue", "1"),
+            ("pollInterval", "60s"),
+            ("notifyChannel", "orascale_bench_jobs"),
+            ("minWakeInterval", "100ms"),
+        ],
+    );
+    let mut stream = c.stream_is_active(o.clone()).await.unwrap().into_inner();
+    let started = Instant::now();
+    while metric_value(
+        &scrape(server.metrics).await,
+        "orascale_wake_listener_up",
+        &["connection=\"ora\""],
+    ) != Some(1.0)
+    {
+        assert!(started.elapsed() < Duration::from_secs(30), "listener up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut latencies = Vec::new();
+    for trial in 0..trials {
+        admin.execute(&format!("delete from {TABLE}"), &[]).unwrap();
+        admin.commit().unwrap();
+        let emptied = Instant::now();
+        while value(
+            c.get_metrics(deadline(metrics_request(&o, "")))
+                .await
+                .unwrap(),
+        ) != 0.0
+        {
+            assert!(emptied.elapsed() < Duration::from_secs(5), "reads 0");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let jitter = (trial as u64 * 7919) % 1000;
+        tokio::time::sleep(Duration::from_millis(200 + jitter)).await;
+        let t0 = Instant::now();
+        admin
+            .execute(&format!("insert into {TABLE} values (1)"), &[])
+            .unwrap();
+        admin.commit().unwrap();
+        let m: IsActiveResponse = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("true within 10 s")
+            .unwrap()
+            .unwrap();
+        assert!(m.result);
+        latencies.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    let _ = admin.execute(&format!("drop table {TABLE} purge"), &[]);
+    json!({
+        "trigger": "pollInterval 60s + notifyChannel (DBMS_ALERT), minWakeInterval 100ms",
+        "commit_to_true": percentiles_ms(latencies),
+    })
 }
 
 fn obj(connection: &str, interval: &str, channel: &str, min_wake: &str) -> ScaledObjectRef {
@@ -107,13 +218,11 @@ async fn load(server: &Binary, admin: &Client, phase: Duration, commits: u32) ->
     serde_json::Value::Object(out)
 }
 
-async fn run(trials: usize, phase: Duration) {
+/// The PostgreSQL part: the JSON's top-level entries.
+async fn run(trials: usize, phase: Duration) -> serde_json::Map<String, serde_json::Value> {
     let Some(pg) = support::pg::Pg::start_or_skip("wakeups bench") else {
-        println!(
-            "{}",
-            json!({"bench": "wakeups", "skipped": "no PostgreSQL server binaries"})
-        );
-        return;
+        let skipped = json!({"bench": "wakeups", "skipped": "no PostgreSQL server binaries"});
+        return skipped.as_object().cloned().unwrap_or_default();
     };
     let admin = pg.setup().await;
     support::pg::notify_trigger(&admin).await;
@@ -212,9 +321,7 @@ async fn run(trials: usize, phase: Duration) {
         "orascale_wake_notifications_total",
         &["connection=\"wake\""],
     );
-    println!(
-        "{}",
-        json!({
+    json!({
             "bench": "wakeups",
             "triggers": {"wake": "pollInterval 60s + notifyChannel, minWakeInterval 100ms", "wake1s": "pollInterval 60s + notifyChannel, minWakeInterval 1s", "poll1s": "pollInterval 1s", "poll100ms": "pollInterval 100ms"},
             "commit_to_true": latency,
@@ -222,6 +329,8 @@ async fn run(trials: usize, phase: Duration) {
             "queries_per_min_idle": idle,
             "wake_polls": wake_polls,
             "notifications": notifications,
-        })
-    );
+    })
+    .as_object()
+    .cloned()
+    .unwrap_or_default()
 }

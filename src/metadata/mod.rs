@@ -766,7 +766,7 @@ mod tests {
     }
 
     #[test]
-    fn wake_ups_need_postgres_and_a_lowercase_channel() {
+    fn wake_ups_need_postgres_or_oracle_and_a_valid_channel() {
         let mut c = ctx(&["pg", "lite", "ora"]);
         c.connections.get_mut("pg").unwrap().url =
             crate::config::parse_url("postgres://u@h/db").unwrap();
@@ -806,9 +806,9 @@ mod tests {
                 "is SQLite",
             ),
             (
-                vec![("connection", "ora"), ("notifyChannel", "jobs")],
+                vec![("connection", "ora"), ("notifyChannel", "1jobs")],
                 "notifyChannel",
-                "docs/oracle.md",
+                "DBMS_ALERT name",
             ),
             (
                 vec![pg, ("notifyChannel", "Jobs")],

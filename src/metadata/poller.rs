@@ -198,7 +198,8 @@ fn bounded_interval(
     Ok(d)
 }
 
-/// `notifyChannel` and `minWakeInterval`: wake-ups on a PostgreSQL connection.
+/// `notifyChannel` and `minWakeInterval`: wake-ups on a PostgreSQL (LISTEN/NOTIFY) or Oracle
+/// (`DBMS_ALERT`) connection.
 fn wake<'a>(
     get: &impl Fn(&'static str) -> Option<&'a str>,
     conn: &ConnectionConfig,
@@ -218,31 +219,24 @@ fn wake<'a>(
         }
         Some(v) => v,
     };
-    match &conn.url {
-        ConnectionUrl::Postgres { .. } => {}
-        ConnectionUrl::Sqlite(_) => {
-            return Err(invalid(
-                NOTIFY_CHANNEL,
-                channel,
-                format!(
-                    "needs a postgres connection (LISTEN/NOTIFY); connection {:?} is SQLite, which has no notifications",
-                    conn.name
-                ),
-            ));
-        }
-        ConnectionUrl::Oracle { .. } => {
-            return Err(invalid(
-                NOTIFY_CHANNEL,
-                channel,
-                format!(
-                    "needs a postgres connection (LISTEN/NOTIFY); connection {:?} is Oracle, whose wake-ups are not available yet (docs/oracle.md, \"Wake-ups\")",
-                    conn.name
-                ),
-            ));
-        }
+    if let ConnectionUrl::Sqlite(_) = &conn.url {
+        return Err(invalid(
+            NOTIFY_CHANNEL,
+            channel,
+            format!(
+                "needs a postgres connection (LISTEN/NOTIFY) or an oracle connection (DBMS_ALERT); connection {:?} is SQLite, which has no notifications",
+                conn.name
+            ),
+        ));
     }
-    channel_rule(dialect(&conn.url), channel)
-        .map_err(|reason| invalid(NOTIFY_CHANNEL, channel, reason))?;
+    let dialect = dialect(&conn.url);
+    channel_rule(dialect, channel).map_err(|reason| invalid(NOTIFY_CHANNEL, channel, reason))?;
+    // DBMS_ALERT names are case-insensitive and WAITANY answers with the name as registered,
+    // in uppercase; the hub keys channels by exact string, so `jobs` and `JOBS` must be one.
+    let channel = match dialect {
+        Dialect::Oracle => channel.to_ascii_uppercase(),
+        _ => channel.to_string(),
+    };
     let floor = ctx.engine.min_wake_interval;
     let min_interval = match get(MIN_WAKE_INTERVAL) {
         None | Some("") => crate::config::defaults::WAKE_INTERVAL.max(floor),
@@ -254,7 +248,7 @@ fn wake<'a>(
                     MIN_WAKE_INTERVAL,
                     v,
                     format!(
-                        "is below the server minimum {} (--min-wake-interval): a NOTIFY storm must not become a query storm",
+                        "is below the server minimum {} (--min-wake-interval): a storm of notifications must not become a query storm",
                         humantime::format_duration(floor)
                     ),
                 ));
@@ -273,7 +267,7 @@ fn wake<'a>(
         }
     };
     Ok(Some(WakeKey {
-        channel: channel.to_string(),
+        channel,
         min_interval: min_interval.min(poll_interval),
     }))
 }
@@ -324,7 +318,7 @@ pub(super) fn channel_rule(dialect: Dialect, channel: &str) -> Result<(), String
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '$' | '#'));
             if !first_ok || !rest_ok {
                 return Err(
-                    "must be an Oracle DBMS_ALERT name: a letter first, then letters, digits, _, $ or # (case-insensitive)".into(),
+                    "must be an Oracle DBMS_ALERT name: a letter first, then letters, digits, _, $ or # (case-insensitive, at most 30 bytes)".into(),
                 );
             }
             if channel.to_ascii_uppercase().starts_with("ORA$") {
@@ -365,5 +359,156 @@ mod tests {
         assert!(channel_rule(Dialect::Postgres, &"x".repeat(64)).is_err());
         assert!(channel_rule(Dialect::Oracle, &"X".repeat(31)).is_err());
         assert_eq!(channel_rule(Dialect::Oracle, &"X".repeat(30)), Ok(()));
+    }
+
+    fn ctx() -> Context {
+        let conn = |name: &str, url: &str| {
+            (
+                name.to_string(),
+                ConnectionConfig::new(name, crate::config::parse_url(url).unwrap()),
+            )
+        };
+        Context {
+            connections: [
+                conn("ora", "oracle://scott@db:1521/ORDERS"),
+                conn("pg", "postgres://u@h/db"),
+                conn("lite", "sqlite::memory:"),
+            ]
+            .into_iter()
+            .collect(),
+            engine: crate::config::EngineConfig::default(),
+            allow_credentials: true,
+        }
+    }
+
+    fn parse(pairs: &[(&str, &str)], ctx: &Context) -> Result<ScalerSpec, MetadataError> {
+        let mut meta: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        meta.insert("query".into(), "select count(*) from jobs".into());
+        meta.insert("targetQueryValue".into(), "10".into());
+        super::super::parse(&meta, "ns", ctx)
+    }
+
+    #[test]
+    fn oracle_connections_take_alert_names_in_uppercase() {
+        let c = ctx();
+        let ora = ("connection", "ora");
+        for given in [
+            "jobs_changed",
+            "JOBS_CHANGED",
+            "Jobs_Changed",
+            " jobs_changed ",
+        ] {
+            let wake = parse(&[ora, ("notifyChannel", given)], &c)
+                .unwrap()
+                .wake
+                .unwrap();
+            // One channel for the hub, spelled as WAITANY answers it.
+            assert_eq!(wake.channel, "JOBS_CHANGED", "{given:?}");
+            assert_eq!(wake.min_interval, Duration::from_millis(100));
+        }
+        let spec = parse(
+            &[
+                ora,
+                ("notifyChannel", "q$1#a"),
+                ("minWakeInterval", "2s"),
+                ("pollInterval", "60s"),
+            ],
+            &c,
+        )
+        .unwrap();
+        let wake = spec.wake.unwrap();
+        assert_eq!(wake.channel, "Q$1#A");
+        assert_eq!(wake.min_interval, Duration::from_secs(2));
+        // PostgreSQL channels keep their exact (lowercase) spelling.
+        let pg = parse(&[("connection", "pg"), ("notifyChannel", "jobs")], &c).unwrap();
+        assert_eq!(pg.wake.unwrap().channel, "jobs");
+        // Not part of the poller: the same query with and without wake-ups is one poller.
+        let none = parse(&[ora], &c).unwrap();
+        let with = parse(&[ora, ("notifyChannel", "jobs")], &c).unwrap();
+        assert_eq!(none.poller, with.poller);
+    }
+
+    #[test]
+    fn oracle_alert_names_are_refused_with_what_is_accepted() {
+        let c = ctx();
+        let ora = ("connection", "ora");
+        let long = "J".repeat(31);
+        for (pairs, key, fragments) in [
+            (
+                vec![ora, ("notifyChannel", "1jobs")],
+                "notifyChannel",
+                vec!["\"1jobs\"", "a letter first", "at most 30 bytes"],
+            ),
+            (
+                vec![ora, ("notifyChannel", "jobs changed")],
+                "notifyChannel",
+                vec!["DBMS_ALERT name", "_, $ or #"],
+            ),
+            (
+                vec![ora, ("notifyChannel", "x'); drop table t; --")],
+                "notifyChannel",
+                vec!["DBMS_ALERT name"],
+            ),
+            (
+                vec![ora, ("notifyChannel", "ora$alert")],
+                "notifyChannel",
+                vec!["ORA$", "reserves"],
+            ),
+            (
+                vec![ora, ("notifyChannel", &long)],
+                "notifyChannel",
+                vec!["30 bytes"],
+            ),
+            (
+                vec![ora, ("minWakeInterval", "1s")],
+                "minWakeInterval",
+                vec!["without notifyChannel"],
+            ),
+            (
+                vec![ora, ("notifyChannel", "j"), ("minWakeInterval", "10ms")],
+                "minWakeInterval",
+                vec!["--min-wake-interval"],
+            ),
+            (
+                vec![ora, ("notifyChannel", "j"), ("minWakeInterval", "1m")],
+                "minWakeInterval",
+                vec!["above the pollInterval"],
+            ),
+            (
+                vec![("connection", "lite"), ("notifyChannel", "jobs")],
+                "notifyChannel",
+                vec!["is SQLite", "postgres", "oracle"],
+            ),
+        ] {
+            let e = parse(&pairs, &c).unwrap_err().to_string();
+            assert!(e.contains(&format!("{key:?}")), "{pairs:?}: {e}");
+            for f in fragments {
+                assert!(e.contains(f), "{pairs:?}: {f:?} in {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn oracle_connections_from_metadata_credentials_take_alert_names() {
+        let c = ctx();
+        let spec = parse(
+            &[
+                ("connection", "ora"),
+                ("userFromEnv", "reporter"),
+                ("passwordFromEnv", "pw"),
+                ("notifyChannel", "jobs"),
+            ],
+            &c,
+        );
+        match spec {
+            Ok(spec) => {
+                assert!(spec.dynamic.is_some(), "a connection of its own");
+                assert_eq!(spec.wake.unwrap().channel, "JOBS");
+            }
+            Err(e) => panic!("{e}"),
+        }
     }
 }

@@ -99,6 +99,98 @@ fn without_instant_client_the_binary_serves_specs_and_reports_the_hint() {
     );
 }
 
+/// Issue 22, on a machine without Instant Client (the DPI-1047 path): a trigger with
+/// `notifyChannel` on an Oracle connection is accepted, answers UNAVAILABLE with the install
+/// hint (never 0 or false), and its listener degrades with one WARN and a backing-off retry:
+/// no panic, no spin, and the process still stops on SIGTERM.
+#[test]
+fn without_instant_client_oracle_wake_ups_degrade_without_spinning() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "oracle://scott:{PASSWORD}@127.0.0.1:{}/FREEPDB1",
+        unused_port()
+    );
+    let mut server = Binary::start_with_env(
+        &["--connection", &format!("ora={url}")],
+        dir.path(),
+        &[("RUST_LOG", "info,orascale::engine::wake=debug")],
+    );
+    let present = client_present();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (grpc, metrics) = (server.grpc, server.metrics);
+    rt.block_on(guard(Duration::from_secs(60), async move {
+        let mut c = client(grpc).await;
+        let obj = object(
+            "orders",
+            &[
+                (
+                    "query",
+                    "select count(*) from app.jobs where status = 'QUEUED'",
+                ),
+                ("targetQueryValue", "10"),
+                ("pollInterval", "60s"),
+                ("notifyChannel", "jobs_changed"),
+                ("minWakeInterval", "250ms"),
+            ],
+        );
+        let _stream = c
+            .stream_is_active(obj.clone())
+            .await
+            .expect("accepted: Oracle takes notifyChannel")
+            .into_inner();
+        let e = c
+            .get_metrics(deadline(metrics_request(&obj, "")))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable);
+        if !present {
+            assert!(e.message().contains(HINT), "{}", e.message());
+        }
+        let e = c.is_active(deadline(obj.clone())).await.unwrap_err();
+        assert_eq!(
+            e.code(),
+            Code::Unavailable,
+            "never false in place of an error"
+        );
+        // The channel is wanted and nothing listens: that is what the metrics say.
+        loop {
+            let text = scrape(metrics).await;
+            let channels = metric_value(&text, "orascale_wake_channels", &["connection=\"ora\""]);
+            let up = metric_value(&text, "orascale_wake_listener_up", &["connection=\"ora\""]);
+            if channels == Some(1.0) && up == Some(0.0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }));
+    let first = server.wait_log("notification listener down", Duration::from_secs(10));
+    assert!(first.contains("notification listener down"), "{first}");
+    // A window of a few seconds: the retries back off (100 ms doubling to 10 s), so a handful
+    // of attempts, where a spinning listener would make thousands.
+    std::thread::sleep(Duration::from_secs(4));
+    let log = server.log_text();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("notification listener down"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one WARN per outage: {log}");
+    if !present {
+        assert!(warnings[0].contains(HINT), "{}", warnings[0]);
+        assert!(warnings[0].contains("DPI-1047"), "{}", warnings[0]);
+    }
+    let retries = log.matches("notification listener still down").count();
+    assert!(retries <= 12, "{retries} retries in about 4 s: {log}");
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(!log.contains(PASSWORD), "no password in the log");
+    server.signal("TERM");
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "stops with the listener down: {}",
+        server.log_text()
+    );
+}
+
 fn check(args: &[&str]) -> (i32, String, String) {
     let mut full = vec!["check"];
     full.extend_from_slice(args);
@@ -400,4 +492,669 @@ fn a_black_holed_host_cannot_take_the_blocking_threads() {
     hole.release();
     wide_rt.shutdown_timeout(Duration::from_secs(10));
     rt.shutdown_timeout(Duration::from_secs(10));
+}
+
+/// Oracle wake-ups (issue 22) without an Oracle: the engine's hub with the real Oracle listener
+/// (its thread, command loop and close), and a scripted `DBMS_ALERT` session below it that
+/// records REGISTER/REMOVE/REMOVEALL, delivers signalled alerts to sessions registered for
+/// them, and injects kills, errors and hangs. The clock is paused; the listener's thread
+/// (spawn_blocking) holds tokio's auto-advance, so the tests move time themselves in steps and,
+/// after each, wait (on real time, bounded) until every listener thread is parked in a
+/// scripted wait with nothing due: what happens at a virtual instant is then settled before
+/// the clock moves on, whatever the machine's speed.
+mod alert_wakeups {
+    use std::collections::{BTreeSet, HashMap, HashSet};
+    use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+    use std::time::Duration;
+
+    use futures::FutureExt;
+    use orascale::engine::wake::{Hub, PING_EVERY, REARM_WINDOW, Wake};
+    use orascale::source::oracle::listen::{
+        AlertConnect, AlertSession, Breaker, OracleListener, WAIT,
+    };
+    use tokio::time::Instant;
+    use tokio_util::sync::CancellationToken;
+
+    use super::support::guard;
+
+    const KILLED: &str = "ORA-00028: your session has been killed";
+    const NO_GRANT: &str = "ORA-06550: line 1, column 7: PLS-00201: identifier 'DBMS_ALERT' must be declared ORA-06550: line 1, column 7: PL/SQL: Statement ignored";
+    /// The hub's bounds (engine::wake): a command or connect may take this long.
+    const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+    const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+    #[derive(Default)]
+    struct State {
+        log: Vec<String>,
+        next_id: u64,
+        /// Open sessions: what each registered, and its alerts not yet waited for.
+        sessions: HashMap<u64, (BTreeSet<String>, BTreeSet<String>)>,
+        /// Threads blocked in a scripted wait, with when it ends (`None`: until released).
+        parked: HashMap<u64, Option<Instant>>,
+        broken: HashSet<u64>,
+        opens: usize,
+        open_error: Option<String>,
+        register_error: Option<String>,
+        hang_open: bool,
+        hanging_opens: usize,
+        peak_hanging_opens: usize,
+        /// The next WAITANY fails with KILLED.
+        kill: bool,
+        /// The next WAITANY ignores its timeout until broken.
+        hang_wait: bool,
+        /// The test is over (maybe failed): every scripted wait ends, so the runtime can stop.
+        over: bool,
+    }
+
+    #[derive(Default)]
+    struct Script {
+        state: Mutex<State>,
+        changed: Condvar,
+    }
+
+    impl Script {
+        fn lock(&self) -> MutexGuard<'_, State> {
+            // A failed assertion elsewhere must not turn into a second panic here.
+            self.state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        }
+
+        fn set(&self, f: impl FnOnce(&mut State)) {
+            f(&mut self.lock());
+            self.changed.notify_all();
+        }
+
+        /// DBMS_ALERT.SIGNAL committed: every session registered for `name` has it pending
+        /// (signals before a wait collapse into one).
+        fn signal(&self, name: &str) {
+            self.signal_many(name, 1);
+        }
+
+        /// `n` commits signalling `name` before the listener's next wait.
+        fn signal_many(&self, name: &str, n: usize) {
+            self.set(|s| {
+                for _ in 0..n {
+                    for (registered, pending) in s.sessions.values_mut() {
+                        if registered.contains(name) {
+                            pending.insert(name.to_string());
+                        }
+                    }
+                }
+            })
+        }
+
+        fn log(&self) -> Vec<String> {
+            std::mem::take(&mut self.lock().log)
+        }
+
+        /// Every listener thread is parked in a scripted wait that nothing ends now.
+        fn quiet(&self, threads: usize) -> bool {
+            let s = self.lock();
+            let now = Instant::now();
+            s.parked.len() == threads
+                && s.parked.iter().all(|(id, until)| match until {
+                    // A hung WAITANY until broken; a hung open until released.
+                    None if s.sessions.contains_key(id) => !s.broken.contains(id),
+                    None => s.hang_open,
+                    Some(at) => {
+                        *at > now
+                            && !s.kill
+                            && !s.broken.contains(id)
+                            && s.sessions.get(id).is_none_or(|(_, p)| p.is_empty())
+                    }
+                })
+        }
+
+        /// Waits (bounded, real time) for the listener's threads to settle at this instant.
+        async fn quiesce(&self, listener: &OracleListener) {
+            let started = std::time::Instant::now();
+            let mut calm = 0;
+            while calm < 2 {
+                for _ in 0..20 {
+                    tokio::task::yield_now().await;
+                }
+                if self.quiet(listener.threads()) {
+                    calm += 1;
+                } else {
+                    calm = 0;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "the listener's threads never settled: {} threads, {:?}",
+                    listener.threads(),
+                    self.lock().parked
+                );
+            }
+        }
+
+        /// Moves the clock by `d` in steps of 100 ms, settling after each.
+        async fn run_for(&self, listener: &OracleListener, d: Duration) {
+            let step = Duration::from_millis(100);
+            let end = Instant::now() + d;
+            self.quiesce(listener).await;
+            while Instant::now() < end {
+                tokio::time::advance(step.min(end - Instant::now())).await;
+                self.quiesce(listener).await;
+            }
+        }
+    }
+
+    struct Scripted(Arc<Script>);
+
+    impl AlertConnect for Scripted {
+        fn open(&self) -> Result<Box<dyn AlertSession>, String> {
+            let script = &self.0;
+            let mut s = script.lock();
+            s.opens += 1;
+            s.next_id += 1;
+            let id = s.next_id;
+            if let Some(e) = s.open_error.clone() {
+                s.log.push("open refused".into());
+                return Err(e);
+            }
+            if s.hang_open {
+                s.hanging_opens += 1;
+                s.peak_hanging_opens = s.peak_hanging_opens.max(s.hanging_opens);
+                s.parked.insert(id, None);
+                while s.hang_open && !s.over {
+                    s = script
+                        .changed
+                        .wait_timeout(s, Duration::from_millis(1))
+                        .unwrap()
+                        .0;
+                }
+                s.parked.remove(&id);
+                s.hanging_opens -= 1;
+            }
+            s.log.push("open".into());
+            s.sessions.insert(id, Default::default());
+            Ok(Box::new(Session {
+                script: script.clone(),
+                id,
+            }))
+        }
+    }
+
+    struct Session {
+        script: Arc<Script>,
+        id: u64,
+    }
+
+    impl Session {
+        fn call(
+            &self,
+            what: String,
+            fail: Option<String>,
+        ) -> Result<MutexGuard<'_, State>, String> {
+            let mut s = self.script.lock();
+            // A break that came between calls hits the next one.
+            if s.broken.remove(&self.id) {
+                return Err("ORA-01013: user requested cancel of current operation".into());
+            }
+            s.log.push(what);
+            match fail {
+                Some(e) => Err(e),
+                None => Ok(s),
+            }
+        }
+    }
+
+    impl AlertSession for Session {
+        fn register(&mut self, name: &str) -> Result<(), String> {
+            let fail = self.script.lock().register_error.clone();
+            let mut s = self.call(format!("register {name}"), fail)?;
+            s.sessions
+                .get_mut(&self.id)
+                .unwrap()
+                .0
+                .insert(name.to_string());
+            Ok(())
+        }
+
+        fn remove(&mut self, name: &str) -> Result<(), String> {
+            let mut s = self.call(format!("remove {name}"), None)?;
+            let (registered, pending) = s.sessions.get_mut(&self.id).unwrap();
+            registered.remove(name);
+            pending.remove(name);
+            Ok(())
+        }
+
+        fn remove_all(&mut self) -> Result<(), String> {
+            let mut s = self.call("remove_all".into(), None)?;
+            s.sessions.get_mut(&self.id).unwrap().0.clear();
+            Ok(())
+        }
+
+        fn ping(&mut self) -> Result<(), String> {
+            self.call("ping".into(), None).map(drop)
+        }
+
+        fn wait_any(&mut self, timeout: Duration) -> Result<Option<String>, String> {
+            let script = self.script.clone();
+            let mut s = script.lock();
+            let deadline = Instant::now() + timeout;
+            let hang = std::mem::take(&mut s.hang_wait);
+            s.parked.insert(self.id, (!hang).then_some(deadline));
+            let out = loop {
+                if s.broken.remove(&self.id) {
+                    s.log.push("broken".into());
+                    break Err("ORA-01013: user requested cancel of current operation".into());
+                }
+                if s.over {
+                    break Err("ORA-03113: end-of-file on communication channel".into());
+                }
+                if !hang {
+                    if std::mem::take(&mut s.kill) {
+                        break Err(KILLED.to_string());
+                    }
+                    let pending = &mut s.sessions.get_mut(&self.id).unwrap().1;
+                    if let Some(name) = pending.pop_first() {
+                        break Ok(Some(name));
+                    }
+                    if Instant::now() >= deadline {
+                        break Ok(None);
+                    }
+                }
+                s = script
+                    .changed
+                    .wait_timeout(s, Duration::from_millis(1))
+                    .unwrap()
+                    .0;
+            };
+            s.parked.remove(&self.id);
+            out
+        }
+
+        fn breaker(&self) -> Breaker {
+            let (script, id) = (self.script.clone(), self.id);
+            Arc::new(move || {
+                script.set(|s| {
+                    s.broken.insert(id);
+                })
+            })
+        }
+    }
+
+    impl Drop for Session {
+        fn drop(&mut self) {
+            self.script.set(|s| {
+                s.sessions.remove(&self.id);
+                s.broken.remove(&self.id);
+                s.log.push("close".into());
+            });
+        }
+    }
+
+    struct Rig {
+        script: Arc<Script>,
+        listener: Arc<OracleListener>,
+        hub: Hub,
+        stop: CancellationToken,
+    }
+
+    impl Rig {
+        fn new(connect_slots: usize) -> Rig {
+            let script = Arc::new(Script::default());
+            let listener = Arc::new(OracleListener::new(
+                Arc::new(Scripted(script.clone())),
+                "scott",
+                Arc::new(tokio::sync::Semaphore::new(connect_slots)),
+                // Its own process-wide slots: another test of this binary black-holes the real ones.
+                Arc::new(tokio::sync::Semaphore::new(32)),
+            ));
+            let stop = CancellationToken::new();
+            let hub = Hub::new("ora", listener.clone(), stop.clone(), |f| {
+                tokio::spawn(f);
+            });
+            Rig {
+                script,
+                listener,
+                hub,
+                stop,
+            }
+        }
+
+        async fn run_for(&self, d: Duration) {
+            self.script.run_for(&self.listener, d).await;
+        }
+
+        async fn settle(&self) {
+            self.script.quiesce(&self.listener).await;
+        }
+
+        fn listening(&self) -> bool {
+            self.hub.status().listening
+        }
+    }
+
+    impl Drop for Rig {
+        fn drop(&mut self) {
+            self.script.set(|s| s.over = true);
+        }
+    }
+
+    fn woken(w: &mut Wake) -> bool {
+        let yes = w.notified().now_or_never().is_some();
+        w.mark_seen();
+        yes
+    }
+
+    /// Captures the log lines of the test's thread (the hub's tasks run on it). One global
+    /// subscriber routes each line to the capture of the thread that writes it: a scoped
+    /// subscriber would race with the other tests' threads over tracing's cached interest.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    thread_local! {
+        static CAPTURE: std::cell::RefCell<Option<Lines>> = const { std::cell::RefCell::new(None) };
+    }
+
+    struct ToCapture;
+
+    impl std::io::Write for ToCapture {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            CAPTURE.with(|c| {
+                if let Some(lines) = &*c.borrow() {
+                    lines.0.lock().unwrap().extend_from_slice(b);
+                }
+            });
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Lines {
+        fn capture() -> Lines {
+            static INIT: std::sync::Once = std::sync::Once::new();
+            INIT.call_once(|| {
+                tracing_subscriber::fmt()
+                    .with_max_level(tracing::Level::DEBUG)
+                    .with_ansi(false)
+                    .with_writer(|| ToCapture)
+                    .init();
+            });
+            let lines = Lines::default();
+            CAPTURE.with(|c| *c.borrow_mut() = Some(lines.clone()));
+            lines
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn registration_follows_pollers_and_an_alert_wakes_exactly_its_channel() {
+        guard(Duration::from_secs(600), async {
+            let rig = Rig::new(2);
+            let mut jobs1 = rig.hub.subscribe("JOBS");
+            let mut jobs2 = rig.hub.subscribe("JOBS");
+            let mut orders = rig.hub.subscribe("ORDERS");
+            // REGISTER is answered at the end of a WAITANY: within WAIT per command.
+            rig.run_for(WAIT * 3).await;
+            let mut got = rig.script.log();
+            got.sort();
+            assert_eq!(got, ["open", "register JOBS", "register ORDERS"]);
+            assert!(rig.listening());
+            assert_eq!(rig.listener.threads(), 1, "one thread for the connection");
+            assert_eq!(rig.script.lock().sessions.len(), 1, "one session");
+            // A channel's first REGISTER wakes it once (what changed before it is polled).
+            for w in [&mut jobs1, &mut jobs2, &mut orders] {
+                assert!(woken(w));
+            }
+            // Three commits before the next wait are one alert, and wake only JOBS's pollers,
+            // without the clock moving: WAITANY returns as the alert comes.
+            rig.script.signal_many("JOBS", 3);
+            rig.settle().await;
+            assert!(woken(&mut jobs1) && woken(&mut jobs2));
+            assert!(!woken(&mut orders), "ORDERS is not woken by JOBS");
+            assert_eq!(rig.hub.status().notifications, 1);
+            rig.run_for(WAIT * 2).await;
+            assert!(!woken(&mut jobs1), "one alert, one wake");
+            rig.script.signal("ORDERS");
+            rig.settle().await;
+            assert!(woken(&mut orders) && !woken(&mut jobs1));
+            // A signal for a name nobody registered is not delivered.
+            rig.script.signal("OTHER");
+            rig.settle().await;
+            assert_eq!(rig.hub.status().notifications, 2);
+            // REMOVE goes with the last poller on a channel, not before.
+            drop(jobs1);
+            rig.run_for(WAIT * 2).await;
+            assert!(rig.script.log().is_empty());
+            drop(jobs2);
+            rig.run_for(WAIT * 2).await;
+            assert_eq!(rig.script.log(), ["remove JOBS"]);
+            rig.script.signal("JOBS");
+            rig.settle().await;
+            assert!(!woken(&mut orders));
+            assert_eq!(
+                rig.hub.status().notifications,
+                2,
+                "JOBS is no longer registered"
+            );
+            // No channel left: REMOVEALL and close, at once (the WAITANY is broken, not
+            // waited out), and the thread ends.
+            drop(orders);
+            rig.settle().await;
+            assert_eq!(rig.script.log(), ["broken", "remove_all", "close"]);
+            assert_eq!(rig.listener.threads(), 0);
+            assert!(!rig.listening());
+            assert_eq!(rig.hub.status().reconnects, 0);
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_killed_session_reconnects_with_backoff_and_re_registers() {
+        guard(Duration::from_secs(600), async {
+            let rig = Rig::new(2);
+            let mut a = rig.hub.subscribe("A");
+            let mut b = rig.hub.subscribe("B");
+            rig.run_for(WAIT * 3).await;
+            assert!(rig.listening());
+            woken(&mut a);
+            woken(&mut b);
+            rig.script.log();
+            // ALTER SYSTEM KILL SESSION, while the database refuses new sessions for a while.
+            rig.script.set(|s| {
+                s.kill = true;
+                s.open_error = Some("ORA-12541: TNS:no listener".into());
+            });
+            rig.settle().await;
+            assert!(!rig.listening(), "down as soon as WAITANY fails");
+            assert_eq!(
+                rig.script.log(),
+                ["close"],
+                "a killed session is closed without REMOVEALL"
+            );
+            // Retries back off (equal jitter, 100 ms doubling to 10 s): in 30 s a handful of
+            // attempts, never a spin.
+            rig.run_for(Duration::from_secs(30)).await;
+            let attempts = rig.script.lock().opens;
+            assert!((4..=12).contains(&attempts), "{attempts} connects in 30 s");
+            assert!(!rig.listening());
+            assert_eq!(rig.listener.threads(), 0, "failed connects leave no thread");
+            rig.script.log();
+            rig.script.set(|s| s.open_error = None);
+            rig.run_for(BACKOFF_MAX + WAIT * 3).await;
+            let mut got = rig.script.log();
+            got.sort();
+            assert_eq!(got, ["open", "register A", "register B"]);
+            let status = rig.hub.status();
+            assert!(status.listening);
+            assert_eq!(status.reconnects, 1);
+            // Every channel is polled once after the outage (spread over the re-arm window).
+            rig.run_for(REARM_WINDOW).await;
+            assert!(woken(&mut a) && woken(&mut b));
+            rig.script.signal("B");
+            rig.settle().await;
+            assert!(woken(&mut b) && !woken(&mut a), "alerts flow again");
+            drop((a, b));
+            rig.settle().await;
+            assert_eq!(rig.listener.threads(), 0);
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_missing_grant_degrades_with_one_warning_naming_it() {
+        let lines = Lines::capture();
+        guard(Duration::from_secs(600), async {
+            let rig = Rig::new(2);
+            rig.script.set(|s| s.register_error = Some(NO_GRANT.into()));
+            let _a = rig.hub.subscribe("JOBS");
+            rig.run_for(Duration::from_secs(60)).await;
+            assert!(!rig.listening());
+            let text = lines.text();
+            let warnings: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains("WARN") && l.contains("notification listener down"))
+                .collect();
+            assert_eq!(warnings.len(), 1, "one WARN per outage: {text}");
+            assert!(
+                warnings[0].contains("GRANT EXECUTE ON SYS.DBMS_ALERT TO SCOTT"),
+                "{}",
+                warnings[0]
+            );
+            assert!(
+                warnings[0].contains("interval polling goes on"),
+                "{}",
+                warnings[0]
+            );
+            assert!(!text.contains("panicked"), "{text}");
+            // Retried with the backoff; each refused session is closed, never kept.
+            let opens = rig.script.lock().opens;
+            assert!((5..=15).contains(&opens), "{opens} sessions in 60 s");
+            assert!(rig.listener.threads() <= 1);
+            // The DBA grants it: the next attempt listens.
+            rig.script.set(|s| s.register_error = None);
+            rig.run_for(BACKOFF_MAX + WAIT * 3).await;
+            assert!(rig.listening());
+            let text = lines.text();
+            assert!(text.contains("notification listener back"), "{text}");
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_waitany_is_broken_and_the_session_replaced() {
+        guard(Duration::from_secs(600), async {
+            let rig = Rig::new(2);
+            let _a = rig.hub.subscribe("A");
+            rig.run_for(WAIT * 3).await;
+            assert!(rig.listening());
+            rig.script.log();
+            // The network goes silent: WAITANY does not return (its call timeout does not fire).
+            rig.script.set(|s| s.hang_wait = true);
+            let hung_at = Instant::now();
+            rig.run_for(WAIT * 2).await;
+            assert!(rig.listening(), "nothing can tell yet");
+            // The hub's ping (every PING_EVERY) goes unanswered for COMMAND_TIMEOUT: the
+            // session is dropped, its WAITANY broken, its thread ended, a new one connected.
+            rig.run_for(PING_EVERY + COMMAND_TIMEOUT + Duration::from_secs(1))
+                .await;
+            let log = rig.script.log();
+            let down_by = hung_at.elapsed();
+            assert!(
+                log.starts_with(&["broken".to_string(), "remove_all".into(), "close".into()]),
+                "{log:?}"
+            );
+            assert!(log.contains(&"open".to_string()), "{log:?}");
+            rig.run_for(WAIT * 3).await;
+            let status = rig.hub.status();
+            assert!(status.listening);
+            assert_eq!(status.reconnects, 1);
+            assert_eq!(rig.listener.threads(), 1, "the hung thread ended");
+            assert_eq!(rig.script.lock().sessions.len(), 1);
+            assert!(
+                down_by <= PING_EVERY + COMMAND_TIMEOUT + WAIT * 4,
+                "{down_by:?}"
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hung_connects_are_bounded_in_time_and_threads() {
+        guard(Duration::from_secs(600), async {
+            let rig = Rig::new(2);
+            rig.script.set(|s| s.hang_open = true);
+            let _a = rig.hub.subscribe("A");
+            // Each connect is given up after COMMAND_TIMEOUT; an abandoned one keeps its
+            // thread (a connect cannot be cancelled) and its connect slot, so at most the
+            // connection's slots (2 here) are ever blocked, however long the host is silent.
+            for _ in 0..12 {
+                rig.run_for(Duration::from_secs(5)).await;
+                assert!(
+                    rig.listener.threads() <= 2,
+                    "{} threads",
+                    rig.listener.threads()
+                );
+                assert!(!rig.listening());
+            }
+            assert_eq!(rig.script.lock().peak_hanging_opens, 2);
+            // The host answers: the late sessions are closed (nobody waits for them), and the
+            // next attempt listens.
+            rig.script.set(|s| s.hang_open = false);
+            rig.run_for(BACKOFF_MAX + COMMAND_TIMEOUT + WAIT * 3).await;
+            assert!(rig.listening());
+            assert_eq!(rig.listener.threads(), 1);
+            assert_eq!(rig.script.lock().sessions.len(), 1);
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn many_alerts_register_in_one_wait_not_one_wait_each() {
+        guard(Duration::from_secs(600), async {
+            let rig = Rig::new(2);
+            let wakes: Vec<Wake> = (0..40)
+                .map(|i| rig.hub.subscribe(&format!("A{i}")))
+                .collect();
+            // The hub sends one REGISTER at a time; each after the first follows its answer at
+            // once, so all 40 take about one WAIT, not 40.
+            rig.run_for(WAIT * 5).await;
+            let registered = rig
+                .script
+                .log()
+                .iter()
+                .filter(|l| l.starts_with("register "))
+                .count();
+            assert_eq!(registered, 40);
+            assert!(rig.listening());
+            assert_eq!(rig.hub.status().channels, 40);
+            drop(wakes);
+            rig.settle().await;
+            assert_eq!(rig.listener.threads(), 0);
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_ends_the_listener_thread_at_once() {
+        guard(Duration::from_secs(600), async {
+            let rig = Rig::new(2);
+            let _a = rig.hub.subscribe("A");
+            let _b = rig.hub.subscribe("B");
+            rig.run_for(WAIT * 3).await;
+            assert!(rig.listening());
+            assert_eq!(rig.listener.threads(), 1);
+            rig.script.log();
+            let at = Instant::now();
+            rig.stop.cancel();
+            // Settled without moving the clock: the WAITANY in progress is broken, REMOVEALL
+            // runs, the session closes and the thread ends.
+            rig.settle().await;
+            assert_eq!(at.elapsed(), Duration::ZERO);
+            assert_eq!(rig.script.log(), ["broken", "remove_all", "close"]);
+            assert_eq!(rig.listener.threads(), 0);
+            assert!(rig.script.lock().sessions.is_empty());
+        })
+        .await;
+    }
 }

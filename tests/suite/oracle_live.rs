@@ -2,7 +2,9 @@
 //!
 //! Gated on `ORASCALE_TEST_ORACLE_URL` (e.g. `oracle://system:pw@localhost:1521/FREEPDB1`); the
 //! user needs CREATE SESSION, and ALTER SYSTEM + SELECT on v$session for the killed-session test
-//! (`system` in the gvenzl/oracle-free image has both). The tests are `#[ignore]`d, so a run
+//! (`system` in the gvenzl/oracle-free image has both). The wake-up tests (`DBMS_ALERT`) also
+//! need CREATE TABLE, CREATE TRIGGER and `GRANT EXECUTE ON SYS.DBMS_ALERT TO <user>`, given as
+//! SYS (the workflow does it); without the grant they fail naming it. The tests are `#[ignore]`d, so a run
 //! without an Oracle counts them as "ignored", never as passed; run them with
 //! `ORASCALE_TEST_ORACLE_URL=… cargo test --test oracle_live -- --ignored`, where a missing
 //! variable is a failure. `.github/workflows/oracle.yml` runs them against gvenzl/oracle-free.
@@ -255,4 +257,231 @@ async fn a_pool_of_n_serves_ten_n_pollers_through_the_server() {
     assert_eq!(e.code(), Code::Unavailable);
     assert!(e.message().contains("ORA-00942"), "{}", e.message());
     server.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wake-ups (issue 22): DBMS_ALERT. A statement-level trigger signals an alert; orascale's
+// listening session (MODULE orascale, ACTION listener) waits for it and polls at once.
+
+/// With `pollInterval: 60s` nothing but a wake can answer this fast: a commit must reach an
+/// open StreamIsActive as `true` within this bound (the listener waits in 1 s WAITANYs, but an
+/// alert ends the wait as it comes).
+/// Every live wake-up test ends within this, or fails.
+const LIVE_LIMIT: Duration = Duration::from_secs(180);
+
+const WAKE_BOUND: Duration = Duration::from_secs(5);
+
+/// The test user may call DBMS_ALERT, or the test fails saying which grant is missing.
+fn require_dbms_alert(admin: &oracle::Connection, conn: &ConnectionConfig) {
+    if let Err(e) = admin.execute("begin dbms_alert.removeall; end;", &[]) {
+        let ConnectionUrl::Oracle { user, .. } = &conn.url else {
+            unreachable!()
+        };
+        panic!(
+            "the test user cannot call DBMS_ALERT ({e}): as SYS, GRANT EXECUTE ON SYS.DBMS_ALERT TO {}",
+            user.to_uppercase()
+        );
+    }
+}
+
+/// A table of jobs and the documented trigger (docs/oracle.md §7): statement-level, after any
+/// change, signalling `alert`.
+fn jobs_table(admin: &oracle::Connection, table: &str, alert: &str) {
+    let _ = admin.execute(&format!("drop table {table} purge"), &[]);
+    admin
+        .execute(
+            &format!("create table {table} (id number, status varchar2(10))"),
+            &[],
+        )
+        .unwrap();
+    admin
+        .execute(
+            &format!(
+                "create or replace trigger {table}_signal \
+                 after insert or update or delete on {table} \
+                 begin dbms_alert.signal('{alert}', ''); end;"
+            ),
+            &[],
+        )
+        .unwrap();
+}
+
+fn insert_job(admin: &oracle::Connection, table: &str) {
+    admin
+        .execute(&format!("insert into {table} values (1, 'QUEUED')"), &[])
+        .unwrap();
+    admin.commit().unwrap();
+}
+
+fn watched(
+    name: &str,
+    table: &str,
+    alert: &str,
+    min_wake: &str,
+) -> orascale::grpc::proto::ScaledObjectRef {
+    let query = format!("select count(*) from {table}");
+    object(
+        name,
+        &[
+            ("query", query.as_str()),
+            ("targetQueryValue", "1"),
+            ("pollInterval", "60s"),
+            ("notifyChannel", alert),
+            ("minWakeInterval", min_wake),
+        ],
+    )
+}
+
+async fn ora_metric(metrics: std::net::SocketAddr, name: &str) -> f64 {
+    let text = scrape(metrics).await;
+    metric_value(&text, name, &["connection=\"ora\""]).unwrap_or(-1.0)
+}
+
+async fn wait_ora_metric(
+    metrics: std::net::SocketAddr,
+    name: &str,
+    ok: impl Fn(f64) -> bool,
+    limit: Duration,
+) {
+    let started = Instant::now();
+    loop {
+        let v = ora_metric(metrics, name).await;
+        if ok(v) {
+            return;
+        }
+        assert!(started.elapsed() < limit, "{name} is {v} after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Commits until the stream says `true`; returns how long the last commit took to reach it.
+async fn commit_reaches_the_stream(
+    admin: &oracle::Connection,
+    table: &str,
+    stream: &mut tonic::Streaming<orascale::grpc::proto::IsActiveResponse>,
+) -> Duration {
+    let committed = Instant::now();
+    insert_job(admin, table);
+    let msg = tokio::time::timeout(WAKE_BOUND, stream.message())
+        .await
+        .unwrap_or_else(|_| panic!("no true within {WAKE_BOUND:?} of the commit"))
+        .unwrap()
+        .expect("the stream stays open");
+    assert!(msg.result);
+    committed.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "live Oracle: set ORASCALE_TEST_ORACLE_URL and run with --ignored"]
+async fn a_commit_wakes_an_open_stream_and_a_storm_stays_a_trickle() {
+    guard(LIVE_LIMIT, async {
+        let conn = live("a_commit_wakes_an_open_stream_and_a_storm_stays_a_trickle");
+        let admin = admin(&conn);
+        require_dbms_alert(&admin, &conn);
+        jobs_table(&admin, "orascale_wake_jobs", "ORASCALE_JOBS");
+        let server = start(vec![conn.clone()], engine()).await;
+        let mut c = client(server.grpc_addr).await;
+        // Lowercase in the metadata: alert names are case-insensitive.
+        let obj = watched("worker", "orascale_wake_jobs", "orascale_jobs", "500ms");
+        let mut stream = c.stream_is_active(obj.clone()).await.unwrap().into_inner();
+        wait_ora_metric(
+            server.metrics_addr,
+            "orascale_wake_listener_up",
+            |v| v == 1.0,
+            T,
+        )
+        .await;
+        assert_eq!(
+            ora_metric(server.metrics_addr, "orascale_wake_channels").await,
+            1.0
+        );
+        // One dedicated session a DBA can recognise.
+        let listeners: i64 = admin
+            .query_row_as(
+                "select count(*) from v$session where module = 'orascale' and action = 'listener'",
+                &[],
+            )
+            .unwrap();
+        assert_eq!(listeners, 1);
+        let took = commit_reaches_the_stream(&admin, "orascale_wake_jobs", &mut stream).await;
+        eprintln!("commit -> true: {took:?}");
+        assert!(ora_metric(server.metrics_addr, "orascale_wake_notifications_total").await >= 1.0);
+
+        // A storm: a commit every 10 ms for 3 s. The poller polls at most once per
+        // minWakeInterval (500 ms), plus the one in flight.
+        let polls_before = ora_metric(server.metrics_addr, "orascale_wake_polls_total").await;
+        let storm = Instant::now();
+        let mut commits = 0;
+        while storm.elapsed() < Duration::from_secs(3) {
+            insert_job(&admin, "orascale_wake_jobs");
+            commits += 1;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let polls =
+            ora_metric(server.metrics_addr, "orascale_wake_polls_total").await - polls_before;
+        let elapsed = storm.elapsed().as_secs_f64();
+        let bound = (elapsed / 0.5).ceil() + 2.0;
+        eprintln!("storm: {commits} commits, {polls} wake polls in {elapsed:.1} s");
+        assert!(
+            polls >= 1.0 && polls <= bound,
+            "{polls} wake polls for {commits} commits (bound {bound})"
+        );
+        server.stop().await;
+        let _ = admin.execute("drop table orascale_wake_jobs purge", &[]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "live Oracle: set ORASCALE_TEST_ORACLE_URL and run with --ignored"]
+async fn a_killed_listener_session_is_recovered() {
+    guard(LIVE_LIMIT, async {
+        let conn = live("a_killed_listener_session_is_recovered");
+        let admin = admin(&conn);
+        require_dbms_alert(&admin, &conn);
+        jobs_table(&admin, "orascale_wake_kill", "ORASCALE_KILL");
+        let server = start(vec![conn.clone()], engine()).await;
+        let mut c = client(server.grpc_addr).await;
+        let obj = watched("worker", "orascale_wake_kill", "ORASCALE_KILL", "100ms");
+        let _stream = c.stream_is_active(obj.clone()).await.unwrap().into_inner();
+        wait_ora_metric(server.metrics_addr, "orascale_wake_listener_up", |v| v == 1.0, T).await;
+        let (sid, serial) = admin
+            .query_row_as::<(i64, i64)>(
+                "select sid, serial# from v$session where module = 'orascale' and action = 'listener'",
+                &[],
+            )
+            .expect("the listener's session, by MODULE and ACTION");
+        admin
+            .execute(
+                &format!("alter system kill session '{sid},{serial}' immediate"),
+                &[],
+            )
+            .unwrap();
+        // Noticed at the next WAITANY (within a second), reconnected with the backoff.
+        wait_ora_metric(
+            server.metrics_addr,
+            "orascale_wake_listener_reconnects_total",
+            |v| v >= 1.0,
+            Duration::from_secs(30),
+        )
+        .await;
+        wait_ora_metric(server.metrics_addr, "orascale_wake_listener_up", |v| v == 1.0, T).await;
+        let (new_sid, new_serial) = admin
+            .query_row_as::<(i64, i64)>(
+                "select sid, serial# from v$session where module = 'orascale' and action = 'listener'",
+                &[],
+            )
+            .expect("one listening session again");
+        assert_ne!((new_sid, new_serial), (sid, serial));
+        // Wake-ups work again: a fresh stream (the first one may have seen the re-arm poll).
+        let fresh = watched("worker-2", "orascale_wake_kill", "ORASCALE_KILL", "100ms");
+        let mut stream = c.stream_is_active(fresh).await.unwrap().into_inner();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let took = commit_reaches_the_stream(&admin, "orascale_wake_kill", &mut stream).await;
+        eprintln!("after the kill, commit -> true: {took:?}");
+        server.stop().await;
+        let _ = admin.execute("drop table orascale_wake_kill purge", &[]);
+    })
+    .await;
 }

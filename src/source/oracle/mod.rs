@@ -20,12 +20,17 @@
 //! - Without Instant Client every connect fails with DPI-1047; that becomes one startup warning
 //!   and an UNAVAILABLE answer carrying the install hint ([`CLIENT_MISSING_HINT`]).
 //!
+//! - Wake-ups: [`listen`] is the connection's `DBMS_ALERT` listener, one dedicated session on
+//!   its own blocking thread, opened through the same [`Connect`] seam and connect slots.
+//!
 //! The conversion, one-column and error-classification rules are pure functions over the
 //! driver's types, column names and error codes ([`column_kind`], [`to_cell`],
 //! [`super::one_column`], [`Fault::classify`]), unit-tested without a database.
 
 use std::sync::Arc;
 use std::time::Duration;
+
+pub mod listen;
 
 use deadpool::managed::{self, Metrics, Object, Pool, RecycleError, RecycleResult};
 use futures::FutureExt;
@@ -75,6 +80,8 @@ pub struct Oracle {
     slots: super::Slots,
     pool_size: usize,
     pool_timeout: Option<Duration>,
+    /// The connection's `DBMS_ALERT` listener (wake-ups), opened by the engine's hub.
+    listener: Arc<listen::OracleListener>,
 }
 
 struct Sessions {
@@ -199,6 +206,19 @@ impl Oracle {
                 CONNECTS_IN_FLIGHT.min(conn.pool_size.max(1)),
             )),
         };
+        // Its own session, never a pooled one, made the same way and under the same connect
+        // slots as the pool's.
+        let listener = Arc::new(listen::OracleListener::new(
+            Arc::new(listen::OdpiAlerts {
+                connect: sessions.connect.clone(),
+                user: sessions.user.clone(),
+                password: sessions.password.clone(),
+                connect_string: sessions.connect_string.clone(),
+            }),
+            user,
+            sessions.connects.clone(),
+            process_connects(),
+        ));
         let pool = Pool::builder(sessions)
             .max_size(conn.pool_size.max(1))
             .build()
@@ -209,6 +229,7 @@ impl Oracle {
             pool,
             pool_size: conn.pool_size.max(1),
             pool_timeout: conn.pool_timeout,
+            listener,
         })
     }
 
@@ -350,6 +371,10 @@ impl Source for Oracle {
 
     fn pool(&self) -> PoolStatus {
         self.pool.status().into()
+    }
+
+    fn listener(&self) -> Option<Arc<dyn super::wake::Listener>> {
+        Some(self.listener.clone())
     }
 
     fn server_info<'a>(
@@ -617,7 +642,7 @@ impl Fault {
 }
 
 fn to_source_error(e: &oracle::Error, fault: Fault) -> SourceError {
-    let message = match e.db_error() {
+    let message: String = match e.db_error() {
         // Oracle messages end with a newline and sometimes a "Help:" URL line.
         Some(db) => db
             .message()
@@ -628,6 +653,11 @@ fn to_source_error(e: &oracle::Error, fault: Fault) -> SourceError {
             .to_string(),
         None => e.to_string(),
     };
+    message_error(&message, fault)
+}
+
+/// A driver message (its first line) as the error of its class.
+fn message_error(message: &str, fault: Fault) -> SourceError {
     match fault {
         Fault::ClientMissing => SourceError::Connect(format!("{CLIENT_MISSING_HINT} ({message})")),
         Fault::Connect | Fault::SessionLost => SourceError::Connect(format!("oracle: {message}")),

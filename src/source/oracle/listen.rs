@@ -1,0 +1,554 @@
+//! Oracle wake-ups: `DBMS_ALERT` behind the same [`Listener`] as PostgreSQL's LISTEN/NOTIFY. A
+//! trigger on the watched table calls `DBMS_ALERT.SIGNAL(name, '')`, delivered when the writer
+//! commits; the engine's hub decides which names to wait for and when to reconnect; this is
+//! only the session.
+//!
+//! ODPI-C is blocking and `WAITANY` blocks for its whole timeout, so each listening session is
+//! owned by one blocking thread (`spawn_blocking`) that runs a loop: handle the commands the
+//! hub sent (REGISTER, REMOVE, ping), then `DBMS_ALERT.WAITANY` for at most [`WAIT`], deliver
+//! the alert if one came, repeat. A command is therefore answered within [`WAIT`] plus one
+//! call, and the commands that follow it at once (a burst of REGISTERs) within
+//! [`COMMAND_GRACE`] each. The session is dedicated (never from the pool: its registrations would leak into
+//! polls), shows MODULE `orascale` and ACTION `listener` in `V$SESSION`, and runs only fixed
+//! PL/SQL of orascale's own with the alert name as a bind. Every call has a `call_timeout`
+//! (WAITANY's is its wait plus [`CALL_TIMEOUT`]), the connect is bounded like the pool's
+//! (Oracle Net's `CONNECT_TIMEOUT`, the connection's connect slots), and dropping the session
+//! breaks the call in progress (`break_execution`) so the thread ends at once: no thread
+//! blocks forever. A call that fails ends the session: `lost()` resolves with the reason and
+//! the hub reconnects with its backoff. A user without `EXECUTE ON SYS.DBMS_ALERT` gets an
+//! error naming that grant, which the hub logs once as its "wake-ups degraded" WARN.
+//!
+//! The PL/SQL calls sit behind [`AlertSession`] (and the connect behind [`AlertConnect`]) so
+//! the loop is tested with a scripted session on a paused clock; [`Odpi`](super::Odpi)'s is the
+//! production one.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use oracle::Connection;
+use oracle::sql_type::OracleType;
+use tokio::sync::{Semaphore, oneshot};
+
+use super::{Connect, Fault, Logon};
+use crate::source::wake::{Deliver, ListenSession, Listener};
+use crate::source::{PasswordSource, SourceError};
+
+/// How long one `WAITANY` waits for an alert: the bound on answering a command (REGISTER,
+/// REMOVE, ping) and on ending the thread when nothing can break the call.
+pub const WAIT: Duration = Duration::from_secs(1);
+/// The `call_timeout` of REGISTER, REMOVE, REMOVEALL and ping, and WAITANY's on top of [`WAIT`].
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// After answering a command, how long the thread waits for the hub's next one before it
+/// waits for alerts again: the hub sends commands one at a time, so without it each of N
+/// REGISTERs (a reconnect, many new pollers) would wait for a WAITANY to end.
+pub const COMMAND_GRACE: Duration = Duration::from_millis(50);
+/// Longest error message kept from the driver.
+const MESSAGE_MAX: usize = 300;
+
+/// Breaks the call in progress on a session, from another thread.
+pub type Breaker = Arc<dyn Fn() + Send + Sync>;
+
+/// The `DBMS_ALERT` calls of one dedicated session. Blocking; errors are the driver's message,
+/// starting with its `ORA-`/`DPI-` code.
+pub trait AlertSession: Send + 'static {
+    /// `DBMS_ALERT.REGISTER(:name)`.
+    fn register(&mut self, name: &str) -> Result<(), String>;
+    /// `DBMS_ALERT.REMOVE(:name)`.
+    fn remove(&mut self, name: &str) -> Result<(), String>;
+    /// `DBMS_ALERT.REMOVEALL`.
+    fn remove_all(&mut self) -> Result<(), String>;
+    /// `DBMS_ALERT.WAITANY` for at most `timeout`: the name of the alert (as registered), or
+    /// `None` when none came.
+    fn wait_any(&mut self, timeout: Duration) -> Result<Option<String>, String>;
+    /// A round-trip that proves the session is alive.
+    fn ping(&mut self) -> Result<(), String>;
+    /// What breaks this session's call in progress from another thread.
+    fn breaker(&self) -> Breaker;
+}
+
+/// Opens a dedicated alert session. Blocking: called on the listener's own thread.
+pub trait AlertConnect: Send + Sync + 'static {
+    fn open(&self) -> Result<Box<dyn AlertSession>, String>;
+}
+
+/// A command from the hub to the session's thread, with where to answer.
+enum Command {
+    Register(String, oneshot::Sender<Result<(), String>>),
+    Remove(String, oneshot::Sender<Result<(), String>>),
+    Ping(oneshot::Sender<Result<(), String>>),
+}
+
+/// An Oracle connection's `DBMS_ALERT` listener.
+pub struct OracleListener {
+    alerts: Arc<dyn AlertConnect>,
+    /// The user named in the grant hint (`<user>` with external authentication).
+    user: String,
+    /// The connection's connect slots, shared with its pool: a hung connect holds one.
+    connects: Arc<Semaphore>,
+    /// The process-wide connect slots (`CONNECTS_IN_FLIGHT_PROCESS`).
+    process_connects: Arc<Semaphore>,
+    /// Listener threads alive now (connecting, serving or closing).
+    threads: Arc<AtomicUsize>,
+}
+
+impl OracleListener {
+    /// A listener whose sessions `alerts` opens, at most as many connecting at once as
+    /// `connects` (the connection's) and `process_connects` (the process's) have permits.
+    pub fn new(
+        alerts: Arc<dyn AlertConnect>,
+        user: &str,
+        connects: Arc<Semaphore>,
+        process_connects: Arc<Semaphore>,
+    ) -> Self {
+        OracleListener {
+            alerts,
+            user: if user.is_empty() {
+                "<user>".to_string()
+            } else {
+                user.to_ascii_uppercase()
+            },
+            connects,
+            process_connects,
+            threads: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Listener threads alive now (sessions' threads, and those sending a break to one): 0 once
+    /// every session is closed and its thread has ended.
+    pub fn threads(&self) -> usize {
+        self.threads.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts a listener thread while it lives.
+struct Alive(Arc<AtomicUsize>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Listener for OracleListener {
+    fn connect(
+        &self,
+        deliver: Deliver,
+    ) -> BoxFuture<'_, Result<Box<dyn ListenSession>, SourceError>> {
+        async move {
+            // Waiting for a connect slot takes no thread; the thread holds the slots until its
+            // connect really returns, so abandoned connects cannot pile threads up.
+            let slot = self
+                .connects
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| SourceError::Connect("oracle source is closed".into()))?;
+            let process_slot = self
+                .process_connects
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| SourceError::Connect("oracle connects are closed".into()))?;
+            let (ready_tx, ready_rx) = oneshot::channel();
+            let (commands, inbox) = mpsc::channel();
+            let (lost_tx, lost) = oneshot::channel();
+            let serving = Arc::new(AtomicBool::new(false));
+            self.threads.fetch_add(1, Ordering::SeqCst);
+            let alive = Alive(self.threads.clone());
+            let alerts = self.alerts.clone();
+            let flag = serving.clone();
+            tokio::task::spawn_blocking(move || {
+                let _alive = alive;
+                let opened = {
+                    let _slots = (slot, process_slot);
+                    alerts.open()
+                };
+                let session = match opened {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                flag.store(true, Ordering::SeqCst);
+                if ready_tx.send(Ok(session.breaker())).is_err() {
+                    // The hub gave up on this connect (its timeout): close what came late.
+                    flag.store(false, Ordering::SeqCst);
+                    close(session, true);
+                    return;
+                }
+                let why = serve(session, &inbox, &deliver);
+                flag.store(false, Ordering::SeqCst);
+                if let Some(why) = why {
+                    let _ = lost_tx.send(why);
+                }
+            });
+            match ready_rx.await {
+                Ok(Ok(breaker)) => Ok(Box::new(AlertListen {
+                    commands: Some(commands),
+                    lost,
+                    breaker,
+                    serving,
+                    user: self.user.clone(),
+                    threads: self.threads.clone(),
+                }) as Box<dyn ListenSession>),
+                Ok(Err(e)) => Err(to_error(&e, &self.user)),
+                Err(_) => Err(SourceError::Connect(
+                    "oracle: the listener's connect thread ended without an answer".into(),
+                )),
+            }
+        }
+        .boxed()
+    }
+}
+
+/// The thread's loop: commands first, then one WAITANY; until the hub drops the session
+/// (`None`) or a call fails (`Some(reason)`). Closes the session either way.
+fn serve(
+    mut s: Box<dyn AlertSession>,
+    inbox: &mpsc::Receiver<Command>,
+    deliver: &Deliver,
+) -> Option<String> {
+    loop {
+        let mut next = inbox.try_recv();
+        loop {
+            let (outcome, reply) = match next {
+                Ok(Command::Register(name, reply)) => (s.register(&name), reply),
+                Ok(Command::Remove(name, reply)) => (s.remove(&name), reply),
+                Ok(Command::Ping(reply)) => (s.ping(), reply),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    close(s, true);
+                    return None;
+                }
+            };
+            // The hub ends the session on an error; a lost session cannot even be cleaned up.
+            let lost = outcome
+                .as_ref()
+                .err()
+                .is_some_and(|e| Fault::classify(e) == Fault::SessionLost);
+            let failed = outcome.as_ref().err().cloned();
+            let _ = reply.send(outcome);
+            if lost {
+                close(s, false);
+                return failed;
+            }
+            // The hub sends its next command as soon as this answer arrives: wait a moment for
+            // it rather than a whole WAIT, so re-registering many alerts takes milliseconds.
+            next = inbox.recv_timeout(COMMAND_GRACE).map_err(|e| match e {
+                RecvTimeoutError::Timeout => TryRecvError::Empty,
+                RecvTimeoutError::Disconnected => TryRecvError::Disconnected,
+            });
+        }
+        match s.wait_any(WAIT) {
+            Ok(Some(name)) => deliver(&name.to_ascii_uppercase()),
+            Ok(None) => {}
+            Err(e) => {
+                // Broken because the hub dropped the session (shutdown, no channel left): a
+                // close, not a loss.
+                let closing = closed(inbox);
+                close(s, Fault::classify(&e) != Fault::SessionLost);
+                return (!closing).then(|| format!("DBMS_ALERT.WAITANY: {e}"));
+            }
+        }
+    }
+}
+
+/// Whether the hub has dropped the session; commands still queued are dropped unanswered.
+fn closed(inbox: &mpsc::Receiver<Command>) -> bool {
+    loop {
+        match inbox.try_recv() {
+            Ok(_) => continue,
+            Err(TryRecvError::Empty) => return false,
+            Err(TryRecvError::Disconnected) => return true,
+        }
+    }
+}
+
+/// `REMOVEALL` (when the session can still take a call) and close.
+fn close(mut s: Box<dyn AlertSession>, remove_all: bool) {
+    if remove_all && let Err(e) = s.remove_all() {
+        tracing::debug!(error = %e, "oracle: DBMS_ALERT.REMOVEALL failed while closing the listening session");
+    }
+    drop(s);
+}
+
+/// The hub's handle on one listening session; dropping it ends the thread.
+struct AlertListen {
+    /// Dropped first on close, so the thread sees the end before the break reaches it.
+    commands: Option<mpsc::Sender<Command>>,
+    lost: oneshot::Receiver<String>,
+    breaker: Breaker,
+    /// Whether the thread is still in its loop (a break is worth sending).
+    serving: Arc<AtomicBool>,
+    user: String,
+    /// The listener's thread count, which the thread sending the break joins.
+    threads: Arc<AtomicUsize>,
+}
+
+impl AlertListen {
+    fn send(
+        &mut self,
+        command: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Command,
+    ) -> BoxFuture<'_, Result<(), SourceError>> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self
+            .commands
+            .as_ref()
+            .is_some_and(|c| c.send(command(tx)).is_ok());
+        async move {
+            let gone = || SourceError::Query("oracle: the listening session is gone".into());
+            if !sent {
+                return Err(gone());
+            }
+            match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(to_error(&e, &self.user)),
+                Err(_) => Err(gone()),
+            }
+        }
+        .boxed()
+    }
+}
+
+impl ListenSession for AlertListen {
+    fn listen<'a>(&'a mut self, channel: &'a str) -> BoxFuture<'a, Result<(), SourceError>> {
+        let name = channel.to_string();
+        self.send(move |tx| Command::Register(name, tx))
+    }
+
+    fn unlisten<'a>(&'a mut self, channel: &'a str) -> BoxFuture<'a, Result<(), SourceError>> {
+        let name = channel.to_string();
+        self.send(move |tx| Command::Remove(name, tx))
+    }
+
+    fn ping(&mut self) -> BoxFuture<'_, Result<(), SourceError>> {
+        self.send(Command::Ping)
+    }
+
+    fn lost(&mut self) -> BoxFuture<'_, String> {
+        async move {
+            (&mut self.lost)
+                .await
+                .unwrap_or_else(|_| "the listening thread ended".to_string())
+        }
+        .boxed()
+    }
+}
+
+impl Drop for AlertListen {
+    fn drop(&mut self) {
+        // Tell the thread first, then break its WAITANY so it ends now rather than after WAIT.
+        drop(self.commands.take());
+        if self.serving.load(Ordering::SeqCst) {
+            let breaker = self.breaker.clone();
+            self.threads.fetch_add(1, Ordering::SeqCst);
+            let alive = Alive(self.threads.clone());
+            let send = move || {
+                let _alive = alive;
+                breaker();
+            };
+            // A break is a round-trip: never on a runtime worker.
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn_blocking(send);
+                }
+                Err(_) => send(),
+            }
+        }
+    }
+}
+
+/// Whether `message` says the user may not call `DBMS_ALERT` (PL/SQL cannot see the package).
+pub fn missing_grant(message: &str) -> bool {
+    let m = message.to_ascii_uppercase();
+    m.contains("DBMS_ALERT")
+        && (m.contains("PLS-00201") || m.contains("PLS-00904") || m.contains("ORA-06550"))
+        || m.starts_with("ORA-01031")
+}
+
+/// A driver message as the hub's error: the missing grant named, else by its class.
+fn to_error(message: &str, user: &str) -> SourceError {
+    if missing_grant(message) {
+        let code: String = message.chars().take_while(|c| *c != ':').take(9).collect();
+        return SourceError::Query(format!(
+            "oracle: this user may not call DBMS_ALERT ({code}): wake-ups need GRANT EXECUTE ON SYS.DBMS_ALERT TO {user}"
+        ));
+    }
+    super::message_error(message, Fault::classify(message))
+}
+
+/// One line, cut: how a driver error travels from the thread.
+fn message(e: &oracle::Error) -> String {
+    let text = match e.db_error() {
+        Some(db) => db.message().to_string(),
+        None => e.to_string(),
+    };
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match line.char_indices().nth(MESSAGE_MAX) {
+        Some((i, _)) => format!("{}…", &line[..i]),
+        None => line,
+    }
+}
+
+/// The production alert sessions: a new ODPI-C connection with the connection's credentials
+/// (through the same [`Connect`] seam as the pool, so Oracle Net's connect timeout applies).
+pub(super) struct OdpiAlerts {
+    pub(super) connect: Arc<dyn Connect>,
+    pub(super) user: String,
+    pub(super) password: PasswordSource,
+    pub(super) connect_string: String,
+}
+
+impl AlertConnect for OdpiAlerts {
+    fn open(&self) -> Result<Box<dyn AlertSession>, String> {
+        let password = self.password.get().map_err(|e| e.to_string())?;
+        let conn = self
+            .connect
+            .connect(&Logon {
+                user: self.user.clone(),
+                password: String::from_utf8_lossy(&password.unwrap_or_default()).into_owned(),
+                connect_string: self.connect_string.clone(),
+            })
+            .map_err(|e| message(&e))?;
+        // Sent with the first call: a DBA sees what the session is in V$SESSION.
+        conn.set_module("orascale").map_err(|e| message(&e))?;
+        conn.set_action("listener").map_err(|e| message(&e))?;
+        Ok(Box::new(OdpiAlertSession {
+            conn: Arc::new(conn),
+            waitany: None,
+        }))
+    }
+}
+
+struct OdpiAlertSession {
+    conn: Arc<Connection>,
+    /// WAITANY's statement, prepared once (it runs every second).
+    waitany: Option<oracle::Statement>,
+}
+
+impl OdpiAlertSession {
+    fn call(&self, sql: &str, name: Option<&str>) -> Result<(), String> {
+        self.conn
+            .set_call_timeout(Some(CALL_TIMEOUT))
+            .map_err(|e| message(&e))?;
+        let result = match name {
+            Some(n) => self.conn.execute(sql, &[&n]),
+            None => self.conn.execute(sql, &[]),
+        };
+        result.map(drop).map_err(|e| message(&e))
+    }
+}
+
+impl AlertSession for OdpiAlertSession {
+    fn register(&mut self, name: &str) -> Result<(), String> {
+        self.call("begin dbms_alert.register(:1); end;", Some(name))
+    }
+
+    fn remove(&mut self, name: &str) -> Result<(), String> {
+        self.call("begin dbms_alert.remove(:1); end;", Some(name))
+    }
+
+    fn remove_all(&mut self) -> Result<(), String> {
+        self.call("begin dbms_alert.removeall; end;", None)
+    }
+
+    fn wait_any(&mut self, timeout: Duration) -> Result<Option<String>, String> {
+        let secs = timeout.as_secs().max(1);
+        self.conn
+            .set_call_timeout(Some(Duration::from_secs(secs) + CALL_TIMEOUT))
+            .map_err(|e| message(&e))?;
+        if self.waitany.is_none() {
+            self.waitany = Some(
+                self.conn
+                    .statement("begin dbms_alert.waitany(:1, :2, :3, :4); end;")
+                    .build()
+                    .map_err(|e| message(&e))?,
+            );
+        }
+        let stmt = self.waitany.as_mut().expect("prepared above");
+        stmt.execute(&[
+            &OracleType::Varchar2(30),
+            &OracleType::Varchar2(1800),
+            &OracleType::Int64,
+            &(secs as i64),
+        ])
+        .map_err(|e| message(&e))?;
+        // 0: an alert; 1: the timeout passed.
+        let status: i64 = stmt.bind_value(3).map_err(|e| message(&e))?;
+        if status != 0 {
+            return Ok(None);
+        }
+        stmt.bind_value::<_, Option<String>>(1)
+            .map_err(|e| message(&e))
+    }
+
+    fn ping(&mut self) -> Result<(), String> {
+        self.conn
+            .set_call_timeout(Some(CALL_TIMEOUT))
+            .map_err(|e| message(&e))?;
+        self.conn.ping().map_err(|e| message(&e))
+    }
+
+    fn breaker(&self) -> Breaker {
+        let conn = self.conn.clone();
+        Arc::new(move || {
+            let _ = conn.break_execution();
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_grant_is_recognised_and_named() {
+        let user = "SCOTT";
+        for m in [
+            "ORA-06550: line 1, column 7: PLS-00201: identifier 'DBMS_ALERT' must be declared ORA-06550: line 1, column 7: PL/SQL: Statement ignored",
+            "ORA-06550: line 1, column 7: PLS-00201: identifier 'SYS.DBMS_ALERT' must be declared",
+            "ORA-01031: insufficient privileges",
+        ] {
+            assert!(missing_grant(m), "{m}");
+            let e = to_error(m, user).to_string();
+            assert!(
+                e.contains("GRANT EXECUTE ON SYS.DBMS_ALERT TO SCOTT"),
+                "{e}"
+            );
+            assert!(e.starts_with("oracle: "), "{e}");
+        }
+        for m in [
+            "ORA-00942: table or view does not exist",
+            "ORA-06550: line 1, column 7: PLS-00201: identifier 'JOBS' must be declared",
+            "ORA-03113: end-of-file on communication channel",
+        ] {
+            assert!(!missing_grant(m), "{m}");
+        }
+        assert_eq!(
+            to_error("ORA-03113: end-of-file on communication channel", user),
+            SourceError::Connect("oracle: ORA-03113: end-of-file on communication channel".into())
+        );
+    }
+
+    #[test]
+    fn external_authentication_names_a_placeholder_user() {
+        let slots = || Arc::new(Semaphore::new(1));
+        let l = OracleListener::new(Arc::new(Never), "", slots(), slots());
+        assert_eq!(l.user, "<user>");
+        let l = OracleListener::new(Arc::new(Never), "scott", slots(), slots());
+        assert_eq!(l.user, "SCOTT");
+    }
+
+    struct Never;
+
+    impl AlertConnect for Never {
+        fn open(&self) -> Result<Box<dyn AlertSession>, String> {
+            Err("DPI-1047: Cannot locate a 64-bit Oracle Client library".into())
+        }
+    }
+}
