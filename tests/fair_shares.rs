@@ -538,3 +538,59 @@ async fn a_busy_channel_never_starves_interval_polls() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_waiting_for_the_pool_show_in_pool_waiting() {
+    let Some(pg) = Pg::start_or_skip("polls_waiting_for_the_pool_show_in_pool_waiting") else {
+        return;
+    };
+    guard(LIMIT, async {
+        // A pool of one, held 3 s poll after poll by a hog: the other trigger's polls wait at
+        // the pool's gate, and the gauge behind OrascalePoolSaturated must say so.
+        let (_admin, _dir, server, c) = serve(&pg, None, 1, "").await;
+        let hog = object(
+            "hog",
+            &[
+                ("connection", "pg"),
+                ("query", "select count(*) from (select pg_sleep(5)) s"),
+                ("targetQueryValue", "1"),
+                ("pollInterval", "1s"),
+                ("queryTimeout", "3s"),
+            ],
+        );
+        let waiter = object(
+            "waiter",
+            &[
+                ("connection", "pg"),
+                ("query", "select count(*) from jobs"),
+                ("targetQueryValue", "1"),
+                ("pollInterval", "1s"),
+                ("queryTimeout", "4s"),
+            ],
+        );
+        for t in [hog, waiter] {
+            let mut c = c.clone();
+            tokio::spawn(async move { c.get_metrics(deadline(metrics_request(&t, ""))).await });
+        }
+        // Scraped every 50 ms for 8 s: the waiter's polls wait up to 3 s at a time, so the
+        // gauge reads 1 for many scrapes in a row (a connect, which deadpool alone counts as
+        // waiting, lasts milliseconds), and never 2 (one poller waits, the other connects or
+        // queries).
+        let started = Instant::now();
+        let (mut most, mut run, mut longest) = (0.0f64, 0, 0);
+        while started.elapsed() < Duration::from_secs(8) {
+            let waiting = metric(&server, "orascale_pool_waiting", &["connection=\"pg\""]).await;
+            most = most.max(waiting);
+            run = if waiting >= 1.0 { run + 1 } else { 0 };
+            longest = longest.max(run);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let text = scrape(server.metrics).await;
+        assert!(
+            longest >= 10,
+            "the waiting poll is counted while it waits: {longest} scrapes in a row\n{text}"
+        );
+        assert_eq!(most, 1.0, "{text}");
+    })
+    .await;
+}

@@ -309,6 +309,9 @@ pub struct Slots {
     /// Counts refusals while the pool held no session: a session outside the pool (the
     /// wake-up listener's) has the slot polls need, and gives it up on a change.
     starved: tokio::sync::watch::Sender<u64>,
+    /// Polls waiting at the gate for a slot: with the gate in front of the pool, these (not
+    /// the pool's own waiters) are the polls waiting for a session.
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -333,7 +336,41 @@ impl Slots {
                 changed: tokio::time::Instant::now(),
             }),
             starved: tokio::sync::watch::channel(0).0,
+            waiting: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// The pool gauges of `pool` behind this gate. Its waiters are the polls waiting here for
+    /// a slot, so `orascale_pool_waiting` (and the OrascalePoolSaturated alert) sees a
+    /// saturated pool. The pool's own count is not added: a slot holder never waits inside
+    /// the pool (there are never more slots than sessions), and deadpool counts a caller
+    /// that is connecting a new session as waiting, which it is not.
+    pub fn status(&self, pool: deadpool::Status) -> PoolStatus {
+        PoolStatus {
+            waiting: self.waiting.load(std::sync::atomic::Ordering::Relaxed),
+            ..PoolStatus::from(pool)
+        }
+    }
+
+    /// Waits for a slot until `until`, counted in [`Slots::status`] meanwhile.
+    async fn acquire(
+        &self,
+        until: tokio::time::Instant,
+    ) -> Result<Result<Slot, tokio::sync::AcquireError>, tokio::time::error::Elapsed> {
+        // Fast path: a free slot is not a wait.
+        if let Ok(slot) = self.gate.clone().try_acquire_owned() {
+            return Ok(Ok(slot));
+        }
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        self.waiting
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _waiting = Waiting(&self.waiting);
+        tokio::time::timeout_at(until, self.gate.clone().acquire_owned()).await
     }
 
     /// Changes whenever the server refused the pool a session while it held none: a session
@@ -418,20 +455,19 @@ where
     loop {
         slots.regrow();
         let asked = tokio::time::Instant::now();
-        let slot =
-            match tokio::time::timeout_at(wait_until, slots.gate.clone().acquire_owned()).await {
-                Ok(Ok(slot)) => slot,
-                Ok(Err(_)) => return Err(SourceError::Connect(format!("{kind} pool: closed"))),
-                Err(_) => {
-                    // Every slot was held by another poll (querying, or connecting a session
-                    // to replace one discarded after a timeout): a pool wait, not a slow query.
-                    // A poll that holds a slot and times out connecting is a `Timeout` below.
-                    return Err(SourceError::PoolTimeout {
-                        waited: waited(),
-                        size: slots.capacity(),
-                    });
-                }
-            };
+        let slot = match slots.acquire(wait_until).await {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(_)) => return Err(SourceError::Connect(format!("{kind} pool: closed"))),
+            Err(_) => {
+                // Every slot was held by another poll (querying, or connecting a session
+                // to replace one discarded after a timeout): a pool wait, not a slow query.
+                // A poll that holds a slot and times out connecting is a `Timeout` below.
+                return Err(SourceError::PoolTimeout {
+                    waited: waited(),
+                    size: slots.capacity(),
+                });
+            }
+        };
         slot_waited += asked.elapsed();
         match tokio::time::timeout_at(wait_until, pool.get()).await {
             Ok(Ok(session)) => {
@@ -656,6 +692,71 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(*n, 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn polls_waiting_at_the_gate_are_counted_as_waiting() {
+        let pool: deadpool::managed::Pool<Numbers> =
+            deadpool::managed::Pool::builder(Numbers(Duration::ZERO))
+                .max_size(1)
+                .build()
+                .unwrap();
+        let slots = Arc::new(Slots::new(1));
+        let held = slots.gate.clone().try_acquire_owned().unwrap();
+        let waiter = {
+            let (pool, slots) = (pool.clone(), slots.clone());
+            tokio::spawn(async move {
+                let started = tokio::time::Instant::now();
+                let deadline = deadline_after(started, Duration::from_secs(5));
+                checkout(&pool, &slots, started, deadline, None, "test")
+                    .await
+                    .map(|c| *c.session)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The pool itself has no waiter (the gate is in front of it): the gate's is counted.
+        assert_eq!(pool.status().waiting, 0);
+        assert_eq!(slots.status(pool.status()).waiting, 1);
+        // A poll connecting a session is not waiting for one, though deadpool counts it.
+        let connecting: deadpool::managed::Pool<Numbers> =
+            deadpool::managed::Pool::builder(Numbers(Duration::from_secs(1)))
+                .max_size(1)
+                .build()
+                .unwrap();
+        let free = Arc::new(Slots::new(1));
+        let connect = {
+            let (connecting, free) = (connecting.clone(), free.clone());
+            tokio::spawn(async move {
+                let started = tokio::time::Instant::now();
+                let deadline = deadline_after(started, Duration::from_secs(5));
+                checkout(&connecting, &free, started, deadline, None, "test")
+                    .await
+                    .map(|c| *c.session)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(connecting.status().waiting, 1, "deadpool's count");
+        assert_eq!(free.status(connecting.status()).waiting, 0);
+        assert_eq!(connect.await.unwrap(), Ok(7));
+        drop(held);
+        assert_eq!(waiter.await.unwrap(), Ok(7));
+        assert_eq!(slots.status(pool.status()).waiting, 0);
+        // A poll that gave up waiting is no longer counted either.
+        let _held = slots.gate.clone().try_acquire_owned().unwrap();
+        let started = tokio::time::Instant::now();
+        let e = checkout(
+            &pool,
+            &slots,
+            started,
+            deadline_after(started, Duration::from_millis(50)),
+            None,
+            "test",
+        )
+        .await
+        .err()
+        .unwrap();
+        assert_eq!(e.result_label(), "pool_timeout");
+        assert_eq!(slots.status(pool.status()).waiting, 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -349,7 +349,7 @@ impl Source for Oracle {
     }
 
     fn pool(&self) -> PoolStatus {
-        self.pool.status().into()
+        self.slots.status(self.pool.status())
     }
 
     fn server_info<'a>(

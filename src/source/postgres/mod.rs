@@ -302,7 +302,7 @@ impl Source for Postgres {
     }
 
     fn pool(&self) -> PoolStatus {
-        self.pool.status().into()
+        self.slots.status(self.pool.status())
     }
 
     fn server_info<'a>(
