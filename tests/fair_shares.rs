@@ -594,3 +594,42 @@ async fn polls_waiting_for_the_pool_show_in_pool_waiting() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_poll_out_of_budget_is_a_pool_wait() {
+    let Some(pg) = Pg::start_or_skip("a_refused_poll_out_of_budget_is_a_pool_wait") else {
+        return;
+    };
+    guard(LIMIT, async {
+        let admin = pg.setup().await;
+        limit_role(&admin, 1).await;
+        // Another session of the role (as the listener's would) has the one slot.
+        let (other, conn) = tokio_postgres::connect(&pg.scaler_url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let src = source(&pg, 4);
+        // Refused, with less budget left than the pause before the retry: the poll spent its
+        // budget waiting for a session, so it is a pool wait, not a slow query.
+        let e = src
+            .query("select count(*) from jobs", Duration::from_millis(150))
+            .await
+            .expect_err("no slot for the pool");
+        assert_eq!(e.result_label(), "pool_timeout", "{e}");
+        let m = e.to_string();
+        assert!(
+            m.starts_with("no free database session within 150ms"),
+            "{m}"
+        );
+        assert!(m.contains("raise the connection's pool_size"), "{m}");
+        // With time to retry, a pool that holds nothing fails with the server's refusal.
+        let e = src
+            .query("select count(*) from jobs", Duration::from_secs(2))
+            .await
+            .expect_err("still no slot");
+        assert!(e.is_session_limit(), "{e}");
+        drop(other);
+        src.close().await;
+    })
+    .await;
+}

@@ -485,7 +485,17 @@ where
                     }
                     yielded = true;
                     let pause = deadline_after(tokio::time::Instant::now(), YIELD_PAUSE);
-                    tokio::time::sleep_until(pause.min(wait_until)).await;
+                    if pause >= wait_until {
+                        // Less than the pause is left: the poll spent its budget waiting for
+                        // a session the server would not give, a pool wait like a longer one
+                        // (never "query timed out", which sends operators to the query).
+                        tokio::time::sleep_until(wait_until).await;
+                        return Err(SourceError::PoolTimeout {
+                            waited: waited(),
+                            size: slots.capacity(),
+                        });
+                    }
+                    tokio::time::sleep_until(pause).await;
                     continue;
                 }
                 tracing::info!(kind, sessions = held, error = %e,
@@ -495,7 +505,8 @@ where
             Ok(Err(e)) => return Err(SourceError::Connect(format!("{kind} pool: {e}"))),
             Err(_) => {
                 let status = pool.status();
-                return Err(if status.size >= status.max_size {
+                // A poll refused a session earlier spent its budget waiting for one too.
+                return Err(if status.size >= status.max_size || yielded {
                     SourceError::PoolTimeout {
                         waited: waited(),
                         size: status.max_size,
@@ -757,6 +768,63 @@ mod tests {
         .unwrap();
         assert_eq!(e.result_label(), "pool_timeout");
         assert_eq!(slots.status(pool.status()).waiting, 0);
+    }
+
+    /// A server that refuses every session (SQLSTATE 53300) after `0` of connecting.
+    struct Refusing(Duration);
+
+    impl deadpool::managed::Manager for Refusing {
+        type Type = u32;
+        type Error = SourceError;
+        async fn create(&self) -> Result<u32, SourceError> {
+            tokio::time::sleep(self.0).await;
+            Err(SourceError::Connect(
+                "postgres: FATAL 53300: too many connections for role \"limited\"".into(),
+            ))
+        }
+        async fn recycle(
+            &self,
+            _: &mut u32,
+            _: &deadpool::managed::Metrics,
+        ) -> deadpool::managed::RecycleResult<SourceError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_poll_with_little_budget_left_is_a_pool_wait() {
+        let pool: deadpool::managed::Pool<Refusing> =
+            deadpool::managed::Pool::builder(Refusing(Duration::from_millis(10)))
+                .max_size(4)
+                .build()
+                .unwrap();
+        let slots = Slots::new(4);
+        // Refused while the pool holds nothing, with less than the 200 ms pause left: it
+        // waited its budget for a session (the listener's slot), a pool wait.
+        let started = tokio::time::Instant::now();
+        let deadline = deadline_after(started, Duration::from_millis(150));
+        let e = checkout(&pool, &slots, started, deadline, None, "test")
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(
+            e,
+            SourceError::PoolTimeout {
+                waited: Duration::from_millis(150),
+                size: 4
+            }
+        );
+        assert_eq!(e.result_label(), "pool_timeout");
+        assert!(e.to_string().contains(POOL_ADVICE), "{e}");
+        assert_eq!(started.elapsed(), Duration::from_millis(150), "no longer");
+        // With time for the retry, a second refusal is the poll's error, as it says.
+        let started = tokio::time::Instant::now();
+        let deadline = deadline_after(started, Duration::from_secs(1));
+        let e = checkout(&pool, &slots, started, deadline, None, "test")
+            .await
+            .err()
+            .unwrap();
+        assert!(e.is_session_limit(), "{e}");
     }
 
     #[tokio::test(start_paused = true)]
