@@ -139,6 +139,24 @@ pub fn one_column<S: AsRef<str>>(
 }
 
 impl SourceError {
+    /// How a query that ran out of its `timeout` after waiting `waited` for its session (in a
+    /// pool of `size`) is reported. The rule: it is a pool wait
+    /// ([`SourceError::TimeoutAfterWait`], `pool_timeout`) only when the wait took more than
+    /// half of the budget, i.e. the query was left less time to run than the poll spent
+    /// waiting; otherwise the query itself was too slow for the time it had
+    /// ([`SourceError::Timeout`], `timeout`), and indexing it is the right advice.
+    pub fn timed_out(timeout: Duration, waited: Duration, size: usize) -> SourceError {
+        if waited > timeout / 2 {
+            SourceError::TimeoutAfterWait {
+                timeout,
+                waited: Duration::from_millis(waited.as_millis() as u64),
+                size,
+            }
+        } else {
+            SourceError::Timeout(timeout)
+        }
+    }
+
     /// A short, bounded label for metrics: `timeout` (the query or the connect was too slow),
     /// `pool_timeout` (the poll spent its budget, or most of it, waiting for a pooled session:
     /// a sizing problem, not a slow query) or `error`.
@@ -644,6 +662,38 @@ mod tests {
         let slow = SourceError::Timeout(Duration::from_secs(5));
         assert_eq!(slow.result_label(), "timeout");
         assert_eq!(slow.to_string(), "query timed out after 5s");
+    }
+
+    #[test]
+    fn a_slow_query_after_a_short_wait_is_a_timeout() {
+        let budget = Duration::from_secs(4);
+        let ms = Duration::from_millis;
+        for (waited, label) in [
+            (Duration::ZERO, "timeout"),
+            // A quarter, a third: the query had most of its budget and still ran out of it.
+            (ms(1000), "timeout"),
+            (ms(1333), "timeout"),
+            // Exactly half: the query had as long as the wait.
+            (ms(2000), "timeout"),
+            // More than half: the query had less time than the poll spent waiting.
+            (ms(2001), "pool_timeout"),
+            (ms(3900), "pool_timeout"),
+        ] {
+            let e = SourceError::timed_out(budget, waited, 4);
+            assert_eq!(e.result_label(), label, "waited {waited:?}: {e}");
+        }
+        assert_eq!(
+            SourceError::timed_out(budget, ms(1000), 4),
+            SourceError::Timeout(budget)
+        );
+        assert_eq!(
+            SourceError::timed_out(budget, Duration::from_micros(3_000_700), 4),
+            SourceError::TimeoutAfterWait {
+                timeout: budget,
+                waited: ms(3000),
+                size: 4
+            }
+        );
     }
 
     /// A pool of numbers that take the given time to make, for checkout tests without a

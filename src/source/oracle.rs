@@ -277,12 +277,7 @@ impl Oracle {
                     discard(session);
                 }
                 Err(match fault {
-                    Fault::Timeout if waited >= timeout / 4 => SourceError::TimeoutAfterWait {
-                        timeout,
-                        waited: Duration::from_millis(waited.as_millis() as u64),
-                        size: self.pool_size,
-                    },
-                    Fault::Timeout => SourceError::Timeout(timeout),
+                    Fault::Timeout => SourceError::timed_out(timeout, waited, self.pool_size),
                     _ => to_source_error(&e, fault),
                 })
             }
