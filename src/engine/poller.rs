@@ -181,13 +181,13 @@ impl Poller {
                 // later wakes coalescing into it, and becomes an interval poll if its tick
                 // comes first (interval polls need no slot).
                 if let Some(budget) = subs.budget() {
-                    match budget.clone().try_acquire_owned() {
-                        Ok(slot) => _wake_slot = Some(slot),
-                        Err(_) => {
+                    match budget.try_take() {
+                        Some(slot) => _wake_slot = Some(slot),
+                        None => {
                             subs.record_deferred();
                             tokio::select! {
                                 _ = cancel.cancelled() => return,
-                                slot = budget.acquire_owned() => _wake_slot = slot.ok(),
+                                slot = budget.take() => _wake_slot = Some(slot),
                                 _ = ticks.tick() => woken = false,
                             }
                         }
@@ -572,7 +572,7 @@ mod tests {
         // test): this poller's wake waits, and its 10 s tick polls anyway.
         let (mut holds, fire, status) = crate::engine::wake::manual_budget("jobs", 1, 1);
         let budget = holds[0].budget_for_test();
-        let _taken = budget.try_acquire_owned().unwrap();
+        let _taken = budget.try_take().unwrap();
         let s = script(Duration::from_millis(10), vec![Ok(Cell::Number(1.0))]);
         let (_users, wanted) = watch::channel(vec![wake_key("jobs", 100)]);
         let (mut rx, cancel) = start_with(

@@ -258,6 +258,12 @@ pub trait Source: Send + Sync + 'static {
         futures::future::ready(()).boxed()
     }
 
+    /// The gate in front of the source's pool, if it has one: the wake budget is a share of
+    /// the sessions it lets polls have now (`engine::wake::Budget`).
+    fn slots(&self) -> Option<Arc<Slots>> {
+        None
+    }
+
     /// The database's notification listener, for database-driven wake-ups (`notifyChannel`),
     /// if it has one. The engine owns the listening session it opens (one per connection).
     fn listener(&self) -> Option<Arc<dyn wake::Listener>> {
@@ -406,6 +412,17 @@ impl Slots {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Retires `n` slots as refused sessions do (never below one), for tests of what follows
+    /// the gate's capacity.
+    #[cfg(test)]
+    pub(crate) fn retire_for_test(&self, n: usize) {
+        for _ in 0..n {
+            let slot = self.gate.clone().try_acquire_owned().expect("a free slot");
+            let held = self.capacity() - 1;
+            assert!(self.refused(slot, held.max(1)));
+        }
     }
 
     /// Gives one refused slot back once [`REGROW_AFTER`] has passed since the last change.

@@ -72,7 +72,7 @@ pub struct Oracle {
     name: String,
     pool: Pool<Sessions>,
     /// The sessions polls may ask the pool for (fewer when the server refuses more).
-    slots: super::Slots,
+    slots: Arc<super::Slots>,
     pool_size: usize,
     pool_timeout: Option<Duration>,
 }
@@ -205,7 +205,7 @@ impl Oracle {
             .map_err(|e| SourceError::Unsupported(format!("connection {:?}: {e}", conn.name)))?;
         Ok(Oracle {
             name: conn.name.clone(),
-            slots: super::Slots::new(conn.pool_size),
+            slots: Arc::new(super::Slots::new(conn.pool_size)),
             pool,
             pool_size: conn.pool_size.max(1),
             pool_timeout: conn.pool_timeout,
@@ -345,6 +345,10 @@ impl Source for Oracle {
 
     fn pool(&self) -> PoolStatus {
         self.slots.status(self.pool.status())
+    }
+
+    fn slots(&self) -> Option<Arc<super::Slots>> {
+        Some(self.slots.clone())
     }
 
     fn server_info<'a>(

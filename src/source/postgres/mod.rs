@@ -289,6 +289,10 @@ impl Source for Postgres {
         Some(self.listener.clone())
     }
 
+    fn slots(&self) -> Option<Arc<super::Slots>> {
+        Some(self.slots.clone())
+    }
+
     fn driver(&self) -> Result<String, SourceError> {
         Ok("tokio-postgres (native Rust, no client library)".into())
     }
