@@ -181,13 +181,13 @@ impl Poller {
                 // later wakes coalescing into it, and becomes an interval poll if its tick
                 // comes first (interval polls need no slot).
                 if let Some(budget) = subs.budget() {
-                    match budget.clone().try_acquire_owned() {
-                        Ok(slot) => _wake_slot = Some(slot),
-                        Err(_) => {
+                    match budget.try_take() {
+                        Some(slot) => _wake_slot = Some(slot),
+                        None => {
                             subs.record_deferred();
                             tokio::select! {
                                 _ = cancel.cancelled() => return,
-                                slot = budget.acquire_owned() => _wake_slot = slot.ok(),
+                                slot = budget.take() => _wake_slot = Some(slot),
                                 _ = ticks.tick() => woken = false,
                             }
                         }
@@ -387,6 +387,8 @@ mod tests {
     /// the source modules and in tests/.
     struct Script {
         calls: AtomicU32,
+        /// When each query started.
+        starts: Mutex<Vec<Instant>>,
         delay: Duration,
         cells: Mutex<Vec<Result<Cell, SourceError>>>,
     }
@@ -414,6 +416,7 @@ mod tests {
         ) -> BoxFuture<'a, Result<Cell, SourceError>> {
             async move {
                 self.calls.fetch_add(1, Ordering::SeqCst);
+                self.starts.lock().unwrap().push(Instant::now());
                 tokio::time::sleep(self.delay).await;
                 let mut cells = self.cells.lock().unwrap();
                 if cells.len() > 1 {
@@ -493,6 +496,7 @@ mod tests {
     fn script(delay: Duration, cells: Vec<Result<Cell, SourceError>>) -> Arc<Script> {
         Arc::new(Script {
             calls: AtomicU32::new(0),
+            starts: Mutex::new(Vec::new()),
             delay,
             cells: Mutex::new(cells),
         })
@@ -520,32 +524,37 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn wake_polls_beyond_the_budget_wait_and_interval_polls_never_do() {
-        // Three pollers woken by one channel whose connection lets one wake poll run at once;
-        // each query takes 1 s.
-        let (mut holds, fire, status) = crate::engine::wake::manual_budget("jobs", 4, 1);
-        let mut pollers = Vec::new();
-        for i in 0..3 {
-            let s = script(Duration::from_secs(1), vec![Ok(Cell::Number(1.0))]);
+        // Three "busy" pollers woken by one channel whose connection lets one wake poll run at
+        // once; each query takes 1 s and they poll on wakes only (1 h interval). Later three
+        // "steady" pollers on the same channel and budget poll every 2 s (100 ms queries).
+        let (mut holds, fire, status) = crate::engine::wake::manual_budget("jobs", 6, 1);
+        let mut start_poller = |i: usize, delay: Duration, interval: Duration| {
+            let s = script(delay, vec![Ok(Cell::Number(1.0))]);
             let mut k = key(false);
             k.query = format!("select {i}");
-            k.poll_interval = Duration::from_secs(3600);
-            let (_users, wanted) = watch::channel(vec![wake_key("jobs", 100)]);
+            k.poll_interval = interval;
+            let (users, wanted) = watch::channel(vec![wake_key("jobs", 100)]);
             let wake = holds.pop().unwrap();
-            let (mut rx, cancel) = start_with(k, s.clone(), manual_wakes(wanted, vec![wake]));
-            rx.wait_for(|s| s.has_outcome()).await.unwrap();
-            pollers.push((s, rx, cancel, _users));
+            let (rx, cancel) = start_with(k, s.clone(), manual_wakes(wanted, vec![wake]));
+            (s, rx, cancel, users)
+        };
+        let mut busy = Vec::new();
+        for i in 0..3 {
+            let mut p = start_poller(i, Duration::from_secs(1), Duration::from_secs(3600));
+            p.1.wait_for(|s| s.has_outcome()).await.unwrap();
+            busy.push(p);
         }
         let calls = |p: &Vec<(Arc<Script>, _, _, _)>| -> Vec<u32> {
             p.iter()
                 .map(|(s, ..)| s.calls.load(Ordering::SeqCst))
                 .collect()
         };
-        assert_eq!(calls(&pollers), vec![1, 1, 1]);
+        assert_eq!(calls(&busy), vec![1, 1, 1]);
         tokio::time::sleep(Duration::from_secs(1)).await;
         fire();
         tokio::time::sleep(Duration::from_millis(500)).await;
         // One wake poll runs; the two others wait for its slot, counted once each.
-        assert_eq!(calls(&pollers).iter().sum::<u32>(), 4);
+        assert_eq!(calls(&busy).iter().sum::<u32>(), 4);
         assert_eq!(status().deferred, 2);
         // A burst of wakes while they wait costs nothing more: they are coalesced.
         for _ in 0..50 {
@@ -555,13 +564,81 @@ mod tests {
         // Each waiting poll runs in turn (1 s each), then each poller's burst wakes are one
         // more poll, still one at a time; never two wake polls at once.
         tokio::time::sleep(Duration::from_secs(10)).await;
-        let after = calls(&pollers);
+        let after = calls(&busy);
         assert!(after.iter().all(|&c| (2..=3).contains(&c)), "{after:?}");
         assert_eq!(
             status().wake_polls,
             u64::from(after.iter().sum::<u32>() - 3)
         );
-        for (.., cancel, _) in &pollers {
+
+        // Now the budget saturated for good: a wake every 20 ms keeps the busy pollers'
+        // wake polls queued for its one slot. The steady pollers are woken too, and their
+        // wake polls wait with the others; their interval polls must not.
+        let mut steady = Vec::new();
+        for i in 3..6 {
+            let mut p = start_poller(i, Duration::from_millis(100), Duration::from_secs(2));
+            p.1.wait_for(|s| s.has_outcome()).await.unwrap();
+            steady.push(p);
+        }
+        let window = Instant::now();
+        let (busy_before, wakes_before, deferred_before) = (
+            calls(&busy).iter().sum::<u32>(),
+            status().wake_polls,
+            status().deferred,
+        );
+        for _ in 0..1000 {
+            fire();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let end = Instant::now();
+        // Every steady poller polled at least once per interval (2 s, plus its 100 ms query
+        // and the 100 ms minWakeInterval a wake poll waits) for the whole 20 s window.
+        for (s, ..) in &steady {
+            let starts: Vec<Instant> = s
+                .starts
+                .lock()
+                .unwrap()
+                .iter()
+                .copied()
+                .filter(|t| *t >= window)
+                .collect();
+            let mut gaps: Vec<Duration> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+            gaps.push(starts[0] - window);
+            gaps.push(end - starts[starts.len() - 1]);
+            let longest = gaps.iter().max().unwrap();
+            assert!(
+                *longest <= Duration::from_millis(2200),
+                "a steady poller waited {longest:?} between polls"
+            );
+        }
+        // And the budget held: the busy channel kept deferring, the busy pollers' polls
+        // (all wake polls) ran one at a time at most, and the steady pollers' polls that were
+        // not wake polls are their interval polls, about one per 2 s each.
+        let busy_polls = calls(&busy).iter().sum::<u32>() - busy_before;
+        let wake_polls = status().wake_polls - wakes_before;
+        assert!(status().deferred - deferred_before > 0);
+        assert!(
+            busy_polls <= 20,
+            "{busy_polls} 1 s wake polls in 20 s on one slot"
+        );
+        let steady_polls: u32 = steady
+            .iter()
+            .map(|(s, ..)| {
+                s.starts
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|t| **t >= window)
+                    .count() as u32
+            })
+            .sum();
+        let steady_wake_polls = wake_polls - u64::from(busy_polls);
+        let interval_polls = u64::from(steady_polls) - steady_wake_polls;
+        assert!(
+            interval_polls >= 3 * 8,
+            "{interval_polls} interval polls of 3 pollers at 2 s in 20 s ({steady_wake_polls} wake polls)"
+        );
+        for (.., cancel, _) in busy.iter().chain(&steady) {
             cancel.cancel();
         }
     }
@@ -572,7 +649,7 @@ mod tests {
         // test): this poller's wake waits, and its 10 s tick polls anyway.
         let (mut holds, fire, status) = crate::engine::wake::manual_budget("jobs", 1, 1);
         let budget = holds[0].budget_for_test();
-        let _taken = budget.try_acquire_owned().unwrap();
+        let _taken = budget.try_take().unwrap();
         let s = script(Duration::from_millis(10), vec![Ok(Cell::Number(1.0))]);
         let (_users, wanted) = watch::channel(vec![wake_key("jobs", 100)]);
         let (mut rx, cancel) = start_with(

@@ -148,7 +148,7 @@ pub fn render(
     typed(
         "counter",
         m::WAKE_DEFERRED,
-        "Wake polls that found the connection's wake budget (--wake-poll-share of pool_size) spent and waited for a slot, coalescing later wakes, so interval polls keep their sessions; per connection.",
+        "Wake polls that found the connection's wake budget (--wake-poll-share of the sessions the pool may use: pool_size, or fewer while the database refuses more) spent and waited for a slot, coalescing later wakes, so interval polls keep their sessions; per connection.",
         wake(|s| s.deferred as f64),
     );
     typed(

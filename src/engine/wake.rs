@@ -16,7 +16,8 @@
 //! never queries anything but its own session.
 //!
 //! A hub also holds its connection's wake budget: the sessions of the pool that polls caused
-//! by wakes may use at once (`--wake-poll-share`, half the pool by default, at least one). A
+//! by wakes may use at once (`--wake-poll-share`, half by default, at least one, of the sessions
+//! the pool's gate lets polls have now: `pool_size`, or fewer while the server refuses more). A
 //! wake poll beyond it waits for a slot, its later wakes coalesced into it, and counts as
 //! deferred; interval polls never take a slot, so a busy channel cannot starve them.
 
@@ -36,8 +37,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::WakeKey;
-use crate::source::Source;
 use crate::source::wake::{Deliver, ListenSession, Listener};
+use crate::source::{Slots, Source};
 
 /// Shortest wait before reconnecting (or restarting the session task).
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -75,6 +76,103 @@ pub struct WakeStatus {
 /// it, rounded down, at least one.
 pub fn wake_budget(pool_size: usize, share: u8) -> usize {
     (pool_size.saturating_mul(usize::from(share)) / 100).max(1)
+}
+
+/// A connection's wake budget: the slots wake polls may hold at once. It is [`wake_budget`] of
+/// the sessions the pool's gate lets polls have *now* ([`Slots::capacity`]: `pool_size`, less
+/// the sessions the server refused), not of `pool_size`: with a connection limit below
+/// `pool_size` the share is of the sessions that exist, so wake polls still leave the rest to
+/// interval polls. The semaphore follows the gate lazily: it grows at once, and shrinks by
+/// retiring free slots, or slots as wake polls hand them back.
+pub struct Budget {
+    gate: Arc<Semaphore>,
+    /// Slots in the semaphore, free or taken.
+    size: Mutex<usize>,
+    limit: Limit,
+}
+
+enum Limit {
+    /// A fixed number of slots.
+    Fixed(usize),
+    /// `share` percent of the sessions `slots` lets polls have now.
+    Share { share: u8, slots: Arc<Slots> },
+}
+
+impl Budget {
+    /// A budget of exactly `slots` slots.
+    pub fn fixed(slots: usize) -> Arc<Budget> {
+        Budget::with(Limit::Fixed(slots))
+    }
+
+    /// `share` percent of the sessions the pool's gate `slots` lets polls have, as it changes.
+    pub fn share_of(slots: Arc<Slots>, share: u8) -> Arc<Budget> {
+        Budget::with(Limit::Share { share, slots })
+    }
+
+    fn with(limit: Limit) -> Arc<Budget> {
+        let budget = Budget {
+            gate: Arc::new(Semaphore::new(0)),
+            size: Mutex::new(0),
+            limit,
+        };
+        budget.sync(None);
+        Arc::new(budget)
+    }
+
+    /// The slots wake polls may hold at once now.
+    pub fn limit(&self) -> usize {
+        let n = match &self.limit {
+            Limit::Fixed(n) => *n,
+            Limit::Share { share, slots } => wake_budget(slots.capacity(), *share),
+        };
+        n.clamp(1, Semaphore::MAX_PERMITS)
+    }
+
+    /// Brings the semaphore to [`Budget::limit`], retiring `returned` (a slot handed back)
+    /// first if there is one too many.
+    fn sync(&self, returned: Option<OwnedSemaphorePermit>) {
+        let want = self.limit();
+        let mut size = self.size.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(permit) = returned {
+            if *size > want {
+                permit.forget();
+                *size -= 1;
+            } else {
+                drop(permit);
+            }
+        }
+        if want > *size {
+            self.gate.add_permits(want - *size);
+            *size = want;
+        } else if want < *size {
+            *size -= self.gate.forget_permits(*size - want);
+        }
+    }
+
+    /// A slot if one is free now.
+    pub fn try_take(self: &Arc<Self>) -> Option<WakeSlot> {
+        self.sync(None);
+        let permit = self.gate.clone().try_acquire_owned().ok()?;
+        Some(WakeSlot {
+            permit: Some(permit),
+            budget: self.clone(),
+        })
+    }
+
+    /// Waits for a slot (FIFO among the waiters).
+    pub async fn take(self: &Arc<Self>) -> WakeSlot {
+        self.sync(None);
+        let permit = self
+            .gate
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the budget's semaphore is never closed");
+        WakeSlot {
+            permit: Some(permit),
+            budget: self.clone(),
+        }
+    }
 }
 
 /// Reconnect waits with "equal jitter": half of the current ceiling fixed, half random, the
@@ -140,8 +238,8 @@ struct Inner {
     notifications: AtomicU64,
     reconnects: AtomicU64,
     wake_polls: AtomicU64,
-    /// Slots for wake polls on this connection (see [`wake_budget`]).
-    budget: Arc<Semaphore>,
+    /// Slots for wake polls on this connection (see [`Budget`]).
+    budget: Arc<Budget>,
     deferred: AtomicU64,
 }
 
@@ -168,7 +266,7 @@ impl Hub {
                 notifications: AtomicU64::new(0),
                 reconnects: AtomicU64::new(0),
                 wake_polls: AtomicU64::new(0),
-                budget: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
+                budget: Budget::fixed(Semaphore::MAX_PERMITS),
                 deferred: AtomicU64::new(0),
             }),
             listener,
@@ -178,10 +276,11 @@ impl Hub {
         }
     }
 
-    /// Lets at most `slots` wake polls run at once on this connection (before any subscribe).
-    pub fn with_wake_budget(mut self, slots: usize) -> Hub {
+    /// Lets at most what `budget` allows of wake polls run at once on this connection
+    /// (before any subscribe).
+    pub fn with_wake_budget(mut self, budget: Arc<Budget>) -> Hub {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.budget = Arc::new(Semaphore::new(slots.clamp(1, Semaphore::MAX_PERMITS)));
+            inner.budget = budget;
         }
         self
     }
@@ -281,7 +380,12 @@ impl Hubs {
                                 tracker.spawn(f);
                             },
                         )
-                        .with_wake_budget(wake_budget(source.pool().max, self.share)),
+                        // The share of the sessions the pool's gate enforces now, so a
+                        // connection limit below pool_size shrinks the budget with it.
+                        .with_wake_budget(match source.slots() {
+                            Some(slots) => Budget::share_of(slots, self.share),
+                            None => Budget::fixed(wake_budget(source.pool().max, self.share)),
+                        }),
                     );
                     hubs.insert(connection.to_string(), hub.clone());
                     hub
@@ -457,9 +561,10 @@ impl Subscribed {
         }
     }
 
-    /// A slot of the connection's wake budget for the wake poll about to run: at once, or
-    /// after `deferred` was called and the budget had room again. `None` without wake-ups.
-    pub fn budget(&self) -> Option<Arc<Semaphore>> {
+    /// The connection's wake budget, for the wake poll about to run: a slot at once, or
+    /// after `record_deferred` was called and the budget had room again. `None` without
+    /// wake-ups.
+    pub fn budget(&self) -> Option<Arc<Budget>> {
         self.wakes.first().map(|w| w.inner.budget.clone())
     }
 
@@ -471,8 +576,18 @@ impl Subscribed {
     }
 }
 
-/// A wake poll's slot of its connection's wake budget, released when the poll is done.
-pub type WakeSlot = OwnedSemaphorePermit;
+/// A wake poll's slot of its connection's wake budget, handed back when the poll is done
+/// (and retired then if the budget has shrunk meanwhile).
+pub struct WakeSlot {
+    permit: Option<OwnedSemaphorePermit>,
+    budget: Arc<Budget>,
+}
+
+impl Drop for WakeSlot {
+    fn drop(&mut self) {
+        self.budget.sync(self.permit.take());
+    }
+}
 
 /// A poller's hold on one channel.
 pub struct Wake {
@@ -506,7 +621,7 @@ impl Wake {
 
     /// The connection's wake budget, for tests that take its slots.
     #[cfg(test)]
-    pub(crate) fn budget_for_test(&self) -> Arc<Semaphore> {
+    pub(crate) fn budget_for_test(&self) -> Arc<Budget> {
         self.inner.budget.clone()
     }
 }
@@ -571,7 +686,7 @@ pub(crate) fn manual_budget(
         notifications: AtomicU64::new(0),
         reconnects: AtomicU64::new(0),
         wake_polls: AtomicU64::new(0),
-        budget: Arc::new(Semaphore::new(slots)),
+        budget: Budget::fixed(slots),
         deferred: AtomicU64::new(0),
     });
     let (tx, _) = watch::channel(0);
@@ -1095,6 +1210,89 @@ mod tests {
         ] {
             assert_eq!(wake_budget(pool, share), want, "pool {pool}, {share}%");
         }
+    }
+
+    #[test]
+    fn the_wake_budget_follows_the_sessions_the_gate_allows() {
+        let slots = Arc::new(Slots::new(4));
+        let budget = Budget::share_of(slots.clone(), 50);
+        assert_eq!(budget.limit(), 2);
+        let a = budget.try_take().unwrap();
+        let b = budget.try_take().unwrap();
+        assert!(budget.try_take().is_none(), "2 of a pool of 4");
+        // The server refuses the pool its third and fourth sessions: the gate lets polls
+        // have 2, and wake polls may hold 1 of them, not 2 of pool_size.
+        slots.retire_for_test(2);
+        assert_eq!(slots.capacity(), 2);
+        assert_eq!(budget.limit(), 1);
+        // The wake polls already running finish; the slot over the budget is retired.
+        drop(a);
+        assert!(budget.try_take().is_none(), "b still holds the one slot");
+        drop(b);
+        let c = budget.try_take().unwrap();
+        assert!(budget.try_take().is_none(), "one at a time now");
+        drop(c);
+        // Down to one session: still one wake poll (never none, or wakes would stop).
+        slots.retire_for_test(1);
+        assert_eq!(budget.limit(), 1);
+        assert!(budget.try_take().is_some());
+    }
+
+    /// A pooled source behind `slots` with the scripted listener, for the hub's wiring.
+    struct Gated {
+        slots: Arc<Slots>,
+        listener: Arc<Script>,
+    }
+
+    impl Source for Gated {
+        fn kind(&self) -> &'static str {
+            "gated"
+        }
+        fn driver(&self) -> Result<String, SourceError> {
+            Ok("gated".into())
+        }
+        fn pool(&self) -> crate::source::PoolStatus {
+            crate::source::PoolStatus {
+                max: 8,
+                ..Default::default()
+            }
+        }
+        fn slots(&self) -> Option<Arc<Slots>> {
+            Some(self.slots.clone())
+        }
+        fn listener(&self) -> Option<Arc<dyn Listener>> {
+            Some(Arc::new(self.listener.clone()))
+        }
+        fn server_info<'a>(
+            &'a self,
+            _: Duration,
+        ) -> BoxFuture<'a, Result<crate::source::ServerInfo, SourceError>> {
+            async { Err(SourceError::Unsupported("gated".into())) }.boxed()
+        }
+        fn query<'a>(
+            &'a self,
+            _: &'a str,
+            _: Duration,
+        ) -> BoxFuture<'a, Result<crate::source::Cell, SourceError>> {
+            async { Err(SourceError::Unsupported("gated".into())) }.boxed()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hubs_budget_is_a_share_of_the_gate_not_of_pool_size() {
+        // pool_size 8, but the server let the pool have 3 sessions: 50 % is 1, not 4.
+        let slots = Arc::new(Slots::new(8));
+        slots.retire_for_test(5);
+        let source = Gated {
+            slots: slots.clone(),
+            listener: Arc::new(Script::default()),
+        };
+        let hubs = Hubs::new(CancellationToken::new(), TaskTracker::new(), 50);
+        let wake = hubs.subscribe("c", &source, "jobs").unwrap();
+        let budget = wake.budget_for_test();
+        assert_eq!(budget.limit(), 1);
+        let _one = budget.try_take().unwrap();
+        assert!(budget.try_take().is_none());
     }
 
     #[test]

@@ -139,6 +139,24 @@ pub fn one_column<S: AsRef<str>>(
 }
 
 impl SourceError {
+    /// How a query that ran out of its `timeout` after waiting `waited` for its session (in a
+    /// pool of `size`) is reported. The rule: it is a pool wait
+    /// ([`SourceError::TimeoutAfterWait`], `pool_timeout`) only when the wait took more than
+    /// half of the budget, i.e. the query was left less time to run than the poll spent
+    /// waiting; otherwise the query itself was too slow for the time it had
+    /// ([`SourceError::Timeout`], `timeout`), and indexing it is the right advice.
+    pub fn timed_out(timeout: Duration, waited: Duration, size: usize) -> SourceError {
+        if waited > timeout / 2 {
+            SourceError::TimeoutAfterWait {
+                timeout,
+                waited: Duration::from_millis(waited.as_millis() as u64),
+                size,
+            }
+        } else {
+            SourceError::Timeout(timeout)
+        }
+    }
+
     /// A short, bounded label for metrics: `timeout` (the query or the connect was too slow),
     /// `pool_timeout` (the poll spent its budget, or most of it, waiting for a pooled session:
     /// a sizing problem, not a slow query) or `error`.
@@ -240,6 +258,12 @@ pub trait Source: Send + Sync + 'static {
         futures::future::ready(()).boxed()
     }
 
+    /// The gate in front of the source's pool, if it has one: the wake budget is a share of
+    /// the sessions it lets polls have now (`engine::wake::Budget`).
+    fn slots(&self) -> Option<Arc<Slots>> {
+        None
+    }
+
     /// The database's notification listener, for database-driven wake-ups (`notifyChannel`),
     /// if it has one. The engine owns the listening session it opens (one per connection).
     fn listener(&self) -> Option<Arc<dyn wake::Listener>> {
@@ -309,6 +333,9 @@ pub struct Slots {
     /// Counts refusals while the pool held no session: a session outside the pool (the
     /// wake-up listener's) has the slot polls need, and gives it up on a change.
     starved: tokio::sync::watch::Sender<u64>,
+    /// Polls waiting at the gate for a slot: with the gate in front of the pool, these (not
+    /// the pool's own waiters) are the polls waiting for a session.
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -333,7 +360,41 @@ impl Slots {
                 changed: tokio::time::Instant::now(),
             }),
             starved: tokio::sync::watch::channel(0).0,
+            waiting: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// The pool gauges of `pool` behind this gate. Its waiters are the polls waiting here for
+    /// a slot, so `orascale_pool_waiting` (and the OrascalePoolSaturated alert) sees a
+    /// saturated pool. The pool's own count is not added: a slot holder never waits inside
+    /// the pool (there are never more slots than sessions), and deadpool counts a caller
+    /// that is connecting a new session as waiting, which it is not.
+    pub fn status(&self, pool: deadpool::Status) -> PoolStatus {
+        PoolStatus {
+            waiting: self.waiting.load(std::sync::atomic::Ordering::Relaxed),
+            ..PoolStatus::from(pool)
+        }
+    }
+
+    /// Waits for a slot until `until`, counted in [`Slots::status`] meanwhile.
+    async fn acquire(
+        &self,
+        until: tokio::time::Instant,
+    ) -> Result<Result<Slot, tokio::sync::AcquireError>, tokio::time::error::Elapsed> {
+        // Fast path: a free slot is not a wait.
+        if let Ok(slot) = self.gate.clone().try_acquire_owned() {
+            return Ok(Ok(slot));
+        }
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        self.waiting
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _waiting = Waiting(&self.waiting);
+        tokio::time::timeout_at(until, self.gate.clone().acquire_owned()).await
     }
 
     /// Changes whenever the server refused the pool a session while it held none: a session
@@ -351,6 +412,17 @@ impl Slots {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Retires `n` slots as refused sessions do (never below one), for tests of what follows
+    /// the gate's capacity.
+    #[cfg(test)]
+    pub(crate) fn retire_for_test(&self, n: usize) {
+        for _ in 0..n {
+            let slot = self.gate.clone().try_acquire_owned().expect("a free slot");
+            let held = self.capacity() - 1;
+            assert!(self.refused(slot, held.max(1)));
+        }
     }
 
     /// Gives one refused slot back once [`REGROW_AFTER`] has passed since the last change.
@@ -418,20 +490,19 @@ where
     loop {
         slots.regrow();
         let asked = tokio::time::Instant::now();
-        let slot =
-            match tokio::time::timeout_at(wait_until, slots.gate.clone().acquire_owned()).await {
-                Ok(Ok(slot)) => slot,
-                Ok(Err(_)) => return Err(SourceError::Connect(format!("{kind} pool: closed"))),
-                Err(_) => {
-                    // Every slot was held by another poll (querying, or connecting a session
-                    // to replace one discarded after a timeout): a pool wait, not a slow query.
-                    // A poll that holds a slot and times out connecting is a `Timeout` below.
-                    return Err(SourceError::PoolTimeout {
-                        waited: waited(),
-                        size: slots.capacity(),
-                    });
-                }
-            };
+        let slot = match slots.acquire(wait_until).await {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(_)) => return Err(SourceError::Connect(format!("{kind} pool: closed"))),
+            Err(_) => {
+                // Every slot was held by another poll (querying, or connecting a session
+                // to replace one discarded after a timeout): a pool wait, not a slow query.
+                // A poll that holds a slot and times out connecting is a `Timeout` below.
+                return Err(SourceError::PoolTimeout {
+                    waited: waited(),
+                    size: slots.capacity(),
+                });
+            }
+        };
         slot_waited += asked.elapsed();
         match tokio::time::timeout_at(wait_until, pool.get()).await {
             Ok(Ok(session)) => {
@@ -449,7 +520,17 @@ where
                     }
                     yielded = true;
                     let pause = deadline_after(tokio::time::Instant::now(), YIELD_PAUSE);
-                    tokio::time::sleep_until(pause.min(wait_until)).await;
+                    if pause >= wait_until {
+                        // Less than the pause is left: the poll spent its budget waiting for
+                        // a session the server would not give, a pool wait like a longer one
+                        // (never "query timed out", which sends operators to the query).
+                        tokio::time::sleep_until(wait_until).await;
+                        return Err(SourceError::PoolTimeout {
+                            waited: waited(),
+                            size: slots.capacity(),
+                        });
+                    }
+                    tokio::time::sleep_until(pause).await;
                     continue;
                 }
                 tracing::info!(kind, sessions = held, error = %e,
@@ -459,7 +540,8 @@ where
             Ok(Err(e)) => return Err(SourceError::Connect(format!("{kind} pool: {e}"))),
             Err(_) => {
                 let status = pool.status();
-                return Err(if status.size >= status.max_size {
+                // A poll refused a session earlier spent its budget waiting for one too.
+                return Err(if status.size >= status.max_size || yielded {
                     SourceError::PoolTimeout {
                         waited: waited(),
                         size: status.max_size,
@@ -599,6 +681,38 @@ mod tests {
         assert_eq!(slow.to_string(), "query timed out after 5s");
     }
 
+    #[test]
+    fn a_slow_query_after_a_short_wait_is_a_timeout() {
+        let budget = Duration::from_secs(4);
+        let ms = Duration::from_millis;
+        for (waited, label) in [
+            (Duration::ZERO, "timeout"),
+            // A quarter, a third: the query had most of its budget and still ran out of it.
+            (ms(1000), "timeout"),
+            (ms(1333), "timeout"),
+            // Exactly half: the query had as long as the wait.
+            (ms(2000), "timeout"),
+            // More than half: the query had less time than the poll spent waiting.
+            (ms(2001), "pool_timeout"),
+            (ms(3900), "pool_timeout"),
+        ] {
+            let e = SourceError::timed_out(budget, waited, 4);
+            assert_eq!(e.result_label(), label, "waited {waited:?}: {e}");
+        }
+        assert_eq!(
+            SourceError::timed_out(budget, ms(1000), 4),
+            SourceError::Timeout(budget)
+        );
+        assert_eq!(
+            SourceError::timed_out(budget, Duration::from_micros(3_000_700), 4),
+            SourceError::TimeoutAfterWait {
+                timeout: budget,
+                waited: ms(3000),
+                size: 4
+            }
+        );
+    }
+
     /// A pool of numbers that take the given time to make, for checkout tests without a
     /// database.
     struct Numbers(Duration);
@@ -656,6 +770,128 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(*n, 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn polls_waiting_at_the_gate_are_counted_as_waiting() {
+        let pool: deadpool::managed::Pool<Numbers> =
+            deadpool::managed::Pool::builder(Numbers(Duration::ZERO))
+                .max_size(1)
+                .build()
+                .unwrap();
+        let slots = Arc::new(Slots::new(1));
+        let held = slots.gate.clone().try_acquire_owned().unwrap();
+        let waiter = {
+            let (pool, slots) = (pool.clone(), slots.clone());
+            tokio::spawn(async move {
+                let started = tokio::time::Instant::now();
+                let deadline = deadline_after(started, Duration::from_secs(5));
+                checkout(&pool, &slots, started, deadline, None, "test")
+                    .await
+                    .map(|c| *c.session)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The pool itself has no waiter (the gate is in front of it): the gate's is counted.
+        assert_eq!(pool.status().waiting, 0);
+        assert_eq!(slots.status(pool.status()).waiting, 1);
+        // A poll connecting a session is not waiting for one, though deadpool counts it.
+        let connecting: deadpool::managed::Pool<Numbers> =
+            deadpool::managed::Pool::builder(Numbers(Duration::from_secs(1)))
+                .max_size(1)
+                .build()
+                .unwrap();
+        let free = Arc::new(Slots::new(1));
+        let connect = {
+            let (connecting, free) = (connecting.clone(), free.clone());
+            tokio::spawn(async move {
+                let started = tokio::time::Instant::now();
+                let deadline = deadline_after(started, Duration::from_secs(5));
+                checkout(&connecting, &free, started, deadline, None, "test")
+                    .await
+                    .map(|c| *c.session)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(connecting.status().waiting, 1, "deadpool's count");
+        assert_eq!(free.status(connecting.status()).waiting, 0);
+        assert_eq!(connect.await.unwrap(), Ok(7));
+        drop(held);
+        assert_eq!(waiter.await.unwrap(), Ok(7));
+        assert_eq!(slots.status(pool.status()).waiting, 0);
+        // A poll that gave up waiting is no longer counted either.
+        let _held = slots.gate.clone().try_acquire_owned().unwrap();
+        let started = tokio::time::Instant::now();
+        let e = checkout(
+            &pool,
+            &slots,
+            started,
+            deadline_after(started, Duration::from_millis(50)),
+            None,
+            "test",
+        )
+        .await
+        .err()
+        .unwrap();
+        assert_eq!(e.result_label(), "pool_timeout");
+        assert_eq!(slots.status(pool.status()).waiting, 0);
+    }
+
+    /// A server that refuses every session (SQLSTATE 53300) after `0` of connecting.
+    struct Refusing(Duration);
+
+    impl deadpool::managed::Manager for Refusing {
+        type Type = u32;
+        type Error = SourceError;
+        async fn create(&self) -> Result<u32, SourceError> {
+            tokio::time::sleep(self.0).await;
+            Err(SourceError::Connect(
+                "postgres: FATAL 53300: too many connections for role \"limited\"".into(),
+            ))
+        }
+        async fn recycle(
+            &self,
+            _: &mut u32,
+            _: &deadpool::managed::Metrics,
+        ) -> deadpool::managed::RecycleResult<SourceError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_poll_with_little_budget_left_is_a_pool_wait() {
+        let pool: deadpool::managed::Pool<Refusing> =
+            deadpool::managed::Pool::builder(Refusing(Duration::from_millis(10)))
+                .max_size(4)
+                .build()
+                .unwrap();
+        let slots = Slots::new(4);
+        // Refused while the pool holds nothing, with less than the 200 ms pause left: it
+        // waited its budget for a session (the listener's slot), a pool wait.
+        let started = tokio::time::Instant::now();
+        let deadline = deadline_after(started, Duration::from_millis(150));
+        let e = checkout(&pool, &slots, started, deadline, None, "test")
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(
+            e,
+            SourceError::PoolTimeout {
+                waited: Duration::from_millis(150),
+                size: 4
+            }
+        );
+        assert_eq!(e.result_label(), "pool_timeout");
+        assert!(e.to_string().contains(POOL_ADVICE), "{e}");
+        assert_eq!(started.elapsed(), Duration::from_millis(150), "no longer");
+        // With time for the retry, a second refusal is the poll's error, as it says.
+        let started = tokio::time::Instant::now();
+        let deadline = deadline_after(started, Duration::from_secs(1));
+        let e = checkout(&pool, &slots, started, deadline, None, "test")
+            .await
+            .err()
+            .unwrap();
+        assert!(e.is_session_limit(), "{e}");
     }
 
     #[tokio::test(start_paused = true)]

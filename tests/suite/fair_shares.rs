@@ -106,18 +106,41 @@ async fn scaler_sessions(admin: &Client) -> usize {
     pg::scaler_sessions(admin).await.len()
 }
 
+/// The scaler role's sessions now, told apart by `application_name`: (the pool's, the
+/// listener's). A connect the server refuses never shows in `pg_stat_activity`.
+async fn pool_and_listener(admin: &Client) -> (usize, usize) {
+    let names: Vec<String> = admin
+        .query(
+            "select coalesce(application_name, '') from pg_stat_activity where usename = $1",
+            &[&pg::SCALER_USER],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let count = |name: &str| names.iter().filter(|n| *n == name).count();
+    assert_eq!(
+        count("orascale") + count("orascale-listener"),
+        names.len(),
+        "{names:?}"
+    );
+    (count("orascale"), count("orascale-listener"))
+}
+
 /// Asks every trigger for its value, `rounds` times, `every` apart, while `admin` commits a
-/// change to `jobs` (a NOTIFY) every fifth round: every answer must be a value, never UNAVAILABLE.
-/// Returns the most scaler sessions seen at once.
-async fn every_call_answers(
+/// change to `jobs` (a NOTIFY) every fifth round. Returns the role's sessions (the pool's,
+/// the listener's) after each round and every call that did not answer with a value, so a
+/// test can look at who held the slots before it looks at what KEDA saw.
+async fn calls_and_sessions(
     c: &mut ExternalScalerClient<Channel>,
     admin: &Client,
-    server: &Binary,
     triggers: &[ScaledObjectRef],
     rounds: usize,
     every: Duration,
-) -> usize {
-    let mut most = 0;
+) -> (Vec<(usize, usize)>, Vec<String>) {
+    let mut sessions = Vec::new();
+    let mut failures = Vec::new();
     for round in 0..rounds {
         if round % 5 == 0 {
             admin
@@ -128,19 +151,18 @@ async fn every_call_answers(
         for t in triggers {
             match c.get_metrics(deadline(metrics_request(t, ""))).await {
                 Ok(r) => assert!(value(r) >= 0.0),
-                Err(e) => panic!(
-                    "round {round}: {} answered {:?}: {}\n{}",
+                Err(e) => failures.push(format!(
+                    "round {round}: {} answered {:?}: {}",
                     t.name,
                     e.code(),
-                    e.message(),
-                    server.log_text()
-                ),
+                    e.message()
+                )),
             }
         }
-        most = most.max(scaler_sessions(admin).await);
+        sessions.push(pool_and_listener(admin).await);
         tokio::time::sleep(every).await;
     }
-    most
+    (sessions, failures)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,16 +184,16 @@ async fn a_one_connection_role_keeps_polling_and_wakeups_degrade() {
                 )
             })
             .collect();
-        let most = every_call_answers(
-            &mut c,
-            &admin,
-            &server,
-            &triggers,
-            40,
-            Duration::from_millis(200),
-        )
-        .await;
-        assert_eq!(most, 1, "the role's one connection, never more");
+        let (sessions, failures) =
+            calls_and_sessions(&mut c, &admin, &triggers, 40, Duration::from_millis(200)).await;
+        // Polls come first: after every round the role's one connection is the pool's
+        // session, never the listener's.
+        assert!(
+            sessions.iter().all(|&s| s == (1, 0)),
+            "(pool, listener) sessions per round: {sessions:?}\n{}",
+            server.log_text()
+        );
+        assert!(failures.is_empty(), "{failures:#?}\n{}", server.log_text());
         assert_eq!(
             metric(&server, "orascale_wake_listener_up", &["connection=\"pg\""]).await,
             0.0,
@@ -190,13 +212,15 @@ async fn a_one_connection_role_keeps_polling_and_wakeups_degrade() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_two_connection_role_with_a_pool_of_two_keeps_polling_and_listening() {
-    let Some(pg) =
-        Pg::start_or_skip("a_two_connection_role_with_a_pool_of_two_keeps_polling_and_listening")
-    else {
+async fn a_connection_limit_of_pool_size_keeps_the_listener_and_polls_on_the_rest() {
+    let Some(pg) = Pg::start_or_skip(
+        "a_connection_limit_of_pool_size_keeps_the_listener_and_polls_on_the_rest",
+    ) else {
         return;
     };
     guard(LIMIT, async {
+        // A limit between 2 and pool_size (here 2 = pool_size): the pool's first session, then
+        // the listener's, which keeps its slot; the pool runs on the limit less one.
         let (admin, _dir, server, mut c) = serve(&pg, Some(2), 2, "").await;
         let triggers: Vec<ScaledObjectRef> = (0..6)
             .map(|i| {
@@ -208,19 +232,48 @@ async fn a_two_connection_role_with_a_pool_of_two_keeps_polling_and_listening() 
                 )
             })
             .collect();
-        let most = every_call_answers(
-            &mut c,
-            &admin,
-            &server,
-            &triggers,
-            40,
-            Duration::from_millis(200),
-        )
-        .await;
-        assert!(most <= 2, "{most} sessions on a role allowed 2");
+        // The first trigger alone, until its listener listens: from here the slots are
+        // settled (the pool asks for its second session only when polls overlap).
+        value(
+            c.get_metrics(deadline(metrics_request(&triggers[0], "")))
+                .await
+                .unwrap(),
+        );
+        let started = Instant::now();
+        while metric(&server, "orascale_wake_listener_up", &["connection=\"pg\""]).await < 1.0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{}",
+                server.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (sessions, failures) =
+            calls_and_sessions(&mut c, &admin, &triggers, 40, Duration::from_millis(200)).await;
+        // The listener keeps its slot while the pool, refused a second session, polls on one.
+        assert!(
+            sessions.iter().all(|&s| s == (1, 1)),
+            "(pool, listener) sessions per round: {sessions:?}\n{}",
+            server.log_text()
+        );
+        assert!(failures.is_empty(), "{failures:#?}\n{}", server.log_text());
         assert_polls_ok(&server, 30.0).await;
-        // Which of the pool's second session and the listener has the second slot depends on
-        // who asked first; either way no poll failed. Below pool_size + 1 nothing more is promised.
+        assert_eq!(
+            metric(&server, "orascale_wake_listener_up", &["connection=\"pg\""]).await,
+            1.0
+        );
+        assert!(
+            metric(&server, "orascale_wake_polls_total", &["connection=\"pg\""]).await > 0.0,
+            "wake-ups still work"
+        );
+        // The pool did ask for its second session (polls overlapped) and was told no.
+        assert!(
+            server
+                .log_text()
+                .contains("the database refused another session"),
+            "{}",
+            server.log_text()
+        );
     })
     .await;
 }
@@ -535,6 +588,101 @@ async fn a_busy_channel_never_starves_interval_polls() {
         );
         assert!(deferred > 0.0, "the budget deferred wake polls: {deferred}");
         assert!(wakes > 0.0, "the busy channel was still served: {wakes}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_waiting_for_the_pool_show_in_pool_waiting() {
+    let Some(pg) = Pg::start_or_skip("polls_waiting_for_the_pool_show_in_pool_waiting") else {
+        return;
+    };
+    guard(LIMIT, async {
+        // A pool of one, held 3 s poll after poll by a hog: the other trigger's polls wait at
+        // the pool's gate, and the gauge behind OrascalePoolSaturated must say so.
+        let (_admin, _dir, server, c) = serve(&pg, None, 1, "").await;
+        let hog = object(
+            "hog",
+            &[
+                ("connection", "pg"),
+                ("query", "select count(*) from (select pg_sleep(5)) s"),
+                ("targetQueryValue", "1"),
+                ("pollInterval", "1s"),
+                ("queryTimeout", "3s"),
+            ],
+        );
+        let waiter = object(
+            "waiter",
+            &[
+                ("connection", "pg"),
+                ("query", "select count(*) from jobs"),
+                ("targetQueryValue", "1"),
+                ("pollInterval", "1s"),
+                ("queryTimeout", "4s"),
+            ],
+        );
+        for t in [hog, waiter] {
+            let mut c = c.clone();
+            tokio::spawn(async move { c.get_metrics(deadline(metrics_request(&t, ""))).await });
+        }
+        // Scraped every 50 ms for 8 s: the waiter's polls wait up to 3 s at a time, so the
+        // gauge reads 1 for many scrapes in a row (a connect, which deadpool alone counts as
+        // waiting, lasts milliseconds), and never 2 (one poller waits, the other connects or
+        // queries).
+        let started = Instant::now();
+        let (mut most, mut run, mut longest) = (0.0f64, 0, 0);
+        while started.elapsed() < Duration::from_secs(8) {
+            let waiting = metric(&server, "orascale_pool_waiting", &["connection=\"pg\""]).await;
+            most = most.max(waiting);
+            run = if waiting >= 1.0 { run + 1 } else { 0 };
+            longest = longest.max(run);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let text = scrape(server.metrics).await;
+        assert!(
+            longest >= 10,
+            "the waiting poll is counted while it waits: {longest} scrapes in a row\n{text}"
+        );
+        assert_eq!(most, 1.0, "{text}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_poll_out_of_budget_is_a_pool_wait() {
+    let Some(pg) = Pg::start_or_skip("a_refused_poll_out_of_budget_is_a_pool_wait") else {
+        return;
+    };
+    guard(LIMIT, async {
+        let admin = pg.setup().await;
+        limit_role(&admin, 1).await;
+        // Another session of the role (as the listener's would) has the one slot.
+        let (other, conn) = tokio_postgres::connect(&pg.scaler_url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let src = source(&pg, 4);
+        // Refused, with less budget left than the pause before the retry: the poll spent its
+        // budget waiting for a session, so it is a pool wait, not a slow query.
+        let e = src
+            .query("select count(*) from jobs", Duration::from_millis(150))
+            .await
+            .expect_err("no slot for the pool");
+        assert_eq!(e.result_label(), "pool_timeout", "{e}");
+        let m = e.to_string();
+        assert!(
+            m.starts_with("no free database session within 150ms"),
+            "{m}"
+        );
+        assert!(m.contains("raise the connection's pool_size"), "{m}");
+        // With time to retry, a pool that holds nothing fails with the server's refusal.
+        let e = src
+            .query("select count(*) from jobs", Duration::from_secs(2))
+            .await
+            .expect_err("still no slot");
+        assert!(e.is_session_limit(), "{e}");
+        drop(other);
+        src.close().await;
     })
     .await;
 }

@@ -77,7 +77,7 @@ pub struct Oracle {
     name: String,
     pool: Pool<Sessions>,
     /// The sessions polls may ask the pool for (fewer when the server refuses more).
-    slots: super::Slots,
+    slots: Arc<super::Slots>,
     pool_size: usize,
     pool_timeout: Option<Duration>,
     /// The connection's `DBMS_ALERT` listener (wake-ups), opened by the engine's hub.
@@ -225,7 +225,7 @@ impl Oracle {
             .map_err(|e| SourceError::Unsupported(format!("connection {:?}: {e}", conn.name)))?;
         Ok(Oracle {
             name: conn.name.clone(),
-            slots: super::Slots::new(conn.pool_size),
+            slots: Arc::new(super::Slots::new(conn.pool_size)),
             pool,
             pool_size: conn.pool_size.max(1),
             pool_timeout: conn.pool_timeout,
@@ -298,12 +298,7 @@ impl Oracle {
                     discard(session);
                 }
                 Err(match fault {
-                    Fault::Timeout if waited >= timeout / 4 => SourceError::TimeoutAfterWait {
-                        timeout,
-                        waited: Duration::from_millis(waited.as_millis() as u64),
-                        size: self.pool_size,
-                    },
-                    Fault::Timeout => SourceError::Timeout(timeout),
+                    Fault::Timeout => SourceError::timed_out(timeout, waited, self.pool_size),
                     _ => to_source_error(&e, fault),
                 })
             }
@@ -370,7 +365,11 @@ impl Source for Oracle {
     }
 
     fn pool(&self) -> PoolStatus {
-        self.pool.status().into()
+        self.slots.status(self.pool.status())
+    }
+
+    fn slots(&self) -> Option<Arc<super::Slots>> {
+        Some(self.slots.clone())
     }
 
     fn listener(&self) -> Option<Arc<dyn super::wake::Listener>> {

@@ -227,15 +227,7 @@ impl Postgres {
                 // Dropping the armed-less guard discards the session.
                 drop(flight);
                 // Say so when most of the budget went to waiting: the pool is the bottleneck.
-                Err(if waited >= timeout / 4 {
-                    SourceError::TimeoutAfterWait {
-                        timeout,
-                        waited: Duration::from_millis(waited.as_millis() as u64),
-                        size: self.pool_size,
-                    }
-                } else {
-                    SourceError::Timeout(timeout)
-                })
+                Err(SourceError::timed_out(timeout, waited, self.pool_size))
             }
         }
     }
@@ -297,12 +289,16 @@ impl Source for Postgres {
         Some(self.listener.clone())
     }
 
+    fn slots(&self) -> Option<Arc<super::Slots>> {
+        Some(self.slots.clone())
+    }
+
     fn driver(&self) -> Result<String, SourceError> {
         Ok("tokio-postgres (native Rust, no client library)".into())
     }
 
     fn pool(&self) -> PoolStatus {
-        self.pool.status().into()
+        self.slots.status(self.pool.status())
     }
 
     fn server_info<'a>(
