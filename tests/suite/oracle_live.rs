@@ -6,7 +6,7 @@
 //! need CREATE TABLE, CREATE TRIGGER and `GRANT EXECUTE ON SYS.DBMS_ALERT TO <user>`, given as
 //! SYS (the workflow does it); without the grant they fail naming it. The tests are `#[ignore]`d, so a run
 //! without an Oracle counts them as "ignored", never as passed; run them with
-//! `ORASCALE_TEST_ORACLE_URL=… cargo test --test oracle_live -- --ignored`, where a missing
+//! `ORASCALE_TEST_ORACLE_URL=… cargo test --test suite -- oracle_live:: --ignored`, where a missing
 //! variable is a failure. `.github/workflows/oracle.yml` runs them against gvenzl/oracle-free.
 
 use crate::support;
