@@ -212,9 +212,29 @@ pub fn stream_message() {
     counter!(STREAM_MESSAGES).increment(1);
 }
 
-/// The gRPC methods, for the per-call series table.
-const METHODS: [&str; 4] = ["GetMetricSpec", "GetMetrics", "IsActive", "StreamIsActive"];
-/// Every value [`code_label`] gives.
+/// The ExternalScaler methods, each the index of its row in the per-call series table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrpcMethod {
+    GetMetricSpec,
+    GetMetrics,
+    IsActive,
+    StreamIsActive,
+}
+
+impl GrpcMethod {
+    /// The `method` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            GrpcMethod::GetMetricSpec => "GetMetricSpec",
+            GrpcMethod::GetMetrics => "GetMetrics",
+            GrpcMethod::IsActive => "IsActive",
+            GrpcMethod::StreamIsActive => "StreamIsActive",
+        }
+    }
+}
+
+const METHODS: usize = 4;
+/// The `code` labels, in the order of [`code_index`].
 const CODES: [&str; 10] = [
     "OK",
     "INVALID_ARGUMENT",
@@ -234,27 +254,22 @@ struct GrpcSeries {
     duration: Histogram,
 }
 
-static GRPC_SERIES: [OnceLock<GrpcSeries>; METHODS.len() * CODES.len()] =
-    [const { OnceLock::new() }; METHODS.len() * CODES.len()];
+static GRPC_SERIES: [OnceLock<GrpcSeries>; METHODS * CODES.len()] =
+    [const { OnceLock::new() }; METHODS * CODES.len()];
 
-pub fn grpc_request(method: &'static str, code: tonic::Code, elapsed: Duration) {
-    let code = code_label(code);
-    let slot = METHODS
-        .iter()
-        .position(|m| *m == method)
-        .zip(CODES.iter().position(|c| *c == code));
-    let make = || GrpcSeries {
-        requests: counter!(GRPC_REQUESTS, "method" => method, "code" => code),
-        duration: histogram!(GRPC_DURATION, "method" => method, "code" => code),
-    };
-    let record = |s: &GrpcSeries| {
-        s.requests.increment(1);
-        s.duration.record(elapsed.as_secs_f64());
-    };
-    match slot {
-        Some((m, c)) => record(GRPC_SERIES[m * CODES.len() + c].get_or_init(make)),
-        None => record(&make()),
-    }
+/// Counts and times one answered call. The series is found by index (the method's and the
+/// code's), not by comparing label strings: this runs on every call.
+pub fn grpc_request(method: GrpcMethod, code: tonic::Code, elapsed: Duration) {
+    let c = code_index(code);
+    let series = GRPC_SERIES[method as usize * CODES.len() + c].get_or_init(|| {
+        let (method, code) = (method.label(), CODES[c]);
+        GrpcSeries {
+            requests: counter!(GRPC_REQUESTS, "method" => method, "code" => code),
+            duration: histogram!(GRPC_DURATION, "method" => method, "code" => code),
+        }
+    });
+    series.requests.increment(1);
+    series.duration.record(elapsed.as_secs_f64());
 }
 
 /// The `orascale_sample_age_seconds` series of a connection and method, for callers that keep
@@ -282,18 +297,74 @@ pub fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-fn code_label(code: tonic::Code) -> &'static str {
+/// The index in [`CODES`] of a code's `code` label: the codes orascale answers have their
+/// own, every other one is `OTHER`.
+fn code_index(code: tonic::Code) -> usize {
     use tonic::Code::*;
     match code {
-        Ok => "OK",
-        InvalidArgument => "INVALID_ARGUMENT",
-        Unavailable => "UNAVAILABLE",
-        NotFound => "NOT_FOUND",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Cancelled => "CANCELLED",
-        Internal => "INTERNAL",
-        _ => "OTHER",
+        Ok => 0,
+        InvalidArgument => 1,
+        Unavailable => 2,
+        NotFound => 3,
+        PermissionDenied => 4,
+        ResourceExhausted => 5,
+        DeadlineExceeded => 6,
+        Cancelled => 7,
+        Internal => 8,
+        _ => 9,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_has_its_label_and_every_method_its_row() {
+        use tonic::Code;
+        let labels: Vec<&str> = [
+            Code::Ok,
+            Code::InvalidArgument,
+            Code::Unavailable,
+            Code::NotFound,
+            Code::PermissionDenied,
+            Code::ResourceExhausted,
+            Code::DeadlineExceeded,
+            Code::Cancelled,
+            Code::Internal,
+            Code::Unknown,
+            Code::Unimplemented,
+            Code::OutOfRange,
+        ]
+        .into_iter()
+        .map(|c| CODES[code_index(c)])
+        .collect();
+        assert_eq!(
+            labels,
+            [
+                "OK",
+                "INVALID_ARGUMENT",
+                "UNAVAILABLE",
+                "NOT_FOUND",
+                "PERMISSION_DENIED",
+                "RESOURCE_EXHAUSTED",
+                "DEADLINE_EXCEEDED",
+                "CANCELLED",
+                "INTERNAL",
+                "OTHER",
+                "OTHER",
+                "OTHER"
+            ]
+        );
+        let methods = [
+            GrpcMethod::GetMetricSpec,
+            GrpcMethod::GetMetrics,
+            GrpcMethod::IsActive,
+            GrpcMethod::StreamIsActive,
+        ];
+        assert_eq!(methods.len(), METHODS);
+        for (i, m) in methods.into_iter().enumerate() {
+            assert_eq!(m as usize, i, "{}", m.label());
+        }
     }
 }
