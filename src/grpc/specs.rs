@@ -54,7 +54,8 @@ impl Parsed {
     pub fn sample_age(&self, method: &'static str) -> &metrics::Histogram {
         let i = usize::from(method != "GetMetrics");
         self.ages[i].get_or_init(|| {
-            crate::telemetry::metrics::sample_age_series(&self.spec.poller.connection, method)
+            let connection = crate::trigger::connection_label(&self.spec.poller.connection);
+            crate::telemetry::metrics::sample_age_series(connection, method)
         })
     }
 }

@@ -1,7 +1,9 @@
 //! Metric names, descriptions and recording functions: the one place a metric is spelled.
 //! Labels are bounded: per connection (configured, so few; every connection made from
-//! per-ScaledObject credentials shares the one value [`METADATA_CONNECTIONS`]), per gRPC method
-//! and code, per poll result.
+//! per-ScaledObject credentials shares one value, which the callers give: `trigger`'s
+//! `connection_label`), per gRPC method and code, per poll result. Series that carry a
+//! connection label are made by their owners with the label they hold, so this module names
+//! no other module of the crate.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -23,7 +25,6 @@ pub const SAMPLE_AGE: &str = "orascale_sample_age_seconds";
 pub const BUILD_INFO: &str = "orascale_build_info";
 pub const POLLER_RESTARTS: &str = "orascale_poller_restarts_total";
 
-pub use crate::trigger::{METADATA_CONNECTIONS, connection_label};
 // Rendered at scrape time where the state lives (`engine::stats`).
 pub const LAST_SUCCESS: &str = "orascale_last_success_timestamp_seconds";
 pub const POLLER_SAMPLE_AGE: &str = "orascale_poller_sample_age_seconds";
@@ -159,8 +160,10 @@ const POLL_RESULTS: [&str; 5] = ["ok", "error", "timeout", "null", "pool_timeout
 
 /// One poller's poll series, looked up once each (a label lookup per poll costs more than the
 /// rest of the bookkeeping) and only when first used, so no series exists before it happens.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PollSeries {
+    /// The `connection` label, as the poller's owner gives it.
+    connection: String,
     /// `outcome` ok, error.
     duration: [OnceLock<Histogram>; 2],
     /// By [`POLL_RESULTS`].
@@ -168,21 +171,32 @@ pub struct PollSeries {
 }
 
 impl PollSeries {
-    pub fn record(&self, connection: &str, result: &'static str, ok: bool, elapsed: Duration) {
+    /// The series of a poller whose connection is labelled `connection` (bounded by the
+    /// caller: per-ScaledObject connections share one label).
+    pub fn new(connection: String) -> Self {
+        PollSeries {
+            connection,
+            duration: Default::default(),
+            polls: Default::default(),
+        }
+    }
+
+    pub fn record(&self, result: &'static str, ok: bool, elapsed: Duration) {
+        let connection = &self.connection;
         let outcome = usize::from(!ok);
         self.duration[outcome]
             .get_or_init(|| {
-                histogram!(POLL_DURATION, "connection" => connection_label(connection),
+                histogram!(POLL_DURATION, "connection" => connection.clone(),
                     "outcome" => ["ok", "error"][outcome])
             })
             .record(elapsed.as_secs_f64());
         match POLL_RESULTS.iter().position(|r| *r == result) {
             Some(i) => self.polls[i]
                 .get_or_init(|| {
-                    counter!(POLLS, "connection" => connection_label(connection), "result" => POLL_RESULTS[i])
+                    counter!(POLLS, "connection" => connection.clone(), "result" => POLL_RESULTS[i])
                 })
                 .increment(1),
-            None => counter!(POLLS, "connection" => connection_label(connection), "result" => result)
+            None => counter!(POLLS, "connection" => connection.clone(), "result" => result)
                 .increment(1),
         }
     }
@@ -272,10 +286,10 @@ pub fn grpc_request(method: GrpcMethod, code: tonic::Code, elapsed: Duration) {
     series.duration.record(elapsed.as_secs_f64());
 }
 
-/// The `orascale_sample_age_seconds` series of a connection and method, for callers that keep
-/// it.
-pub fn sample_age_series(connection: &str, method: &'static str) -> Histogram {
-    histogram!(SAMPLE_AGE, "connection" => connection_label(connection), "method" => method)
+/// The `orascale_sample_age_seconds` series of a connection (its bounded label, as the caller
+/// holds it) and method, for callers that keep it.
+pub fn sample_age_series(connection: String, method: &'static str) -> Histogram {
+    histogram!(SAMPLE_AGE, "connection" => connection, "method" => method)
 }
 
 /// Writes one metric family in Prometheus' text format: its HELP and TYPE lines and a sample
