@@ -201,6 +201,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let metrics = telemetry::metrics::install();
+    tracker.spawn(telemetry::metrics::upkeep(
+        metrics.clone(),
+        telemetry::metrics::UPKEEP_INTERVAL,
+        shutdown.clone(),
+    ));
     let registry = Registry::new(
         sources,
         config.engine.clone(),

@@ -110,6 +110,38 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
+/// How often histogram samples are folded into their buckets: the exporter's own default.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Folds the histograms' pending samples into their buckets every `every` until `shutdown`.
+/// The recorder keeps every sample recorded since the last fold, and without this task only a
+/// scrape folds them: about 40 bytes a call (two histograms per GetMetrics) that piled up
+/// unbounded when nothing scraped, and between scrapes otherwise (3.8 MB after 100,000 calls).
+pub async fn upkeep(
+    handle: PrometheusHandle,
+    every: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    run_every(every, shutdown, || handle.run_upkeep()).await;
+}
+
+/// Calls `f` every `every` (first after one interval) until `shutdown` is cancelled.
+async fn run_every(
+    every: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+    mut f: impl FnMut(),
+) {
+    let start = tokio::time::Instant::now() + every;
+    let mut ticks = tokio::time::interval_at(start, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => f(),
+        }
+    }
+}
+
 fn describe() {
     describe_histogram!(
         POLL_DURATION,
@@ -332,6 +364,32 @@ fn code_index(code: tonic::Code) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn upkeep_runs_every_interval_until_shutdown() {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = runs.clone();
+        let task = tokio::spawn(run_every(UPKEEP_INTERVAL, shutdown.clone(), move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+        let runs_after = |t: Duration| {
+            let runs = runs.clone();
+            async move {
+                tokio::time::sleep(t).await;
+                runs.load(std::sync::atomic::Ordering::SeqCst)
+            }
+        };
+        assert_eq!(runs_after(UPKEEP_INTERVAL / 2).await, 0);
+        assert_eq!(runs_after(UPKEEP_INTERVAL).await, 1);
+        assert_eq!(runs_after(UPKEEP_INTERVAL * 3).await, 4);
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .expect("ends on shutdown")
+            .unwrap();
+        assert_eq!(runs_after(UPKEEP_INTERVAL * 3).await, 4);
+    }
 
     #[test]
     fn every_code_has_its_label_and_every_method_its_row() {
