@@ -8,7 +8,8 @@
 //! orascale adds to the gRPC stack. Prints one JSON line per run and a summary line last.
 //!
 //! Every run also reports the CPU time each side spent per answered call: the server's from
-//! `/proc/<pid>/stat` of its own process (utime + stime over the run's window), the load
+//! `/proc/<pid>/stat` of its own process (utime + stime over the run's window; stime, the
+//! kernel's part, also alone), the load
 //! generator's from `/proc/self/stat`. Throughput alone hides what a call costs: at saturation
 //! the servers share two cores with the client, so a server that costs more CPU per call also
 //! leaves the client less, and the throughput ratio mixes both.
@@ -105,6 +106,13 @@ fn clock_ticks() -> f64 {
 /// CPU time (utime + stime) the process `pid` ("self" for this one) has used so far: all its
 /// threads, exited ones included (tokio's blocking threads come and go).
 fn cpu_time(pid: &str) -> Duration {
+    let (user, system) = cpu_times(pid);
+    user + system
+}
+
+/// [`cpu_time`] in its two parts, (utime, stime): time in the process's own code and time in
+/// the kernel on its behalf (its reads, writes, epoll waits and wake-ups).
+fn cpu_times(pid: &str) -> (Duration, Duration) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .unwrap_or_else(|e| panic!("reading /proc/{pid}/stat: {e}"));
     // Field 2, the command name, may hold spaces and parentheses: count from its last ')'.
@@ -113,16 +121,14 @@ fn cpu_time(pid: &str) -> Duration {
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .map(|&i| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<u64>().ok())
-                .unwrap_or_else(|| panic!("/proc/{pid}/stat: no field {}: {stat:?}", i + 3))
-        })
-        .sum();
-    Duration::from_secs_f64(ticks as f64 / clock_ticks())
+    let ticks = |i: usize| {
+        let n: u64 = fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .unwrap_or_else(|| panic!("/proc/{pid}/stat: no field {}: {stat:?}", i + 3));
+        Duration::from_secs_f64(n as f64 / clock_ticks())
+    };
+    (ticks(11), ticks(12))
 }
 
 /// Context switches (voluntary + involuntary) of the threads `pid` has now. A thread that
@@ -149,24 +155,29 @@ fn switches(pid: u32) -> u64 {
 /// generator, from [`CpuMeter::start`] to [`CpuMeter::stop`]; and the server's context
 /// switches, which say how often its threads slept and were woken.
 struct CpuMeter {
-    server: Option<(u32, Duration, u64)>,
+    /// The server's pid, (utime, stime) and context switches at the start.
+    server: Option<(u32, (Duration, Duration), u64)>,
     client: Duration,
 }
 
 impl CpuMeter {
     fn start(server_pid: Option<u32>) -> Self {
         CpuMeter {
-            server: server_pid.map(|pid| (pid, cpu_time(&pid.to_string()), switches(pid))),
+            server: server_pid.map(|pid| (pid, cpu_times(&pid.to_string()), switches(pid))),
             client: cpu_time("self"),
         }
     }
 
-    /// (server CPU and context switches, client CPU) over the window.
-    fn stop(&self) -> (Option<(Duration, u64)>, Duration) {
-        let server = self.server.map(|(pid, cpu, sw)| {
+    /// (server CPU, context switches and the kernel's part of that CPU; client CPU) over the
+    /// window.
+    fn stop(&self) -> (Option<(Duration, u64, Duration)>, Duration) {
+        let server = self.server.map(|(pid, (user, system), sw)| {
+            let (user_now, system_now) = cpu_times(&pid.to_string());
+            let system = system_now.saturating_sub(system);
             (
-                cpu_time(&pid.to_string()).saturating_sub(cpu),
+                user_now.saturating_sub(user) + system,
                 switches(pid).saturating_sub(sw),
+                system,
             )
         });
         (server, cpu_time("self").saturating_sub(self.client))
@@ -243,7 +254,11 @@ async fn fixed_rate(
     }
     stats.seconds = started.elapsed().as_secs_f64();
     let (server, client) = cpu.stop();
-    (stats.server_cpu, stats.server_switches) = (server.map(|s| s.0), server.map(|s| s.1));
+    (stats.server_cpu, stats.server_switches, stats.server_system) = (
+        server.map(|s| s.0),
+        server.map(|s| s.1),
+        server.map(|s| s.2),
+    );
     stats.client_cpu = client;
     stats.requests = stats.latencies.len();
     stats.latencies.sort_unstable();
@@ -335,6 +350,8 @@ struct Stats {
     latencies: Vec<u32>,
     /// CPU of the server's process over the run; `None` when it is this process.
     server_cpu: Option<Duration>,
+    /// The kernel's part of `server_cpu` (stime).
+    server_system: Option<Duration>,
     /// Context switches of the server's threads over the run (see [`switches`]).
     server_switches: Option<u64>,
     /// CPU of this process (the load generator, and the server when in-process).
@@ -399,7 +416,11 @@ async fn load(
     }
     stats.seconds = started.elapsed().as_secs_f64();
     let (server, client) = cpu.stop();
-    (stats.server_cpu, stats.server_switches) = (server.map(|s| s.0), server.map(|s| s.1));
+    (stats.server_cpu, stats.server_switches, stats.server_system) = (
+        server.map(|s| s.0),
+        server.map(|s| s.1),
+        server.map(|s| s.2),
+    );
     stats.client_cpu = client;
     stats.requests = stats.latencies.len();
     stats.latencies.sort_unstable();
@@ -540,6 +561,7 @@ struct Totals {
     p99: f64,
     requests: usize,
     server_cpu: Duration,
+    server_system: Duration,
 }
 
 impl Totals {
@@ -549,6 +571,7 @@ impl Totals {
         self.p99 += f64::from(s.pct(0.99));
         self.requests += s.requests;
         self.server_cpu += s.server_cpu.unwrap_or_default();
+        self.server_system += s.server_system.unwrap_or_default();
     }
     fn per_sec(&self) -> f64 {
         self.per_sec / f64::from(self.runs)
@@ -565,6 +588,9 @@ impl Totals {
     fn compare(t: &[Totals; 2], name: &str, figure: fn(&Totals) -> f64) -> serde_json::Value {
         let ratio = |a: f64, b: f64| (a / b * 1000.0).round() / 1000.0;
         let cpu = [t[0].cpu_us_per_request(), t[1].cpu_us_per_request()];
+        let system = |t: &Totals| {
+            (t.server_system.as_secs_f64() * 1e6 / t.requests as f64 * 10.0).round() / 10.0
+        };
         json!({
             format!("orascale_{name}"): figure(&t[0]).round(),
             format!("bare_{name}"): figure(&t[1]).round(),
@@ -572,6 +598,8 @@ impl Totals {
             "orascale_cpu_us_per_request": (cpu[0] * 10.0).round() / 10.0,
             "bare_cpu_us_per_request": (cpu[1] * 10.0).round() / 10.0,
             "cpu_ratio": ratio(cpu[0], cpu[1]),
+            "orascale_system_us_per_request": system(&t[0]),
+            "bare_system_us_per_request": system(&t[1]),
         })
     }
 }
@@ -592,6 +620,7 @@ fn report(which: &str, mode: &str, connections: usize, s: &Stats) {
             "p99_us": s.pct(0.99), "p999_us": s.pct(0.999),
             "max_us": s.latencies.last().copied().unwrap_or(0),
             "server_cpu_us_per_request": s.server_cpu_us_per_request().map(|c| (c * 10.0).round() / 10.0),
+            "server_system_us_per_request": s.server_system.map(|c| (c.as_secs_f64() * 1e6 / s.requests as f64 * 10.0).round() / 10.0),
             "server_switches_per_request": s.server_switches.map(|n| (n as f64 / s.requests as f64 * 100.0).round() / 100.0),
             "server_cores": s.server_cpu.map(|c| (c.as_secs_f64() / s.seconds * 100.0).round() / 100.0),
             "client_cpu_us_per_request":

@@ -52,18 +52,15 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("demo database: {0}")]
-    Demo(String),
 }
 
 impl StartError {
     /// 64 (EX_USAGE) for configuration that cannot be served, 69 (EX_UNAVAILABLE) for an
-    /// address that cannot be bound (in use, or not permitted), 1 otherwise.
+    /// address that cannot be bound (in use, or not permitted).
     pub fn exit_code(&self) -> u8 {
         match self {
             StartError::Config(_) => 64,
             StartError::Bind { .. } => 69,
-            _ => 1,
         }
     }
 }
@@ -132,10 +129,6 @@ pub async fn run(
 
 /// Binds both listeners, starts the engine and the servers, and returns at once.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    if let Some(path) = &config.demo_db {
-        crate::cli::demo::prepare(path)
-            .map_err(|e| StartError::Demo(format!("{}: {e}", path.display())))?;
-    }
     let mut sources: BTreeMap<String, Arc<dyn Source>> = BTreeMap::new();
     for (name, conn) in &config.connections {
         let src = source::open(conn).map_err(|e| StartError::Config(e.to_string()))?;
@@ -208,6 +201,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let metrics = telemetry::metrics::install();
+    tracker.spawn(telemetry::metrics::upkeep(
+        metrics.clone(),
+        telemetry::metrics::UPKEEP_INTERVAL,
+        shutdown.clone(),
+    ));
     let registry = Registry::new(
         sources,
         config.engine.clone(),

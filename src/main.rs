@@ -88,6 +88,13 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     telemetry::init_logging(config.log_format);
+    // `serve --demo`: the demo database is the CLI's, made here before the server starts, so
+    // the library's server never names the CLI.
+    if let Some(db) = &config.demo_db
+        && let Err(e) = demo::prepare(db)
+    {
+        return cannot_start(format!("demo database: {}: {e}", db.display()), 1);
+    }
     let demo_db = config.demo_db.clone();
     let tls = config.tls.is_some();
     let result = runtime().block_on(app::run(config, app::shutdown_signal(), |running| {
@@ -103,17 +110,20 @@ fn serve(args: ServeArgs) -> ExitCode {
     }));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // Once: the log goes to stderr already (as JSON with --log-format json), unless
-            // RUST_LOG filters errors out; then stderr gets the line itself.
-            if tracing::enabled!(tracing::Level::ERROR) {
-                tracing::error!("orascale cannot start: {e}");
-            } else {
-                eprintln!("orascale cannot start: {e}");
-            }
-            ExitCode::from(e.exit_code())
-        }
+        Err(e) => cannot_start(&e, e.exit_code()),
     }
+}
+
+/// Reports why the server cannot start and exits with `code`.
+fn cannot_start(e: impl std::fmt::Display, code: u8) -> ExitCode {
+    // Once: the log goes to stderr already (as JSON with --log-format json), unless RUST_LOG
+    // filters errors out; then stderr gets the line itself.
+    if tracing::enabled!(tracing::Level::ERROR) {
+        tracing::error!("orascale cannot start: {e}");
+    } else {
+        eprintln!("orascale cannot start: {e}");
+    }
+    ExitCode::from(code)
 }
 
 fn demo_action(args: DemoArgs) -> ExitCode {

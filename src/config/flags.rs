@@ -4,8 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde::Deserialize;
+use clap::{Args, Parser, Subcommand};
 
 use super::{defaults, parse_duration};
 
@@ -58,12 +57,8 @@ pub struct CheckArgs {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+/// Defined by `telemetry`, which writes the logs; parsed here.
+pub use crate::telemetry::LogFormat;
 
 #[derive(Debug, Default, Args)]
 pub struct ServeArgs {

@@ -260,8 +260,7 @@ impl Poller {
             }
         };
         let elapsed = finished - started;
-        self.series
-            .record(&key.connection, result_label, value.is_ok(), elapsed);
+        self.series.record(result_label, value.is_ok(), elapsed);
 
         // What the log lines need from the previous sample; nothing is cloned.
         let (had_good, failed_streak) = {
@@ -477,6 +476,7 @@ mod tests {
     ) -> (watch::Receiver<PollState>, CancellationToken) {
         let (tx, rx) = watch::channel(PollState::default());
         let cancel = CancellationToken::new();
+        let series = m::PollSeries::new(key.connection.clone());
         let poller = Poller {
             key,
             source: script,
@@ -487,7 +487,7 @@ mod tests {
                 metric: "m".into(),
             })),
             wakes,
-            series: Default::default(),
+            series,
         };
         tokio::spawn(poller.run(cancel.clone()));
         (rx, cancel)

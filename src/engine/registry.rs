@@ -507,7 +507,7 @@ impl Registry {
             tx,
             origin: named.clone(),
             wakes,
-            series: Default::default(),
+            series: m::PollSeries::new(crate::trigger::connection_label(&key.connection)),
         };
         // The task owns the watch sender: however it ends, readers learn of it.
         let connection = key.connection.clone();

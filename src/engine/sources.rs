@@ -9,7 +9,6 @@ use std::sync::{Arc, RwLock};
 use super::EngineError;
 use super::wake::{Hubs, WakeStatus};
 use crate::source::{PoolStatus, Source};
-use crate::telemetry::metrics as m;
 
 pub struct Sources {
     configured: BTreeMap<String, Arc<dyn Source>>,
@@ -103,10 +102,12 @@ impl Sources {
     pub fn wakes(&self) -> Vec<(String, WakeStatus)> {
         let mut out: BTreeMap<String, WakeStatus> = BTreeMap::new();
         for (name, w) in self.hubs.status() {
-            let sum = out.entry(m::connection_label(&name)).or_insert(WakeStatus {
-                listening: true,
-                ..Default::default()
-            });
+            let sum = out
+                .entry(crate::trigger::connection_label(&name))
+                .or_insert(WakeStatus {
+                    listening: true,
+                    ..Default::default()
+                });
             sum.channels += w.channels;
             sum.listening &= w.listening || w.channels == 0;
             sum.notifications += w.notifications;

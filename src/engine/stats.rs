@@ -52,7 +52,7 @@ pub fn render(
     let poller_labels = |p: &PollerStatus| {
         format!(
             "connection=\"{}\",namespace=\"{}\",scaledobject=\"{}\",metric=\"{}\",poller=\"{}\"",
-            m::escape(&m::connection_label(&p.connection)),
+            m::escape(&crate::trigger::connection_label(&p.connection)),
             m::escape(&p.namespace),
             m::escape(&p.scaledobject),
             m::escape(&p.metric),

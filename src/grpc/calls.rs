@@ -9,17 +9,20 @@
 //! the count is its opening: the response headers, OK or the refusal.
 
 use std::convert::Infallible;
-use std::task::{Context, Poll};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
-use tokio::time::Instant;
+use std::time::Instant;
+
 use tonic::body::Body;
-use tonic::codegen::{BoxFuture, Service, http};
+use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
 use tonic::{Code, Status};
 
 use super::Scaler;
 use super::proto::external_scaler_server::ExternalScalerServer;
-use crate::telemetry::metrics as m;
+use crate::telemetry::metrics::{self as m, GrpcMethod};
 
 /// The largest request message a valid call can be, from the metadata limits: every entry at
 /// its longest key and value (with protobuf's framing), the longest Kubernetes name and
@@ -55,19 +58,18 @@ impl<S: NamedService> NamedService for Calls<S> {
     const NAME: &'static str = S::NAME;
 }
 
-/// The method label of a request path, `None` for a path the service does not have (tonic
-/// answers UNIMPLEMENTED; not counted, so no client can invent label values).
-fn method(path: &str) -> Option<&'static str> {
-    let name = path.strip_prefix("/externalscaler.ExternalScaler/")?;
-    [
-        "GetMetricSpec",
-        "GetMetrics",
-        "IsActive",
-        "StreamIsActive",
-        "StreamMetricSpec",
-    ]
-    .into_iter()
-    .find(|m| *m == name)
+/// The method of a request path, `None` for a path the service does not have (tonic answers
+/// UNIMPLEMENTED; not counted, so no client can invent label values). One match on the whole
+/// path: this runs on every call.
+fn method(path: &str) -> Option<GrpcMethod> {
+    Some(match path {
+        "/externalscaler.ExternalScaler/GetMetricSpec" => GrpcMethod::GetMetricSpec,
+        "/externalscaler.ExternalScaler/GetMetrics" => GrpcMethod::GetMetrics,
+        "/externalscaler.ExternalScaler/IsActive" => GrpcMethod::IsActive,
+        "/externalscaler.ExternalScaler/StreamIsActive" => GrpcMethod::StreamIsActive,
+        "/externalscaler.ExternalScaler/StreamMetricSpec" => GrpcMethod::StreamMetricSpec,
+        _ => return None,
+    })
 }
 
 /// The answer's code: a refusal carries `grpc-status` in its headers (a trailers-only
@@ -75,14 +77,19 @@ fn method(path: &str) -> Option<&'static str> {
 fn code(response: &http::Response<Body>) -> Code {
     response
         .headers()
-        .get(Status::GRPC_STATUS)
+        .get(&Status::GRPC_STATUS) // a `HeaderName`: a `&str` would be parsed on every call
         .map_or(Code::Ok, |v| Code::from_bytes(v.as_bytes()))
 }
 
 /// Our handlers never answer OUT_OF_RANGE: on this service it is tonic's request size limit.
-fn rewrite(response: http::Response<Body>, max_request: usize) -> http::Response<Body> {
-    if code(&response) != Code::OutOfRange {
-        return response;
+/// Takes the response's code, already read by the caller (one header lookup per call).
+fn rewrite(
+    response: http::Response<Body>,
+    code: Code,
+    max_request: usize,
+) -> (http::Response<Body>, Code) {
+    if code != Code::OutOfRange {
+        return (response, code);
     }
     // tonic's message: "… found N bytes, the limit is: L bytes".
     let found = Status::from_header_map(response.headers()).and_then(|s| {
@@ -90,20 +97,20 @@ fn rewrite(response: http::Response<Body>, max_request: usize) -> http::Response
         rest.split(' ').next()?.parse::<u64>().ok()
     });
     let size = found.map_or_else(String::new, |n| format!(" ({n} bytes)"));
-    Status::resource_exhausted(format!(
+    let refusal = Status::resource_exhausted(format!(
         "the request message{size} is over the limit of {max_request} bytes (what the metadata limits allow)"
-    ))
-    .into_http()
+    ));
+    (refusal.into_http(), Code::ResourceExhausted)
 }
 
 impl<S, B> Service<http::Request<B>> for Calls<S>
 where
     S: Service<http::Request<B>, Response = http::Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
+    S::Future: Unpin,
 {
     type Response = http::Response<Body>;
     type Error = Infallible;
-    type Future = BoxFuture<Self::Response, Infallible>;
+    type Future = Counted<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -111,18 +118,39 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let method = method(request.uri().path());
-        let started = Instant::now();
-        let answer = self.inner.call(request);
-        let max_request = self.max_request;
-        Box::pin(async move {
-            let response = answer.await?;
-            let Some(method) = method else {
-                return Ok(response);
-            };
-            let response = rewrite(response, max_request);
-            m::grpc_request(method, code(&response), started.elapsed());
-            Ok(response)
-        })
+        Counted {
+            started: method.map(|m| (m, Instant::now())),
+            answer: self.inner.call(request),
+            max_request: self.max_request,
+        }
+    }
+}
+
+/// A call's answer, counted when it is ready. A named future rather than a boxed `async`
+/// block: the generated service's own future is already boxed (so `Unpin`), and a second
+/// allocation per call is not needed to wrap it.
+pub struct Counted<F> {
+    answer: F,
+    /// The method, and when the call arrived; `None` for a path the service does not have.
+    started: Option<(GrpcMethod, Instant)>,
+    max_request: usize,
+}
+
+impl<F> Future for Counted<F>
+where
+    F: Future<Output = Result<http::Response<Body>, Infallible>> + Unpin,
+{
+    type Output = Result<http::Response<Body>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let response = ready!(Pin::new(&mut self.answer).poll(cx))?;
+        let Some((method, started)) = self.started else {
+            return Poll::Ready(Ok(response));
+        };
+        let code = code(&response);
+        let (response, code) = rewrite(response, code, self.max_request);
+        m::grpc_request(method, code, started.elapsed());
+        Poll::Ready(Ok(response))
     }
 }
 
@@ -132,19 +160,18 @@ mod tests {
 
     #[test]
     fn methods_are_the_services_own() {
-        assert_eq!(
-            method("/externalscaler.ExternalScaler/GetMetrics"),
-            Some("GetMetrics")
-        );
-        assert_eq!(
-            method("/externalscaler.ExternalScaler/StreamIsActive"),
-            Some("StreamIsActive")
-        );
-        assert_eq!(
-            method("/externalscaler.ExternalScaler/StreamMetricSpec"),
-            Some("StreamMetricSpec")
-        );
+        for m in [
+            GrpcMethod::GetMetricSpec,
+            GrpcMethod::GetMetrics,
+            GrpcMethod::IsActive,
+            GrpcMethod::StreamIsActive,
+            GrpcMethod::StreamMetricSpec,
+        ] {
+            let path = format!("/externalscaler.ExternalScaler/{}", m.label());
+            assert_eq!(method(&path), Some(m), "{path}");
+        }
         assert_eq!(method("/externalscaler.ExternalScaler/Nope"), None);
+        assert_eq!(method("/externalscaler.ExternalScaler/getmetrics"), None);
         assert_eq!(method("/grpc.health.v1.Health/Check"), None);
     }
 
@@ -154,7 +181,8 @@ mod tests {
             "Error, decoded message length too large: found 5242880 bytes, the limit is: 4194304 bytes",
         )
         .into_http::<Body>();
-        let ours = rewrite(tonic, 4194304);
+        let (ours, code_after) = rewrite(tonic, Code::OutOfRange, 4194304);
+        assert_eq!(code_after, Code::ResourceExhausted);
         let status = Status::from_header_map(ours.headers()).unwrap();
         assert_eq!(status.code(), Code::ResourceExhausted);
         assert_eq!(
@@ -165,8 +193,12 @@ mod tests {
         let default = max_request(&crate::config::Limits::default());
         assert!((520 * 1024..560 * 1024).contains(&default), "{default}");
         // Anything else passes unchanged.
-        let other = rewrite(Status::invalid_argument("x").into_http::<Body>(), 1);
-        assert_eq!(code(&other), Code::InvalidArgument);
+        let other = Status::invalid_argument("x").into_http::<Body>();
+        let (other, c) = rewrite(other, Code::InvalidArgument, 1);
+        assert_eq!(
+            (code(&other), c),
+            (Code::InvalidArgument, Code::InvalidArgument)
+        );
         assert_eq!(code(&http::Response::new(Body::default())), Code::Ok);
     }
 }

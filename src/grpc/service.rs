@@ -84,13 +84,16 @@ impl Scaler {
         })
     }
 
-    /// The parsed trigger, after checking that Kubernetes could have sent this name and
-    /// namespace (before anything is parsed, cached or kept).
+    /// The parsed trigger. A cache hit's name and namespace are those of a call that passed
+    /// the check below, byte for byte, so only a miss is checked that Kubernetes could have
+    /// sent them (before anything is parsed, cached or kept): the check costs more than the hit.
     fn parsed(&self, r: &ScaledObjectRef) -> Result<Arc<Parsed>, Error> {
+        let (name, namespace, meta) = (&r.name, &r.namespace, &r.scaler_metadata);
+        if let Some(hit) = self.specs.cached(name, namespace, meta) {
+            return Ok(hit);
+        }
         check_object(r)?;
-        Ok(self
-            .specs
-            .get(&r.name, &r.namespace, &r.scaler_metadata, &self.ctx)?)
+        Ok(self.specs.get(name, namespace, meta, &self.ctx)?)
     }
 
     /// The trigger's current value: the poller's cached sample (the first call for a new
@@ -101,15 +104,16 @@ impl Scaler {
         method: &'static str,
     ) -> Result<(Arc<Parsed>, f64), Error> {
         let parsed = self.parsed(r)?;
-        let (parsed, reading) = self.value_of(parsed, method).await?;
-        Ok((parsed, reading.value))
+        let (parsed, value, _) = self.value_of(parsed, method).await?;
+        Ok((parsed, value))
     }
 
+    /// The value and its age (the clock read once: it is on every call's path).
     async fn value_of(
         &self,
         parsed: Arc<Parsed>,
         method: &'static str,
-    ) -> Result<(Arc<Parsed>, crate::engine::Reading), Error> {
+    ) -> Result<(Arc<Parsed>, f64, Duration), Error> {
         let source = self.source(&parsed).await?;
         let reading = self
             .registry
@@ -121,10 +125,9 @@ impl Scaler {
                 parsed.spec.wake.as_ref(),
             )
             .await?;
-        parsed
-            .sample_age(method)
-            .record(reading.at.elapsed().as_secs_f64());
-        Ok((parsed, reading))
+        let age = reading.at.elapsed();
+        parsed.sample_age(method).record(age.as_secs_f64());
+        Ok((parsed, reading.value, age))
     }
 
     /// The trigger's metric spec target now: the target poller's latest good value, else the
@@ -167,13 +170,13 @@ impl Scaler {
                 parsed.spec.metric_name
             )));
         }
-        let (parsed, reading) = self.value_of(parsed, "GetMetrics").await?;
+        let (parsed, value, age) = self.value_of(parsed, "GetMetrics").await?;
         let freshness = Freshness {
-            age: reading.at.elapsed(),
+            age,
             poll_interval: parsed.spec.poller.poll_interval,
         };
         let response = GetMetricsResponse {
-            metric_values: vec![to_metric_value(&parsed.spec.metric_name, reading.value)],
+            metric_values: vec![to_metric_value(&parsed.spec.metric_name, value)],
         };
         Ok((response, freshness))
     }
@@ -492,7 +495,12 @@ impl ExternalScaler for Scaler {
         &self,
         request: Request<GetMetricsRequest>,
     ) -> Result<Response<GetMetricsResponse>, Status> {
-        let wants_freshness = request.metadata().contains_key(FRESHNESS_REQUEST_HEADER);
+        // A key made once: looking a `&str` up parses it into a header name on every call.
+        static WANTS_FRESHNESS: std::sync::LazyLock<tonic::metadata::AsciiMetadataKey> =
+            std::sync::LazyLock::new(|| {
+                tonic::metadata::AsciiMetadataKey::from_static(FRESHNESS_REQUEST_HEADER)
+            });
+        let wants_freshness = request.metadata().contains_key(&*WANTS_FRESHNESS);
         let (response, freshness) = match self.get_metrics_inner(request.into_inner()).await {
             Ok(pair) => pair,
             Err(e) => return answer(Err(e)),

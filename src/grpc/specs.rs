@@ -56,7 +56,8 @@ impl Parsed {
     pub fn sample_age(&self, method: &'static str) -> &metrics::Histogram {
         let i = usize::from(method != "GetMetrics");
         self.ages[i].get_or_init(|| {
-            crate::telemetry::metrics::sample_age_series(&self.spec.poller.connection, method)
+            let connection = crate::trigger::connection_label(&self.spec.poller.connection);
+            crate::telemetry::metrics::sample_age_series(connection, method)
         })
     }
 }
@@ -214,6 +215,51 @@ impl Specs {
         }
     }
 
+    /// The cached trigger, when the same ScaledObject sent the same metadata before. The name
+    /// and namespace of a hit are the ones [`Specs::get`] was given, exactly.
+    pub fn cached(
+        &self,
+        name: &str,
+        namespace: &str,
+        meta: &HashMap<String, String>,
+    ) -> Option<Arc<Parsed>> {
+        let who = self.who(name, namespace);
+        self.hit(
+            who,
+            self.key(who, meta),
+            name,
+            namespace,
+            meta,
+            self.now_ms(),
+        )
+    }
+
+    fn hit(
+        &self,
+        who: u64,
+        key: u64,
+        name: &str,
+        namespace: &str,
+        meta: &HashMap<String, String>,
+        now: u64,
+    ) -> Option<Arc<Parsed>> {
+        let shard = &self.shards[(who % SHARDS as u64) as usize];
+        let guard = shard.read().expect("specs lock");
+        let hit = guard.entries.get(&key)?;
+        if hit.origin.name != name
+            || hit.origin.namespace != namespace
+            || !same_map(&hit.metadata, meta)
+        {
+            return None;
+        }
+        hit.last_used_ms.store(now, Ordering::Relaxed);
+        hit.recency.store(
+            self.clock.fetch_add(1, Ordering::Relaxed) + 1,
+            Ordering::Relaxed,
+        );
+        Some(hit.clone())
+    }
+
     /// The parsed trigger for this call, from the cache when the same ScaledObject sent the same
     /// metadata before.
     pub fn get(
@@ -227,17 +273,8 @@ impl Specs {
         let key = self.key(who, meta);
         let shard = &self.shards[(who % SHARDS as u64) as usize];
         let now = self.now_ms();
-        if let Some(hit) = shard.read().expect("specs lock").entries.get(&key)
-            && hit.origin.name == name
-            && hit.origin.namespace == namespace
-            && same_map(&hit.metadata, meta)
-        {
-            hit.last_used_ms.store(now, Ordering::Relaxed);
-            hit.recency.store(
-                self.clock.fetch_add(1, Ordering::Relaxed) + 1,
-                Ordering::Relaxed,
-            );
-            return Ok(hit.clone());
+        if let Some(hit) = self.hit(who, key, name, namespace, meta, now) {
+            return Ok(hit);
         }
         let spec = metadata::parse(meta, namespace, ctx)?;
         let metadata = sorted(meta);

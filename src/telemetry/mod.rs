@@ -1,4 +1,5 @@
-//! Logs, metrics and the admin HTTP endpoints.
+//! Logs, metrics and the admin HTTP endpoints. A leaf: it imports no other module of the
+//! crate (components receive their metric handles, with their labels, at construction).
 //!
 //! - [`metrics`]: every metric name, its description, and the functions that record it.
 //! - [`http`]: `/metrics`, `/healthz` and `/readyz` on `--metrics-listen`.
@@ -21,7 +22,14 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::{DefaultFields, FormatFields, Writer};
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::config::LogFormat;
+/// How log lines are written (`--log-format`): defined here, with the logging it selects;
+/// `config` parses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// Installs the global `tracing` subscriber: `RUST_LOG` filtering (default `info`), text or
 /// JSON lines on stderr. Safe to call more than once (later calls are no-ops).
