@@ -14,9 +14,11 @@
 //! - [`grpc`]: KEDA's `ExternalScaler` service over the engine, the push state machine behind
 //!   its server streams, the single error → `Status` mapping, and the generated protobuf types
 //!   (which never leak into the engine).
-//! - [`telemetry`]: logging setup, metric names, the admin HTTP endpoints (`/metrics`, `/healthz`).
+//! - [`telemetry`]: a leaf (imports no other module): logging setup, metric names and buckets,
+//!   the exporter, the admin HTTP endpoints (`/metrics`, `/healthz`, `/readyz`).
 //! - [`tls`]: TLS and mTLS for the gRPC port, with certificate reload.
-//! - [`app`]: wires it all together and owns the shutdown sequence.
+//! - [`app`]: wires it all together and owns the shutdown sequence (the binary, `main.rs`,
+//!   prepares the `--demo` database: nothing in the library imports `cli`).
 //! - [`cli`]: the other subcommands, clients of the server rather than its parts:
 //!   `probe` (a KEDA-like client, for users and for our tests), `check` (the connection doctor)
 //!   and `demo` (the `--demo` SQLite database).
