@@ -3,10 +3,10 @@
 //! fill what neither sets. Every error names the flag or key and the offending value, with
 //! credentials redacted, so `main` can print it and exit with status 64.
 //!
-//! - [`flags`]: the command line (clap), each flag with its environment variable.
-//! - [`resolve`]: the resolver: the TOML file, and how flags + file + defaults resolve into a [`Config`].
-//! - [`url`]: connection URLs, parsed and shown without passwords.
-//! - [`validate`]: the startup range checks every duration and count goes through.
+//! - `flags`: the command line (clap), each flag with its environment variable.
+//! - `resolve`: the resolver: the TOML file, and how flags + file + defaults resolve into a [`Config`].
+//! - `url`: connection URLs, parsed and shown without passwords.
+//! - `validate`: the startup range checks every duration and count goes through.
 //! - [`defaults`]: every default in one place.
 
 use std::collections::BTreeMap;
