@@ -463,6 +463,11 @@ pub struct Checked<M: deadpool::managed::Manager> {
     pub waited: Duration,
 }
 
+/// The least time a poll must have left, once it holds a slot, to start on a session (or a
+/// tenth of its budget, for very short budgets): below it, the poll reports the pool wait it
+/// was instead of running a query that would be cut at once.
+const MIN_LEFT_TO_START: Duration = Duration::from_millis(50);
+
 /// Takes a slot, then a session from `pool`, waiting until `deadline` or, when the connection
 /// sets one, its `pool_timeout` after `started`, whichever comes first. Waiting never outlasts
 /// the query's budget, and a full pool is reported as such ([`SourceError::PoolTimeout`]).
@@ -504,6 +509,17 @@ where
             }
         };
         slot_waited += asked.elapsed();
+        // A slot taken with (almost) nothing left of the budget: the poll spent it waiting.
+        // Give the slot back without touching a session — a query started now would be cut at
+        // once and its healthy session thrown away (PostgreSQL cancel, Oracle break).
+        let left = wait_until.saturating_duration_since(tokio::time::Instant::now());
+        if left < MIN_LEFT_TO_START.min((wait_until - started) / 10) {
+            drop(slot);
+            return Err(SourceError::PoolTimeout {
+                waited: waited(),
+                size: slots.capacity(),
+            });
+        }
         match tokio::time::timeout_at(wait_until, pool.get()).await {
             Ok(Ok(session)) => {
                 return Ok(Checked {
@@ -540,15 +556,20 @@ where
             Ok(Err(e)) => return Err(SourceError::Connect(format!("{kind} pool: {e}"))),
             Err(_) => {
                 let status = pool.status();
-                // A poll refused a session earlier spent its budget waiting for one too.
-                return Err(if status.size >= status.max_size || yielded {
-                    SourceError::PoolTimeout {
-                        waited: waited(),
-                        size: status.max_size,
-                    }
-                } else {
-                    SourceError::Timeout(waited())
-                });
+                // A poll refused a session earlier spent its budget waiting for one too, and so
+                // did one that waited most of it for a slot and then had to connect (the
+                // `timed_out` rule: more than half of the budget spent waiting).
+                let budget = wait_until - started;
+                return Err(
+                    if status.size >= status.max_size || yielded || slot_waited > budget / 2 {
+                        SourceError::PoolTimeout {
+                            waited: waited(),
+                            size: status.max_size,
+                        }
+                    } else {
+                        SourceError::Timeout(waited())
+                    },
+                );
             }
         }
     }
@@ -770,6 +791,58 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(*n, 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_that_waited_for_a_slot_then_had_to_connect_is_a_pool_wait() {
+        // The pool is below its size (a session was discarded after a timeout), so the poll
+        // that gets the slot must connect: when the slot came after most of the budget, the
+        // connect running past the deadline does not make the wait a slow query.
+        let pool: deadpool::managed::Pool<Numbers> =
+            deadpool::managed::Pool::builder(Numbers(Duration::from_millis(500)))
+                .max_size(1)
+                .build()
+                .unwrap();
+        let slots = Slots::new(1);
+        let held = slots.gate.clone().try_acquire_owned().unwrap();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            drop(held);
+        });
+        let started = tokio::time::Instant::now();
+        let deadline = deadline_after(started, Duration::from_secs(1));
+        let e = checkout(&pool, &slots, started, deadline, None, "test")
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.result_label(), "pool_timeout", "{e}");
+        // A slot that comes with almost nothing left is given back untouched: no session is
+        // made (or, with one in the pool, cut at once and thrown away).
+        let pool: deadpool::managed::Pool<Numbers> =
+            deadpool::managed::Pool::builder(Numbers(Duration::ZERO))
+                .max_size(1)
+                .build()
+                .unwrap();
+        let held = slots.gate.clone().try_acquire_owned().unwrap();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(980)).await;
+            drop(held);
+        });
+        let started = tokio::time::Instant::now();
+        let deadline = deadline_after(started, Duration::from_secs(1));
+        let e = checkout(&pool, &slots, started, deadline, None, "test")
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(
+            e,
+            SourceError::PoolTimeout {
+                waited: Duration::from_secs(1),
+                size: 1
+            }
+        );
+        assert_eq!(started.elapsed(), Duration::from_millis(980), "at once");
+        assert_eq!(pool.status().size, 0, "no session made for it");
     }
 
     #[tokio::test(start_paused = true)]
