@@ -120,10 +120,13 @@ fn describe() {
         "Polls completed, by connection and result (ok, error, timeout, null)."
     );
     describe_gauge!(POLLERS, "Live pollers (distinct triggers being polled).");
-    describe_gauge!(STREAMS, "Open StreamIsActive streams.");
+    describe_gauge!(
+        STREAMS,
+        "Open server streams (StreamIsActive and StreamMetricSpec)."
+    );
     describe_counter!(
         STREAM_MESSAGES,
-        "IsActive messages pushed on StreamIsActive streams."
+        "Messages pushed on server streams (StreamIsActive and StreamMetricSpec)."
     );
     describe_counter!(
         GRPC_REQUESTS,
@@ -213,7 +216,13 @@ pub fn stream_message() {
 }
 
 /// The gRPC methods, for the per-call series table.
-const METHODS: [&str; 4] = ["GetMetricSpec", "GetMetrics", "IsActive", "StreamIsActive"];
+const METHODS: [&str; 5] = [
+    "GetMetricSpec",
+    "GetMetrics",
+    "IsActive",
+    "StreamIsActive",
+    "StreamMetricSpec",
+];
 /// Every value [`code_label`] gives.
 const CODES: [&str; 10] = [
     "OK",
