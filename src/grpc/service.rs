@@ -10,9 +10,12 @@
 //!   and again every resend interval while active; never `false`; stays open through database
 //!   errors; ends with OK when the server shuts down. The state machine is [`super::push`]'s,
 //!   with its [`ActiveEdges`] policy.
-//! - StreamMetricSpec (KEDA main, for v2.21): the spec GetMetricSpec gives, at open, then once
-//!   per real change of it ([`SpecChanges`]); never a repeat, never an empty list; ends with OK
-//!   on shutdown; counts against `--max-streams` like StreamIsActive.
+//! - StreamMetricSpec (KEDA main, for v2.21): the spec GetMetricSpec gives, at open (on a new
+//!   target poller, once its first poll is in, within the first-result wait), then once per
+//!   real change of it ([`SpecChanges`]); never a repeat, never an empty list; ends with OK on
+//!   shutdown; counts against `--max-streams` like StreamIsActive; with a poller limit reached,
+//!   the static spec rather than an error.
+//! - A trigger's target poller is admitted only after its own poller (`--max-pollers`).
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
