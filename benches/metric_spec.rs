@@ -7,6 +7,9 @@
 //! 2. Change latency, woken: the same on PostgreSQL with `targetPollInterval: 1h` and
 //!    `notifyChannel` (a statement trigger on the target table notifies): only the wake-up can
 //!    bring the change. Skipped without PostgreSQL server binaries.
+//! 0. Every stream is opened as KEDA opens it, with no GetMetricSpec first: its open message
+//!    must already be the queried target (one message, no fallback first); the time from the
+//!    open to it on a new target poller is `open_to_first_message_ms`.
 //! 3. Quiet window: an open stream, the target unchanged, `targetPollInterval: 200ms`, for the
 //!    window: the messages after the first (must be 0) and the target polls in that time,
 //!    extrapolated to messages and polls per hour.
@@ -73,24 +76,22 @@ async fn next_target(stream: &mut Streaming<GetMetricSpecResponse>) -> f64 {
     target_of(&msg)
 }
 
-/// Opens the stream once the queried target `first` is served, and reads the open message.
+/// Opens the stream as KEDA does (no GetMetricSpec loop first) and reads the open message: one
+/// message, already the queried target `first` (the stream waits for a new target poller's
+/// first poll).
 async fn open(
     c: &mut ExternalScalerClient<Channel>,
     obj: &ScaledObjectRef,
     first: f64,
-) -> Streaming<GetMetricSpecResponse> {
-    let started = Instant::now();
-    while target_of(&c.get_metric_spec(obj.clone()).await.unwrap().into_inner()) != first {
-        assert!(started.elapsed() < Duration::from_secs(30), "no first poll");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+) -> (Streaming<GetMetricSpecResponse>, f64) {
+    let opened = Instant::now();
     let mut stream = c
         .stream_metric_spec(obj.clone())
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(next_target(&mut stream).await, first);
-    stream
+    assert_eq!(next_target(&mut stream).await, first, "the open message");
+    (stream, opened.elapsed().as_secs_f64() * 1000.0)
 }
 
 /// A spread over 0–250 ms from a trial's index (no RNG dependency; a fixed, even spread).
@@ -121,7 +122,7 @@ async fn sqlite(trials: usize, window: Duration) -> serde_json::Value {
     let mut c = client(server.grpc).await;
 
     let obj = trigger("latency", "db", "200ms", None);
-    let mut stream = open(&mut c, &obj, 1000.0).await;
+    let (mut stream, open_ms) = open(&mut c, &obj, 1000.0).await;
     let mut ms = Vec::with_capacity(trials);
     for i in 0..trials {
         tokio::time::sleep(spread(i)).await;
@@ -136,7 +137,7 @@ async fn sqlite(trials: usize, window: Duration) -> serde_json::Value {
 
     // The quiet window: a second trigger (its own poller), the target steady.
     let quiet = trigger("quiet", "db", "200ms", None);
-    let mut stream = open(&mut c, &quiet, want_last(trials)).await;
+    let (mut stream, _) = open(&mut c, &quiet, want_last(trials)).await;
     let polls_before = polls(&server, "db").await;
     tokio::time::sleep(window).await;
     let polls_in_window = polls(&server, "db").await - polls_before;
@@ -147,6 +148,7 @@ async fn sqlite(trials: usize, window: Duration) -> serde_json::Value {
     }
     let per_hour = |n: f64| (n * 3600.0 / window.as_secs_f64()).round();
     json!({
+        "open_to_first_message_ms": open_ms,
         "polling_200ms": percentiles_ms(ms),
         "quiet": {
             "window_s": window.as_secs_f64(),
@@ -202,7 +204,7 @@ async fn postgres(trials: usize) -> serde_json::Value {
     );
     let mut c = client(server.grpc).await;
     let obj = trigger("woken", "pg", "1h", Some("targets_changed"));
-    let mut stream = open(&mut c, &obj, 1000.0).await;
+    let (mut stream, _) = open(&mut c, &obj, 1000.0).await;
     let mut ms = Vec::with_capacity(trials);
     for i in 0..trials {
         // Past minWakeInterval (100 ms by default) since the previous wake poll.

@@ -11,10 +11,20 @@ use crate::config::ConnectionConfig;
 /// the HPA.
 pub const MIN_TARGET: f64 = 0.001;
 
-/// Whether a target read from a target query may be served: finite and at least
-/// [`MIN_TARGET`]; anything else serves the static `targetQueryValue`.
+/// The greatest target a metric spec may carry: some KEDA versions compute
+/// `int64(target * 1000)`, which overflows past about 9.2e15, so 9e15 leaves room.
+pub const MAX_TARGET: f64 = 9e15;
+
+/// Whether a target may be served: finite, at least [`MIN_TARGET`] and at most
+/// [`MAX_TARGET`]. A target query's value that is not serves the static `targetQueryValue`.
 pub fn valid_target(value: f64) -> bool {
-    value.is_finite() && value >= MIN_TARGET
+    value.is_finite() && (MIN_TARGET..=MAX_TARGET).contains(&value)
+}
+
+/// A target as KEDA uses it: rounded to 0.001 (KEDA rounds targets to 3 decimals), so two
+/// targets that KEDA cannot tell apart are one spec, never a message of their own.
+pub fn round_target(value: f64) -> f64 {
+    (value * 1000.0).round() / 1000.0
 }
 
 /// What one trigger asks for.
@@ -98,5 +108,38 @@ pub fn connection_label(name: &str) -> String {
         METADATA_CONNECTIONS.to_string()
     } else {
         name.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_is_bounded_on_both_sides() {
+        for ok in [MIN_TARGET, 1.0, 12.5, MAX_TARGET] {
+            assert!(valid_target(ok), "{ok}");
+        }
+        for bad in [
+            0.0,
+            0.0009,
+            -1.0,
+            9.000_000_000_000_1e15,
+            1e300,
+            f64::NAN,
+            f64::INFINITY,
+        ] {
+            assert!(!valid_target(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn targets_are_rounded_as_keda_rounds_them() {
+        assert_eq!(round_target(3.0000001), 3.0);
+        assert_eq!(round_target(3.0000002), 3.0);
+        assert_eq!(round_target(2.0005), 2.001);
+        assert_eq!(round_target(0.0014), 0.001);
+        assert_eq!(round_target(12.5), 12.5);
+        assert_eq!(round_target(MAX_TARGET), MAX_TARGET);
     }
 }

@@ -142,7 +142,7 @@ pub struct ServeArgs {
     #[arg(long, env = "ORASCALE_MAX_POLLERS_PER_NAMESPACE", value_name = "N")]
     pub max_pollers_per_namespace: Option<usize>,
 
-    /// Most open StreamIsActive streams [default: 50000]
+    /// Most open server streams (StreamIsActive and StreamMetricSpec) [default: 50000]
     #[arg(long, env = "ORASCALE_MAX_STREAMS", value_name = "N")]
     pub max_streams: Option<usize>,
 

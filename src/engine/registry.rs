@@ -280,33 +280,57 @@ impl Registry {
         cache: Option<&EntryCache>,
         wake: Option<&WakeKey>,
     ) -> Result<Reading, EngineError> {
-        let now = self.now_ms();
-        let entry = match cache.and_then(EntryCache::live).filter(|e| e.touch(now)) {
-            Some(entry) => {
-                entry.origin.adopt(origin);
-                if let Some(w) = wake {
-                    entry.wanted.touch(w, now, false);
-                }
-                entry
-            }
-            None => {
-                let (entry, _) = self.entry_with(key, origin, source, |e| {
-                    if let Some(w) = wake {
-                        e.wanted.touch(w, now, false);
-                    }
-                })?;
-                if let Some(c) = cache {
-                    c.remember(&entry);
-                }
-                entry
-            }
-        };
+        let entry = self.find(key, origin, source, cache, wake)?;
         if let Some(reason) = entry.stopped() {
             return Err(EngineError::Unavailable(format!(
                 "poller stopped: {reason}"
             )));
         }
         entry.rx.borrow().latest().map_err(EngineError::Unavailable)
+    }
+
+    /// Makes sure the poller exists (admitting it under the limits on a miss) and records a
+    /// use, without waiting or reading: creating a poller never queries synchronously. A
+    /// trigger's target poller is admitted only after its metric poller, so target pollers
+    /// never take the slots the metric pollers need (`--max-pollers`).
+    pub fn admit(
+        &self,
+        key: &PollerKey,
+        origin: &Origin,
+        source: Option<&Arc<dyn Source>>,
+        cache: Option<&EntryCache>,
+        wake: Option<&WakeKey>,
+    ) -> Result<(), EngineError> {
+        self.find(key, origin, source, cache, wake).map(drop)
+    }
+
+    /// The poller through the caller's cache, else the registry's path (remembered); touched,
+    /// adopted by `origin`, `wake` wanted.
+    fn find(
+        &self,
+        key: &PollerKey,
+        origin: &Origin,
+        source: Option<&Arc<dyn Source>>,
+        cache: Option<&EntryCache>,
+        wake: Option<&WakeKey>,
+    ) -> Result<Arc<Entry>, EngineError> {
+        let now = self.now_ms();
+        if let Some(entry) = cache.and_then(EntryCache::live).filter(|e| e.touch(now)) {
+            entry.origin.adopt(origin);
+            if let Some(w) = wake {
+                entry.wanted.touch(w, now, false);
+            }
+            return Ok(entry);
+        }
+        let (entry, _) = self.entry_with(key, origin, source, |e| {
+            if let Some(w) = wake {
+                e.wanted.touch(w, now, false);
+            }
+        })?;
+        if let Some(c) = cache {
+            c.remember(&entry);
+        }
+        Ok(entry)
     }
 
     /// A stream's place under `--max-streams` when it follows no poller (a metric spec stream
@@ -347,18 +371,22 @@ impl Registry {
         source: Option<&Arc<dyn Source>>,
         wake: Option<&WakeKey>,
     ) -> Result<Subscription, EngineError> {
-        let max = self.config.limits.max_streams;
-        if self
-            .streams
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_err()
-        {
-            return Err(EngineError::ResourceExhausted(format!(
-                "this server already has {max} open streams (--max-streams)"
-            )));
-        }
+        let slot = self.stream_slot()?;
+        self.subscribe_in(slot, key, origin, source, wake)
+            .map_err(|(err, _)| err)
+    }
+
+    /// [`Registry::subscribe`] in a place under `--max-streams` taken already; on a refusal
+    /// (a poller limit, say) the place comes back with the error, so the stream can go on
+    /// without a poller.
+    pub fn subscribe_in(
+        self: &Arc<Self>,
+        slot: StreamSlot,
+        key: &PollerKey,
+        origin: &Origin,
+        source: Option<&Arc<dyn Source>>,
+        wake: Option<&WakeKey>,
+    ) -> Result<Subscription, (EngineError, StreamSlot)> {
         let now = self.now_ms();
         let entry = match self.entry_with(key, origin, source, |e| {
             e.streams.fetch_add(1, Ordering::SeqCst);
@@ -367,17 +395,13 @@ impl Registry {
             }
         }) {
             Ok((e, _)) => e,
-            Err(err) => {
-                self.streams.fetch_sub(1, Ordering::SeqCst);
-                return Err(err);
-            }
+            Err(err) => return Err((err, slot)),
         };
-        m::stream_opened();
         Ok(Subscription {
             rx: entry.rx.clone(),
             max_age: self.max_age(key),
             entry,
-            registry: self.clone(),
+            slot,
             source: source.cloned(),
             wake: wake.cloned(),
         })
@@ -630,7 +654,8 @@ pub struct Subscription {
     entry: Arc<Entry>,
     rx: watch::Receiver<PollState>,
     max_age: Duration,
-    registry: Arc<Registry>,
+    /// Its place under `--max-streams` (and the registry).
+    slot: StreamSlot,
     source: Option<Arc<dyn Source>>,
     /// The stream's wake-up channel, held on the poller while the stream is open.
     wake: Option<WakeKey>,
@@ -654,16 +679,19 @@ impl Subscription {
     pub fn renew(&mut self) -> Result<(), EngineError> {
         // The stopped poller's key and creator name the trigger (the same for every stream on it).
         let old = self.entry.clone();
-        let now = self.registry.now_ms();
+        let now = self.slot.registry.now_ms();
         let wake = self.wake.as_ref();
-        let (entry, _) =
-            self.registry
-                .entry_with(&old.key, &old.origin.get(), self.source.as_ref(), |e| {
-                    e.streams.fetch_add(1, Ordering::SeqCst);
-                    if let Some(w) = wake {
-                        e.wanted.touch(w, now, true);
-                    }
-                })?;
+        let (entry, _) = self.slot.registry.entry_with(
+            &old.key,
+            &old.origin.get(),
+            self.source.as_ref(),
+            |e| {
+                e.streams.fetch_add(1, Ordering::SeqCst);
+                if let Some(w) = wake {
+                    e.wanted.touch(w, now, true);
+                }
+            },
+        )?;
         self.entry.streams.fetch_sub(1, Ordering::SeqCst);
         if let Some(w) = wake {
             self.entry.wanted.stream_closed(w, now);
@@ -682,6 +710,22 @@ impl Subscription {
         self.rx.borrow().latest()
     }
 
+    /// Waits for a new poller's first outcome (a value or an error), as the first calls for it
+    /// wait ([`Registry::read`]): never past the poller's creation plus `first_result_wait`,
+    /// so a stream on a poller that has been running a while never waits.
+    pub async fn first_outcome(&self) {
+        if self.rx.borrow().has_outcome() {
+            return;
+        }
+        let mut rx = self.rx.clone();
+        let wait = rx.wait_for(PollState::has_outcome);
+        let deadline = crate::source::deadline_after(
+            self.entry.created,
+            self.slot.registry.config.first_result_wait,
+        );
+        let _ = tokio::time::timeout_at(deadline, wait).await;
+    }
+
     /// Waits for the poller's next publish; `Err` when the poller has stopped.
     pub async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
         self.rx.changed().await
@@ -692,10 +736,11 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         self.entry.streams.fetch_sub(1, Ordering::SeqCst);
         if let Some(w) = &self.wake {
-            self.entry.wanted.stream_closed(w, self.registry.now_ms());
+            self.entry
+                .wanted
+                .stream_closed(w, self.slot.registry.now_ms());
         }
-        self.registry.streams.fetch_sub(1, Ordering::SeqCst);
-        m::stream_closed();
+        // The slot's own drop gives back the place under --max-streams.
     }
 }
 

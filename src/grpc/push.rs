@@ -710,6 +710,21 @@ mod tests {
     }
 
     #[test]
+    fn changes_keda_cannot_see_send_nothing() {
+        let mut p = SpecChanges::new("m".into(), 5.0, true);
+        assert_eq!(target_of(&p.update(reading(3.0000001)).unwrap()), 3.0);
+        assert_eq!(
+            p.update(reading(3.0000002)),
+            None,
+            "below 0.001: no message"
+        );
+        assert_eq!(p.update(reading(3.0004)), None);
+        assert_eq!(target_of(&p.update(reading(3.001)).unwrap()), 3.001);
+        // Above the greatest target: the fallback.
+        assert_eq!(target_of(&p.update(reading(1e16)).unwrap()), 5.0);
+    }
+
+    #[test]
     fn without_a_target_query_the_spec_is_static() {
         let mut p = SpecChanges::new("m".into(), 2.0, false);
         assert_eq!(

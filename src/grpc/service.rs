@@ -10,9 +10,12 @@
 //!   and again every resend interval while active; never `false`; stays open through database
 //!   errors; ends with OK when the server shuts down. The state machine is [`super::push`]'s,
 //!   with its [`ActiveEdges`] policy.
-//! - StreamMetricSpec (KEDA main, for v2.21): the spec GetMetricSpec gives, at open, then once
-//!   per real change of it ([`SpecChanges`]); never a repeat, never an empty list; ends with OK
-//!   on shutdown; counts against `--max-streams` like StreamIsActive.
+//! - StreamMetricSpec (KEDA main, for v2.21): the spec GetMetricSpec gives, at open (on a new
+//!   target poller, once its first poll is in, within the first-result wait), then once per
+//!   real change of it ([`SpecChanges`]); never a repeat, never an empty list; ends with OK on
+//!   shutdown; counts against `--max-streams` like StreamIsActive; with a poller limit reached,
+//!   the static spec rather than an error.
+//! - A trigger's target poller is admitted only after its own poller (`--max-pollers`).
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -33,7 +36,7 @@ use super::specs::{Parsed, Specs};
 use super::status::Error;
 use super::target::{Origin, Target, to_metric_spec};
 use crate::config::ConnectionConfig;
-use crate::engine::Registry;
+use crate::engine::{EngineError, Registry};
 use crate::metadata::Context;
 use crate::telemetry::metrics as m;
 
@@ -133,24 +136,44 @@ impl Scaler {
     /// The trigger's metric spec target now: the target poller's latest good value, else the
     /// static one. Never waits for a poll (a new target poller is created and polls in the
     /// background) and never fails: any trouble, the poller limit included, is the fallback.
+    /// The trigger's metric poller is admitted first, and the target poller only once it is:
+    /// a target poller never takes the slot its metric poller needs (`--max-pollers`).
     async fn target(&self, parsed: &Parsed) -> Target {
         let Some(key) = &parsed.spec.target_poller else {
             return Target::resolve(parsed.spec.target, None);
         };
         let latest = match self.source(parsed).await {
             Ok(source) => self
-                .registry
-                .latest(
-                    key,
-                    &parsed.origin,
-                    source.as_ref(),
-                    Some(&parsed.cached_target),
-                    parsed.spec.wake.as_ref(),
-                )
+                .admit_metric_poller(parsed, source.as_ref())
+                .and_then(|()| {
+                    self.registry.latest(
+                        key,
+                        &parsed.origin,
+                        source.as_ref(),
+                        Some(&parsed.cached_target),
+                        parsed.spec.wake.as_ref(),
+                    )
+                })
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         Target::resolve(parsed.spec.target, Some(latest))
+    }
+
+    /// Creates (or touches) the trigger's own poller without waiting for it: the condition
+    /// for its target poller.
+    fn admit_metric_poller(
+        &self,
+        parsed: &Parsed,
+        source: Option<&crate::engine::SourceRef>,
+    ) -> Result<(), crate::engine::EngineError> {
+        self.registry.admit(
+            &parsed.spec.poller,
+            &parsed.origin,
+            source,
+            Some(&parsed.cached_poller),
+            parsed.spec.wake.as_ref(),
+        )
     }
 
     async fn get_metrics_inner(
@@ -445,35 +468,72 @@ impl ExternalScaler for Scaler {
             Ok(v) => v,
             Err(e) => return answer::<SpecStream>(Err(e)),
         };
+        // Counted under --max-streams like StreamIsActive, with or without a target poller.
+        let slot = match self.registry.stream_slot() {
+            Ok(slot) => slot,
+            Err(e) => return answer::<SpecStream>(Err(e.into())),
+        };
         let spec = &parsed.spec;
         let resend = self.registry.config().stream_resend_interval;
         let shutdown = self.shutdown.clone();
-        let stream: SpecStream = match &spec.target_poller {
-            // The target poller, as a stream on it: it keeps the poller alive, counts under
-            // --max-streams, and hears the trigger's wake-ups like any stream of its poller.
+        // The target poller, as a stream on it: it keeps the poller alive and hears the
+        // trigger's wake-ups like any stream of its poller. Admitted only after the trigger's
+        // metric poller; refused (a poller limit), the stream serves the static spec, as
+        // GetMetricSpec does, rather than failing.
+        let followed = match &spec.target_poller {
+            None => Err(slot),
             Some(key) => {
-                let sub = match self.registry.subscribe(
-                    key,
-                    &parsed.origin,
-                    source.as_ref(),
-                    spec.wake.as_ref(),
-                ) {
-                    Ok(sub) => sub,
-                    Err(e) => return answer::<SpecStream>(Err(e.into())),
+                let subscribed = match self.admit_metric_poller(&parsed, source.as_ref()) {
+                    Ok(()) => self.registry.subscribe_in(
+                        slot,
+                        key,
+                        &parsed.origin,
+                        source.as_ref(),
+                        spec.wake.as_ref(),
+                    ),
+                    Err(e) => Err((e, slot)),
                 };
-                let policy = SpecChanges::new(spec.metric_name.clone(), spec.target, true);
-                let push = Push::new(LatestPoll(sub), policy, resend, key.poll_interval, shutdown);
-                Box::pin(push.into_stream().map(|msg| {
-                    m::stream_message();
-                    Ok(msg)
-                }))
+                match subscribed {
+                    Ok(sub) => Ok((key, sub)),
+                    Err((EngineError::ShuttingDown, _)) => {
+                        return answer::<SpecStream>(Err(EngineError::ShuttingDown.into()));
+                    }
+                    Err((e, slot)) => {
+                        tracing::warn!(namespace = %parsed.origin.namespace,
+                            scaledobject = %parsed.origin.name, metric = %parsed.origin.metric,
+                            reason = %e, "no target poller for this StreamMetricSpec; it serves the static targetQueryValue");
+                        Err(slot)
+                    }
+                }
             }
-            // No target query: the static spec once, then nothing until shutdown.
-            None => {
-                let slot = match self.registry.stream_slot() {
-                    Ok(slot) => slot,
-                    Err(e) => return answer::<SpecStream>(Err(e.into())),
+        };
+        let stream: SpecStream = match followed {
+            Ok((key, sub)) => {
+                let policy = SpecChanges::new(spec.metric_name.clone(), spec.target, true);
+                let interval = key.poll_interval;
+                // A new target poller's first outcome is waited for (up to the first-result
+                // wait, as GetMetrics waits) before the open message: otherwise every restart
+                // would send the fallback, then the queried target a moment later — two
+                // reconciles, and an HPA carrying the fallback in between.
+                let opened = async move {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = sub.first_outcome() => {}
+                    }
+                    Push::new(LatestPoll(sub), policy, resend, interval, shutdown)
                 };
+                Box::pin(
+                    futures::stream::once(opened)
+                        .flat_map(Push::into_stream)
+                        .map(|msg| {
+                            m::stream_message();
+                            Ok(msg)
+                        }),
+                )
+            }
+            // No target query (or no target poller): the static spec once, then nothing until
+            // shutdown.
+            Err(slot) => {
                 let policy = SpecChanges::new(spec.metric_name.clone(), spec.target, false);
                 let push = Push::new(
                     NoPoller(slot),

@@ -333,10 +333,13 @@ impl Specs {
             released
         };
         // Outside the shard's lock: the pollers this object's old maps used, and its new map
-        // does not, learn that it left them.
+        // does not, learn that it left them. Each poller on its own: an edit of only the
+        // query leaves the target poller in use, an edit of only targetQuery the metric one.
         for old in released {
             if old.spec.poller != parsed.spec.poller {
                 old.cached_poller.released(&old.origin);
+            }
+            if old.spec.target_poller != parsed.spec.target_poller {
                 old.cached_target.released(&old.origin);
             }
         }
@@ -542,6 +545,88 @@ mod tests {
         ]);
         assert_eq!(tiny.get("big", "ns", &big, &ctx).unwrap().spec.target, 1.0);
         assert_eq!(tiny.len(), 0);
+    }
+
+    /// The pollers a registry shows (orphaned ones, which an object left, are not shown), by
+    /// query.
+    fn shown(registry: &crate::engine::Registry) -> Vec<String> {
+        let mut keys: Vec<String> = registry.snapshot().into_iter().map(|p| p.poller).collect();
+        keys.sort();
+        keys
+    }
+
+    #[tokio::test]
+    async fn an_edit_releases_only_the_pollers_the_new_map_no_longer_uses() {
+        use crate::engine::Registry;
+        use crate::source::{Source, sqlite::Sqlite};
+        use tokio_util::{sync::CancellationToken, task::TaskTracker};
+        let sources: std::collections::BTreeMap<String, Arc<dyn Source>> = [(
+            "db".to_string(),
+            Arc::new(Sqlite::new("db", crate::config::SqliteTarget::Memory, 2)) as Arc<dyn Source>,
+        )]
+        .into_iter()
+        .collect();
+        let cancel = CancellationToken::new();
+        let registry = Registry::new(
+            sources,
+            crate::config::EngineConfig::default(),
+            cancel.clone(),
+            TaskTracker::new(),
+        );
+        let specs = Specs::new(1 << 20);
+        let ctx = ctx();
+        // Both pollers of a parsed trigger, found through its caches (as the handlers do).
+        let use_both = |p: &Parsed| {
+            registry
+                .admit(
+                    &p.spec.poller,
+                    &p.origin,
+                    None,
+                    Some(&p.cached_poller),
+                    None,
+                )
+                .unwrap();
+            let key = p.spec.target_poller.as_ref().unwrap();
+            let _ = registry.latest(key, &p.origin, None, Some(&p.cached_target), None);
+            (p.spec.poller.id(), key.id())
+        };
+        let map = |query: &str, target: &str| {
+            meta(&[
+                ("query", query),
+                ("targetQueryValue", "1"),
+                ("targetQuery", target),
+                // One name throughout: a poller is named after one (namespace, object, metric).
+                ("metricName", "jobs"),
+            ])
+        };
+        let v1 = specs
+            .get("so", "ns", &map("select 1", "select 10"), &ctx)
+            .unwrap();
+        let (q1, t1) = use_both(&v1);
+        assert_eq!(shown(&registry), sorted_ids(&[&q1, &t1]));
+
+        // Only the query edited: the old metric poller is left; the target poller, still
+        // used by the new map, is not.
+        tokio::time::sleep(REPLACE_AFTER + Duration::from_millis(200)).await;
+        let v2 = specs
+            .get("so", "ns", &map("select 2", "select 10"), &ctx)
+            .unwrap();
+        assert_eq!(shown(&registry), sorted_ids(&[&t1]));
+        let (q2, _) = use_both(&v2);
+
+        // Only targetQuery edited: the old target poller is left, the metric poller is not.
+        tokio::time::sleep(REPLACE_AFTER + Duration::from_millis(200)).await;
+        specs
+            .get("so", "ns", &map("select 2", "select 20"), &ctx)
+            .unwrap();
+        assert_eq!(shown(&registry), sorted_ids(&[&q2]));
+        cancel.cancel();
+    }
+
+    fn sorted_ids(ids: &[&String]) -> Vec<String> {
+        let mut v: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+        v.sort();
+        v
     }
 
     #[test]

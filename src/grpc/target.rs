@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::proto::MetricSpec;
 use crate::engine::Reading;
-use crate::trigger::{MIN_TARGET, valid_target};
+use crate::trigger::{MAX_TARGET, MIN_TARGET, round_target, valid_target};
 
 /// A resolved target and where it came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,7 +44,7 @@ impl Target {
                 };
             }
             Some(Ok(r)) => Origin::Fallback(format!(
-                "the target query read {}, not a target (at least {MIN_TARGET})",
+                "the target query read {}, not a target (between {MIN_TARGET} and {MAX_TARGET:e})",
                 r.value
             )),
             Some(Err(reason)) => Origin::Fallback(reason),
@@ -64,9 +64,13 @@ impl Target {
     }
 }
 
-/// Both target fields; the int64 one is at least 1, because 0 breaks the HPA on old KEDA.
+/// Both target fields; the int64 one is at least 1, because 0 breaks the HPA on old KEDA. The
+/// target is rounded to 0.001 as KEDA rounds it, here, where GetMetricSpec and every
+/// StreamMetricSpec message are made: both agree, and a change KEDA could not see (3.0000001 →
+/// 3.0000002) is no change of the spec, so it sends nothing.
 #[allow(deprecated)]
 pub fn to_metric_spec(name: &str, target: f64) -> MetricSpec {
+    let target = round_target(target);
     MetricSpec {
         metric_name: name.to_string(),
         target_size: (target.round() as i64).max(1),
@@ -93,7 +97,7 @@ mod tests {
         assert_eq!(t.value, 12.5);
         assert!(matches!(t.origin, Origin::Query { .. }));
         assert_eq!(Target::resolve(5.0, read(0.001)).value, 0.001);
-        for bad in [0.0, 0.0009, -3.0, f64::NAN, f64::INFINITY] {
+        for bad in [0.0, 0.0009, -3.0, 9.1e15, f64::NAN, f64::INFINITY] {
             let t = Target::resolve(5.0, read(bad));
             assert_eq!(t.value, 5.0, "{bad}");
             assert!(matches!(t.origin, Origin::Fallback(_)), "{bad}");
@@ -112,5 +116,12 @@ mod tests {
         assert_eq!((s.target_size, s.target_size_float), (1, 0.25));
         let s = to_metric_spec("m", 12.6);
         assert_eq!((s.metric_name.as_str(), s.target_size), ("m", 13));
+        // Rounded to 0.001 as KEDA rounds it: changes below that are no change of the spec.
+        assert_eq!(
+            to_metric_spec("m", 3.0000001),
+            to_metric_spec("m", 3.0000002)
+        );
+        assert_eq!(to_metric_spec("m", 2.0004).target_size_float, 2.0);
+        assert_eq!(to_metric_spec("m", 9e15).target_size, 9_000_000_000_000_000);
     }
 }

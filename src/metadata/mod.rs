@@ -247,11 +247,18 @@ pub fn parse(
         }
         Some(v) => {
             let t = parse_number(TARGET_QUERY_VALUE, v)?;
-            if t < 0.001 {
+            if t < crate::trigger::MIN_TARGET {
                 return Err(invalid(
                     TARGET_QUERY_VALUE,
                     v,
                     "must be at least 0.001 (KEDA rounds targets to 3 decimals; 0 breaks the HPA)",
+                ));
+            }
+            if t > crate::trigger::MAX_TARGET {
+                return Err(invalid(
+                    TARGET_QUERY_VALUE,
+                    v,
+                    "must be at most 9e15 (some KEDA versions compute int64(target * 1000))",
                 ));
             }
             t
@@ -486,6 +493,18 @@ mod tests {
             (
                 &[Q, ("targetQueryValue", "inf")],
                 &["\"targetQueryValue\"", "not a number"],
+            ),
+            (
+                &[Q, ("targetQueryValue", "9.1e15")],
+                &["\"targetQueryValue\"", "\"9.1e15\"", "at most 9e15"],
+            ),
+            (
+                &[Q, ("targetQueryValue", "10000000000000000")],
+                &[
+                    "\"targetQueryValue\"",
+                    "\"10000000000000000\"",
+                    "at most 9e15",
+                ],
             ),
             (
                 &[Q, T, ("activationTargetQueryValue", "x")],

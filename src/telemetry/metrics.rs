@@ -153,10 +153,13 @@ fn describe() {
         "Polls completed, by connection and result (ok, error, timeout, null)."
     );
     describe_gauge!(POLLERS, "Live pollers (distinct triggers being polled).");
-    describe_gauge!(STREAMS, "Open StreamIsActive streams.");
+    describe_gauge!(
+        STREAMS,
+        "Open server streams (StreamIsActive and StreamMetricSpec)."
+    );
     describe_counter!(
         STREAM_MESSAGES,
-        "IsActive messages pushed on StreamIsActive streams."
+        "Messages pushed on server streams (StreamIsActive and StreamMetricSpec)."
     );
     describe_counter!(
         GRPC_REQUESTS,

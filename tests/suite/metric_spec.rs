@@ -5,8 +5,9 @@
 //! fails, and streams that end with OK on shutdown. PostgreSQL: a `notifyChannel` wake-up
 //! brings a new target at once, and a stopped server is the fallback until it is back.
 //!
-//! Only GetMetricSpec and StreamMetricSpec are called here, so the trigger's own poller never
-//! exists: every poll on the connection (`orascale_polls_total`) is a target poll.
+//! Only GetMetricSpec and StreamMetricSpec are called here. They admit the trigger's own poller
+//! before its target poller, but with a `pollInterval` of an hour that poller polls once, when
+//! it is created: every later poll on the connection (`orascale_polls_total`) is a target poll.
 
 use crate::support;
 
@@ -264,7 +265,97 @@ async fn one_message_per_target_change_none_while_it_holds_and_the_static_fallba
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_opened_before_the_first_poll_sends_the_static_spec_then_the_queried_one() {
+async fn a_stream_opened_on_a_new_server_sends_the_queried_target_once_never_the_fallback_first() {
+    guard(LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let db = targets_db(dir.path(), Some(10.0));
+        let server = serve(&db, dir.path(), &[]);
+        let mut c = client(server.grpc).await;
+        // As KEDA after a restart or a rollout: the stream opens first, on a server that has
+        // no poller yet. Its open message waits for the new target poller's first poll.
+        let obj = trigger("restarted", &[]);
+        let mut stream = c
+            .stream_metric_spec(obj.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            next_target(&mut stream).await,
+            10.0,
+            "the queried target at open"
+        );
+        let before = polls(&server).await;
+        wait_polls(&server, before, 3.0).await;
+        assert_eq!(
+            pending(&mut stream),
+            None,
+            "exactly one message: no fallback first"
+        );
+        assert_eq!(spec_now(&mut c, &obj).await, (10.0, "query".into()));
+        assert_eq!(stop_and_drain(server, &mut stream).await, Vec::<f64>::new());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_pollers_never_take_the_slots_metric_pollers_need() {
+    guard(LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let db = targets_db(dir.path(), Some(10.0));
+        let server = serve(&db, dir.path(), &["--max-pollers", "3"]);
+        let mut c = client(server.grpc).await;
+        let a = trigger("a", &[]);
+        let b = trigger(
+            "b",
+            &[
+                ("query", "select count(*) from jobs where status = 'b'"),
+                (
+                    "targetQuery",
+                    "select target + 1 from targets where name = 'jobs'",
+                ),
+            ],
+        );
+        // KEDA's first calls: GetMetricSpec for each trigger. A costs two pollers (its own and
+        // its target poller); B's own is admitted, its target poller no longer fits: B's spec
+        // is the static fallback, and says why.
+        wait_spec(&mut c, &a, 10.0).await;
+        let mut req = deadline(b.clone());
+        req.metadata_mut()
+            .insert("orascale-freshness", "1".parse().unwrap());
+        let r = c
+            .get_metric_spec(req)
+            .await
+            .expect("GetMetricSpec never fails");
+        assert_eq!(target_of(r.get_ref()), 5.0);
+        let reason = r.metadata().get("orascale-target-reason").unwrap();
+        assert!(
+            reason.to_str().unwrap().contains("--max-pollers 3"),
+            "{reason:?}"
+        );
+        // Then GetMetrics for both: their pollers were admitted first, so both answer.
+        for obj in [&a, &b] {
+            let v = c
+                .get_metrics(deadline(metrics_request(obj, "jobs-backlog")))
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e:?}", obj.name));
+            assert_eq!(value(v), 0.0);
+        }
+        // StreamMetricSpec at the limit: the static spec, as GetMetricSpec, never an error.
+        let mut stream = c.stream_metric_spec(b.clone()).await.unwrap().into_inner();
+        assert_eq!(next_target(&mut stream).await, 5.0);
+        let text = scrape(server.metrics).await;
+        assert_eq!(
+            metric_value(&text, "orascale_pollers", &[]),
+            Some(3.0),
+            "{text}"
+        );
+        assert_eq!(stop_and_drain(server, &mut stream).await, Vec::<f64>::new());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_poller_without_an_outcome_within_the_first_result_wait_opens_on_the_fallback() {
     guard(LIMIT, async {
         let dir = tempfile::tempdir().unwrap();
         let db = targets_db(dir.path(), Some(12.0));
@@ -280,10 +371,11 @@ async fn a_stream_opened_before_the_first_poll_sends_the_static_spec_then_the_qu
             .await
             .unwrap()
             .into_inner();
+        // The open waits for the first poll's outcome no longer than the first-result wait.
         assert_eq!(
             next_target(&mut stream).await,
             5.0,
-            "the static spec at once"
+            "the static spec, at the latest after the first-result wait"
         );
         assert_eq!(spec_now(&mut c, &obj).await, (5.0, "fallback".into()));
         lock.execute_batch("commit").unwrap();
@@ -357,9 +449,10 @@ async fn identical_target_queries_share_one_poller_and_every_stream_gets_each_ch
         assert_eq!(next_target(&mut sa).await, 10.0);
         assert_eq!(next_target(&mut sb).await, 10.0);
         let text = scrape(server.metrics).await;
+        // One poller for both triggers' identical queries, one for their target query.
         assert_eq!(
             metric_value(&text, "orascale_pollers", &[]),
-            Some(1.0),
+            Some(2.0),
             "{text}"
         );
         set_target(&db, Some(40.0));
@@ -527,6 +620,16 @@ fn probe_shows_where_the_target_came_from_and_watches_the_spec_stream() {
     assert!(
         out.contains("Target: static targetQueryValue (no targetQuery)"),
         "{out}"
+    );
+
+    // --watch and --watch-spec cannot be combined (one would be silently ignored).
+    let mut both = args.iter().map(String::as_str).collect::<Vec<_>>();
+    both.extend(["--watch", "--watch-spec"]);
+    let (code, _, err) = run_bin(&both);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("'--watch' cannot be used with '--watch-spec'"),
+        "{err}"
     );
 
     // --watch-spec: the spec at open, one line per change, "ended OK" at shutdown.
