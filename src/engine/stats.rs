@@ -85,7 +85,7 @@ pub fn render(
     );
     family(
         m::POLLER_STREAMS,
-        "Open StreamIsActive streams on each poller.",
+        "Open server streams (StreamIsActive and StreamMetricSpec) on each poller.",
         pollers
             .iter()
             .map(|p| (poller_labels(p), p.streams as f64))
