@@ -98,9 +98,10 @@ pub struct ServeArgs {
     #[arg(long, env = "ORASCALE_MIN_WAKE_INTERVAL", value_name = "DURATION", value_parser = parse_duration_arg)]
     pub min_wake_interval: Option<Duration>,
 
-    /// Percent of each connection's pool_size that polls caused by notifications (notifyChannel)
-    /// may use at once, at least one session; more wake polls wait (coalesced) so interval polls
-    /// never queue behind them [default: 50]
+    /// Percent of each connection's pool sessions that polls caused by notifications
+    /// (notifyChannel) may use at once, at least one: of pool_size, or of fewer while the
+    /// database refuses more sessions; more wake polls wait (coalesced) so interval polls never
+    /// queue behind them [default: 50]
     #[arg(long, env = "ORASCALE_WAKE_POLL_SHARE", value_name = "PERCENT")]
     pub wake_poll_share: Option<u8>,
 
@@ -322,6 +323,25 @@ mod tests {
             Command::Probe(p) => Ok(p),
             _ => unreachable!(),
         }
+    }
+
+    /// The wake budget is a share of the sessions the pool's gate allows now
+    /// (`engine::wake::Budget`), not of `pool_size`: the help says so.
+    #[test]
+    fn wake_poll_share_help_names_the_sessions_the_gate_allows() {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        let serve = cli.find_subcommand_mut("serve").expect("serve");
+        let arg = serve
+            .get_arguments()
+            .find(|a| a.get_id() == "wake_poll_share")
+            .expect("--wake-poll-share");
+        let help = arg.get_help().expect("help").to_string();
+        assert!(!help.contains("pool_size that"), "{help}");
+        assert!(
+            help.contains("or of fewer while the database refuses more sessions"),
+            "{help}"
+        );
     }
 
     #[test]

@@ -906,10 +906,11 @@ async fn sync(
         .map(|c| (true, c))
         .chain(remove.iter().map(|c| (false, c)));
     for (adding, channel) in steps {
+        // Database-neutral: the command is LISTEN on PostgreSQL, DBMS_ALERT.REGISTER on Oracle.
         let (verb, command) = if adding {
-            ("LISTEN", s.listen(channel))
+            ("subscribe to channel", s.listen(channel))
         } else {
-            ("UNLISTEN", s.unlisten(channel))
+            ("unsubscribe from channel", s.unlisten(channel))
         };
         match tokio::time::timeout(COMMAND_TIMEOUT, command).await {
             Ok(Ok(())) if adding => {

@@ -175,8 +175,13 @@ fn without_instant_client_oracle_wake_ups_degrade_without_spinning() {
         .collect();
     assert_eq!(warnings.len(), 1, "one WARN per outage: {log}");
     if !present {
-        assert!(warnings[0].contains(HINT), "{}", warnings[0]);
-        assert!(warnings[0].contains("DPI-1047"), "{}", warnings[0]);
+        // Polls come first: with no Instant Client the pool never holds a session, so the
+        // listener never logs on (the polls' UNAVAILABLE above carries the install hint).
+        assert!(
+            warnings[0].contains("the pool holds no session yet"),
+            "{}",
+            warnings[0]
+        );
     }
     let retries = log.matches("notification listener still down").count();
     assert!(retries <= 12, "{retries} retries in about 4 s: {log}");
@@ -502,6 +507,10 @@ fn a_black_holed_host_cannot_take_the_blocking_threads() {
 /// after each, wait (on real time, bounded) until every listener thread is parked in a
 /// scripted wait with nothing due: what happens at a virtual instant is then settled before
 /// the clock moves on, whatever the machine's speed.
+///
+/// "Polls come first" (issue 20) is tested with a scripted `SESSIONS_PER_USER`: a limit on the
+/// sessions of the listener and of a pool of scripted sessions together, polled through the
+/// real pool gate (`source::checkout`, the path every pooled source takes).
 mod alert_wakeups {
     use std::collections::{BTreeSet, HashMap, HashSet};
     use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -512,12 +521,15 @@ mod alert_wakeups {
     use orascale::source::oracle::listen::{
         AlertConnect, AlertSession, Breaker, OracleListener, WAIT,
     };
+    use orascale::source::wake::{GAVE_SLOT_UP, POOL_FIRST_WAIT, PollsFirst};
+    use orascale::source::{Slots, SourceError, checkout, deadline_after};
     use tokio::time::Instant;
     use tokio_util::sync::CancellationToken;
 
     use super::support::guard;
 
     const KILLED: &str = "ORA-00028: your session has been killed";
+    const LIMIT: &str = "ORA-02391: exceeded simultaneous SESSIONS_PER_USER limit";
     const NO_GRANT: &str = "ORA-06550: line 1, column 7: PLS-00201: identifier 'DBMS_ALERT' must be declared ORA-06550: line 1, column 7: PL/SQL: Statement ignored";
     /// The hub's bounds (engine::wake): a command or connect may take this long.
     const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -544,6 +556,18 @@ mod alert_wakeups {
         hang_wait: bool,
         /// The test is over (maybe failed): every scripted wait ends, so the runtime can stop.
         over: bool,
+        /// SESSIONS_PER_USER: logons past it (listener's and pool's together) get [`LIMIT`].
+        limit: Option<usize>,
+        /// Sessions the scripted pool holds.
+        pool_sessions: usize,
+    }
+
+    impl State {
+        /// Whether one more logon would pass SESSIONS_PER_USER.
+        fn full(&self) -> bool {
+            self.limit
+                .is_some_and(|l| self.sessions.len() + self.pool_sessions >= l)
+        }
     }
 
     #[derive(Default)]
@@ -653,6 +677,10 @@ mod alert_wakeups {
             if let Some(e) = s.open_error.clone() {
                 s.log.push("open refused".into());
                 return Err(e);
+            }
+            if s.full() {
+                s.log.push("open refused: limit".into());
+                return Err(LIMIT.into());
             }
             if s.hang_open {
                 s.hanging_opens += 1;
@@ -787,22 +815,88 @@ mod alert_wakeups {
         }
     }
 
+    /// The pool's sessions, logged on under the same SESSIONS_PER_USER as the listener's.
+    struct PoolLogons(Arc<Script>);
+
+    struct PoolSession(Arc<Script>);
+
+    impl Drop for PoolSession {
+        fn drop(&mut self) {
+            self.0.set(|s| {
+                s.pool_sessions -= 1;
+                s.log.push("pool close".into());
+            });
+        }
+    }
+
+    impl deadpool::managed::Manager for PoolLogons {
+        type Type = PoolSession;
+        type Error = SourceError;
+
+        async fn create(&self) -> Result<PoolSession, SourceError> {
+            let mut s = self.0.lock();
+            if s.full() {
+                s.log.push("pool open refused: limit".into());
+                // As the Oracle source reports a refused logon.
+                return Err(SourceError::Connect(format!("oracle: {LIMIT}")));
+            }
+            s.pool_sessions += 1;
+            s.log.push("pool open".into());
+            Ok(PoolSession(self.0.clone()))
+        }
+
+        async fn recycle(
+            &self,
+            _: &mut PoolSession,
+            _: &deadpool::managed::Metrics,
+        ) -> deadpool::managed::RecycleResult<SourceError> {
+            Ok(())
+        }
+    }
+
     struct Rig {
         script: Arc<Script>,
         listener: Arc<OracleListener>,
         hub: Hub,
         stop: CancellationToken,
+        pool: deadpool::managed::Pool<PoolLogons>,
+        slots: Arc<Slots>,
     }
 
     impl Rig {
+        /// A listener beside a pool that always holds a session: nothing holds it back.
         fn new(connect_slots: usize) -> Rig {
+            Rig::build(connect_slots, 1, None, false)
+        }
+
+        /// A listener beside a scripted pool of `pool_size` that starts empty, under a
+        /// SESSIONS_PER_USER of `limit` for both.
+        fn with_pool(pool_size: usize, limit: usize) -> Rig {
+            Rig::build(2, pool_size, Some(limit), true)
+        }
+
+        fn build(connect_slots: usize, pool_size: usize, limit: Option<usize>, real: bool) -> Rig {
             let script = Arc::new(Script::default());
+            script.set(|s| s.limit = limit);
+            let pool: deadpool::managed::Pool<PoolLogons> =
+                deadpool::managed::Pool::builder(PoolLogons(script.clone()))
+                    .max_size(pool_size)
+                    .build()
+                    .unwrap();
+            let slots = Arc::new(Slots::new(pool_size));
+            let polls_first = if real {
+                let pool = pool.clone();
+                PollsFirst::new(slots.clone(), move || pool.status().size)
+            } else {
+                PollsFirst::new(slots.clone(), || 1)
+            };
             let listener = Arc::new(OracleListener::new(
                 Arc::new(Scripted(script.clone())),
                 "scott",
                 Arc::new(tokio::sync::Semaphore::new(connect_slots)),
                 // Its own process-wide slots: another test of this binary black-holes the real ones.
                 Arc::new(tokio::sync::Semaphore::new(32)),
+                polls_first,
             ));
             let stop = CancellationToken::new();
             let hub = Hub::new("ora", listener.clone(), stop.clone(), |f| {
@@ -813,7 +907,26 @@ mod alert_wakeups {
                 listener,
                 hub,
                 stop,
+                pool,
+                slots,
             }
+        }
+
+        /// One poll's checkout through the pool's gate (5 s budget), the clock moved in steps
+        /// meanwhile: `Ok` once it had a session, which goes back to the pool.
+        async fn poll(&self) -> Result<(), SourceError> {
+            let (pool, slots) = (self.pool.clone(), self.slots.clone());
+            let poll = tokio::spawn(async move {
+                let started = Instant::now();
+                let deadline = deadline_after(started, Duration::from_secs(5));
+                checkout(&pool, &slots, started, deadline, None, "oracle")
+                    .await
+                    .map(drop)
+            });
+            while !poll.is_finished() {
+                self.run_for(Duration::from_millis(100)).await;
+            }
+            poll.await.unwrap()
         }
 
         async fn run_for(&self, d: Duration) {
@@ -1026,6 +1139,13 @@ mod alert_wakeups {
                 "{}",
                 warnings[0]
             );
+            // The hub's words are the database's neither: REGISTER is no LISTEN.
+            assert!(
+                warnings[0].contains("subscribe to channel JOBS: oracle:"),
+                "{}",
+                warnings[0]
+            );
+            assert!(!warnings[0].contains("LISTEN"), "{}", warnings[0]);
             assert!(!text.contains("panicked"), "{text}");
             // Retried with the backoff; each refused session is closed, never kept.
             let opens = rig.script.lock().opens;
@@ -1154,6 +1274,122 @@ mod alert_wakeups {
             assert_eq!(rig.script.log(), ["broken", "remove_all", "close"]);
             assert_eq!(rig.listener.threads(), 0);
             assert!(rig.script.lock().sessions.is_empty());
+        })
+        .await;
+    }
+
+    /// The listener's logon comes after the pool's first session: with notifyChannel set,
+    /// the listener never takes a slot before polls have one.
+    #[tokio::test(start_paused = true)]
+    async fn the_listener_logs_on_only_after_the_pools_first_session() {
+        guard(Duration::from_secs(600), async {
+            let rig = Rig::with_pool(2, 3);
+            let _a = rig.hub.subscribe("JOBS");
+            // No poll yet: the listener waits (POOL_FIRST_WAIT per attempt, then the hub's
+            // backoff), and never logs on.
+            rig.run_for(POOL_FIRST_WAIT * 6).await;
+            assert_eq!(rig.script.lock().opens, 0, "{:?}", rig.script.log());
+            assert!(!rig.listening());
+            assert_eq!(rig.listener.threads(), 0, "waiting takes no thread");
+            // The first poll's session, then the listener's.
+            rig.poll().await.unwrap();
+            rig.run_for(BACKOFF_MAX + POOL_FIRST_WAIT + WAIT * 3).await;
+            assert!(rig.listening());
+            let log = rig.script.log();
+            assert_eq!(log[..3], ["pool open", "open", "register JOBS"], "{log:?}");
+            assert_eq!(rig.hub.status().reconnects, 1);
+        })
+        .await;
+    }
+
+    /// SESSIONS_PER_USER 1 with pool_size 2: the pool's session gets the one slot, the
+    /// listener's logon is refused (ORA-02391) and wake-ups degrade with one WARN naming the
+    /// sizing rule, while every poll goes on on the pool's session.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_listener_degrades_wake_ups_while_polls_go_on() {
+        let lines = Lines::capture();
+        guard(Duration::from_secs(600), async {
+            let rig = Rig::with_pool(2, 1);
+            let _a = rig.hub.subscribe("JOBS");
+            // The listener is asked for before any poll runs: it must not win the slot.
+            rig.run_for(Duration::from_millis(500)).await;
+            for _ in 0..30 {
+                rig.poll().await.expect("a poll on the pool's session");
+                rig.run_for(Duration::from_secs(2)).await;
+            }
+            assert!(!rig.listening());
+            assert_eq!(rig.listener.threads(), 0, "refused logons leave no thread");
+            {
+                let s = rig.script.lock();
+                assert_eq!(s.pool_sessions, 1);
+                assert!(s.sessions.is_empty(), "the listener holds no session");
+                // Retried with the backoff (≤ 10 s apart), never a spin.
+                assert!((5..=20).contains(&s.opens), "{} logons in 60 s", s.opens);
+            }
+            let text = lines.text();
+            let warnings: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains("WARN") && l.contains("notification listener down"))
+                .collect();
+            assert_eq!(warnings.len(), 1, "one WARN per outage: {text}");
+            for want in [
+                "ORA-02391",
+                "wake-ups need a connection limit of at least pool_size + 1",
+                "interval polling goes on",
+            ] {
+                assert!(warnings[0].contains(want), "{want}: {}", warnings[0]);
+            }
+            // The DBA raises the limit: the listener comes back beside the pool.
+            rig.script.set(|s| s.limit = Some(2));
+            rig.run_for(BACKOFF_MAX + WAIT * 3).await;
+            assert!(rig.listening());
+        })
+        .await;
+    }
+
+    /// The listener holds the last slot when the pool's session is lost: the next poll is
+    /// refused while the pool holds none, the listener closes its session (REMOVEALL, close)
+    /// and the poll has the slot on its retry; the listener then stays down beside it.
+    #[tokio::test(start_paused = true)]
+    async fn a_starved_pool_makes_the_listener_give_its_slot_up() {
+        let lines = Lines::capture();
+        guard(Duration::from_secs(600), async {
+            let rig = Rig::with_pool(1, 2);
+            let _a = rig.hub.subscribe("JOBS");
+            rig.poll().await.unwrap();
+            rig.run_for(BACKOFF_MAX + WAIT * 3).await;
+            assert!(rig.listening());
+            assert_eq!(rig.script.log(), ["pool open", "open", "register JOBS"]);
+            // The pool's session is killed and SESSIONS_PER_USER lowered to 1: the listener's
+            // session holds the only slot.
+            let session = rig.pool.get().await.unwrap();
+            drop(deadpool::managed::Object::take(session));
+            rig.script.set(|s| s.limit = Some(1));
+            assert_eq!(rig.script.log(), ["pool close"]);
+            rig.poll().await.expect("the poll has the listener's slot");
+            let log = rig.script.log();
+            assert_eq!(
+                log[..5],
+                [
+                    "pool open refused: limit",
+                    "broken",
+                    "remove_all",
+                    "close",
+                    "pool open"
+                ],
+                "{log:?}"
+            );
+            {
+                let s = rig.script.lock();
+                assert_eq!((s.pool_sessions, s.sessions.len()), (1, 0));
+            }
+            // The listener stays down (refused beside the pool's session); polls go on.
+            rig.run_for(Duration::from_secs(30)).await;
+            assert!(!rig.listening());
+            rig.poll().await.unwrap();
+            let text = lines.text();
+            assert!(text.contains(GAVE_SLOT_UP), "{text}");
+            assert!(!rig.script.log().contains(&"open".to_string()));
         })
         .await;
     }

@@ -18,6 +18,13 @@
 //! the hub reconnects with its backoff. A user without `EXECUTE ON SYS.DBMS_ALERT` gets an
 //! error naming that grant, which the hub logs once as its "wake-ups degraded" WARN.
 //!
+//! Polls come first, as on PostgreSQL ([`PollsFirst`]): the session logs on only once the pool
+//! holds a session (a bounded wait; past it the connect fails and the hub backs off), a logon
+//! the server refuses for want of a slot (ORA-00018, ORA-00020, ORA-02391, ORA-12516/12519/
+//! 12520) is a listener outage like any other while polling goes on, and when the server
+//! refuses the pool a session while the pool holds none, the session is closed so the poll
+//! can have its slot (`lost()` resolves with the reason).
+//!
 //! The PL/SQL calls sit behind [`AlertSession`] (and the connect behind [`AlertConnect`]) so
 //! the loop is tested with a scripted session on a paused clock; [`Odpi`](super::Odpi)'s is the
 //! production one.
@@ -34,7 +41,7 @@ use oracle::sql_type::OracleType;
 use tokio::sync::{Semaphore, oneshot};
 
 use super::{Connect, Fault, Logon};
-use crate::source::wake::{Deliver, ListenSession, Listener};
+use crate::source::wake::{Deliver, ListenSession, Listener, PollsFirst, SlotWanted};
 use crate::source::{PasswordSource, SourceError};
 
 /// How long one `WAITANY` waits for an alert: the bound on answering a command (REGISTER,
@@ -93,16 +100,20 @@ pub struct OracleListener {
     process_connects: Arc<Semaphore>,
     /// Listener threads alive now (connecting, serving or closing).
     threads: Arc<AtomicUsize>,
+    /// The pool's claim on the slots comes before this listener's.
+    polls_first: PollsFirst,
 }
 
 impl OracleListener {
     /// A listener whose sessions `alerts` opens, at most as many connecting at once as
-    /// `connects` (the connection's) and `process_connects` (the process's) have permits.
+    /// `connects` (the connection's) and `process_connects` (the process's) have permits, and
+    /// only beside the pool `polls_first` watches.
     pub fn new(
         alerts: Arc<dyn AlertConnect>,
         user: &str,
         connects: Arc<Semaphore>,
         process_connects: Arc<Semaphore>,
+        polls_first: PollsFirst,
     ) -> Self {
         OracleListener {
             alerts,
@@ -114,6 +125,7 @@ impl OracleListener {
             connects,
             process_connects,
             threads: Arc::new(AtomicUsize::new(0)),
+            polls_first,
         }
     }
 
@@ -139,6 +151,9 @@ impl Listener for OracleListener {
         deliver: Deliver,
     ) -> BoxFuture<'_, Result<Box<dyn ListenSession>, SourceError>> {
         async move {
+            // The pool's first session before the listener's: with SESSIONS_PER_USER below
+            // pool_size + 1 the slot goes to polling. Waiting takes no thread.
+            let starved = self.polls_first.admit("oracle").await?;
             // Waiting for a connect slot takes no thread; the thread holds the slots until its
             // connect really returns, so abandoned connects cannot pile threads up.
             let slot = self
@@ -191,12 +206,13 @@ impl Listener for OracleListener {
                 Ok(Ok(breaker)) => Ok(Box::new(AlertListen {
                     commands: Some(commands),
                     lost,
+                    starved,
                     breaker,
                     serving,
                     user: self.user.clone(),
                     threads: self.threads.clone(),
                 }) as Box<dyn ListenSession>),
-                Ok(Err(e)) => Err(to_error(&e, &self.user)),
+                Ok(Err(e)) => Err(PollsFirst::refused(to_error(&e, &self.user))),
                 Err(_) => Err(SourceError::Connect(
                     "oracle: the listener's connect thread ended without an answer".into(),
                 )),
@@ -282,6 +298,8 @@ struct AlertListen {
     /// Dropped first on close, so the thread sees the end before the break reaches it.
     commands: Option<mpsc::Sender<Command>>,
     lost: oneshot::Receiver<String>,
+    /// Resolves when the pool needs this session's slot.
+    starved: SlotWanted,
     breaker: Breaker,
     /// Whether the thread is still in its loop (a break is worth sending).
     serving: Arc<AtomicBool>,
@@ -332,9 +350,11 @@ impl ListenSession for AlertListen {
 
     fn lost(&mut self) -> BoxFuture<'_, String> {
         async move {
-            (&mut self.lost)
-                .await
-                .unwrap_or_else(|_| "the listening thread ended".to_string())
+            tokio::select! {
+                why = &mut self.lost => why.unwrap_or_else(|_| "the listening thread ended".to_string()),
+                // The hub drops the session on this, which closes it and frees the slot.
+                why = self.starved.wanted() => why,
+            }
         }
         .boxed()
     }
@@ -538,9 +558,10 @@ mod tests {
     #[test]
     fn external_authentication_names_a_placeholder_user() {
         let slots = || Arc::new(Semaphore::new(1));
-        let l = OracleListener::new(Arc::new(Never), "", slots(), slots());
+        let first = || PollsFirst::new(Arc::new(crate::source::Slots::new(1)), || 1);
+        let l = OracleListener::new(Arc::new(Never), "", slots(), slots(), first());
         assert_eq!(l.user, "<user>");
-        let l = OracleListener::new(Arc::new(Never), "scott", slots(), slots());
+        let l = OracleListener::new(Arc::new(Never), "scott", slots(), slots(), first());
         assert_eq!(l.user, "SCOTT");
     }
 

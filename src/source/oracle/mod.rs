@@ -206,26 +206,34 @@ impl Oracle {
                 CONNECTS_IN_FLIGHT.min(conn.pool_size.max(1)),
             )),
         };
-        // Its own session, never a pooled one, made the same way and under the same connect
-        // slots as the pool's.
-        let listener = Arc::new(listen::OracleListener::new(
-            Arc::new(listen::OdpiAlerts {
-                connect: sessions.connect.clone(),
-                user: sessions.user.clone(),
-                password: sessions.password.clone(),
-                connect_string: sessions.connect_string.clone(),
-            }),
-            user,
-            sessions.connects.clone(),
-            process_connects(),
-        ));
-        let pool = Pool::builder(sessions)
+        let alerts = Arc::new(listen::OdpiAlerts {
+            connect: sessions.connect.clone(),
+            user: sessions.user.clone(),
+            password: sessions.password.clone(),
+            connect_string: sessions.connect_string.clone(),
+        });
+        let connects = sessions.connects.clone();
+        let pool: Pool<Sessions> = Pool::builder(sessions)
             .max_size(conn.pool_size.max(1))
             .build()
             .map_err(|e| SourceError::Unsupported(format!("connection {:?}: {e}", conn.name)))?;
+        let slots = Arc::new(super::Slots::new(conn.pool_size));
+        // Its own session, never a pooled one, made the same way and under the same connect
+        // slots as the pool's, and only beside the pool's sessions (polls come first).
+        let held = {
+            let pool = pool.clone();
+            move || pool.status().size
+        };
+        let listener = Arc::new(listen::OracleListener::new(
+            alerts,
+            user,
+            connects,
+            process_connects(),
+            super::wake::PollsFirst::new(slots.clone(), held),
+        ));
         Ok(Oracle {
             name: conn.name.clone(),
-            slots: Arc::new(super::Slots::new(conn.pool_size)),
+            slots,
             pool,
             pool_size: conn.pool_size.max(1),
             pool_timeout: conn.pool_timeout,

@@ -9,25 +9,18 @@
 //! interval polling goes on.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use deadpool::managed::Pool;
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use tokio::sync::watch;
 use tokio_postgres::Client;
 
 use super::{Sessions, describe};
-use crate::source::wake::{Deliver, ListenSession, Listener};
+use crate::source::wake::{Deliver, ListenSession, Listener, PollsFirst, SlotWanted};
 use crate::source::{Slots, SourceError};
 
 /// LISTEN/UNLISTEN/ping may not run longer on the server than this.
 const STATEMENT_TIMEOUT_MS: u64 = 10_000;
-/// How long a connect waits for the pool to hold its first session (inside the hub's own
-/// connect timeout); past it, the connect fails and the hub retries with its backoff.
-const POOL_FIRST_WAIT: Duration = Duration::from_secs(5);
-/// How often that wait looks at the pool.
-const POOL_CHECK_EVERY: Duration = Duration::from_millis(20);
 
 pub(super) struct PgListener {
     pub(super) sessions: Sessions,
@@ -42,8 +35,8 @@ pub(super) struct PgListener {
 struct PgSession {
     client: Client,
     lost: tokio::sync::oneshot::Receiver<String>,
-    /// Changes when the pool needs this session's slot.
-    starved: watch::Receiver<u64>,
+    /// Resolves when the pool needs this session's slot.
+    starved: SlotWanted,
 }
 
 /// `"name"`: channel names are validated identifiers; quoting keeps their case exactly.
@@ -63,28 +56,16 @@ impl Listener for PgListener {
         async move {
             // The pool's first session before the listener's: with a connection limit below
             // pool_size + 1 the slot goes to polling.
-            let waiting = tokio::time::Instant::now();
-            while self.pool.status().size == 0 {
-                if waiting.elapsed() >= POOL_FIRST_WAIT {
-                    return Err(SourceError::Connect(
-                        "postgres: the pool holds no session yet; the listening session opens after the pool's first (polls come first)".into(),
-                    ));
-                }
-                tokio::time::sleep(POOL_CHECK_EVERY).await;
-            }
-            let mut starved = self.slots.starved();
-            starved.borrow_and_update();
+            let pool = self.pool.clone();
+            let starved = PollsFirst::new(self.slots.clone(), move || pool.status().size)
+                .admit("postgres")
+                .await?;
             let (tx, lost) = tokio::sync::oneshot::channel();
             let client = self
                 .sessions
                 .open(self.config.clone(), Some((deliver, tx)))
                 .await
-                .map_err(|e| match e {
-                    SourceError::Connect(m) if e.is_session_limit() => SourceError::Connect(format!(
-                        "{m}; the server has no slot for the listening session beside the pool's: wake-ups need a connection limit of at least pool_size + 1"
-                    )),
-                    e => e,
-                })?;
+                .map_err(PollsFirst::refused)?;
             client
                 .batch_execute(&format!("SET statement_timeout = {STATEMENT_TIMEOUT_MS}"))
                 .await
@@ -122,10 +103,7 @@ impl ListenSession for PgSession {
         async move {
             tokio::select! {
                 why = &mut self.lost => why.unwrap_or_else(|_| "the session was closed".to_string()),
-                // Closed only with the source, and then the session is gone too.
-                Ok(()) = self.starved.changed() => {
-                    "the server refused the pool a session while it held none: the listening session gave its slot up (polls come first)".to_string()
-                }
+                why = self.starved.wanted() => why,
             }
         }
         .boxed()
