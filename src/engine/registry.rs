@@ -179,6 +179,29 @@ impl Registry {
         registry
     }
 
+    /// A registry over in-memory SQLite connections named `names`, for the unit tests of the
+    /// modules above the engine (which do not name `source` themselves: tests/suite/architecture.rs).
+    #[cfg(test)]
+    pub(crate) fn in_memory(names: &[&str], shutdown: CancellationToken) -> Arc<Self> {
+        let sources = names
+            .iter()
+            .map(|n| {
+                let source: Arc<dyn Source> = Arc::new(crate::source::sqlite::Sqlite::new(
+                    n,
+                    crate::config::SqliteTarget::Memory,
+                    2,
+                ));
+                (n.to_string(), source)
+            })
+            .collect();
+        Registry::new(
+            sources,
+            EngineConfig::default(),
+            shutdown,
+            TaskTracker::new(),
+        )
+    }
+
     pub fn config(&self) -> &EngineConfig {
         &self.config
     }

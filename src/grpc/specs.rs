@@ -557,22 +557,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_edit_releases_only_the_pollers_the_new_map_no_longer_uses() {
-        use crate::engine::Registry;
-        use crate::source::{Source, sqlite::Sqlite};
-        use tokio_util::{sync::CancellationToken, task::TaskTracker};
-        let sources: std::collections::BTreeMap<String, Arc<dyn Source>> = [(
-            "db".to_string(),
-            Arc::new(Sqlite::new("db", crate::config::SqliteTarget::Memory, 2)) as Arc<dyn Source>,
-        )]
-        .into_iter()
-        .collect();
-        let cancel = CancellationToken::new();
-        let registry = Registry::new(
-            sources,
-            crate::config::EngineConfig::default(),
-            cancel.clone(),
-            TaskTracker::new(),
-        );
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let registry = crate::engine::Registry::in_memory(&["db"], cancel.clone());
         let specs = Specs::new(1 << 20);
         let ctx = ctx();
         // Both pollers of a parsed trigger, found through its caches (as the handlers do).

@@ -31,10 +31,7 @@ fn edges() -> BTreeMap<String, BTreeSet<String>> {
                 let rest = &text[i + 7..];
                 // `crate::{a, b::c}` names several modules at once.
                 let names: Vec<&str> = match rest.strip_prefix('{') {
-                    Some(group) => group[..group.find('}').unwrap_or(group.len())]
-                        .split(',')
-                        .map(str::trim)
-                        .collect(),
+                    Some(group) => top_level_items(group),
                     None => vec![rest],
                 };
                 for n in names {
@@ -50,6 +47,37 @@ fn edges() -> BTreeMap<String, BTreeSet<String>> {
         }
     }
     out
+}
+
+/// The items of a `{…}` group up to its closing brace, split at its own commas only, so that
+/// `crate::{engine::{A, B}, telemetry}` names both `engine` and `telemetry`.
+fn top_level_items(group: &str) -> Vec<&str> {
+    let (mut depth, mut start, mut out) = (0usize, 0usize, Vec::new());
+    for (i, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => {
+                out.push(group[start..i].trim());
+                return out;
+            }
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(group[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(group[start..].trim());
+    out
+}
+
+#[test]
+fn groups_are_split_at_their_own_commas() {
+    assert_eq!(
+        top_level_items("engine::{A, B}, telemetry} more"),
+        vec!["engine::{A, B}", "telemetry"]
+    );
 }
 
 #[test]
