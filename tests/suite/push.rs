@@ -183,6 +183,8 @@ async fn a_burst_of_ten_thousand_streams_on_one_connection_all_get_true() {
 }
 
 async fn streams_on_one_connection(count: usize, triggers: usize) {
+    // Thousands of in-process streams: not beside a test that measures this process's memory.
+    let _alone = exclusive().await;
     let db = TestDb::new();
     let server = start(vec![connection("jobs", &db.url())], engine()).await;
     // One client = one HTTP/2 connection, as KEDA multiplexes every ScaledObject over one.

@@ -20,22 +20,10 @@ use orascale::grpc::proto::{GetMetricsRequest, ScaledObjectRef};
 use tonic::transport::Channel;
 
 /// Prints a SKIP line that `cargo test` shows even for passing tests (it writes to the real
-/// stderr, not the captured one), once per distinct `reason` in this test binary.
+/// stderr, not the captured one): one per skipped test, so `scripts/test` can name and count
+/// every one (with all integration tests in one binary, a line per cause would hide the rest).
 pub fn skip(test: &str, reason: &str) {
-    use std::collections::HashSet;
-    use std::sync::{Mutex, OnceLock};
-    static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
-    let first = SEEN
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap()
-        .insert(reason.to_string());
-    if first {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIP {test} (and every test of this suite with the same cause): {reason}"
-        );
-    }
+    let _ = writeln!(std::io::stderr(), "SKIP test {test}: {reason}");
 }
 
 /// A loopback port nothing listens on (the OS picked it free a moment ago).
@@ -237,6 +225,15 @@ pub async fn first_value(
             other => return other.map(value),
         }
     }
+}
+
+/// Held by the tests that measure this process's own memory and by those that allocate much
+/// of it in-process, so that, with every integration test in one binary (tests/suite), the two
+/// never run side by side (an async lock: a test that panicked while holding it does not
+/// poison the rest).
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
 }
 
 /// `/metrics` of a server, from an async test.

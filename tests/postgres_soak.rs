@@ -2,7 +2,7 @@
 //! and started twice. In a test binary of its own, so the process-wide counts it compares
 //! (tasks, file descriptors, memory) are not disturbed by other tests running beside it.
 
-use crate::support;
+mod support;
 
 use std::time::{Duration, Instant};
 
