@@ -144,13 +144,23 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let response = ready!(Pin::new(&mut self.answer).poll(cx))?;
-        let Some((method, started)) = self.started else {
+        let Some((method, started)) = self.started.take() else {
             return Poll::Ready(Ok(response));
         };
         let code = code(&response);
         let (response, code) = rewrite(response, code, self.max_request);
         m::grpc_request(method, code, started.elapsed());
         Poll::Ready(Ok(response))
+    }
+}
+
+/// A call dropped before its answer was ready — the client gave up (KEDA's deadline) or reset
+/// the stream — is counted too, as CANCELLED: those are the calls an operator most needs to see.
+impl<F> Drop for Counted<F> {
+    fn drop(&mut self) {
+        if let Some((method, started)) = self.started.take() {
+            m::grpc_request(method, Code::Cancelled, started.elapsed());
+        }
     }
 }
 

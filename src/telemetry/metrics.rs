@@ -168,7 +168,7 @@ fn describe() {
     describe_histogram!(
         GRPC_DURATION,
         metrics::Unit::Seconds,
-        "Time to answer a gRPC request (for StreamIsActive: to open it), by method and status code."
+        "Time to answer a gRPC request (for a server stream: to open it), by method and status code; CANCELLED: the client gave up first."
     );
     describe_histogram!(
         SAMPLE_AGE,

@@ -402,3 +402,41 @@ fn a_database_error_with_a_newline_stays_on_one_text_log_line() {
         "a forged line:\n{log}"
     );
 }
+
+/// A call the client gives up on before the answer (KEDA's deadline while a new poller's slow
+/// first query runs) is counted, as CANCELLED, not lost from orascale_grpc_requests_total.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_the_client_gives_up_on_are_counted_as_cancelled() {
+    guard(LIMIT, async {
+        let server = start(vec![memory("slow")], engine()).await;
+        let mut c = client(server.grpc_addr).await;
+        // Seconds of work in SQLite: the first GetMetrics waits for it (up to 2 s).
+        let slow = object(
+            "gives-up",
+            &[
+                ("query", "with recursive c(x) as (select 1 union all select x + 1 from c where x < 200000000) select count(*) from c"),
+                ("targetQueryValue", "1"),
+                ("queryTimeout", "20s"),
+            ],
+        );
+        let mut request = tonic::Request::new(metrics_request(&slow, ""));
+        request.set_timeout(Duration::from_millis(300));
+        let e = c.get_metrics(request).await.unwrap_err();
+        // tonic's client reports its own timeout as CANCELLED ("Timeout expired").
+        assert!(
+            matches!(e.code(), tonic::Code::Cancelled | tonic::Code::DeadlineExceeded),
+            "{e:?}"
+        );
+        let started = std::time::Instant::now();
+        loop {
+            let text = scrape(server.metrics_addr).await;
+            if metric_value(&text, "orascale_grpc_requests_total", &["method=\"GetMetrics\"", "code=\"CANCELLED\""]) >= Some(1.0) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "not counted:\n{text}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server.stop().await;
+    })
+    .await;
+}
