@@ -285,7 +285,9 @@ impl Oracle {
                 // from here, and never reuse this session.
                 tracing::warn!(connection = %self.name, "oracle: call did not return after its timeout; sent a break and dropped the session");
                 drop(flight);
-                return Err(SourceError::Timeout(timeout));
+                // As the other timeout paths: a budget mostly spent waiting for the session is
+                // a sizing problem (`pool_timeout`), not a slow query.
+                return Err(SourceError::timed_out(timeout, waited, self.pool_size));
             }
         };
         let session = flight.land();
