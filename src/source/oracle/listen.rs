@@ -235,7 +235,7 @@ impl Listener for OracleListener {
                     user: self.user.clone(),
                     threads: self.threads.clone(),
                 }) as Box<dyn ListenSession>),
-                Ok(Err(e)) => Err(PollsFirst::refused(to_error(&e, &self.user))),
+                Ok(Err(e)) => Err(self.polls_first.refused(to_error(&e, &self.user))),
                 Err(_) => Err(SourceError::Connect(
                     "oracle: the listener's connect thread ended without an answer".into(),
                 )),
