@@ -435,6 +435,31 @@ impl Slots {
         }
     }
 
+    /// The server refused a session outside the pool (the listener's) while the pool holds
+    /// `held` ≥ 2: retire slots down to `held − 1` (at least one, those free now) and, holding
+    /// them, close one idle session with `close_idle`, so the next session the server grants is
+    /// the outside one's. False (nothing changed) when no slot is free or no session idle.
+    pub(crate) fn make_room(&self, held: usize, close_idle: impl FnOnce() -> bool) -> bool {
+        if held < 2 {
+            return false;
+        }
+        let excess = self.capacity().saturating_sub(held - 1).max(1);
+        let taken: Vec<Slot> = (0..excess)
+            .map_while(|_| self.gate.clone().try_acquire_owned().ok())
+            .collect();
+        // Never below one slot in circulation.
+        if taken.is_empty() || self.capacity() <= taken.len() || !close_idle() {
+            return false;
+        }
+        let mut state = self.lock();
+        for slot in taken {
+            slot.forget();
+            state.capacity -= 1;
+        }
+        state.changed = tokio::time::Instant::now();
+        true
+    }
+
     /// The server refused a new session while the pool holds `held`: retire `slot` so the
     /// polls wait for the held sessions. False (the refusal is the poll's error) when the
     /// pool holds none to wait for.
@@ -752,6 +777,30 @@ mod tests {
         ) -> deadpool::managed::RecycleResult<SourceError> {
             Ok(())
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_listener_makes_the_pool_give_up_a_slot_and_a_session() {
+        let slots = Slots::new(4);
+        // One session in the pool: nothing to give up (polls come first).
+        assert!(!slots.make_room(1, || true));
+        // Every session busy: nothing closed, nothing retired.
+        assert!(!slots.make_room(2, || false));
+        assert_eq!(slots.capacity(), 4);
+        // Two held: one closed, and the slots retired down to one, so the pool cannot grow
+        // back into the freed slot before the listener takes it.
+        let mut closed = 0;
+        assert!(slots.make_room(2, || {
+            closed += 1;
+            true
+        }));
+        assert_eq!((closed, slots.capacity()), (1, 1));
+        // A slot in use cannot be retired now; the one left is never retired.
+        let held = slots.gate.clone().try_acquire_owned().unwrap();
+        assert!(!slots.make_room(2, || true));
+        drop(held);
+        assert!(!slots.make_room(2, || true));
+        assert_eq!(slots.capacity(), 1);
     }
 
     #[tokio::test(start_paused = true)]

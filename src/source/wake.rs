@@ -5,8 +5,11 @@
 //!
 //! Every listener follows one rule, [`PollsFirst`]: the listening session is one more session
 //! beside the pool, so it connects only once the pool holds a session, and gives its slot up
-//! when the server refuses the pool a session while the pool holds none. PostgreSQL's and
-//! Oracle's listeners share it here rather than each keeping a copy.
+//! when the server refuses the pool a session while the pool holds none. Its mirror: when the
+//! server refuses the listener while the pool holds two sessions or more (a burst took every
+//! slot first), the pool retires a slot and closes an idle session, so the listener's next
+//! attempt has it and the pool polls on the rest. PostgreSQL's and Oracle's listeners share it
+//! here rather than each keeping a copy.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +57,8 @@ pub struct PollsFirst {
     slots: Arc<Slots>,
     /// Sessions the pool holds now.
     held: Arc<dyn Fn() -> usize + Send + Sync>,
+    /// Closes one idle session of the pool; false when none is idle.
+    close_idle: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
 }
 
 /// Resolves once the pool needs the listening session's slot; see [`PollsFirst::admit`].
@@ -65,7 +70,15 @@ impl PollsFirst {
         PollsFirst {
             slots,
             held: Arc::new(held),
+            close_idle: None,
         }
+    }
+
+    /// The same rule, able to make room for a refused listener by closing one idle session of
+    /// the pool with `close_idle` (false when none is idle); see [`PollsFirst::refused`].
+    pub fn closing_idle(mut self, close_idle: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.close_idle = Some(Arc::new(close_idle));
+        self
     }
 
     /// Waits, at most [`POOL_FIRST_WAIT`], until the pool holds a session, so the pool's first
@@ -88,12 +101,27 @@ impl PollsFirst {
     }
 
     /// A refused connect as the hub logs it: one refused for want of a slot
-    /// ([`SourceError::is_session_limit`]) names the sizing rule.
-    pub fn refused(e: SourceError) -> SourceError {
+    /// ([`SourceError::is_session_limit`]) names the sizing rule. When the pool holds two
+    /// sessions or more then, it gives one up (a slot retired, an idle session closed) so
+    /// the listener's next attempt has a slot: a limit of 2..`pool_size` keeps wake-ups even
+    /// when a burst of polls took every slot before the listener connected.
+    pub fn refused(&self, e: SourceError) -> SourceError {
         match e {
-            SourceError::Connect(m) if e.is_session_limit() => SourceError::Connect(format!(
-                "{m}; the server has no slot for the listening session beside the pool's: wake-ups need a connection limit of at least pool_size + 1"
-            )),
+            SourceError::Connect(m) if e.is_session_limit() => {
+                let held = (self.held)();
+                if held >= 2
+                    && let Some(close) = &self.close_idle
+                    && self.slots.make_room(held, || close())
+                {
+                    tracing::info!(
+                        sessions = held,
+                        "the database refused the listening session while the pool held two or more: the pool closed one so the listener can connect"
+                    );
+                }
+                SourceError::Connect(format!(
+                    "{m}; the server has no slot for the listening session beside the pool's: wake-ups need a connection limit of at least pool_size + 1"
+                ))
+            }
             e => e,
         }
     }

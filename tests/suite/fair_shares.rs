@@ -686,3 +686,61 @@ async fn a_refused_poll_out_of_budget_is_a_pool_wait() {
     })
     .await;
 }
+
+/// A connection limit between 2 and `pool_size` (2, pool of 4) and a burst of 30 triggers
+/// streamed at once: the burst lets the pool take both slots before the listener connects. The
+/// listener's refused connect makes the pool give one up (a slot retired, an idle session
+/// closed), so wake-ups come up and stay up, and no poll fails meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_at_a_limit_below_pool_size_still_lets_the_listener_in() {
+    let Some(pg) =
+        Pg::start_or_skip("a_burst_at_a_limit_below_pool_size_still_lets_the_listener_in")
+    else {
+        return;
+    };
+    guard(LIMIT, async {
+        let (admin, _dir, server, c) = serve(&pg, Some(2), 4, "").await;
+        // 20 ms each: 30 triggers polled every second keep one session well under full.
+        let triggers: Vec<ScaledObjectRef> = (0..30)
+            .map(|i| {
+                trigger(
+                    &format!("t{i}"),
+                    &format!(
+                        "select count(*) + {i} - {i} from jobs, pg_sleep(0.02) where status = 'queued'"
+                    ),
+                    "1s",
+                    Some("jobs_changed"),
+                )
+            })
+            .collect();
+        let opened = futures::future::join_all(triggers.iter().map(|t| {
+            let (mut c, t) = (c.clone(), t.clone());
+            async move { c.stream_is_active(t).await.unwrap().into_inner() }
+        }))
+        .await;
+        let started = Instant::now();
+        while metric(&server, "orascale_wake_listener_up", &["connection=\"pg\""]).await < 1.0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(40),
+                "the listener never got a slot: {:?}\n{}",
+                pool_and_listener(&admin).await,
+                server.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Up for good: the pool polls on the other slot, the listener keeps its own.
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert_eq!(
+                metric(&server, "orascale_wake_listener_up", &["connection=\"pg\""]).await,
+                1.0,
+                "{}",
+                server.log_text()
+            );
+        }
+        assert_eq!(pool_and_listener(&admin).await, (1, 1));
+        assert_polls_ok(&server, 30.0).await;
+        drop(opened);
+    })
+    .await;
+}

@@ -519,7 +519,7 @@ mod alert_wakeups {
     use futures::FutureExt;
     use orascale::engine::wake::{Hub, PING_EVERY, REARM_WINDOW, Wake};
     use orascale::source::oracle::listen::{
-        AlertConnect, AlertSession, Breaker, OracleListener, WAIT,
+        AlertConnect, AlertSession, Breaker, COMMAND_GRACE, OracleListener, WAIT,
     };
     use orascale::source::wake::{GAVE_SLOT_UP, POOL_FIRST_WAIT, PollsFirst};
     use orascale::source::{Slots, SourceError, checkout, deadline_after};
@@ -560,6 +560,13 @@ mod alert_wakeups {
         limit: Option<usize>,
         /// Sessions the scripted pool holds.
         pool_sessions: usize,
+        /// A REGISTER that sweeps orphaned pipes (`cleanup => TRUE`) outlasts its call timeout.
+        slow_sweep: bool,
+        /// REMOVEALL starts only once a break reached the session, or after 200 ms (real
+        /// time): a break in flight when the session closes lands on it.
+        remove_all_waits_for_break: bool,
+        /// WAITANY returns the alert's name in lowercase.
+        lowercase: bool,
     }
 
     impl State {
@@ -730,9 +737,22 @@ mod alert_wakeups {
     }
 
     impl AlertSession for Session {
-        fn register(&mut self, name: &str) -> Result<(), String> {
-            let fail = self.script.lock().register_error.clone();
-            let mut s = self.call(format!("register {name}"), fail)?;
+        fn register(&mut self, name: &str, cleanup: bool) -> Result<(), String> {
+            let (fail, what) = {
+                let s = self.script.lock();
+                match (cleanup, s.slow_sweep) {
+                    (true, true) => (
+                        Some("DPI-1067: call timeout of 5000 ms exceeded with ORA-3156".into()),
+                        format!("register {name}: sweep timed out"),
+                    ),
+                    (true, false) => (s.register_error.clone(), format!("register {name}")),
+                    (false, _) => (
+                        s.register_error.clone(),
+                        format!("register {name} without sweep"),
+                    ),
+                }
+            };
+            let mut s = self.call(what, fail)?;
             s.sessions
                 .get_mut(&self.id)
                 .unwrap()
@@ -750,6 +770,21 @@ mod alert_wakeups {
         }
 
         fn remove_all(&mut self) -> Result<(), String> {
+            {
+                let script = self.script.clone();
+                let mut s = script.lock();
+                let until = std::time::Instant::now() + Duration::from_millis(200);
+                while s.remove_all_waits_for_break
+                    && !s.broken.contains(&self.id)
+                    && std::time::Instant::now() < until
+                {
+                    s = script
+                        .changed
+                        .wait_timeout(s, Duration::from_millis(1))
+                        .unwrap()
+                        .0;
+                }
+            }
             let mut s = self.call("remove_all".into(), None)?;
             s.sessions.get_mut(&self.id).unwrap().0.clear();
             Ok(())
@@ -779,7 +814,8 @@ mod alert_wakeups {
                     }
                     let pending = &mut s.sessions.get_mut(&self.id).unwrap().1;
                     if let Some(name) = pending.pop_first() {
-                        break Ok(Some(name));
+                        let lowercase = s.lowercase;
+                        break Ok(Some(if lowercase { name.to_lowercase() } else { name }));
                     }
                     if Instant::now() >= deadline {
                         break Ok(None);
@@ -866,16 +902,28 @@ mod alert_wakeups {
     impl Rig {
         /// A listener beside a pool that always holds a session: nothing holds it back.
         fn new(connect_slots: usize) -> Rig {
-            Rig::build(connect_slots, 1, None, false)
+            Rig::build(connect_slots, 1, None, false, COMMAND_GRACE)
+        }
+
+        /// As [`Rig::new`], with the thread waiting `grace` (real time) for the hub's next
+        /// command after each answer.
+        fn with_grace(grace: Duration) -> Rig {
+            Rig::build(2, 1, None, false, grace)
         }
 
         /// A listener beside a scripted pool of `pool_size` that starts empty, under a
         /// SESSIONS_PER_USER of `limit` for both.
         fn with_pool(pool_size: usize, limit: usize) -> Rig {
-            Rig::build(2, pool_size, Some(limit), true)
+            Rig::build(2, pool_size, Some(limit), true, COMMAND_GRACE)
         }
 
-        fn build(connect_slots: usize, pool_size: usize, limit: Option<usize>, real: bool) -> Rig {
+        fn build(
+            connect_slots: usize,
+            pool_size: usize,
+            limit: Option<usize>,
+            real: bool,
+            grace: Duration,
+        ) -> Rig {
             let script = Arc::new(Script::default());
             script.set(|s| s.limit = limit);
             let pool: deadpool::managed::Pool<PoolLogons> =
@@ -890,14 +938,17 @@ mod alert_wakeups {
             } else {
                 PollsFirst::new(slots.clone(), || 1)
             };
-            let listener = Arc::new(OracleListener::new(
-                Arc::new(Scripted(script.clone())),
-                "scott",
-                Arc::new(tokio::sync::Semaphore::new(connect_slots)),
-                // Its own process-wide slots: another test of this binary black-holes the real ones.
-                Arc::new(tokio::sync::Semaphore::new(32)),
-                polls_first,
-            ));
+            let listener = Arc::new(
+                OracleListener::new(
+                    Arc::new(Scripted(script.clone())),
+                    "scott",
+                    Arc::new(tokio::sync::Semaphore::new(connect_slots)),
+                    // Its own process-wide slots: another test of this binary black-holes the real ones.
+                    Arc::new(tokio::sync::Semaphore::new(32)),
+                    polls_first,
+                )
+                .with_command_grace(grace),
+            );
             let stop = CancellationToken::new();
             let hub = Hub::new("ora", listener.clone(), stop.clone(), |f| {
                 tokio::spawn(f);
@@ -1232,7 +1283,10 @@ mod alert_wakeups {
     #[tokio::test(start_paused = true)]
     async fn many_alerts_register_in_one_wait_not_one_wait_each() {
         guard(Duration::from_secs(600), async {
-            let rig = Rig::new(2);
+            // The grace is real time while WAITANY waits on the paused clock: a whole second
+            // (not 50 ms) so a runtime stalled on a busy machine still sends the next REGISTER
+            // within it. What is counted is unchanged: 40 REGISTERs in a few WAITs.
+            let rig = Rig::with_grace(Duration::from_secs(1));
             let wakes: Vec<Wake> = (0..40)
                 .map(|i| rig.hub.subscribe(&format!("A{i}")))
                 .collect();
@@ -1390,6 +1444,97 @@ mod alert_wakeups {
             let text = lines.text();
             assert!(text.contains(GAVE_SLOT_UP), "{text}");
             assert!(!rig.script.log().contains(&"open".to_string()));
+        })
+        .await;
+    }
+
+    /// The hub drops the session while the thread waits for its next command (not in
+    /// WAITANY): no break is sent, so REMOVEALL runs and the registrations go with the session.
+    #[tokio::test(start_paused = true)]
+    async fn a_close_during_the_command_grace_removes_all_without_a_break() {
+        guard(Duration::from_secs(600), async {
+            // A grace long enough (real time) that the close surely falls inside it.
+            let rig = Rig::with_grace(Duration::from_secs(2));
+            let _a = rig.hub.subscribe("A");
+            rig.run_for(WAIT * 3).await;
+            assert!(rig.listening());
+            rig.script.log();
+            rig.script.set(|s| s.remove_all_waits_for_break = true);
+            let _b = rig.hub.subscribe("B");
+            // REGISTER B is answered at the end of the WAITANY; the thread then waits for the
+            // next command.
+            let started = std::time::Instant::now();
+            while !rig.script.lock().log.contains(&"register B".to_string()) {
+                tokio::time::advance(Duration::from_millis(10)).await;
+                for _ in 0..20 {
+                    tokio::task::yield_now().await;
+                }
+                assert!(started.elapsed() < Duration::from_secs(10), "no REGISTER B");
+            }
+            assert_eq!(rig.listener.threads(), 1);
+            rig.stop.cancel();
+            rig.settle().await;
+            assert_eq!(rig.script.log(), ["register B", "remove_all", "close"]);
+            assert_eq!(rig.listener.threads(), 0);
+            assert!(rig.script.lock().sessions.is_empty());
+        })
+        .await;
+    }
+
+    /// A session's first REGISTER sweeps orphaned pipes; when that sweep outlasts the call
+    /// timeout (DPI-1067) the session is dropped as before, but the next one registers with
+    /// `cleanup => FALSE` and listens, instead of timing out the same way forever.
+    #[tokio::test(start_paused = true)]
+    async fn a_sweep_that_times_out_is_skipped_by_the_next_session() {
+        guard(Duration::from_secs(600), async {
+            let rig = Rig::new(2);
+            rig.script.set(|s| s.slow_sweep = true);
+            let _a = rig.hub.subscribe("JOBS");
+            rig.run_for(BACKOFF_MAX + WAIT * 5).await;
+            assert!(rig.listening());
+            let log = rig.script.log();
+            let registers: Vec<&String> =
+                log.iter().filter(|l| l.starts_with("register ")).collect();
+            assert_eq!(
+                registers,
+                [
+                    "register JOBS: sweep timed out",
+                    "register JOBS without sweep"
+                ],
+                "{log:?}"
+            );
+            assert_eq!(rig.hub.status().reconnects, 1);
+            // Later sessions skip the sweep too.
+            rig.script.set(|s| s.kill = true);
+            rig.run_for(BACKOFF_MAX + WAIT * 3).await;
+            assert!(rig.listening());
+            assert!(
+                rig.script
+                    .log()
+                    .contains(&"register JOBS without sweep".to_string())
+            );
+        })
+        .await;
+    }
+
+    /// An alert's name comes back from WAITANY as the server spells it: `jobs` still wakes
+    /// channel JOBS.
+    #[tokio::test(start_paused = true)]
+    async fn an_alert_named_in_lowercase_wakes_its_channel() {
+        guard(Duration::from_secs(600), async {
+            let rig = Rig::new(2);
+            let mut jobs = rig.hub.subscribe("JOBS");
+            let mut orders = rig.hub.subscribe("ORDERS");
+            rig.run_for(WAIT * 3).await;
+            assert!(rig.listening());
+            woken(&mut jobs);
+            woken(&mut orders);
+            rig.script.set(|s| s.lowercase = true);
+            rig.script.signal("JOBS");
+            rig.settle().await;
+            assert!(woken(&mut jobs), "jobs wakes JOBS");
+            assert!(!woken(&mut orders));
+            assert_eq!(rig.hub.status().notifications, 1);
         })
         .await;
     }

@@ -13,8 +13,13 @@
 //! PL/SQL of orascale's own with the alert name as a bind. Every call has a `call_timeout`
 //! (WAITANY's is its wait plus [`CALL_TIMEOUT`]), the connect is bounded like the pool's
 //! (Oracle Net's `CONNECT_TIMEOUT`, the connection's connect slots), and dropping the session
-//! breaks the call in progress (`break_execution`) so the thread ends at once: no thread
-//! blocks forever. A call that fails ends the session: `lost()` resolves with the reason and
+//! breaks its WAITANY (`break_execution`) so the thread ends at once: no thread blocks
+//! forever. Only a WAITANY is broken: any other call ends within its call timeout, and a break
+//! sent while the thread is between calls would land on the closing REMOVEALL (ORA-01013,
+//! which is then retried once). A session's first REGISTER sweeps orphaned pipes
+//! (`cleanup => TRUE`, the default); once such a sweep ran out of its call timeout, later
+//! sessions register with `cleanup => FALSE` (Oracle 12.2 on), or a slow sweep would end every
+//! session the same way. A call that fails ends the session: `lost()` resolves with the reason and
 //! the hub reconnects with its backoff. A user without `EXECUTE ON SYS.DBMS_ALERT` gets an
 //! error naming that grant, which the hub logs once as its "wake-ups degraded" WARN.
 //!
@@ -62,8 +67,9 @@ pub type Breaker = Arc<dyn Fn() + Send + Sync>;
 /// The `DBMS_ALERT` calls of one dedicated session. Blocking; errors are the driver's message,
 /// starting with its `ORA-`/`DPI-` code.
 pub trait AlertSession: Send + 'static {
-    /// `DBMS_ALERT.REGISTER(:name)`.
-    fn register(&mut self, name: &str) -> Result<(), String>;
+    /// `DBMS_ALERT.REGISTER(:name)`; with `cleanup` false, `cleanup => FALSE` (no sweep of
+    /// orphaned pipes on the session's first REGISTER).
+    fn register(&mut self, name: &str, cleanup: bool) -> Result<(), String>;
     /// `DBMS_ALERT.REMOVE(:name)`.
     fn remove(&mut self, name: &str) -> Result<(), String>;
     /// `DBMS_ALERT.REMOVEALL`.
@@ -102,6 +108,12 @@ pub struct OracleListener {
     threads: Arc<AtomicUsize>,
     /// The pool's claim on the slots comes before this listener's.
     polls_first: PollsFirst,
+    /// Whether a session's first REGISTER still sweeps orphaned pipes (`cleanup => TRUE`, the
+    /// default): cleared once such a sweep ran out of its call timeout, so a sweep too slow
+    /// for [`CALL_TIMEOUT`] cannot fail every session forever.
+    sweep: Arc<AtomicBool>,
+    /// How long the thread waits for the hub's next command after answering one.
+    command_grace: Duration,
 }
 
 impl OracleListener {
@@ -126,7 +138,17 @@ impl OracleListener {
             process_connects,
             threads: Arc::new(AtomicUsize::new(0)),
             polls_first,
+            sweep: Arc::new(AtomicBool::new(true)),
+            command_grace: COMMAND_GRACE,
         }
+    }
+
+    /// The same listener with another [`COMMAND_GRACE`]: a test on a paused clock and a busy
+    /// machine gives the hub (whose clock does not move) more real time to send its next
+    /// command.
+    pub fn with_command_grace(mut self, grace: Duration) -> Self {
+        self.command_grace = grace;
+        self
     }
 
     /// Listener threads alive now (sessions' threads, and those sending a break to one): 0 once
@@ -171,11 +193,15 @@ impl Listener for OracleListener {
             let (ready_tx, ready_rx) = oneshot::channel();
             let (commands, inbox) = mpsc::channel();
             let (lost_tx, lost) = oneshot::channel();
-            let serving = Arc::new(AtomicBool::new(false));
+            let waiting = Arc::new(AtomicBool::new(false));
             self.threads.fetch_add(1, Ordering::SeqCst);
             let alive = Alive(self.threads.clone());
             let alerts = self.alerts.clone();
-            let flag = serving.clone();
+            let in_wait = waiting.clone();
+            let loop_state = Serve {
+                sweep: self.sweep.clone(),
+                grace: self.command_grace,
+            };
             tokio::task::spawn_blocking(move || {
                 let _alive = alive;
                 let opened = {
@@ -189,15 +215,12 @@ impl Listener for OracleListener {
                         return;
                     }
                 };
-                flag.store(true, Ordering::SeqCst);
                 if ready_tx.send(Ok(session.breaker())).is_err() {
                     // The hub gave up on this connect (its timeout): close what came late.
-                    flag.store(false, Ordering::SeqCst);
                     close(session, true);
                     return;
                 }
-                let why = serve(session, &inbox, &deliver);
-                flag.store(false, Ordering::SeqCst);
+                let why = loop_state.serve(session, &inbox, &deliver, &in_wait);
                 if let Some(why) = why {
                     let _ = lost_tx.send(why);
                 }
@@ -208,11 +231,11 @@ impl Listener for OracleListener {
                     lost,
                     starved,
                     breaker,
-                    serving,
+                    waiting,
                     user: self.user.clone(),
                     threads: self.threads.clone(),
                 }) as Box<dyn ListenSession>),
-                Ok(Err(e)) => Err(PollsFirst::refused(to_error(&e, &self.user))),
+                Ok(Err(e)) => Err(self.polls_first.refused(to_error(&e, &self.user))),
                 Err(_) => Err(SourceError::Connect(
                     "oracle: the listener's connect thread ended without an answer".into(),
                 )),
@@ -222,53 +245,94 @@ impl Listener for OracleListener {
     }
 }
 
-/// The thread's loop: commands first, then one WAITANY; until the hub drops the session
-/// (`None`) or a call fails (`Some(reason)`). Closes the session either way.
-fn serve(
-    mut s: Box<dyn AlertSession>,
-    inbox: &mpsc::Receiver<Command>,
-    deliver: &Deliver,
-) -> Option<String> {
-    loop {
-        let mut next = inbox.try_recv();
+/// What the thread's loop takes from its listener.
+struct Serve {
+    sweep: Arc<AtomicBool>,
+    grace: Duration,
+}
+
+impl Serve {
+    /// The thread's loop: commands first, then one WAITANY; until the hub drops the session
+    /// (`None`) or a call fails (`Some(reason)`). Closes the session either way. `waiting` is
+    /// set while the thread is in (or about to enter) WAITANY: only then does a close send a
+    /// break, so a break never lands on REMOVEALL.
+    fn serve(
+        &self,
+        mut s: Box<dyn AlertSession>,
+        inbox: &mpsc::Receiver<Command>,
+        deliver: &Deliver,
+        waiting: &AtomicBool,
+    ) -> Option<String> {
+        // Only a session's first REGISTER sweeps (Oracle's rule), so only its timeout says the
+        // sweep is too slow.
+        let mut first_register = true;
         loop {
-            let (outcome, reply) = match next {
-                Ok(Command::Register(name, reply)) => (s.register(&name), reply),
-                Ok(Command::Remove(name, reply)) => (s.remove(&name), reply),
-                Ok(Command::Ping(reply)) => (s.ping(), reply),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    close(s, true);
-                    return None;
+            let mut next = inbox.try_recv();
+            loop {
+                let (outcome, reply) = match next {
+                    Ok(Command::Register(name, reply)) => {
+                        let cleanup = self.sweep.load(Ordering::SeqCst);
+                        let outcome = s.register(&name, cleanup);
+                        if cleanup
+                            && first_register
+                            && let Err(e) = &outcome
+                            && Fault::classify(e) == Fault::Timeout
+                        {
+                            // The sweep of orphaned pipes outlasted the call timeout: the
+                            // next sessions skip it, or they would time out the same way.
+                            self.sweep.store(false, Ordering::SeqCst);
+                            tracing::warn!(error = %e, "oracle: DBMS_ALERT.REGISTER's sweep of orphaned pipes ran out of time; later sessions register with cleanup => FALSE");
+                        }
+                        first_register = false;
+                        (outcome, reply)
+                    }
+                    Ok(Command::Remove(name, reply)) => (s.remove(&name), reply),
+                    Ok(Command::Ping(reply)) => (s.ping(), reply),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        close(s, true);
+                        return None;
+                    }
+                };
+                // The hub ends the session on an error; a lost session cannot even be cleaned up.
+                let lost = outcome
+                    .as_ref()
+                    .err()
+                    .is_some_and(|e| Fault::classify(e) == Fault::SessionLost);
+                let failed = outcome.as_ref().err().cloned();
+                let _ = reply.send(outcome);
+                if lost {
+                    close(s, false);
+                    return failed;
                 }
-            };
-            // The hub ends the session on an error; a lost session cannot even be cleaned up.
-            let lost = outcome
-                .as_ref()
-                .err()
-                .is_some_and(|e| Fault::classify(e) == Fault::SessionLost);
-            let failed = outcome.as_ref().err().cloned();
-            let _ = reply.send(outcome);
-            if lost {
-                close(s, false);
-                return failed;
+                // The hub sends its next command as soon as this answer arrives: wait a moment
+                // for it rather than a whole WAIT, so re-registering many alerts takes
+                // milliseconds.
+                next = inbox.recv_timeout(self.grace).map_err(|e| match e {
+                    RecvTimeoutError::Timeout => TryRecvError::Empty,
+                    RecvTimeoutError::Disconnected => TryRecvError::Disconnected,
+                });
             }
-            // The hub sends its next command as soon as this answer arrives: wait a moment for
-            // it rather than a whole WAIT, so re-registering many alerts takes milliseconds.
-            next = inbox.recv_timeout(COMMAND_GRACE).map_err(|e| match e {
-                RecvTimeoutError::Timeout => TryRecvError::Empty,
-                RecvTimeoutError::Disconnected => TryRecvError::Disconnected,
-            });
-        }
-        match s.wait_any(WAIT) {
-            Ok(Some(name)) => deliver(&name.to_ascii_uppercase()),
-            Ok(None) => {}
-            Err(e) => {
-                // Broken because the hub dropped the session (shutdown, no channel left): a
-                // close, not a loss.
-                let closing = closed(inbox);
-                close(s, Fault::classify(&e) != Fault::SessionLost);
-                return (!closing).then(|| format!("DBMS_ALERT.WAITANY: {e}"));
+            // Set before the last look at the inbox: a close that finds it unset dropped the
+            // sender first, so this look sees it and no WAITANY starts unbroken.
+            waiting.store(true, Ordering::SeqCst);
+            if closed(inbox) {
+                waiting.store(false, Ordering::SeqCst);
+                close(s, true);
+                return None;
+            }
+            let waited = s.wait_any(WAIT);
+            waiting.store(false, Ordering::SeqCst);
+            match waited {
+                Ok(Some(name)) => deliver(&name.to_ascii_uppercase()),
+                Ok(None) => {}
+                Err(e) => {
+                    // Broken because the hub dropped the session (shutdown, no channel left): a
+                    // close, not a loss.
+                    let closing = closed(inbox);
+                    close(s, Fault::classify(&e) != Fault::SessionLost);
+                    return (!closing).then(|| format!("DBMS_ALERT.WAITANY: {e}"));
+                }
             }
         }
     }
@@ -285,10 +349,18 @@ fn closed(inbox: &mpsc::Receiver<Command>) -> bool {
     }
 }
 
-/// `REMOVEALL` (when the session can still take a call) and close.
+/// `REMOVEALL` (when the session can still take a call) and close. A break sent for a WAITANY
+/// that had just ended lands on the next call instead (ORA-01013): REMOVEALL is tried once
+/// more then, or the registrations would outlive the session's use.
 fn close(mut s: Box<dyn AlertSession>, remove_all: bool) {
-    if remove_all && let Err(e) = s.remove_all() {
-        tracing::debug!(error = %e, "oracle: DBMS_ALERT.REMOVEALL failed while closing the listening session");
+    if remove_all {
+        let mut removed = s.remove_all();
+        if removed.as_ref().is_err_and(|e| e.starts_with("ORA-01013")) {
+            removed = s.remove_all();
+        }
+        if let Err(e) = removed {
+            tracing::debug!(error = %e, "oracle: DBMS_ALERT.REMOVEALL failed while closing the listening session");
+        }
     }
     drop(s);
 }
@@ -301,8 +373,9 @@ struct AlertListen {
     /// Resolves when the pool needs this session's slot.
     starved: SlotWanted,
     breaker: Breaker,
-    /// Whether the thread is still in its loop (a break is worth sending).
-    serving: Arc<AtomicBool>,
+    /// Whether the thread is in WAITANY (a break is worth sending; any other call ends within
+    /// its call timeout, and a break there would hit REMOVEALL).
+    waiting: Arc<AtomicBool>,
     user: String,
     /// The listener's thread count, which the thread sending the break joins.
     threads: Arc<AtomicUsize>,
@@ -364,7 +437,7 @@ impl Drop for AlertListen {
     fn drop(&mut self) {
         // Tell the thread first, then break its WAITANY so it ends now rather than after WAIT.
         drop(self.commands.take());
-        if self.serving.load(Ordering::SeqCst) {
+        if self.waiting.load(Ordering::SeqCst) {
             let breaker = self.breaker.clone();
             self.threads.fetch_add(1, Ordering::SeqCst);
             let alive = Alive(self.threads.clone());
@@ -465,8 +538,14 @@ impl OdpiAlertSession {
 }
 
 impl AlertSession for OdpiAlertSession {
-    fn register(&mut self, name: &str) -> Result<(), String> {
-        self.call("begin dbms_alert.register(:1); end;", Some(name))
+    fn register(&mut self, name: &str, cleanup: bool) -> Result<(), String> {
+        // Fixed text either way; `cleanup` is REGISTER's second parameter (Oracle 12.2 on).
+        let sql = if cleanup {
+            "begin dbms_alert.register(:1); end;"
+        } else {
+            "begin dbms_alert.register(:1, cleanup => false); end;"
+        };
+        self.call(sql, Some(name))
     }
 
     fn remove(&mut self, name: &str) -> Result<(), String> {

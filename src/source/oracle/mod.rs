@@ -229,7 +229,10 @@ impl Oracle {
             user,
             connects,
             process_connects(),
-            super::wake::PollsFirst::new(slots.clone(), held),
+            super::wake::PollsFirst::new(slots.clone(), held).closing_idle({
+                let pool = pool.clone();
+                move || close_one_idle(&pool)
+            }),
         ));
         Ok(Oracle {
             name: conn.name.clone(),
@@ -285,7 +288,9 @@ impl Oracle {
                 // from here, and never reuse this session.
                 tracing::warn!(connection = %self.name, "oracle: call did not return after its timeout; sent a break and dropped the session");
                 drop(flight);
-                return Err(SourceError::Timeout(timeout));
+                // As the other timeout paths: a budget mostly spent waiting for the session is
+                // a sizing problem (`pool_timeout`), not a slow query.
+                return Err(SourceError::timed_out(timeout, waited, self.pool_size));
             }
         };
         let session = flight.land();
@@ -312,6 +317,22 @@ impl Oracle {
             }
         }
     }
+}
+
+/// Closes one idle session of `pool`, on a blocking thread (an Oracle logoff is a
+/// round-trip): false when every session is in use.
+fn close_one_idle(pool: &Pool<Sessions>) -> bool {
+    let mut left: usize = 1;
+    let closed = pool.retain(|_, _| {
+        let keep = left == 0;
+        left = left.saturating_sub(1);
+        keep
+    });
+    let removed = !closed.removed.is_empty();
+    if removed && let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn_blocking(move || drop(closed.removed));
+    }
+    removed
 }
 
 /// A call on its way; see `with_session`.

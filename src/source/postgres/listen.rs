@@ -39,6 +39,18 @@ struct PgSession {
     starved: SlotWanted,
 }
 
+/// Closes one idle session of `pool` (dropping a client closes its connection): false when
+/// every session is in use.
+fn close_one_idle(pool: &Pool<Sessions>) -> bool {
+    let mut left: usize = 1;
+    let closed = pool.retain(|_, _| {
+        let keep = left == 0;
+        left = left.saturating_sub(1);
+        keep
+    });
+    !closed.removed.is_empty()
+}
+
 /// `"name"`: channel names are validated identifiers; quoting keeps their case exactly.
 fn quoted(channel: &str) -> String {
     format!("\"{}\"", channel.replace('"', "\"\""))
@@ -56,16 +68,16 @@ impl Listener for PgListener {
         async move {
             // The pool's first session before the listener's: with a connection limit below
             // pool_size + 1 the slot goes to polling.
-            let pool = self.pool.clone();
-            let starved = PollsFirst::new(self.slots.clone(), move || pool.status().size)
-                .admit("postgres")
-                .await?;
+            let (pool, idle) = (self.pool.clone(), self.pool.clone());
+            let polls_first = PollsFirst::new(self.slots.clone(), move || pool.status().size)
+                .closing_idle(move || close_one_idle(&idle));
+            let starved = polls_first.admit("postgres").await?;
             let (tx, lost) = tokio::sync::oneshot::channel();
             let client = self
                 .sessions
                 .open(self.config.clone(), Some((deliver, tx)))
                 .await
-                .map_err(PollsFirst::refused)?;
+                .map_err(|e| polls_first.refused(e))?;
             client
                 .batch_execute(&format!("SET statement_timeout = {STATEMENT_TIMEOUT_MS}"))
                 .await
