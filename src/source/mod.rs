@@ -344,6 +344,8 @@ struct SlotState {
     capacity: usize,
     /// When the last slot was refused (or given back).
     changed: tokio::time::Instant,
+    /// When [`Slots::make_room`] last gave a session up, if ever.
+    made_room: Option<tokio::time::Instant>,
 }
 
 /// A poll's slot: held with its session, released when the poll is done with it.
@@ -358,6 +360,7 @@ impl Slots {
             state: std::sync::Mutex::new(SlotState {
                 capacity: max,
                 changed: tokio::time::Instant::now(),
+                made_room: None,
             }),
             starved: tokio::sync::watch::channel(0).0,
             waiting: std::sync::atomic::AtomicUsize::new(0),
@@ -439,8 +442,20 @@ impl Slots {
     /// `held` ≥ 2: retire slots down to `held − 1` (at least one, those free now) and, holding
     /// them, close one idle session with `close_idle`, so the next session the server grants is
     /// the outside one's. False (nothing changed) when no slot is free or no session idle.
+    ///
+    /// Only when the pool holds every session its gate allows (so it plausibly took the limit
+    /// itself, rather than other clients of the database), and at most once per
+    /// [`MAKE_ROOM_EVERY`]: a listener refused because the database is full of
+    /// others must not whittle the pool down retry after retry (polls come first).
     pub(crate) fn make_room(&self, held: usize, close_idle: impl FnOnce() -> bool) -> bool {
-        if held < 2 {
+        if held < 2 || held < self.capacity() {
+            return false;
+        }
+        if self
+            .lock()
+            .made_room
+            .is_some_and(|t| t.elapsed() < MAKE_ROOM_EVERY)
+        {
             return false;
         }
         let excess = self.capacity().saturating_sub(held - 1).max(1);
@@ -457,6 +472,7 @@ impl Slots {
             state.capacity -= 1;
         }
         state.changed = tokio::time::Instant::now();
+        state.made_room = Some(state.changed);
         true
     }
 
@@ -487,6 +503,10 @@ pub struct Checked<M: deadpool::managed::Manager> {
     pub slot: Slot,
     pub waited: Duration,
 }
+
+/// How often at most [`Slots::make_room`] gives a session up to a refused listener: twice the
+/// regrow period, so the slot it retires can come back before it may act again.
+const MAKE_ROOM_EVERY: Duration = Duration::from_secs(60);
 
 /// The least time a poll must have left, once it holds a slot, to start on a session (or a
 /// tenth of its budget, for very short budgets): below it, the poll reports the pool wait it
@@ -537,8 +557,10 @@ where
         // A slot taken with (almost) nothing left of the budget: the poll spent it waiting.
         // Give the slot back without touching a session — a query started now would be cut at
         // once and its healthy session thrown away (PostgreSQL cancel, Oracle break).
-        let left = wait_until.saturating_duration_since(tokio::time::Instant::now());
-        if left < MIN_LEFT_TO_START.min((wait_until - started) / 10) {
+        // Measured against the query's deadline: a shorter `pool_timeout` ends the wait, not
+        // the time the query may run.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left < MIN_LEFT_TO_START.min(deadline.saturating_duration_since(started) / 10) {
             drop(slot);
             return Err(SourceError::PoolTimeout {
                 waited: waited(),
@@ -781,12 +803,18 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_refused_listener_makes_the_pool_give_up_a_slot_and_a_session() {
+        // The pool holds 2 of the 4 sessions its gate allows: the database is full of other
+        // clients, not of this pool — nothing is given up (polls come first).
         let slots = Slots::new(4);
-        // One session in the pool: nothing to give up (polls come first).
+        assert!(!slots.make_room(2, || true));
+        assert_eq!(slots.capacity(), 4);
+        // A pool that holds every session its gate allows (refusals shrank it to 2).
+        let slots = Slots::new(2);
+        // One session in the pool: nothing to give up.
         assert!(!slots.make_room(1, || true));
         // Every session busy: nothing closed, nothing retired.
         assert!(!slots.make_room(2, || false));
-        assert_eq!(slots.capacity(), 4);
+        assert_eq!(slots.capacity(), 2);
         // Two held: one closed, and the slots retired down to one, so the pool cannot grow
         // back into the freed slot before the listener takes it.
         let mut closed = 0;
@@ -800,6 +828,15 @@ mod tests {
         assert!(!slots.make_room(2, || true));
         drop(held);
         assert!(!slots.make_room(2, || true));
+        assert_eq!(slots.capacity(), 1);
+        // At most once per regrow period: a listener refused again and again does not
+        // whittle the pool down retry after retry.
+        tokio::time::advance(REGROW_AFTER).await;
+        slots.regrow();
+        assert_eq!(slots.capacity(), 2);
+        assert!(!slots.make_room(2, || true), "too soon after the last time");
+        tokio::time::advance(MAKE_ROOM_EVERY - REGROW_AFTER).await;
+        assert!(slots.make_room(2, || true));
         assert_eq!(slots.capacity(), 1);
     }
 
