@@ -91,6 +91,14 @@ impl Entry {
         (self.rx.has_changed().is_err() && !self.cancel.is_cancelled())
             .then(|| "the poller task ended".to_string())
     }
+
+    /// Ok while the poller runs; else the answer every reader gives: "poller stopped: why".
+    fn running(&self) -> Result<(), String> {
+        match self.stopped() {
+            Some(reason) => Err(format!("poller stopped: {reason}")),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A caller's memory of its trigger's poller (the spec cache keeps one per ScaledObject), so a
@@ -244,32 +252,12 @@ impl Registry {
         cache: Option<&EntryCache>,
         wake: Option<&WakeKey>,
     ) -> Result<Reading, EngineError> {
-        let now = self.now_ms();
-        let entry = match cache.and_then(EntryCache::live).filter(|e| e.touch(now)) {
-            Some(entry) => {
-                entry.origin.adopt(origin);
-                if let Some(w) = wake {
-                    entry.wanted.touch(w, now, false);
-                }
-                entry
-            }
-            None => {
-                let (entry, replaced) = self.entry_with(key, origin, source, |e| {
-                    if let Some(w) = wake {
-                        e.wanted.touch(w, now, false);
-                    }
-                })?;
-                if let Some(c) = cache {
-                    c.remember(&entry);
-                }
-                if let Some(reason) = replaced {
-                    return Err(EngineError::Unavailable(format!(
-                        "poller stopped: {reason}; a new poller was started for this trigger"
-                    )));
-                }
-                entry
-            }
-        };
+        let (entry, replaced) = self.find(key, origin, source, cache, wake)?;
+        if let Some(reason) = replaced {
+            return Err(EngineError::Unavailable(format!(
+                "poller stopped: {reason}; a new poller was started for this trigger"
+            )));
+        }
         if !entry.rx.borrow().has_outcome() {
             let mut rx = entry.rx.clone();
             let wait = rx.wait_for(PollState::has_outcome);
@@ -279,11 +267,7 @@ impl Registry {
             )
             .await;
         }
-        if let Some(reason) = entry.stopped() {
-            return Err(EngineError::Unavailable(format!(
-                "poller stopped: {reason}"
-            )));
-        }
+        entry.running().map_err(EngineError::Unavailable)?;
         entry
             .rx
             .borrow()
@@ -303,12 +287,8 @@ impl Registry {
         cache: Option<&EntryCache>,
         wake: Option<&WakeKey>,
     ) -> Result<Reading, EngineError> {
-        let entry = self.find(key, origin, source, cache, wake)?;
-        if let Some(reason) = entry.stopped() {
-            return Err(EngineError::Unavailable(format!(
-                "poller stopped: {reason}"
-            )));
-        }
+        let (entry, _) = self.find(key, origin, source, cache, wake)?;
+        entry.running().map_err(EngineError::Unavailable)?;
         entry.rx.borrow().latest().map_err(EngineError::Unavailable)
     }
 
@@ -328,7 +308,8 @@ impl Registry {
     }
 
     /// The poller through the caller's cache, else the registry's path (remembered); touched,
-    /// adopted by `origin`, `wake` wanted.
+    /// adopted by `origin`, `wake` wanted. With it, why the poller it replaced had stopped,
+    /// when this lookup replaced one (only the registry's path can).
     fn find(
         &self,
         key: &PollerKey,
@@ -336,16 +317,16 @@ impl Registry {
         source: Option<&Arc<dyn Source>>,
         cache: Option<&EntryCache>,
         wake: Option<&WakeKey>,
-    ) -> Result<Arc<Entry>, EngineError> {
+    ) -> Result<(Arc<Entry>, Option<String>), EngineError> {
         let now = self.now_ms();
         if let Some(entry) = cache.and_then(EntryCache::live).filter(|e| e.touch(now)) {
             entry.origin.adopt(origin);
             if let Some(w) = wake {
                 entry.wanted.touch(w, now, false);
             }
-            return Ok(entry);
+            return Ok((entry, None));
         }
-        let (entry, _) = self.entry_with(key, origin, source, |e| {
+        let (entry, replaced) = self.entry_with(key, origin, source, |e| {
             if let Some(w) = wake {
                 e.wanted.touch(w, now, false);
             }
@@ -353,7 +334,7 @@ impl Registry {
         if let Some(c) = cache {
             c.remember(&entry);
         }
-        Ok(entry)
+        Ok((entry, replaced))
     }
 
     /// A stream's place under `--max-streams` when it follows no poller (a metric spec stream
@@ -687,9 +668,7 @@ pub struct Subscription {
 impl Subscription {
     /// The value to judge activity by now, or why there is none.
     pub fn current(&self) -> Result<Reading, String> {
-        if let Some(reason) = self.entry.stopped() {
-            return Err(format!("poller stopped: {reason}"));
-        }
+        self.entry.running()?;
         self.rx.borrow().value(Instant::now(), self.max_age)
     }
 
@@ -727,9 +706,7 @@ impl Subscription {
     /// The latest poll's value when that poll succeeded, or why there is none: no staleness
     /// allowance (see [`PollState::latest_good`]).
     pub fn latest(&self) -> Result<Reading, String> {
-        if let Some(reason) = self.entry.stopped() {
-            return Err(format!("poller stopped: {reason}"));
-        }
+        self.entry.running()?;
         self.rx.borrow().latest()
     }
 

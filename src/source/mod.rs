@@ -622,6 +622,21 @@ where
     }
 }
 
+/// Takes one idle session out of `pool` for the caller to close (how depends on the
+/// database); `None` when every session is in use.
+pub(crate) fn take_one_idle<M: deadpool::managed::Manager>(
+    pool: &deadpool::managed::Pool<M>,
+) -> Option<M::Type> {
+    let mut left: usize = 1;
+    pool.retain(|_, _| {
+        let keep = left == 0;
+        left = left.saturating_sub(1);
+        keep
+    })
+    .removed
+    .pop()
+}
+
 /// Where a connection's password comes from, checked for every new database session:
 /// `password_file` (re-read each time, so a rotated Kubernetes Secret is picked up), else
 /// `ORASCALE_<NAME>_PASSWORD`, else the URL.

@@ -322,17 +322,13 @@ impl Oracle {
 /// Closes one idle session of `pool`, on a blocking thread (an Oracle logoff is a
 /// round-trip): false when every session is in use.
 fn close_one_idle(pool: &Pool<Sessions>) -> bool {
-    let mut left: usize = 1;
-    let closed = pool.retain(|_, _| {
-        let keep = left == 0;
-        left = left.saturating_sub(1);
-        keep
-    });
-    let removed = !closed.removed.is_empty();
-    if removed && let Ok(rt) = tokio::runtime::Handle::try_current() {
-        rt.spawn_blocking(move || drop(closed.removed));
+    let Some(session) = super::take_one_idle(pool) else {
+        return false;
+    };
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn_blocking(move || drop(session));
     }
-    removed
+    true
 }
 
 /// A call on its way; see `with_session`.

@@ -42,13 +42,7 @@ struct PgSession {
 /// Closes one idle session of `pool` (dropping a client closes its connection): false when
 /// every session is in use.
 fn close_one_idle(pool: &Pool<Sessions>) -> bool {
-    let mut left: usize = 1;
-    let closed = pool.retain(|_, _| {
-        let keep = left == 0;
-        left = left.saturating_sub(1);
-        keep
-    });
-    !closed.removed.is_empty()
+    crate::source::take_one_idle(pool).is_some()
 }
 
 /// `"name"`: channel names are validated identifiers; quoting keeps their case exactly.
