@@ -690,6 +690,17 @@ pub fn parse_numeric_text(text: &str) -> Result<f64, SourceError> {
 mod tests {
     use super::*;
 
+    /// A deadpool pool of `size` over a scripted manager.
+    fn scripted_pool<M: deadpool::managed::Manager>(
+        manager: M,
+        size: usize,
+    ) -> deadpool::managed::Pool<M> {
+        deadpool::managed::Pool::builder(manager)
+            .max_size(size)
+            .build()
+            .unwrap()
+    }
+
     #[test]
     fn one_column_rule() {
         assert_eq!(one_column("sqlite", ["count(*)"]), Ok(()));
@@ -857,11 +868,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_poll_that_waited_for_a_slot_is_a_pool_wait_whatever_the_holder_does() {
-        let pool: deadpool::managed::Pool<Numbers> =
-            deadpool::managed::Pool::builder(Numbers(Duration::ZERO))
-                .max_size(1)
-                .build()
-                .unwrap();
+        let pool = scripted_pool(Numbers(Duration::ZERO), 1);
         let slots = Slots::new(1);
         // The one slot is held by a poll that has no session yet (it is connecting, say
         // after its session was discarded): the pool holds none, and still the wait is a
@@ -899,11 +906,7 @@ mod tests {
         // The pool is below its size (a session was discarded after a timeout), so the poll
         // that gets the slot must connect: when the slot came after most of the budget, the
         // connect running past the deadline does not make the wait a slow query.
-        let pool: deadpool::managed::Pool<Numbers> =
-            deadpool::managed::Pool::builder(Numbers(Duration::from_millis(500)))
-                .max_size(1)
-                .build()
-                .unwrap();
+        let pool = scripted_pool(Numbers(Duration::from_millis(500)), 1);
         let slots = Slots::new(1);
         let held = slots.gate.clone().try_acquire_owned().unwrap();
         tokio::spawn(async move {
@@ -919,11 +922,7 @@ mod tests {
         assert_eq!(e.result_label(), "pool_timeout", "{e}");
         // A slot that comes with almost nothing left is given back untouched: no session is
         // made (or, with one in the pool, cut at once and thrown away).
-        let pool: deadpool::managed::Pool<Numbers> =
-            deadpool::managed::Pool::builder(Numbers(Duration::ZERO))
-                .max_size(1)
-                .build()
-                .unwrap();
+        let pool = scripted_pool(Numbers(Duration::ZERO), 1);
         let held = slots.gate.clone().try_acquire_owned().unwrap();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(980)).await;
@@ -948,11 +947,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn polls_waiting_at_the_gate_are_counted_as_waiting() {
-        let pool: deadpool::managed::Pool<Numbers> =
-            deadpool::managed::Pool::builder(Numbers(Duration::ZERO))
-                .max_size(1)
-                .build()
-                .unwrap();
+        let pool = scripted_pool(Numbers(Duration::ZERO), 1);
         let slots = Arc::new(Slots::new(1));
         let held = slots.gate.clone().try_acquire_owned().unwrap();
         let waiter = {
@@ -970,11 +965,7 @@ mod tests {
         assert_eq!(pool.status().waiting, 0);
         assert_eq!(slots.status(pool.status()).waiting, 1);
         // A poll connecting a session is not waiting for one, though deadpool counts it.
-        let connecting: deadpool::managed::Pool<Numbers> =
-            deadpool::managed::Pool::builder(Numbers(Duration::from_secs(1)))
-                .max_size(1)
-                .build()
-                .unwrap();
+        let connecting = scripted_pool(Numbers(Duration::from_secs(1)), 1);
         let free = Arc::new(Slots::new(1));
         let connect = {
             let (connecting, free) = (connecting.clone(), free.clone());
@@ -1034,11 +1025,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_refused_poll_with_little_budget_left_is_a_pool_wait() {
-        let pool: deadpool::managed::Pool<Refusing> =
-            deadpool::managed::Pool::builder(Refusing(Duration::from_millis(10)))
-                .max_size(4)
-                .build()
-                .unwrap();
+        let pool = scripted_pool(Refusing(Duration::from_millis(10)), 4);
         let slots = Slots::new(4);
         // Refused while the pool holds nothing, with less than the 200 ms pause left: it
         // waited its budget for a session (the listener's slot), a pool wait.
@@ -1071,11 +1058,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn connecting_a_session_is_not_waiting_for_one() {
         // A 200 ms connect with a free slot: no pool wait (a slow server is not a small pool).
-        let pool: deadpool::managed::Pool<Numbers> =
-            deadpool::managed::Pool::builder(Numbers(Duration::from_millis(200)))
-                .max_size(1)
-                .build()
-                .unwrap();
+        let pool = scripted_pool(Numbers(Duration::from_millis(200)), 1);
         let slots = Slots::new(1);
         let started = tokio::time::Instant::now();
         let deadline = deadline_after(started, Duration::from_secs(1));
