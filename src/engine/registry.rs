@@ -56,6 +56,19 @@ impl Entry {
     /// swap fails: the poller stays) or the eviction does (and the use fails: the caller takes
     /// the registry's path). A use never lands on an evicted poller.
     fn touch(&self, now_ms: u64) -> bool {
+        // A word already past `now_ms` needs no write: a use that late is recorded, a
+        // janitor's swap prepared on an older word fails as it would after our write, and one
+        // prepared on this word judged idleness from a later use than ours. So most calls read
+        // and do not write: a write per call to a word every worker writes moves its cache line
+        // between cores on every call. (Equal is not enough: a use at the very millisecond a
+        // janitor read must still make its swap fail.)
+        let last = self.last_used_ms.load(Ordering::Acquire);
+        if last == EVICTED {
+            return false;
+        }
+        if last > now_ms {
+            return true;
+        }
         // Always a new word (never the one a janitor may have read), so its swap fails.
         self.last_used_ms
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
@@ -102,26 +115,38 @@ impl Entry {
 }
 
 /// A caller's memory of its trigger's poller (the spec cache keeps one per ScaledObject), so a
-/// call after the first reaches the poller without hashing the key or taking the registry
-/// lock. It never keeps a poller alive, and a poller that was evicted, stopped or shut down is
-/// never used through it: the call then takes the registry's path and remembers the result.
+/// call after the first reaches the poller without hashing the key, taking the registry lock
+/// or touching a reference count. It holds the entry, never the poller: a poller that was
+/// evicted, stopped or shut down is never used through it (its task is gone or going, and an
+/// evicted entry refuses every use, [`Entry::touch`]); the call then takes the registry's
+/// path and remembers the result, which lets the old entry go.
 #[derive(Default)]
-pub struct EntryCache(RwLock<std::sync::Weak<Entry>>);
+pub struct EntryCache(arc_swap::ArcSwapOption<Entry>);
 
 impl EntryCache {
+    /// Whether the entry's poller runs: not evicted, its task not ended (the task holds the
+    /// watch's sender, so a closed channel means it ended), not stopped, not cancelled (by
+    /// eviction, replacement or shutdown; its task may not have ended yet).
+    fn runs(entry: &Entry) -> bool {
+        entry.last_used_ms.load(Ordering::Acquire) != EVICTED
+            && entry.rx.has_changed().is_ok()
+            && entry.stopped.get().is_none()
+            && !entry.cancel.is_cancelled()
+    }
+
+    #[cfg(test)]
     fn live(&self) -> Option<Arc<Entry>> {
-        let entry = self.0.read().expect("entry cache lock").upgrade()?;
-        (!entry.cancel.is_cancelled() && entry.stopped().is_none()).then_some(entry)
+        self.0.load_full().filter(|e| EntryCache::runs(e))
     }
 
     fn remember(&self, entry: &Arc<Entry>) {
-        *self.0.write().expect("entry cache lock") = Arc::downgrade(entry);
+        self.0.store(Some(entry.clone()));
     }
 
     /// The ScaledObject `who` no longer uses this poller (the spec cache dropped its entry for
     /// an edited map): the poller stops being named after it.
     pub fn released(&self, who: &Origin) {
-        if let Some(entry) = self.0.read().expect("entry cache lock").upgrade() {
+        if let Some(entry) = self.0.load_full() {
             entry.origin.left(who);
         }
     }
@@ -252,6 +277,23 @@ impl Registry {
         cache: Option<&EntryCache>,
         wake: Option<&WakeKey>,
     ) -> Result<Reading, EngineError> {
+        self.read_at(Instant::now(), key, origin, source, cache, wake)
+            .await
+    }
+
+    /// [`Registry::read`] judged at `now` (the caller's one clock read for the call).
+    pub async fn read_at(
+        &self,
+        now: Instant,
+        key: &PollerKey,
+        origin: &Origin,
+        source: Option<&Arc<dyn Source>>,
+        cache: Option<&EntryCache>,
+        wake: Option<&WakeKey>,
+    ) -> Result<Reading, EngineError> {
+        if let Some(answer) = cache.and_then(|c| self.read_cached(now, c, key, origin, wake)) {
+            return answer;
+        }
         let (entry, replaced) = self.find(key, origin, source, cache, wake)?;
         if let Some(reason) = replaced {
             return Err(EngineError::Unavailable(format!(
@@ -271,8 +313,40 @@ impl Registry {
         entry
             .rx
             .borrow()
-            .value(Instant::now(), self.max_age(key))
+            .value(Instant::now().max(now), self.max_age(key))
             .map_err(EngineError::Unavailable)
+    }
+
+    /// The answer through the caller's memory of its poller, when that poller runs and has a
+    /// result: no registry lock, no reference count, nothing written but the use (and that
+    /// at most once a millisecond, [`Entry::touch`]). `None` sends the call the registry's way.
+    pub fn read_cached(
+        &self,
+        now: Instant,
+        cache: &EntryCache,
+        key: &PollerKey,
+        origin: &Origin,
+        wake: Option<&WakeKey>,
+    ) -> Option<Result<Reading, EngineError>> {
+        let guard = cache.0.load();
+        let entry = guard.as_deref().filter(|e| EntryCache::runs(e))?;
+        let state = entry.rx.borrow();
+        if !state.has_outcome() {
+            return None;
+        }
+        let now_ms = self.ms_at(now);
+        if !entry.touch(now_ms) {
+            return None;
+        }
+        entry.origin.adopt(origin);
+        if let Some(w) = wake {
+            entry.wanted.touch(w, now_ms, false);
+        }
+        Some(
+            state
+                .value(now, self.max_age(key))
+                .map_err(EngineError::Unavailable),
+        )
     }
 
     /// The latest poll's value if that poll succeeded, at once: never waits for a first
@@ -319,7 +393,8 @@ impl Registry {
         wake: Option<&WakeKey>,
     ) -> Result<(Arc<Entry>, Option<String>), EngineError> {
         let now = self.now_ms();
-        if let Some(entry) = cache.and_then(EntryCache::live).filter(|e| e.touch(now)) {
+        let cached = cache.and_then(|c| c.0.load_full().filter(|e| EntryCache::runs(e)));
+        if let Some(entry) = cached.filter(|e| e.touch(now)) {
             entry.origin.adopt(origin);
             if let Some(w) = wake {
                 entry.wanted.touch(w, now, false);
@@ -647,9 +722,11 @@ impl Registry {
     }
 
     fn now_ms(&self) -> u64 {
-        Instant::now()
-            .saturating_duration_since(self.epoch)
-            .as_millis() as u64
+        self.ms_at(Instant::now())
+    }
+
+    fn ms_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64
     }
 }
 

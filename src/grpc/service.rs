@@ -118,9 +118,11 @@ impl Scaler {
         method: &'static str,
     ) -> Result<(Arc<Parsed>, f64, Duration), Error> {
         let source = self.source(&parsed).await?;
+        let now = tokio::time::Instant::now();
         let reading = self
             .registry
-            .read(
+            .read_at(
+                now,
                 &parsed.spec.poller,
                 &parsed.origin,
                 source.as_ref(),
@@ -128,7 +130,7 @@ impl Scaler {
                 parsed.spec.wake.as_ref(),
             )
             .await?;
-        let age = reading.at.elapsed();
+        let age = now.saturating_duration_since(reading.at);
         parsed.sample_age(method).record(age.as_secs_f64());
         Ok((parsed, reading.value, age))
     }
@@ -176,10 +178,58 @@ impl Scaler {
         )
     }
 
+    /// GetMetrics as most calls are: a cached trigger (without credentials of its own) whose
+    /// poller runs and has a result. Answered at once, with no lock taken and no reference
+    /// counted: the hit and the reading are borrowed, and the only shared writes are the
+    /// call's metrics (and a use, at most once a millisecond). `None` for anything else, which
+    /// [`Scaler::get_metrics_inner`] then answers the general way (the same checks, in the same
+    /// order, so the answer is the same).
+    fn get_metrics_cached(
+        &self,
+        req: &GetMetricsRequest,
+        now: tokio::time::Instant,
+    ) -> Option<(GetMetricsResponse, Freshness)> {
+        let r = req.scaled_object_ref.as_ref()?;
+        let meta = &r.scaler_metadata;
+        let answer = self
+            .specs
+            .with_cached(&r.name, &r.namespace, meta, now.into_std(), |p| {
+                if p.spec.dynamic.is_some()
+                    || !metric_name_matches(&req.metric_name, &p.spec.metric_name)
+                {
+                    return None;
+                }
+                let reading = self
+                    .registry
+                    .read_cached(
+                        now,
+                        &p.cached_poller,
+                        &p.spec.poller,
+                        &p.origin,
+                        p.spec.wake.as_ref(),
+                    )?
+                    .ok()?;
+                let age = now.saturating_duration_since(reading.at);
+                p.sample_age("GetMetrics").record(age.as_secs_f64());
+                let response = GetMetricsResponse {
+                    metric_values: vec![to_metric_value(&p.spec.metric_name, reading.value)],
+                };
+                let freshness = Freshness {
+                    age,
+                    poll_interval: p.spec.poller.poll_interval,
+                };
+                Some((response, freshness))
+            });
+        answer.flatten()
+    }
+
     async fn get_metrics_inner(
         &self,
         req: GetMetricsRequest,
     ) -> Result<(GetMetricsResponse, Freshness), Error> {
+        if let Some(answer) = self.get_metrics_cached(&req, tokio::time::Instant::now()) {
+            return Ok(answer);
+        }
         let r = req
             .scaled_object_ref
             .ok_or_else(|| Error::Request("scaledObjectRef is required".into()))?;

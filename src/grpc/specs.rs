@@ -20,7 +20,9 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 use std::time::{Duration, Instant};
 
 use crate::engine::poller::Origin;
@@ -136,7 +138,7 @@ const SHARDS: usize = 16;
 pub const REPLACE_AFTER: Duration = Duration::from_secs(1);
 
 pub struct Specs {
-    shards: Box<[RwLock<Shard>]>,
+    shards: Box<[ShardCell]>,
     /// Per-process random seed of the key hash.
     seed: u64,
     /// Each shard's share of `--max-spec-cache-bytes`.
@@ -146,10 +148,36 @@ pub struct Specs {
     clock: AtomicU64,
 }
 
+/// Keyed by [`Specs::key`], which is already a hash: not hashed again.
+type Entries = HashMap<u64, Arc<Parsed>, BuildHasherDefault<KeyHasher>>;
+
+/// One shard: its writers' state behind a lock, and a copy of its entries that readers load
+/// without one. A hit takes no lock and writes nothing another core reads (a read lock is a
+/// write to the lock's word: with every worker answering calls, that line moved between
+/// cores on every call); a miss, an edit or an eviction, rare next to hits, publishes a new
+/// copy.
+#[derive(Default)]
+struct ShardCell {
+    state: Mutex<Shard>,
+    published: ArcSwap<Entries>,
+}
+
+impl ShardCell {
+    /// The shard's writers' state; [`ShardCell::publish`] makes what they changed visible.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shard> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn publish(&self, shard: &Shard) {
+        self.published.store(Arc::new(shard.entries.clone()));
+    }
+}
+
 #[derive(Default)]
 struct Shard {
-    /// Keyed by [`Specs::key`], which is already a hash: not hashed again.
-    entries: HashMap<u64, Arc<Parsed>, BuildHasherDefault<KeyHasher>>,
+    entries: Entries,
     bytes: usize,
 }
 
@@ -207,7 +235,7 @@ impl Specs {
     /// A cache of at most `max_bytes` of parsed triggers (`--max-spec-cache-bytes`).
     pub fn new(max_bytes: usize) -> Self {
         Specs {
-            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            shards: (0..SHARDS).map(|_| ShardCell::default()).collect(),
             seed: std::collections::hash_map::RandomState::new().hash_one(0x6f72_6173_u64),
             shard_budget: (max_bytes / SHARDS).max(1),
             epoch: Instant::now(),
@@ -223,18 +251,27 @@ impl Specs {
         namespace: &str,
         meta: &HashMap<String, String>,
     ) -> Option<Arc<Parsed>> {
-        let who = self.who(name, namespace);
-        self.hit(
-            who,
-            self.key(who, meta),
-            name,
-            namespace,
-            meta,
-            self.now_ms(),
-        )
+        self.with_cached(name, namespace, meta, Instant::now(), Arc::clone)
     }
 
-    fn hit(
+    /// `f` of the cached trigger, when the same ScaledObject sent the same metadata before,
+    /// without taking a reference to it (a reference count is a write every worker makes):
+    /// for an answer made whole inside `f`. `now` is the call's clock reading.
+    pub fn with_cached<R>(
+        &self,
+        name: &str,
+        namespace: &str,
+        meta: &HashMap<String, String>,
+        now: Instant,
+        f: impl FnOnce(&Arc<Parsed>) -> R,
+    ) -> Option<R> {
+        let who = self.who(name, namespace);
+        let now = self.ms_at(now);
+        self.hit(who, self.key(who, meta), name, namespace, meta, now, f)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn hit<R>(
         &self,
         who: u64,
         key: u64,
@@ -242,22 +279,30 @@ impl Specs {
         namespace: &str,
         meta: &HashMap<String, String>,
         now: u64,
-    ) -> Option<Arc<Parsed>> {
-        let shard = &self.shards[(who % SHARDS as u64) as usize];
-        let guard = shard.read().expect("specs lock");
-        let hit = guard.entries.get(&key)?;
+        f: impl FnOnce(&Arc<Parsed>) -> R,
+    ) -> Option<R> {
+        let entries = self.shards[(who % SHARDS as u64) as usize].published.load();
+        let hit = entries.get(&key)?;
         if hit.origin.name != name
             || hit.origin.namespace != namespace
             || !same_map(&hit.metadata, meta)
         {
             return None;
         }
-        hit.last_used_ms.store(now, Ordering::Relaxed);
-        hit.recency.store(
-            self.clock.fetch_add(1, Ordering::Relaxed) + 1,
-            Ordering::Relaxed,
-        );
-        Some(hit.clone())
+        // Written only when they change: a write per call to words every worker writes
+        // moves their cache lines between cores on every call. The use time changes once a
+        // millisecond; the LRU rank only when something else took a rank since this entry's
+        // (when it holds the newest rank, taking a newer one changes no order).
+        if hit.last_used_ms.load(Ordering::Relaxed) != now {
+            hit.last_used_ms.store(now, Ordering::Relaxed);
+        }
+        if hit.recency.load(Ordering::Relaxed) != self.clock.load(Ordering::Relaxed) {
+            hit.recency.store(
+                self.clock.fetch_add(1, Ordering::Relaxed) + 1,
+                Ordering::Relaxed,
+            );
+        }
+        Some(f(hit))
     }
 
     /// The parsed trigger for this call, from the cache when the same ScaledObject sent the same
@@ -271,9 +316,9 @@ impl Specs {
     ) -> Result<Arc<Parsed>, MetadataError> {
         let who = self.who(name, namespace);
         let key = self.key(who, meta);
-        let shard = &self.shards[(who % SHARDS as u64) as usize];
+        let cell = &self.shards[(who % SHARDS as u64) as usize];
         let now = self.now_ms();
-        if let Some(hit) = self.hit(who, key, name, namespace, meta, now) {
+        if let Some(hit) = self.hit(who, key, name, namespace, meta, now, Arc::clone) {
             return Ok(hit);
         }
         let spec = metadata::parse(meta, namespace, ctx)?;
@@ -305,7 +350,7 @@ impl Specs {
             return Ok(parsed); // answered, never kept: it alone would fill its shard
         }
         let released = {
-            let mut shard = shard.write().expect("specs lock");
+            let mut shard = cell.lock();
             let mut released = Vec::new();
             // The same key (a collision, or a concurrent miss) and the object's entries that
             // have gone unused: an edited trigger's old map.
@@ -330,6 +375,7 @@ impl Specs {
             }
             shard.bytes += bytes;
             shard.entries.insert(key, parsed.clone());
+            cell.publish(&shard);
             released
         };
         // Outside the shard's lock: the pollers this object's old maps used, and its new map
@@ -366,10 +412,7 @@ impl Specs {
 
     /// Triggers held now.
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.read().expect("specs lock").entries.len())
-            .sum()
+        self.shards.iter().map(|s| s.published.load().len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -378,14 +421,15 @@ impl Specs {
 
     /// Bytes charged to the entries held now.
     pub fn bytes(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.read().expect("specs lock").bytes)
-            .sum()
+        self.shards.iter().map(|s| s.lock().bytes).sum()
     }
 
     fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        self.ms_at(Instant::now())
+    }
+
+    fn ms_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
     /// The ScaledObject's name and namespace.
