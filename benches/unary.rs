@@ -151,33 +151,53 @@ fn switches(pid: u32) -> u64 {
         .sum()
 }
 
+/// Read and write system calls `pid` has made so far (`syscr` + `syscw` of `/proc/<pid>/io`:
+/// `recvfrom`, `writev`, `epoll_wait`'s neighbours `read`/`write` on eventfds, and the like).
+/// With the context switches, it says whether a server's kernel time per call comes from
+/// more calls into the kernel (smaller batches) or from dearer ones.
+fn syscalls(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    io.lines()
+        .filter(|l| l.starts_with("syscr:") || l.starts_with("syscw:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
 /// CPU used by the server process (when it is not this one) and by this process, the load
 /// generator, from [`CpuMeter::start`] to [`CpuMeter::stop`]; and the server's context
 /// switches, which say how often its threads slept and were woken.
 struct CpuMeter {
-    /// The server's pid, (utime, stime) and context switches at the start.
-    server: Option<(u32, (Duration, Duration), u64)>,
+    /// The server's pid, (utime, stime), context switches and read/write calls at the start.
+    server: Option<(u32, (Duration, Duration), u64, u64)>,
     client: Duration,
 }
 
 impl CpuMeter {
     fn start(server_pid: Option<u32>) -> Self {
         CpuMeter {
-            server: server_pid.map(|pid| (pid, cpu_times(&pid.to_string()), switches(pid))),
+            server: server_pid.map(|pid| {
+                (
+                    pid,
+                    cpu_times(&pid.to_string()),
+                    switches(pid),
+                    syscalls(pid),
+                )
+            }),
             client: cpu_time("self"),
         }
     }
 
-    /// (server CPU, context switches and the kernel's part of that CPU; client CPU) over the
-    /// window.
-    fn stop(&self) -> (Option<(Duration, u64, Duration)>, Duration) {
-        let server = self.server.map(|(pid, (user, system), sw)| {
+    /// (server CPU, context switches, the kernel's part of that CPU and read/write calls;
+    /// client CPU) over the window.
+    fn stop(&self) -> (Option<(Duration, u64, Duration, u64)>, Duration) {
+        let server = self.server.map(|(pid, (user, system), sw, calls)| {
             let (user_now, system_now) = cpu_times(&pid.to_string());
             let system = system_now.saturating_sub(system);
             (
                 user_now.saturating_sub(user) + system,
                 switches(pid).saturating_sub(sw),
                 system,
+                syscalls(pid).saturating_sub(calls),
             )
         });
         (server, cpu_time("self").saturating_sub(self.client))
@@ -254,10 +274,16 @@ async fn fixed_rate(
     }
     stats.seconds = started.elapsed().as_secs_f64();
     let (server, client) = cpu.stop();
-    (stats.server_cpu, stats.server_switches, stats.server_system) = (
+    (
+        stats.server_cpu,
+        stats.server_switches,
+        stats.server_system,
+        stats.server_syscalls,
+    ) = (
         server.map(|s| s.0),
         server.map(|s| s.1),
         server.map(|s| s.2),
+        server.map(|s| s.3),
     );
     stats.client_cpu = client;
     stats.requests = stats.latencies.len();
@@ -354,6 +380,8 @@ struct Stats {
     server_system: Option<Duration>,
     /// Context switches of the server's threads over the run (see [`switches`]).
     server_switches: Option<u64>,
+    /// Read and write system calls of the server over the run (see [`syscalls`]).
+    server_syscalls: Option<u64>,
     /// CPU of this process (the load generator, and the server when in-process).
     client_cpu: Duration,
 }
@@ -416,10 +444,16 @@ async fn load(
     }
     stats.seconds = started.elapsed().as_secs_f64();
     let (server, client) = cpu.stop();
-    (stats.server_cpu, stats.server_switches, stats.server_system) = (
+    (
+        stats.server_cpu,
+        stats.server_switches,
+        stats.server_system,
+        stats.server_syscalls,
+    ) = (
         server.map(|s| s.0),
         server.map(|s| s.1),
         server.map(|s| s.2),
+        server.map(|s| s.3),
     );
     stats.client_cpu = client;
     stats.requests = stats.latencies.len();
@@ -622,6 +656,7 @@ fn report(which: &str, mode: &str, connections: usize, s: &Stats) {
             "server_cpu_us_per_request": s.server_cpu_us_per_request().map(|c| (c * 10.0).round() / 10.0),
             "server_system_us_per_request": s.server_system.map(|c| (c.as_secs_f64() * 1e6 / s.requests as f64 * 10.0).round() / 10.0),
             "server_switches_per_request": s.server_switches.map(|n| (n as f64 / s.requests as f64 * 100.0).round() / 100.0),
+            "server_syscalls_per_request": s.server_syscalls.map(|n| (n as f64 / s.requests as f64 * 100.0).round() / 100.0),
             "server_cores": s.server_cpu.map(|c| (c.as_secs_f64() / s.seconds * 100.0).round() / 100.0),
             "client_cpu_us_per_request":
                 (s.client_cpu.as_secs_f64() * 1e6 / s.requests as f64 * 10.0).round() / 10.0})

@@ -974,6 +974,43 @@ mod tests {
         );
     }
 
+    /// A use the word already covers writes nothing (most calls, a millisecond at a time) and
+    /// still keeps the entry from a janitor's swap prepared before it.
+    #[tokio::test]
+    async fn a_use_already_recorded_writes_nothing() {
+        let (r, cancel) = registry(Duration::from_secs(600));
+        let cache = EntryCache::default();
+        let k = key("select 4");
+        r.read(&k, &origin(), None, Some(&cache), None)
+            .await
+            .unwrap();
+        let entry = cache.live().unwrap();
+        let word = || entry.last_used_ms.load(Ordering::Acquire);
+        let t = word() + 10;
+        assert!(entry.touch(t));
+        assert_eq!(word(), t, "a later use is written");
+        let seen = word();
+        assert!(entry.touch(t));
+        assert_eq!(
+            word(),
+            t + 1,
+            "a use at the word's own millisecond moves it on"
+        );
+        assert!(entry.touch(t));
+        assert!(entry.touch(t - 5));
+        assert_eq!(word(), t + 1, "a use the word covers writes nothing");
+        assert!(
+            !entry.evict_if_idle_since(seen, t + 10_000, 1_000),
+            "a janitor that read the word before those uses does not evict"
+        );
+        assert!(entry.evict_if_idle(t + 10_000, 1_000));
+        assert!(
+            !entry.touch(t + 2),
+            "nor does a covered use land on an evicted entry"
+        );
+        cancel.cancel();
+    }
+
     #[tokio::test]
     async fn a_use_and_an_eviction_are_linearizable() {
         let (r, cancel) = registry(Duration::from_secs(600));

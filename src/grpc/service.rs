@@ -414,6 +414,7 @@ fn attach_target<T>(target: &Target, response: &mut Response<T>) {
 }
 
 /// How old a served value is, and how often it is refreshed.
+#[derive(Debug)]
 struct Freshness {
     age: Duration,
     poll_interval: Duration,
@@ -732,5 +733,74 @@ mod tests {
         assert_eq!(v.metric_value, i64::MAX);
         let s = to_metric_spec("m", 0.25);
         assert_eq!((s.target_size, s.target_size_float), (1, 0.25));
+    }
+
+    fn request(query: &str, metric_name: &str) -> GetMetricsRequest {
+        GetMetricsRequest {
+            scaled_object_ref: Some(ScaledObjectRef {
+                name: "worker".into(),
+                namespace: "jobs".into(),
+                scaler_metadata: [("query", query), ("targetQueryValue", "5")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            }),
+            metric_name: metric_name.into(),
+        }
+    }
+
+    /// The at-once path answers exactly when the general one would answer a value, and leaves
+    /// everything else to it: a miss, a wrong metric name, a failing poller, a shutdown.
+    #[tokio::test]
+    async fn the_cached_path_answers_only_what_the_general_path_would() {
+        let shutdown = CancellationToken::new();
+        let registry = Registry::in_memory(&["db"], shutdown.clone());
+        let connections = [(
+            "db".to_string(),
+            ConnectionConfig::new(
+                "db",
+                crate::config::ConnectionUrl::Sqlite(crate::config::SqliteTarget::Memory),
+            ),
+        )]
+        .into_iter()
+        .collect();
+        let scaler = Scaler::new(registry, connections, false, shutdown.clone());
+        let now = tokio::time::Instant::now;
+
+        let good = request("select 7", "");
+        assert!(
+            scaler.get_metrics_cached(&good, now()).is_none(),
+            "a miss: never parsed, no poller"
+        );
+        let (general, _) = scaler.get_metrics_inner(good.clone()).await.unwrap();
+        let (cached, freshness) = scaler
+            .get_metrics_cached(&good, now())
+            .expect("a hit with a running poller and a result");
+        assert_eq!(cached, general);
+        assert_eq!(cached.metric_values[0].metric_value, 7);
+        assert_eq!(freshness.poll_interval, Duration::from_secs(10));
+
+        // A metric name that is not the trigger's: refused, by the general path.
+        let wrong = request("select 7", "other");
+        assert!(scaler.get_metrics_cached(&wrong, now()).is_none());
+        let err = scaler.get_metrics_inner(wrong).await.unwrap_err();
+        assert!(
+            err.to_string().contains("is not this trigger's metric"),
+            "{err}"
+        );
+
+        // A poller whose query fails: the error, never a value, by the general path.
+        let failing = request("select n from missing", "");
+        let first = scaler.get_metrics_inner(failing.clone()).await.unwrap_err();
+        assert!(scaler.get_metrics_cached(&failing, now()).is_none());
+        let again = scaler.get_metrics_inner(failing).await.unwrap_err();
+        assert_eq!(again.to_string(), first.to_string());
+        assert!(again.to_string().contains("missing"), "{again}");
+
+        // Shut down: the poller is cancelled at once, whether or not its task has ended.
+        shutdown.cancel();
+        assert!(scaler.get_metrics_cached(&good, now()).is_none());
+        let err = scaler.get_metrics_inner(good).await.unwrap_err();
+        assert_eq!(Status::from(err).code(), tonic::Code::Unavailable);
     }
 }

@@ -491,6 +491,39 @@ mod tests {
             .collect()
     }
 
+    /// A hit writes its use time once a millisecond and its LRU rank only when another entry
+    /// took a rank since: the LRU order is the one a write on every hit would give.
+    #[test]
+    fn a_hit_writes_only_what_changed() {
+        let specs = Specs::new(1 << 20);
+        let ctx = ctx();
+        let a = meta(&[("query", "select 1"), ("targetQueryValue", "1")]);
+        let b = meta(&[("query", "select 2"), ("targetQueryValue", "1")]);
+        let first = specs.get("a", "ns", &a, &ctx).unwrap();
+        let rank = first.recency.load(Ordering::Relaxed);
+        for _ in 0..100 {
+            specs.cached("a", "ns", &a).unwrap();
+        }
+        assert_eq!(
+            first.recency.load(Ordering::Relaxed),
+            rank,
+            "still the newest"
+        );
+        assert_eq!(specs.clock.load(Ordering::Relaxed), rank);
+        let second = specs.get("b", "ns", &b, &ctx).unwrap();
+        assert!(second.recency.load(Ordering::Relaxed) > rank);
+        specs.cached("a", "ns", &a).unwrap();
+        let again = first.recency.load(Ordering::Relaxed);
+        assert!(
+            again > second.recency.load(Ordering::Relaxed),
+            "newest again"
+        );
+        let later = specs.epoch + Duration::from_secs(5);
+        specs.with_cached("a", "ns", &a, later, |_| ()).unwrap();
+        assert_eq!(first.last_used_ms.load(Ordering::Relaxed), 5_000);
+        assert_eq!(first.recency.load(Ordering::Relaxed), again);
+    }
+
     #[test]
     fn hits_only_for_the_same_map_and_never_hides_a_change() {
         let specs = Specs::new(1 << 20);

@@ -1,0 +1,151 @@
+//! The GetMetrics handler alone (`Scaler::get_metrics`, no gRPC stack): nanoseconds per call on
+//! a warm spec cache and a running poller, from one task and from two tasks on two runtime
+//! workers calling for the same trigger at once. Two callers pay for every write both make to
+//! shared memory (a lock word, a reference count, a use time): each moves a cache line from the
+//! other core. With no shared writes, two callers cost what one does. The Prometheus recorder is
+//! installed, as in the server, so the call's metrics are in the figure.
+//!
+//! `cargo bench --bench handler` (ORASCALE_BENCH_CALLS calls per task per round, 300,000 by
+//! default; 3 rounds, the median printed); under `cargo test` a 20,000-call smoke run. One JSON
+//! line per thread count; `request_drop_ns` is what building and dropping a request costs
+//! alone (the requests are made before the clock starts, dropped inside the call).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use orascale::config::{ConnectionConfig, ConnectionUrl, EngineConfig, SqliteTarget};
+use orascale::engine::Registry;
+use orascale::grpc::Scaler;
+use orascale::grpc::proto::external_scaler_server::ExternalScaler;
+use orascale::grpc::proto::{GetMetricsRequest, ScaledObjectRef};
+use orascale::source::{Cell, PoolStatus, ServerInfo, Source, SourceError};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::Request;
+
+/// Answers 1000 at once.
+struct Constant;
+
+impl Source for Constant {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+    fn driver(&self) -> Result<String, SourceError> {
+        Ok("constant".into())
+    }
+    fn pool(&self) -> PoolStatus {
+        PoolStatus::default()
+    }
+    fn server_info<'a>(&'a self, _: Duration) -> BoxFuture<'a, Result<ServerInfo, SourceError>> {
+        async { Err(SourceError::Unsupported("constant".into())) }.boxed()
+    }
+    fn query<'a>(&'a self, _: &'a str, _: Duration) -> BoxFuture<'a, Result<Cell, SourceError>> {
+        async { Ok(Cell::Number(1000.0)) }.boxed()
+    }
+}
+
+fn main() {
+    let bench = std::env::args().any(|a| a == "--bench");
+    let calls: usize = std::env::var("ORASCALE_BENCH_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if bench { 300_000 } else { 20_000 });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(calls));
+}
+
+async fn run(calls: usize) {
+    let _metrics = orascale::telemetry::metrics::install();
+    let mut sources: BTreeMap<String, Arc<dyn Source>> = BTreeMap::new();
+    sources.insert("bench".into(), Arc::new(Constant));
+    let shutdown = CancellationToken::new();
+    let registry = Registry::new(
+        sources,
+        EngineConfig::default(),
+        shutdown.clone(),
+        TaskTracker::new(),
+    );
+    let connection = ConnectionConfig::new("bench", ConnectionUrl::Sqlite(SqliteTarget::Memory));
+    let scaler = Scaler::new(
+        registry,
+        [("bench".to_string(), connection)].into_iter().collect(),
+        false,
+        shutdown.clone(),
+    );
+    let request = GetMetricsRequest {
+        scaled_object_ref: Some(ScaledObjectRef {
+            name: "bench".into(),
+            namespace: "bench".into(),
+            scaler_metadata: [
+                ("query", "select count(*) from jobs where status = 'queued'"),
+                ("targetQueryValue", "10"),
+                ("scalerAddress", "orascale.keda:9090"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        }),
+        metric_name: String::new(),
+    };
+    // The first call creates the poller and waits for its first result.
+    let first = scaler
+        .get_metrics(Request::new(request.clone()))
+        .await
+        .expect("the first call answers")
+        .into_inner();
+    assert_eq!(first.metric_values[0].metric_value, 1000);
+
+    let drop_ns = {
+        let requests: Vec<_> = (0..calls).map(|_| request.clone()).collect();
+        let t = Instant::now();
+        for r in requests {
+            std::hint::black_box(Request::new(r));
+        }
+        t.elapsed().as_nanos() as f64 / calls as f64
+    };
+    for threads in [1, 2] {
+        let mut rounds = Vec::new();
+        for _ in 0..3 {
+            let mut tasks = Vec::new();
+            for _ in 0..threads {
+                let (scaler, request) = (scaler.clone(), request.clone());
+                tasks.push(tokio::spawn(async move {
+                    let requests: Vec<_> = (0..calls).map(|_| request.clone()).collect();
+                    let started = Instant::now();
+                    for r in requests {
+                        let answer = scaler.get_metrics(Request::new(r)).await;
+                        std::hint::black_box(answer.expect("GetMetrics answers"));
+                    }
+                    started.elapsed()
+                }));
+            }
+            let mut busy = Duration::ZERO;
+            for t in tasks {
+                busy += t.await.unwrap();
+            }
+            rounds.push(busy.as_nanos() as f64 / (calls * threads) as f64);
+        }
+        rounds.sort_by(f64::total_cmp);
+        println!(
+            "{}",
+            json!({
+                "bench": "handler",
+                "method": "GetMetrics",
+                "threads": threads,
+                "calls_per_thread": calls,
+                "ns_per_call": rounds[1].round(),
+                "rounds_ns": rounds.iter().map(|r| r.round()).collect::<Vec<_>>(),
+                "request_drop_ns": drop_ns.round(),
+            })
+        );
+    }
+    shutdown.cancel();
+}
