@@ -7,6 +7,11 @@
 //! misses and is parsed. Only valid triggers are kept (bad metadata is parsed, and refused with
 //! the same INVALID_ARGUMENT, on every call).
 //!
+//! A hit takes no lock and writes nothing another core reads unless it changed (its use time,
+//! once a millisecond; its LRU rank, when another entry took one since): each shard publishes a
+//! copy of its entries that readers load ([`ArcSwap`]); writers take the shard's lock and
+//! publish a new copy.
+//!
 //! Bounded in bytes, not only in count (`--max-spec-cache-bytes`): every entry is charged its
 //! map copy and parsed strings. The cache is split into shards by ScaledObject; a shard past its
 //! share of the budget drops its least recently used entries, under its own lock only, so a
