@@ -1,5 +1,6 @@
-//! The registry: key → poller. Read-mostly: handlers take a read lock to find their poller and
-//! touch its clock; a miss takes the write lock once to create it. A janitor evicts pollers that
+//! The registry: key → poller. Read-mostly: a handler whose spec-cache entry remembers its
+//! poller reaches it through an [`EntryCache`] with no lock; otherwise it takes a read lock to
+//! find its poller and touch its clock; a miss takes the write lock once to create it. A janitor evicts pollers that
 //! have had no stream and no call for the idle timeout. No lock is held across an `.await`.
 //!
 //! A poller task that ends for any reason but eviction or shutdown (a panic in a driver, say)
@@ -56,11 +57,15 @@ impl Entry {
     /// swap fails: the poller stays) or the eviction does (and the use fails: the caller takes
     /// the registry's path). A use never lands on an evicted poller.
     fn touch(&self, now_ms: u64) -> bool {
-        // A word already past `now_ms` needs no write: a use that late is recorded, a
-        // janitor's swap prepared on an older word fails as it would after our write, and one
-        // prepared on this word judged idleness from a later use than ours. So most calls read
-        // and do not write: a write per call to a word every worker writes moves its cache line
-        // between cores on every call. (Equal is not enough: a use at the very millisecond a
+        // A word already past `now_ms` needs no write, so most calls read and do not write (a
+        // write per call to a word every worker writes moves its cache line between cores on
+        // every call). A janitor's swap prepared on an older word fails as it would after our
+        // write. One prepared on this very word judged idleness from a use later than ours:
+        // it evicts only if that later use is `idle_ms` old by its clock, so our use, read
+        // from a clock no later, would have been judged idle too; in that case (a caller
+        // stalled between reading the clock and here for the whole idle timeout) the use is
+        // answered from the poller the janitor evicts right after, as it would be had the use
+        // written its stale time first. (Equal is not enough: a use at the very millisecond a
         // janitor read must still make its swap fail.)
         let last = self.last_used_ms.load(Ordering::Acquire);
         if last == EVICTED {
@@ -132,6 +137,18 @@ impl EntryCache {
             && entry.rx.has_changed().is_ok()
             && entry.stopped.get().is_none()
             && !entry.cancel.is_cancelled()
+    }
+
+    /// What a remembered entry can keep in memory after its poller is gone, until the next
+    /// call remembers its successor: the entry with its copy of the key, the watch channel's
+    /// state (a failure message), the names. The spec cache charges it to its byte budget.
+    pub fn retained_bytes(key: &PollerKey) -> usize {
+        const STATE_AND_NAMES: usize = 1024;
+        std::mem::size_of::<Entry>()
+            + std::mem::size_of::<PollState>()
+            + STATE_AND_NAMES
+            + key.connection.len()
+            + key.query.len()
     }
 
     #[cfg(test)]
@@ -282,7 +299,7 @@ impl Registry {
     }
 
     /// [`Registry::read`] judged at `now` (the caller's one clock read for the call).
-    pub async fn read_at(
+    pub(crate) async fn read_at(
         &self,
         now: Instant,
         key: &PollerKey,
@@ -318,9 +335,11 @@ impl Registry {
     }
 
     /// The answer through the caller's memory of its poller, when that poller runs and has a
-    /// result: no registry lock, no reference count, nothing written but the use (and that
-    /// at most once a millisecond, [`Entry::touch`]). `None` sends the call the registry's way.
-    pub fn read_cached(
+    /// result: no registry lock and no reference count; the shared words written are the
+    /// watch channel's read lock (held only to copy the answer out) and the use (at most once
+    /// a millisecond, [`Entry::touch`]; with `wake`, the wake-up's use too). `None` sends the
+    /// call the registry's way.
+    pub(crate) fn read_cached(
         &self,
         now: Instant,
         cache: &EntryCache,
@@ -330,10 +349,13 @@ impl Registry {
     ) -> Option<Result<Reading, EngineError>> {
         let guard = cache.0.load();
         let entry = guard.as_deref().filter(|e| EntryCache::runs(e))?;
-        let state = entry.rx.borrow();
-        if !state.has_outcome() {
-            return None;
-        }
+        let answer = {
+            let state = entry.rx.borrow();
+            if !state.has_outcome() {
+                return None;
+            }
+            state.value(now, self.max_age(key))
+        };
         let now_ms = self.ms_at(now);
         if !entry.touch(now_ms) {
             return None;
@@ -342,11 +364,7 @@ impl Registry {
         if let Some(w) = wake {
             entry.wanted.touch(w, now_ms, false);
         }
-        Some(
-            state
-                .value(now, self.max_age(key))
-                .map_err(EngineError::Unavailable),
-        )
+        Some(answer.map_err(EngineError::Unavailable))
     }
 
     /// The latest poll's value if that poll succeeded, at once: never waits for a first
@@ -974,6 +992,111 @@ mod tests {
         );
     }
 
+    /// Answers 7 until `failing`, then an error.
+    #[derive(Default)]
+    struct Flip {
+        failing: std::sync::atomic::AtomicBool,
+    }
+
+    impl Source for Flip {
+        fn kind(&self) -> &'static str {
+            "sqlite"
+        }
+        fn driver(&self) -> Result<String, crate::source::SourceError> {
+            Ok("flip".into())
+        }
+        fn pool(&self) -> crate::source::PoolStatus {
+            crate::source::PoolStatus::default()
+        }
+        fn server_info<'a>(
+            &'a self,
+            _: Duration,
+        ) -> futures::future::BoxFuture<
+            'a,
+            Result<crate::source::ServerInfo, crate::source::SourceError>,
+        > {
+            Box::pin(async { Err(crate::source::SourceError::Unsupported("flip".into())) })
+        }
+        fn query<'a>(
+            &'a self,
+            _: &'a str,
+            _: Duration,
+        ) -> futures::future::BoxFuture<'a, Result<crate::source::Cell, crate::source::SourceError>>
+        {
+            let failing = self.failing.load(Ordering::SeqCst);
+            Box::pin(async move {
+                if failing {
+                    Err(crate::source::SourceError::Unsupported(
+                        "the flip failed".into(),
+                    ))
+                } else {
+                    Ok(crate::source::Cell::Number(7.0))
+                }
+            })
+        }
+    }
+
+    /// Through the cache, the staleness rule is the registry's own: after a failed poll the
+    /// last good value while it is younger than the limit, then the error — never a value.
+    #[tokio::test(start_paused = true)]
+    async fn a_cached_read_keeps_the_staleness_limit() {
+        let flip = Arc::new(Flip::default());
+        let mut sources: BTreeMap<String, Arc<dyn Source>> = BTreeMap::new();
+        sources.insert("mem".into(), flip.clone());
+        let cancel = CancellationToken::new();
+        let r = Registry::new(
+            sources,
+            EngineConfig::default(),
+            cancel.clone(),
+            TaskTracker::new(),
+        );
+        let (k, cache) = (key("select 7"), EntryCache::default());
+        let read = |r: &Registry| {
+            r.read_cached(Instant::now(), &cache, &k, &origin(), None)
+                .expect("a running poller with a result")
+        };
+        r.read(&k, &origin(), None, Some(&cache), None)
+            .await
+            .unwrap();
+        flip.failing.store(true, Ordering::SeqCst);
+        tokio::time::sleep(k.poll_interval + Duration::from_millis(100)).await;
+        assert!(cache.live().unwrap().rx.borrow().failure.is_some());
+        assert_eq!(read(&r).unwrap().value, 7.0, "younger than the limit");
+        tokio::time::sleep(r.max_age(&k)).await;
+        let err = read(&r).unwrap_err().to_string();
+        assert!(err.contains("the flip failed"), "{err}");
+        assert!(err.contains("staleness limit"), "{err}");
+        let general = r
+            .read(&k, &origin(), None, None, None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert_eq!(general, err, "the general path says the same");
+        cancel.cancel();
+    }
+
+    /// A call through the cache still asks for its wake-up channel, so the janitor never drops
+    /// a channel that only such calls ask for.
+    #[tokio::test]
+    async fn a_cached_read_asks_for_its_wake_up() {
+        let (r, cancel) = registry(Duration::from_secs(600));
+        let (k, cache) = (key("select 6"), EntryCache::default());
+        let wake = |channel: &str| WakeKey {
+            channel: channel.into(),
+            min_interval: Duration::from_millis(100),
+        };
+        r.read(&k, &origin(), None, Some(&cache), Some(&wake("jobs")))
+            .await
+            .unwrap();
+        let entry = cache.live().unwrap();
+        assert!(!entry.wanted.watch().borrow().contains(&wake("other")));
+        r.read_cached(Instant::now(), &cache, &k, &origin(), Some(&wake("other")))
+            .expect("cached")
+            .unwrap();
+        assert!(entry.wanted.watch().borrow().contains(&wake("other")));
+        cancel.cancel();
+    }
+
     /// A use the word already covers writes nothing (most calls, a millisecond at a time) and
     /// still keeps the entry from a janitor's swap prepared before it.
     #[tokio::test]
@@ -1001,13 +1124,16 @@ mod tests {
         assert_eq!(word(), t + 1, "a use the word covers writes nothing");
         assert!(
             !entry.evict_if_idle_since(seen, t + 10_000, 1_000),
-            "a janitor that read the word before those uses does not evict"
+            "a janitor that read the word before the use at its own millisecond does not evict"
         );
-        assert!(entry.evict_if_idle(t + 10_000, 1_000));
-        assert!(
-            !entry.touch(t + 2),
-            "nor does a covered use land on an evicted entry"
-        );
+        // A janitor that read the later word judged idleness from a use later than a covered
+        // one, which it would have judged idle too: its swap lands (the caller had to stall
+        // for the whole idle timeout between its clock and its touch).
+        let later = word();
+        assert!(entry.touch(t - 1));
+        assert!(entry.evict_if_idle_since(later, t + 10_000, 1_000));
+        assert!(!entry.touch(t + 2), "no use lands on an evicted entry");
+        assert!(!entry.touch(t - 1), "covered or not");
         cancel.cancel();
     }
 

@@ -13,7 +13,7 @@
 //! publish a new copy.
 //!
 //! Bounded in bytes, not only in count (`--max-spec-cache-bytes`): every entry is charged its
-//! map copy and parsed strings. The cache is split into shards by ScaledObject; a shard past its
+//! map copy and parsed strings, and what the poller entries it remembers can keep. The cache is split into shards by ScaledObject; a shard past its
 //! share of the budget drops its least recently used entries, under its own lock only, so a
 //! flood of large maps never stalls the triggers in other shards, and never empties the cache.
 //! An edited trigger replaces its old entry: a new map for a ScaledObject drops the object's
@@ -149,8 +149,6 @@ pub struct Specs {
     /// Each shard's share of `--max-spec-cache-bytes`.
     shard_budget: usize,
     epoch: Instant,
-    /// Uses so far (hits and inserts): the logical clock of [`Parsed::recency`], never tied.
-    clock: AtomicU64,
 }
 
 /// Keyed by [`Specs::key`], which is already a hash: not hashed again.
@@ -165,6 +163,10 @@ type Entries = HashMap<u64, Arc<Parsed>, BuildHasherDefault<KeyHasher>>;
 struct ShardCell {
     state: Mutex<Shard>,
     published: ArcSwap<Entries>,
+    /// Uses so far in this shard (hits and inserts): the logical clock of
+    /// [`Parsed::recency`], never tied. A shard's own: eviction orders a shard's entries only,
+    /// and triggers in other shards never write it.
+    clock: AtomicU64,
 }
 
 impl ShardCell {
@@ -244,7 +246,6 @@ impl Specs {
             seed: std::collections::hash_map::RandomState::new().hash_one(0x6f72_6173_u64),
             shard_budget: (max_bytes / SHARDS).max(1),
             epoch: Instant::now(),
-            clock: AtomicU64::new(0),
         }
     }
 
@@ -262,7 +263,7 @@ impl Specs {
     /// `f` of the cached trigger, when the same ScaledObject sent the same metadata before,
     /// without taking a reference to it (a reference count is a write every worker makes):
     /// for an answer made whole inside `f`. `now` is the call's clock reading.
-    pub fn with_cached<R>(
+    pub(crate) fn with_cached<R>(
         &self,
         name: &str,
         namespace: &str,
@@ -286,7 +287,8 @@ impl Specs {
         now: u64,
         f: impl FnOnce(&Arc<Parsed>) -> R,
     ) -> Option<R> {
-        let entries = self.shards[(who % SHARDS as u64) as usize].published.load();
+        let cell = &self.shards[(who % SHARDS as u64) as usize];
+        let entries = cell.published.load();
         let hit = entries.get(&key)?;
         if hit.origin.name != name
             || hit.origin.namespace != namespace
@@ -295,15 +297,15 @@ impl Specs {
             return None;
         }
         // Written only when they change: a write per call to words every worker writes
-        // moves their cache lines between cores on every call. The use time changes once a
-        // millisecond; the LRU rank only when something else took a rank since this entry's
-        // (when it holds the newest rank, taking a newer one changes no order).
-        if hit.last_used_ms.load(Ordering::Relaxed) != now {
+        // moves their cache lines between cores on every call. The use time moves once a
+        // millisecond (forward only); the LRU rank only when another entry of the shard took a
+        // rank since this one's (holding the newest rank, taking a newer one changes no order).
+        if hit.last_used_ms.load(Ordering::Relaxed) < now {
             hit.last_used_ms.store(now, Ordering::Relaxed);
         }
-        if hit.recency.load(Ordering::Relaxed) != self.clock.load(Ordering::Relaxed) {
+        if hit.recency.load(Ordering::Relaxed) != cell.clock.load(Ordering::Relaxed) {
             hit.recency.store(
-                self.clock.fetch_add(1, Ordering::Relaxed) + 1,
+                cell.clock.fetch_add(1, Ordering::Relaxed) + 1,
                 Ordering::Relaxed,
             );
         }
@@ -332,6 +334,10 @@ impl Specs {
             + metadata.text.len()
             + 4 * metadata.ends.len()
             + spec_bytes(&spec)
+            // The pollers' entries it remembers, and its place in the shard's published copy.
+            + crate::engine::EntryCache::retained_bytes(&spec.poller)
+            + spec.target_poller.as_ref().map_or(0, crate::engine::EntryCache::retained_bytes)
+            + 2 * std::mem::size_of::<(u64, Arc<Parsed>)>()
             + name.len()
             + namespace.len()
             + spec.metric_name.len();
@@ -347,7 +353,7 @@ impl Specs {
             cached_poller: Default::default(),
             cached_target: Default::default(),
             last_used_ms: AtomicU64::new(now),
-            recency: AtomicU64::new(self.clock.fetch_add(1, Ordering::Relaxed) + 1),
+            recency: AtomicU64::new(cell.clock.fetch_add(1, Ordering::Relaxed) + 1),
             who,
             bytes,
         });
@@ -514,8 +520,19 @@ mod tests {
             rank,
             "still the newest"
         );
-        assert_eq!(specs.clock.load(Ordering::Relaxed), rank);
-        let second = specs.get("b", "ns", &b, &ctx).unwrap();
+        let shard = &specs.shards[(first.who % SHARDS as u64) as usize];
+        assert_eq!(shard.clock.load(Ordering::Relaxed), rank);
+        // A trigger of another shard takes its own shard's ranks.
+        let elsewhere = (0..)
+            .map(|i| format!("other-{i}"))
+            .find(|n| specs.who(n, "ns") % SHARDS as u64 != first.who % SHARDS as u64)
+            .unwrap();
+        specs.get(&elsewhere, "ns", &b, &ctx).unwrap();
+        assert_eq!(shard.clock.load(Ordering::Relaxed), rank);
+        specs.cached("a", "ns", &a).unwrap();
+        assert_eq!(first.recency.load(Ordering::Relaxed), rank);
+        // The same object's second trigger: the same shard.
+        let second = specs.get("a", "ns", &b, &ctx).unwrap();
         assert!(second.recency.load(Ordering::Relaxed) > rank);
         specs.cached("a", "ns", &a).unwrap();
         let again = first.recency.load(Ordering::Relaxed);
