@@ -467,9 +467,13 @@ impl Slots {
             return false;
         }
         let mut state = self.lock();
+        // Re-checked under the lock: a refusal may have retired slots since the check above
+        // (while the session was closed, say). A slot not retired goes back to the gate.
         for slot in taken {
-            slot.forget();
-            state.capacity -= 1;
+            if state.capacity > 1 {
+                slot.forget();
+                state.capacity -= 1;
+            }
         }
         state.changed = tokio::time::Instant::now();
         state.made_room = Some(state.changed);
@@ -864,6 +868,22 @@ mod tests {
         tokio::time::advance(MAKE_ROOM_EVERY - REGROW_AFTER).await;
         assert!(slots.make_room(2, || true));
         assert_eq!(slots.capacity(), 1);
+    }
+
+    /// Refusals that retire slots while make_room closes its session (between its check and
+    /// its lock) never take the gate below one slot.
+    #[tokio::test(start_paused = true)]
+    async fn make_room_and_concurrent_refusals_leave_one_slot() {
+        let slots = Slots::new(3);
+        assert!(slots.make_room(3, || {
+            for held in [2, 1] {
+                let slot = slots.gate.clone().try_acquire_owned().unwrap();
+                assert!(slots.refused(slot, held));
+            }
+            true
+        }));
+        assert_eq!(slots.capacity(), 1);
+        assert_eq!(slots.gate.available_permits(), 1, "one slot in circulation");
     }
 
     #[tokio::test(start_paused = true)]
