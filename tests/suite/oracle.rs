@@ -562,6 +562,10 @@ mod alert_wakeups {
         pool_sessions: usize,
         /// A REGISTER that sweeps orphaned pipes (`cleanup => TRUE`) outlasts its call timeout.
         slow_sweep: bool,
+        /// Like `slow_sweep`, for the next sweep only.
+        slow_sweep_once: bool,
+        /// An Oracle before 12.2: REGISTER has no `cleanup` parameter (PLS-00306).
+        no_cleanup_parameter: bool,
         /// REMOVEALL starts only once a break reached the session, or after 200 ms (real
         /// time): a break in flight when the session closes lands on it.
         remove_all_waits_for_break: bool,
@@ -739,13 +743,18 @@ mod alert_wakeups {
     impl AlertSession for Session {
         fn register(&mut self, name: &str, cleanup: bool) -> Result<(), String> {
             let (fail, what) = {
-                let s = self.script.lock();
-                match (cleanup, s.slow_sweep) {
+                let mut s = self.script.lock();
+                let slow = s.slow_sweep || std::mem::take(&mut s.slow_sweep_once) && cleanup;
+                match (cleanup, slow) {
                     (true, true) => (
                         Some("DPI-1067: call timeout of 5000 ms exceeded with ORA-3156".into()),
                         format!("register {name}: sweep timed out"),
                     ),
                     (true, false) => (s.register_error.clone(), format!("register {name}")),
+                    (false, _) if s.no_cleanup_parameter => (
+                        Some("ORA-06550: line 1, column 7:\nPLS-00306: wrong number or types of arguments in call to 'REGISTER'".into()),
+                        format!("register {name} without sweep: PLS-00306"),
+                    ),
                     (false, _) => (
                         s.register_error.clone(),
                         format!("register {name} without sweep"),
@@ -1513,6 +1522,43 @@ mod alert_wakeups {
                     .log()
                     .contains(&"register JOBS without sweep".to_string())
             );
+        })
+        .await;
+    }
+
+    /// An Oracle before 12.2 has no `cleanup` parameter: after a sweep timed out once, the
+    /// next session's REGISTER without it fails with PLS-00306; the listener registers with the
+    /// sweep (the only REGISTER such a server has) and later sessions do too, instead of
+    /// failing that way until a restart.
+    #[tokio::test(start_paused = true)]
+    async fn a_server_without_the_cleanup_parameter_gets_the_sweep_back() {
+        guard(Duration::from_secs(600), async {
+            let rig = Rig::new(2);
+            rig.script.set(|s| {
+                s.slow_sweep_once = true;
+                s.no_cleanup_parameter = true;
+            });
+            let _a = rig.hub.subscribe("JOBS");
+            rig.run_for(BACKOFF_MAX + WAIT * 5).await;
+            assert!(rig.listening());
+            let registers = |log: Vec<String>| -> Vec<String> {
+                log.into_iter()
+                    .filter(|l| l.starts_with("register "))
+                    .collect()
+            };
+            assert_eq!(
+                registers(rig.script.log()),
+                [
+                    "register JOBS: sweep timed out",
+                    "register JOBS without sweep: PLS-00306",
+                    "register JOBS",
+                ],
+            );
+            // Later sessions register with the sweep at once.
+            rig.script.set(|s| s.kill = true);
+            rig.run_for(BACKOFF_MAX + WAIT * 3).await;
+            assert!(rig.listening());
+            assert_eq!(registers(rig.script.log()), ["register JOBS"]);
         })
         .await;
     }

@@ -18,7 +18,8 @@
 //! sent while the thread is between calls would land on the closing REMOVEALL (ORA-01013,
 //! which is then retried once). A session's first REGISTER sweeps orphaned pipes
 //! (`cleanup => TRUE`, the default); once such a sweep ran out of its call timeout, later
-//! sessions register with `cleanup => FALSE` (Oracle 12.2 on), or a slow sweep would end every
+//! sessions register with `cleanup => FALSE` (Oracle 12.2 on; an older server answers
+//! PLS-00306, and the sweep comes back), or a slow sweep would end every
 //! session the same way. A call that fails ends the session: `lost()` resolves with the reason and
 //! the hub reconnects with its backoff. A user without `EXECUTE ON SYS.DBMS_ALERT` gets an
 //! error naming that grant, which the hub logs once as its "wake-ups degraded" WARN.
@@ -271,8 +272,17 @@ impl Serve {
             loop {
                 let (outcome, reply) = match next {
                     Ok(Command::Register(name, reply)) => {
-                        let cleanup = self.sweep.load(Ordering::SeqCst);
-                        let outcome = s.register(&name, cleanup);
+                        let mut cleanup = self.sweep.load(Ordering::SeqCst);
+                        let mut outcome = s.register(&name, cleanup);
+                        if !cleanup && outcome.as_ref().is_err_and(|e| e.contains("PLS-00306")) {
+                            // An Oracle before 12.2: REGISTER has no `cleanup` parameter. The
+                            // sweep is the only REGISTER it has: back to it, for this session
+                            // and the next ones (else wake-ups stay down until a restart).
+                            self.sweep.store(true, Ordering::SeqCst);
+                            tracing::warn!(error = %outcome.as_ref().err().map_or("", |e| e.as_str()), "oracle: this server's DBMS_ALERT.REGISTER has no cleanup parameter (Oracle before 12.2); sessions register with the sweep of orphaned pipes again");
+                            cleanup = true;
+                            outcome = s.register(&name, true);
+                        }
                         if cleanup
                             && first_register
                             && let Err(e) = &outcome
