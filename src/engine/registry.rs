@@ -1097,17 +1097,23 @@ mod tests {
         cancel.cancel();
     }
 
+    /// A poller of a registry with a 10 min idle timeout, made by a read through a cache, and
+    /// its entry as the cache remembers it.
+    async fn remembered(query: &str) -> (Arc<Registry>, CancellationToken, Arc<Entry>) {
+        let (r, cancel) = registry(Duration::from_secs(600));
+        let cache = EntryCache::default();
+        r.read(&key(query), &origin(), None, Some(&cache), None)
+            .await
+            .unwrap();
+        let entry = cache.live().unwrap();
+        (r, cancel, entry)
+    }
+
     /// A use the word already covers writes nothing (most calls, a millisecond at a time) and
     /// still keeps the entry from a janitor's swap prepared before it.
     #[tokio::test]
     async fn a_use_already_recorded_writes_nothing() {
-        let (r, cancel) = registry(Duration::from_secs(600));
-        let cache = EntryCache::default();
-        let k = key("select 4");
-        r.read(&k, &origin(), None, Some(&cache), None)
-            .await
-            .unwrap();
-        let entry = cache.live().unwrap();
+        let (_r, cancel, entry) = remembered("select 4").await;
         let word = || entry.last_used_ms.load(Ordering::Acquire);
         let t = word() + 10;
         assert!(entry.touch(t));
@@ -1139,13 +1145,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_use_and_an_eviction_are_linearizable() {
-        let (r, cancel) = registry(Duration::from_secs(600));
-        let cache = EntryCache::default();
-        let k = key("select 3");
-        r.read(&k, &origin(), None, Some(&cache), None)
-            .await
-            .unwrap();
-        let entry = cache.live().unwrap();
+        let (_r, cancel, entry) = remembered("select 3").await;
         let idle = 1_000;
         let t0 = entry.last_used_ms.load(Ordering::Acquire);
         // A use after the janitor looked but before it swapped: the swap fails, the poller
