@@ -50,7 +50,7 @@ pub struct ScalerSpec {
 
 /// What makes two triggers share one poller: what determines the value. Thresholds, metric
 /// names and wake-ups are not part of it: thresholds and names stay per ScaledObject, and a
-/// poller waits on the union of its users' wake-up channels ([`wake::Wanted`]), so adding
+/// poller waits on the union of its users' wake-up channels (the engine's `wake::Wanted`), so adding
 /// `notifyChannel` to one of many identical triggers adds no poller and no query.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PollerKey {

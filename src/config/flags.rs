@@ -70,6 +70,8 @@ pub struct ServeArgs {
     #[arg(long, env = "ORASCALE_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
 
+    // `[:PORT]` is help text (clap prints this comment), not a link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// A database connection, NAME=URL; repeatable. URL: sqlite:PATH, sqlite::memory:,
     /// postgres://…, oracle://USER@HOST[:PORT]/SERVICE. The environment form is comma-separated.
     #[arg(

@@ -3,7 +3,7 @@
 //!
 //! - [`registry`]: the map key → poller, created on first use and evicted when idle.
 //! - [`poller`]: the task that runs one query on its interval.
-//! - [`sample`]: the cached value and how its age and errors become an answer.
+//! - [`state`]: the cached value and how its age and errors become an answer.
 //! - [`stats`]: the engine's state as plain data, rendered as metric families at scrape time.
 //! - [`sources`]: the databases (configured and made from credentials) and their wake-up hubs.
 //! - [`supervise`]: tasks that end on their own are recorded and reported, never mistaken for

@@ -123,7 +123,7 @@ impl Entry {
 /// call after the first reaches the poller without hashing the key, taking the registry lock
 /// or touching a reference count. It holds the entry, never the poller: a poller that was
 /// evicted, stopped or shut down is never used through it (its task is gone or going, and an
-/// evicted entry refuses every use, [`Entry::touch`]); the call then takes the registry's
+/// evicted entry refuses every use, `Entry::touch`); the call then takes the registry's
 /// path and remembers the result, which lets the old entry go.
 #[derive(Default)]
 pub struct EntryCache(arc_swap::ArcSwapOption<Entry>);

@@ -21,7 +21,7 @@ const BUFFER_SIZE: usize = 256;
 /// tonic's default: how much a streaming response buffers before it yields.
 const YIELD_THRESHOLD: usize = 32 * 1024;
 
-/// [`tonic_prost::ProstCodec`] with [`BUFFER_SIZE`] buffers (named by build.rs's `codec_path`).
+/// [`tonic_prost::ProstCodec`] with `BUFFER_SIZE` buffers (named by build.rs's `codec_path`).
 #[derive(Debug, Clone)]
 pub struct SmallCodec<T, U>(PhantomData<(T, U)>);
 

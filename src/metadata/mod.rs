@@ -5,10 +5,10 @@
 //! (say `pollingInterval`) would otherwise be silently ignored.
 
 //!
-//! - [`keys`]: the keys we know, KEDA's own, and the "did you mean" hints.
-//! - [`poller`]: the settings that make a trigger's poller (interval, timeout, nulls).
-//! - [`credentials`]: connections made from per-ScaledObject credentials.
-//! - [`naming`]: metric names, given or derived.
+//! - `keys`: the keys we know, KEDA's own, and the "did you mean" hints.
+//! - `poller`: the settings that make a trigger's poller (interval, timeout, nulls).
+//! - `credentials`: connections made from per-ScaledObject credentials.
+//! - `naming`: metric names, given or derived.
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
