@@ -744,7 +744,7 @@ mod alert_wakeups {
         fn register(&mut self, name: &str, cleanup: bool) -> Result<(), String> {
             let (fail, what) = {
                 let mut s = self.script.lock();
-                let slow = s.slow_sweep || std::mem::take(&mut s.slow_sweep_once) && cleanup;
+                let slow = s.slow_sweep || cleanup && std::mem::take(&mut s.slow_sweep_once);
                 match (cleanup, slow) {
                     (true, true) => (
                         Some("DPI-1067: call timeout of 5000 ms exceeded with ORA-3156".into()),
@@ -1559,6 +1559,40 @@ mod alert_wakeups {
             rig.run_for(BACKOFF_MAX + WAIT * 3).await;
             assert!(rig.listening());
             assert_eq!(registers(rig.script.log()), ["register JOBS"]);
+        })
+        .await;
+    }
+
+    /// On a server before 12.2 whose sweep stays too slow, REGISTER without the sweep is not
+    /// tried again once it failed with PLS-00306: wake-ups stay down (there is no other
+    /// REGISTER), but the listener does not alternate a PLS-00306 and a 5 s sweep on every
+    /// session.
+    #[tokio::test(start_paused = true)]
+    async fn a_server_with_only_a_slow_sweep_is_not_asked_the_other_way_again() {
+        guard(Duration::from_secs(600), async {
+            let rig = Rig::new(2);
+            rig.script.set(|s| {
+                s.slow_sweep = true;
+                s.no_cleanup_parameter = true;
+            });
+            let _a = rig.hub.subscribe("JOBS");
+            rig.run_for(BACKOFF_MAX * 6).await;
+            let log: Vec<String> = rig
+                .script
+                .log()
+                .into_iter()
+                .filter(|l| l.starts_with("register "))
+                .collect();
+            let without = log.iter().filter(|l| l.contains("without sweep")).count();
+            assert_eq!(without, 1, "{log:?}");
+            assert!(
+                log.iter()
+                    .filter(|l| l.ends_with("sweep timed out"))
+                    .count()
+                    >= 4,
+                "the sessions go on (with the sweep): {log:?}"
+            );
+            assert!(!rig.listening());
         })
         .await;
     }

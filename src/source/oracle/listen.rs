@@ -36,7 +36,7 @@
 //! production one.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::time::Duration;
 
@@ -109,10 +109,8 @@ pub struct OracleListener {
     threads: Arc<AtomicUsize>,
     /// The pool's claim on the slots comes before this listener's.
     polls_first: PollsFirst,
-    /// Whether a session's first REGISTER still sweeps orphaned pipes (`cleanup => TRUE`, the
-    /// default): cleared once such a sweep ran out of its call timeout, so a sweep too slow
-    /// for [`CALL_TIMEOUT`] cannot fail every session forever.
-    sweep: Arc<AtomicBool>,
+    /// Whether a session's first REGISTER sweeps orphaned pipes ([`Sweep`]).
+    sweep: Arc<AtomicU8>,
     /// How long the thread waits for the hub's next command after answering one.
     command_grace: Duration,
 }
@@ -139,7 +137,7 @@ impl OracleListener {
             process_connects,
             threads: Arc::new(AtomicUsize::new(0)),
             polls_first,
-            sweep: Arc::new(AtomicBool::new(true)),
+            sweep: Arc::new(AtomicU8::new(Sweep::Default as u8)),
             command_grace: COMMAND_GRACE,
         }
     }
@@ -246,9 +244,28 @@ impl Listener for OracleListener {
     }
 }
 
+/// An Oracle message on one log line (PL/SQL errors come as several).
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// How a connection's sessions REGISTER.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+enum Sweep {
+    /// `cleanup => TRUE`, the default: a session's first REGISTER sweeps orphaned pipes.
+    Default = 0,
+    /// `cleanup => FALSE` (Oracle 12.2 on): a sweep ran out of its call timeout once, and a
+    /// sweep too slow for [`CALL_TIMEOUT`] must not fail every session for ever.
+    Skip = 1,
+    /// The server has no `cleanup` parameter (before 12.2: PLS-00306): the sweep for good, so
+    /// a slow sweep is not tried the other way again on every session.
+    Only = 2,
+}
+
 /// What the thread's loop takes from its listener.
 struct Serve {
-    sweep: Arc<AtomicBool>,
+    sweep: Arc<AtomicU8>,
     grace: Duration,
 }
 
@@ -272,14 +289,17 @@ impl Serve {
             loop {
                 let (outcome, reply) = match next {
                     Ok(Command::Register(name, reply)) => {
-                        let mut cleanup = self.sweep.load(Ordering::SeqCst);
+                        let mut cleanup = self.sweep.load(Ordering::SeqCst) != Sweep::Skip as u8;
                         let mut outcome = s.register(&name, cleanup);
                         if !cleanup && outcome.as_ref().is_err_and(|e| e.contains("PLS-00306")) {
                             // An Oracle before 12.2: REGISTER has no `cleanup` parameter. The
                             // sweep is the only REGISTER it has: back to it, for this session
                             // and the next ones (else wake-ups stay down until a restart).
-                            self.sweep.store(true, Ordering::SeqCst);
-                            tracing::warn!(error = %outcome.as_ref().err().map_or("", |e| e.as_str()), "oracle: this server's DBMS_ALERT.REGISTER has no cleanup parameter (Oracle before 12.2); sessions register with the sweep of orphaned pipes again");
+                            let was = self.sweep.swap(Sweep::Only as u8, Ordering::SeqCst);
+                            if was != Sweep::Only as u8 {
+                                let error = one_line(outcome.as_ref().err().map_or("", |e| e));
+                                tracing::warn!(%error, "oracle: this server's DBMS_ALERT.REGISTER has no cleanup parameter (Oracle before 12.2); sessions register with the sweep of orphaned pipes again");
+                            }
                             cleanup = true;
                             outcome = s.register(&name, true);
                         }
@@ -287,11 +307,21 @@ impl Serve {
                             && first_register
                             && let Err(e) = &outcome
                             && Fault::classify(e) == Fault::Timeout
+                            && self
+                                .sweep
+                                .compare_exchange(
+                                    Sweep::Default as u8,
+                                    Sweep::Skip as u8,
+                                    Ordering::SeqCst,
+                                    Ordering::SeqCst,
+                                )
+                                .is_ok()
                         {
                             // The sweep of orphaned pipes outlasted the call timeout: the
-                            // next sessions skip it, or they would time out the same way.
-                            self.sweep.store(false, Ordering::SeqCst);
-                            tracing::warn!(error = %e, "oracle: DBMS_ALERT.REGISTER's sweep of orphaned pipes ran out of time; later sessions register with cleanup => FALSE");
+                            // next sessions skip it, or they would time out the same way (not
+                            // on a server that has only the sweep: there is nothing else).
+                            let error = one_line(e);
+                            tracing::warn!(%error, "oracle: DBMS_ALERT.REGISTER's sweep of orphaned pipes ran out of time; later sessions register with cleanup => FALSE");
                         }
                         first_register = false;
                         (outcome, reply)
