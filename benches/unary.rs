@@ -151,10 +151,11 @@ fn switches(pid: u32) -> u64 {
         .sum()
 }
 
-/// Read and write system calls `pid` has made so far (`syscr` + `syscw` of `/proc/<pid>/io`:
-/// `recvfrom`, `writev`, `epoll_wait`'s neighbours `read`/`write` on eventfds, and the like).
-/// With the context switches, it says whether a server's kernel time per call comes from
-/// more calls into the kernel (smaller batches) or from dearer ones.
+/// Read- and write-family system calls `pid` has made so far (`syscr` + `syscw` of
+/// `/proc/<pid>/io`: `read`, `write`, `readv`, `writev` — the responses' `writev`, the
+/// runtime's eventfd — but not the sockets' `recvfrom`/`sendto`). With the context switches,
+/// it says whether a server's kernel time per call comes from more calls into the kernel
+/// (smaller batches of responses) or from dearer ones.
 fn syscalls(pid: u32) -> u64 {
     let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
     io.lines()

@@ -670,7 +670,8 @@ mod tests {
             }
             assert_eq!(status().deferred, 1);
             // Within one interval the tick polls: interval polls never wait for a wake slot.
-            tokio::time::sleep(Duration::from_secs(10)).await;
+            // (9.9 s: the tick, past 0.5 s, lands inside, and its next one does not.)
+            tokio::time::sleep(Duration::from_millis(9_900)).await;
             assert_eq!(s.calls.load(Ordering::SeqCst), 2);
             assert_eq!(status().wake_polls, 0, "it ran as the interval poll");
             cancel.cancel();

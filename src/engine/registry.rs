@@ -141,14 +141,15 @@ impl EntryCache {
 
     /// What a remembered entry can keep in memory after its poller is gone, until the next
     /// call remembers its successor: the entry with its copy of the key, the watch channel's
-    /// state (a failure message), the names. The spec cache charges it to its byte budget.
+    /// state (a failure message, which quotes the query), the names. The spec cache charges it
+    /// to its byte budget.
     pub fn retained_bytes(key: &PollerKey) -> usize {
         const STATE_AND_NAMES: usize = 1024;
         std::mem::size_of::<Entry>()
             + std::mem::size_of::<PollState>()
             + STATE_AND_NAMES
             + key.connection.len()
-            + key.query.len()
+            + 2 * key.query.len()
     }
 
     #[cfg(test)]
@@ -336,9 +337,9 @@ impl Registry {
 
     /// The answer through the caller's memory of its poller, when that poller runs and has a
     /// result: no registry lock and no reference count; the shared words written are the
-    /// watch channel's read lock (held only to copy the answer out) and the use (at most once
-    /// a millisecond, [`Entry::touch`]; with `wake`, the wake-up's use too). `None` sends the
-    /// call the registry's way.
+    /// cancellation token's mutex ([`EntryCache::runs`]), the watch channel's read lock (held
+    /// only to copy the answer out) and the use (at most once a millisecond, [`Entry::touch`];
+    /// with `wake`, the wake-up's use too). `None` sends the call the registry's way.
     pub(crate) fn read_cached(
         &self,
         now: Instant,

@@ -181,8 +181,10 @@ impl Scaler {
     /// GetMetrics as most calls are: a cached trigger (without credentials of its own) whose
     /// poller runs and has a good value. Answered at once, with no spec-cache or registry lock
     /// and no reference counted: the hit and the entry are borrowed. What a call still writes
-    /// to shared memory: the poller's watch read lock (to copy the value out), its metrics,
-    /// its use (at most once a millisecond) and, with `notifyChannel`, its wake-up's use.
+    /// to shared memory: the poller's watch read lock (to copy the value out) and its
+    /// cancellation token's mutex (reading whether it was cancelled locks it), its metrics, its
+    /// use (at most once a millisecond), its shard's rank counter when another entry of the
+    /// shard was used since, and with `notifyChannel` its wake-up's use.
     /// `None` for anything else, which [`Scaler::get_metrics_inner`] then answers the general
     /// way (the same checks in the same order, so the same answer; an error is looked up twice).
     fn get_metrics_cached(

@@ -301,7 +301,7 @@ impl Specs {
         // millisecond (forward only); the LRU rank only when another entry of the shard took a
         // rank since this one's (holding the newest rank, taking a newer one changes no order).
         if hit.last_used_ms.load(Ordering::Relaxed) < now {
-            hit.last_used_ms.store(now, Ordering::Relaxed);
+            hit.last_used_ms.fetch_max(now, Ordering::Relaxed);
         }
         if hit.recency.load(Ordering::Relaxed) != cell.clock.load(Ordering::Relaxed) {
             hit.recency.store(

@@ -441,7 +441,9 @@ impl Slots {
     /// The server refused a session outside the pool (the listener's) while the pool holds
     /// `held` ≥ 2: retire slots down to `held − 1` (at least one, those free now) and, holding
     /// them, close one idle session with `close_idle`, so the next session the server grants is
-    /// the outside one's. False (nothing changed) when no slot is free or no session idle.
+    /// the outside one's. False when no slot is free or no session idle (nothing changed), or
+    /// when refusals meanwhile retired slots down to the last one (a session was closed, no
+    /// slot retired).
     ///
     /// Only when the pool holds every session its gate allows (so it plausibly took the limit
     /// itself, rather than other clients of the database), and at most once per
@@ -469,15 +471,18 @@ impl Slots {
         let mut state = self.lock();
         // Re-checked under the lock: a refusal may have retired slots since the check above
         // (while the session was closed, say). A slot not retired goes back to the gate.
+        let mut retired = false;
         for slot in taken {
             if state.capacity > 1 {
                 slot.forget();
                 state.capacity -= 1;
+                retired = true;
             }
         }
+        // The session is closed either way: the hold-off counts from now.
         state.changed = tokio::time::Instant::now();
         state.made_room = Some(state.changed);
-        true
+        retired
     }
 
     /// The server refused a new session while the pool holds `held`: retire `slot` so the
@@ -875,13 +880,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn make_room_and_concurrent_refusals_leave_one_slot() {
         let slots = Slots::new(3);
-        assert!(slots.make_room(3, || {
+        let retired = slots.make_room(3, || {
             for held in [2, 1] {
                 let slot = slots.gate.clone().try_acquire_owned().unwrap();
                 assert!(slots.refused(slot, held));
             }
             true
-        }));
+        });
+        assert!(!retired, "the refusals left one slot: none was retired");
         assert_eq!(slots.capacity(), 1);
         assert_eq!(slots.gate.available_permits(), 1, "one slot in circulation");
     }
