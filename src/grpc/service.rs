@@ -36,9 +36,10 @@ use super::specs::{Parsed, Specs};
 use super::status::Error;
 use super::target::{Origin, Target, to_metric_spec};
 use crate::config::ConnectionConfig;
-use crate::engine::{EngineError, Registry};
+use crate::engine::{EngineError, Reading, Registry};
 use crate::metadata::Context;
 use crate::telemetry::metrics as m;
+use tokio::time::Instant;
 
 /// The service: shared by every connection and request.
 #[derive(Clone)]
@@ -118,7 +119,7 @@ impl Scaler {
         method: &'static str,
     ) -> Result<(Arc<Parsed>, f64, Duration), Error> {
         let source = self.source(&parsed).await?;
-        let now = tokio::time::Instant::now();
+        let now = Instant::now();
         let reading = self
             .registry
             .read_at(
@@ -130,8 +131,7 @@ impl Scaler {
                 parsed.spec.wake.as_ref(),
             )
             .await?;
-        let age = now.saturating_duration_since(reading.at);
-        parsed.sample_age(method).record(age.as_secs_f64());
+        let age = served_age(&parsed, method, now, &reading);
         Ok((parsed, reading.value, age))
     }
 
@@ -190,7 +190,7 @@ impl Scaler {
     fn get_metrics_cached(
         &self,
         req: &GetMetricsRequest,
-        now: tokio::time::Instant,
+        now: Instant,
     ) -> Option<(GetMetricsResponse, Freshness)> {
         let r = req.scaled_object_ref.as_ref()?;
         let meta = &r.scaler_metadata;
@@ -212,16 +212,8 @@ impl Scaler {
                         p.spec.wake.as_ref(),
                     )?
                     .ok()?;
-                let age = now.saturating_duration_since(reading.at);
-                p.sample_age("GetMetrics").record(age.as_secs_f64());
-                let response = GetMetricsResponse {
-                    metric_values: vec![to_metric_value(&p.spec.metric_name, reading.value)],
-                };
-                let freshness = Freshness {
-                    age,
-                    poll_interval: p.spec.poller.poll_interval,
-                };
-                Some((response, freshness))
+                let age = served_age(p, "GetMetrics", now, &reading);
+                Some(metrics_answer(p, reading.value, age))
             });
         answer.flatten()
     }
@@ -230,7 +222,7 @@ impl Scaler {
         &self,
         req: GetMetricsRequest,
     ) -> Result<(GetMetricsResponse, Freshness), Error> {
-        if let Some(answer) = self.get_metrics_cached(&req, tokio::time::Instant::now()) {
+        if let Some(answer) = self.get_metrics_cached(&req, Instant::now()) {
             return Ok(answer);
         }
         let r = req
@@ -247,15 +239,28 @@ impl Scaler {
             )));
         }
         let (parsed, value, age) = self.value_of(parsed, "GetMetrics").await?;
-        let freshness = Freshness {
-            age,
-            poll_interval: parsed.spec.poller.poll_interval,
-        };
-        let response = GetMetricsResponse {
-            metric_values: vec![to_metric_value(&parsed.spec.metric_name, value)],
-        };
-        Ok((response, freshness))
+        Ok(metrics_answer(&parsed, value, age))
     }
+}
+
+/// How old the value `reading` serves is at `now`, recorded in the trigger's sample-age
+/// series for `method`.
+fn served_age(p: &Parsed, method: &'static str, now: Instant, reading: &Reading) -> Duration {
+    let age = now.saturating_duration_since(reading.at);
+    p.sample_age(method).record(age.as_secs_f64());
+    age
+}
+
+/// GetMetrics' answer: the trigger's metric at `value`, and how fresh it is.
+fn metrics_answer(p: &Parsed, value: f64, age: Duration) -> (GetMetricsResponse, Freshness) {
+    let response = GetMetricsResponse {
+        metric_values: vec![to_metric_value(&p.spec.metric_name, value)],
+    };
+    let freshness = Freshness {
+        age,
+        poll_interval: p.spec.poller.poll_interval,
+    };
+    (response, freshness)
 }
 
 // Every echo of a request's value is quoted and cut by the metadata errors' own rule: a
