@@ -375,7 +375,7 @@ fn random_fraction(key: &PollerKey) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use futures::FutureExt;
     use futures::future::BoxFuture;
@@ -383,8 +383,8 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     /// A scripted source for timing tests under a paused clock; real databases are tested in
-    /// the source modules and in tests/.
-    struct Script {
+    /// the source modules and in tests/. The registry's tests use it too.
+    pub(in crate::engine) struct Script {
         calls: AtomicU32,
         /// When each query started.
         starts: Mutex<Vec<Instant>>,
@@ -493,7 +493,11 @@ mod tests {
         (rx, cancel)
     }
 
-    fn script(delay: Duration, cells: Vec<Result<Cell, SourceError>>) -> Arc<Script> {
+    /// Answers `cells` in turn, each after `delay`; the last one for ever.
+    pub(in crate::engine) fn script(
+        delay: Duration,
+        cells: Vec<Result<Cell, SourceError>>,
+    ) -> Arc<Script> {
         Arc::new(Script {
             calls: AtomicU32::new(0),
             starts: Mutex::new(Vec::new()),

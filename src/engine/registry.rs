@@ -110,6 +110,20 @@ impl Entry {
             .then(|| "the poller task ended".to_string())
     }
 
+    /// A call through a caller's cache at `now_ms`: its use recorded ([`Entry::touch`]; false,
+    /// and nothing else done, if the entry was evicted first), the poller adopted by `origin`,
+    /// `wake` wanted.
+    fn use_cached(&self, now_ms: u64, origin: &Origin, wake: Option<&WakeKey>) -> bool {
+        if !self.touch(now_ms) {
+            return false;
+        }
+        self.origin.adopt(origin);
+        if let Some(w) = wake {
+            self.wanted.touch(w, now_ms, false);
+        }
+        true
+    }
+
     /// Ok while the poller runs; else the answer every reader gives: "poller stopped: why".
     fn running(&self) -> Result<(), String> {
         match self.stopped() {
@@ -357,13 +371,8 @@ impl Registry {
             }
             state.value(now, self.max_age(key))
         };
-        let now_ms = self.ms_at(now);
-        if !entry.touch(now_ms) {
+        if !entry.use_cached(self.ms_at(now), origin, wake) {
             return None;
-        }
-        entry.origin.adopt(origin);
-        if let Some(w) = wake {
-            entry.wanted.touch(w, now_ms, false);
         }
         Some(answer.map_err(EngineError::Unavailable))
     }
@@ -413,11 +422,7 @@ impl Registry {
     ) -> Result<(Arc<Entry>, Option<String>), EngineError> {
         let now = self.now_ms();
         let cached = cache.and_then(|c| c.0.load_full().filter(|e| EntryCache::runs(e)));
-        if let Some(entry) = cached.filter(|e| e.touch(now)) {
-            entry.origin.adopt(origin);
-            if let Some(w) = wake {
-                entry.wanted.touch(w, now, false);
-            }
+        if let Some(entry) = cached.filter(|e| e.use_cached(now, origin, wake)) {
             return Ok((entry, None));
         }
         let (entry, replaced) = self.entry_with(key, origin, source, |e| {
@@ -993,57 +998,18 @@ mod tests {
         );
     }
 
-    /// Answers 7 until `failing`, then an error.
-    #[derive(Default)]
-    struct Flip {
-        failing: std::sync::atomic::AtomicBool,
-    }
-
-    impl Source for Flip {
-        fn kind(&self) -> &'static str {
-            "sqlite"
-        }
-        fn driver(&self) -> Result<String, crate::source::SourceError> {
-            Ok("flip".into())
-        }
-        fn pool(&self) -> crate::source::PoolStatus {
-            crate::source::PoolStatus::default()
-        }
-        fn server_info<'a>(
-            &'a self,
-            _: Duration,
-        ) -> futures::future::BoxFuture<
-            'a,
-            Result<crate::source::ServerInfo, crate::source::SourceError>,
-        > {
-            Box::pin(async { Err(crate::source::SourceError::Unsupported("flip".into())) })
-        }
-        fn query<'a>(
-            &'a self,
-            _: &'a str,
-            _: Duration,
-        ) -> futures::future::BoxFuture<'a, Result<crate::source::Cell, crate::source::SourceError>>
-        {
-            let failing = self.failing.load(Ordering::SeqCst);
-            Box::pin(async move {
-                if failing {
-                    Err(crate::source::SourceError::Unsupported(
-                        "the flip failed".into(),
-                    ))
-                } else {
-                    Ok(crate::source::Cell::Number(7.0))
-                }
-            })
-        }
-    }
-
     /// Through the cache, the staleness rule is the registry's own: after a failed poll the
     /// last good value while it is younger than the limit, then the error — never a value.
     #[tokio::test(start_paused = true)]
     async fn a_cached_read_keeps_the_staleness_limit() {
-        let flip = Arc::new(Flip::default());
+        // 7 at the first poll, an error at every later one.
+        let failing = crate::source::SourceError::Unsupported("the flip failed".into());
+        let script = crate::engine::poller::tests::script(
+            Duration::ZERO,
+            vec![Ok(crate::source::Cell::Number(7.0)), Err(failing)],
+        );
         let mut sources: BTreeMap<String, Arc<dyn Source>> = BTreeMap::new();
-        sources.insert("mem".into(), flip.clone());
+        sources.insert("mem".into(), script);
         let cancel = CancellationToken::new();
         let r = Registry::new(
             sources,
@@ -1059,7 +1025,6 @@ mod tests {
         r.read(&k, &origin(), None, Some(&cache), None)
             .await
             .unwrap();
-        flip.failing.store(true, Ordering::SeqCst);
         tokio::time::sleep(k.poll_interval + Duration::from_millis(100)).await;
         assert!(cache.live().unwrap().rx.borrow().failure.is_some());
         assert_eq!(read(&r).unwrap().value, 7.0, "younger than the limit");
