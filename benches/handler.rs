@@ -17,16 +17,19 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use orascale::config::{ConnectionConfig, ConnectionUrl, EngineConfig, SqliteTarget};
+use orascale::config::EngineConfig;
 use orascale::engine::Registry;
 use orascale::grpc::Scaler;
 use orascale::grpc::proto::external_scaler_server::ExternalScaler;
-use orascale::grpc::proto::{GetMetricsRequest, ScaledObjectRef};
 use orascale::source::{Cell, PoolStatus, ServerInfo, Source, SourceError};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::Request;
+
+#[path = "../tests/support/mod.rs"]
+#[allow(unused_imports)]
+mod support;
 
 /// Answers 1000 at once.
 struct Constant;
@@ -74,30 +77,18 @@ async fn run(calls: usize) {
         shutdown.clone(),
         TaskTracker::new(),
     );
-    let connection = ConnectionConfig::new("bench", ConnectionUrl::Sqlite(SqliteTarget::Memory));
     let scaler = Scaler::new(
         registry,
-        [("bench".to_string(), connection)].into_iter().collect(),
+        [("bench".to_string(), support::memory("bench"))]
+            .into_iter()
+            .collect(),
         false,
         shutdown.clone(),
     );
-    let request = |name: &str| GetMetricsRequest {
-        scaled_object_ref: Some(ScaledObjectRef {
-            name: name.into(),
-            namespace: "bench".into(),
-            scaler_metadata: [
-                ("query", "select count(*) from jobs where status = 'queued'"),
-                ("targetQueryValue", "10"),
-                ("scalerAddress", "orascale.keda:9090"),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        }),
-        metric_name: String::new(),
-    };
-    let one = vec![request("bench")];
-    let hundred: Vec<_> = (0..100).map(|i| request(&format!("bench-{i}"))).collect();
+    let one = vec![support::bench_request("bench")];
+    let hundred: Vec<_> = (0..100)
+        .map(|i| support::bench_request(&format!("bench-{i}")))
+        .collect();
     // The first call of each creates the poller (one: the query is the same) and caches its
     // trigger.
     for r in one.iter().chain(&hundred) {

@@ -509,21 +509,7 @@ async fn run(
         .map(|s| s.grpc_addr)
         .or(binary.as_ref().map(|b| b.grpc))
         .unwrap();
-    let request = GetMetricsRequest {
-        scaled_object_ref: Some(ScaledObjectRef {
-            name: "bench".into(),
-            namespace: "bench".into(),
-            scaler_metadata: [
-                ("query", "select count(*) from jobs where status = 'queued'"),
-                ("targetQueryValue", "10"),
-                ("scalerAddress", "orascale.keda:9090"),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        }),
-        metric_name: String::new(),
-    };
+    let request = support::bench_request("bench");
     // Warm the cache: the first call creates the poller and waits for its first result.
     let mut warm = connect(ours, 1).await.remove(0);
     let first = warm

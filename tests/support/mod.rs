@@ -176,6 +176,26 @@ pub fn object(name: &str, meta: &[(&str, &str)]) -> ScaledObjectRef {
     }
 }
 
+/// The benchmarks' GetMetrics (`unary`, `handler`): ScaledObject `name` in namespace `bench`,
+/// counting the queued rows of `jobs`.
+pub fn bench_request(name: &str) -> GetMetricsRequest {
+    GetMetricsRequest {
+        scaled_object_ref: Some(ScaledObjectRef {
+            name: name.into(),
+            namespace: "bench".into(),
+            scaler_metadata: [
+                ("query", "select count(*) from jobs where status = 'queued'"),
+                ("targetQueryValue", "10"),
+                ("scalerAddress", "orascale.keda:9090"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        }),
+        metric_name: String::new(),
+    }
+}
+
 pub fn metrics_request(obj: &ScaledObjectRef, metric_name: &str) -> GetMetricsRequest {
     GetMetricsRequest {
         scaled_object_ref: Some(obj.clone()),
