@@ -623,6 +623,13 @@ mod alert_wakeups {
             std::mem::take(&mut self.lock().log)
         }
 
+        /// The REGISTER lines of [`Self::log`] (which it takes, as `log` does).
+        fn registers(&self) -> Vec<String> {
+            let mut log = self.log();
+            log.retain(|l| l.starts_with("register "));
+            log
+        }
+
         /// Every listener thread is parked in a scripted wait that nothing ends now.
         fn quiet(&self, threads: usize) -> bool {
             let s = self.lock();
@@ -1302,13 +1309,7 @@ mod alert_wakeups {
             // The hub sends one REGISTER at a time; each after the first follows its answer at
             // once, so all 40 take about one WAIT, not 40.
             rig.run_for(WAIT * 5).await;
-            let registered = rig
-                .script
-                .log()
-                .iter()
-                .filter(|l| l.starts_with("register "))
-                .count();
-            assert_eq!(registered, 40);
+            assert_eq!(rig.script.registers().len(), 40);
             assert!(rig.listening());
             assert_eq!(rig.hub.status().channels, 40);
             drop(wakes);
@@ -1501,16 +1502,14 @@ mod alert_wakeups {
             let _a = rig.hub.subscribe("JOBS");
             rig.run_for(BACKOFF_MAX + WAIT * 5).await;
             assert!(rig.listening());
-            let log = rig.script.log();
-            let registers: Vec<&String> =
-                log.iter().filter(|l| l.starts_with("register ")).collect();
+            let registers = rig.script.registers();
             assert_eq!(
                 registers,
                 [
                     "register JOBS: sweep timed out",
                     "register JOBS without sweep"
                 ],
-                "{log:?}"
+                "{registers:?}"
             );
             assert_eq!(rig.hub.status().reconnects, 1);
             // Later sessions skip the sweep too.
@@ -1541,13 +1540,8 @@ mod alert_wakeups {
             let _a = rig.hub.subscribe("JOBS");
             rig.run_for(BACKOFF_MAX + WAIT * 5).await;
             assert!(rig.listening());
-            let registers = |log: Vec<String>| -> Vec<String> {
-                log.into_iter()
-                    .filter(|l| l.starts_with("register "))
-                    .collect()
-            };
             assert_eq!(
-                registers(rig.script.log()),
+                rig.script.registers(),
                 [
                     "register JOBS: sweep timed out",
                     "register JOBS without sweep: PLS-00306",
@@ -1558,7 +1552,7 @@ mod alert_wakeups {
             rig.script.set(|s| s.kill = true);
             rig.run_for(BACKOFF_MAX + WAIT * 3).await;
             assert!(rig.listening());
-            assert_eq!(registers(rig.script.log()), ["register JOBS"]);
+            assert_eq!(rig.script.registers(), ["register JOBS"]);
         })
         .await;
     }
@@ -1577,12 +1571,7 @@ mod alert_wakeups {
             });
             let _a = rig.hub.subscribe("JOBS");
             rig.run_for(BACKOFF_MAX * 6).await;
-            let log: Vec<String> = rig
-                .script
-                .log()
-                .into_iter()
-                .filter(|l| l.starts_with("register "))
-                .collect();
+            let log = rig.script.registers();
             let without = log.iter().filter(|l| l.contains("without sweep")).count();
             assert_eq!(without, 1, "{log:?}");
             assert!(
