@@ -244,11 +244,6 @@ impl Listener for OracleListener {
     }
 }
 
-/// An Oracle message on one log line (PL/SQL errors come as several).
-fn one_line(message: &str) -> String {
-    message.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
 /// How a connection's sessions REGISTER.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[repr(u8)]
@@ -297,7 +292,7 @@ impl Serve {
                             // and the next ones (else wake-ups stay down until a restart).
                             let was = self.sweep.swap(Sweep::Only as u8, Ordering::SeqCst);
                             if was != Sweep::Only as u8 {
-                                let error = one_line(outcome.as_ref().err().map_or("", |e| e));
+                                let error = outcome.as_ref().err().map_or("", |e| e);
                                 tracing::warn!(%error, "oracle: this server's DBMS_ALERT.REGISTER has no cleanup parameter (Oracle before 12.2); sessions register with the sweep of orphaned pipes again");
                             }
                             cleanup = true;
@@ -320,8 +315,7 @@ impl Serve {
                             // The sweep of orphaned pipes outlasted the call timeout: the
                             // next sessions skip it, or they would time out the same way (not
                             // on a server that has only the sweep: there is nothing else).
-                            let error = one_line(e);
-                            tracing::warn!(%error, "oracle: DBMS_ALERT.REGISTER's sweep of orphaned pipes ran out of time; later sessions register with cleanup => FALSE");
+                            tracing::warn!(error = %e, "oracle: DBMS_ALERT.REGISTER's sweep of orphaned pipes ran out of time; later sessions register with cleanup => FALSE");
                         }
                         first_register = false;
                         (outcome, reply)
