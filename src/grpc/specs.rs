@@ -287,7 +287,7 @@ impl Specs {
         now: u64,
         f: impl FnOnce(&Arc<Parsed>) -> R,
     ) -> Option<R> {
-        let cell = &self.shards[(who % SHARDS as u64) as usize];
+        let cell = self.shard(who);
         let entries = cell.published.load();
         let hit = entries.get(&key)?;
         if hit.origin.name != name
@@ -323,7 +323,7 @@ impl Specs {
     ) -> Result<Arc<Parsed>, MetadataError> {
         let who = self.who(name, namespace);
         let key = self.key(who, meta);
-        let cell = &self.shards[(who % SHARDS as u64) as usize];
+        let cell = self.shard(who);
         let now = self.now_ms();
         if let Some(hit) = self.hit(who, key, name, namespace, meta, now, Arc::clone) {
             return Ok(hit);
@@ -443,6 +443,11 @@ impl Specs {
         at.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
+    /// The shard of the ScaledObject `who`: all its entries live there.
+    fn shard(&self, who: u64) -> &ShardCell {
+        &self.shards[(who % SHARDS as u64) as usize]
+    }
+
     /// The ScaledObject's name and namespace.
     fn who(&self, name: &str, namespace: &str) -> u64 {
         mix(word_hash(
@@ -520,12 +525,12 @@ mod tests {
             rank,
             "still the newest"
         );
-        let shard = &specs.shards[(first.who % SHARDS as u64) as usize];
+        let shard = specs.shard(first.who);
         assert_eq!(shard.clock.load(Ordering::Relaxed), rank);
         // A trigger of another shard takes its own shard's ranks.
         let elsewhere = (0..)
             .map(|i| format!("other-{i}"))
-            .find(|n| specs.who(n, "ns") % SHARDS as u64 != first.who % SHARDS as u64)
+            .find(|n| !std::ptr::eq(specs.shard(specs.who(n, "ns")), shard))
             .unwrap();
         specs.get(&elsewhere, "ns", &b, &ctx).unwrap();
         assert_eq!(shard.clock.load(Ordering::Relaxed), rank);
