@@ -195,6 +195,15 @@ fn sigterm_ends_open_streams_with_ok_and_exits_zero_within_five_seconds() {
     }
 }
 
+/// `orascale probe --addr addr` with each of `meta` as a `-m` pair.
+fn probe_meta(addr: &str, meta: &[&str]) -> (i32, String, String) {
+    let mut args = vec!["probe", "--addr", addr];
+    for m in meta {
+        args.extend(["-m", m]);
+    }
+    run_bin(&args)
+}
+
 #[test]
 fn probe_prints_answers_and_fails_with_the_status_message() {
     let db = TestDb::new();
@@ -262,15 +271,10 @@ fn probe_prints_answers_and_fails_with_the_status_message() {
         );
     }
 
-    let (code, _, err) = run_bin(&[
-        "probe",
-        "--addr",
+    let (code, _, err) = probe_meta(
         &addr,
-        "-m",
-        "query=select count(*) from nope",
-        "-m",
-        "targetQueryValue=4",
-    ]);
+        &["query=select count(*) from nope", "targetQueryValue=4"],
+    );
     assert_eq!(code, 1);
     assert!(
         err.contains("GetMetrics")
@@ -279,32 +283,17 @@ fn probe_prints_answers_and_fails_with_the_status_message() {
         "{err}"
     );
 
-    let (code, _, err) = run_bin(&[
-        "probe",
-        "--addr",
+    let (code, _, err) = probe_meta(
         &addr,
-        "-m",
-        "query=select 1",
-        "-m",
-        "targetQueryValue=4",
-        "-m",
-        "pollingInterval=5s",
-    ]);
+        &["query=select 1", "targetQueryValue=4", "pollingInterval=5s"],
+    );
     assert_eq!(code, 1);
     assert!(
         err.contains("InvalidArgument") && err.contains("pollingInterval"),
         "{err}"
     );
 
-    let (code, _, err) = run_bin(&[
-        "probe",
-        "--addr",
-        "127.0.0.1:1",
-        "-m",
-        "query=select 1",
-        "-m",
-        "targetQueryValue=1",
-    ]);
+    let (code, _, err) = probe_meta("127.0.0.1:1", &["query=select 1", "targetQueryValue=1"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("cannot connect"), "{err}");
 }
@@ -364,17 +353,14 @@ fn demo_creates_its_database_and_serves_it() {
     assert_eq!(code, 0);
     assert!(out.starts_with("3 queued"), "{out}");
     let addr = server.grpc.to_string();
-    let (code, out, err) = run_bin(&[
-        "probe",
-        "--addr",
+    let (code, out, err) = probe_meta(
         &addr,
-        "-m",
-        "query=select count(*) from jobs where status = 'queued'",
-        "-m",
-        "targetQueryValue=5",
-        "-m",
-        "connection=demo",
-    ]);
+        &[
+            "query=select count(*) from jobs where status = 'queued'",
+            "targetQueryValue=5",
+            "connection=demo",
+        ],
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("metricValueFloat=3"), "{out}");
     assert!(out.contains("IsActive: result=true"), "{out}");
@@ -400,35 +386,27 @@ fn connections_from_the_environment_and_the_config_file() {
     .unwrap();
     let server = Binary::start_with_env(&["--config", mine.to_str().unwrap()], dir.path(), &[]);
     let addr = server.grpc.to_string();
-    let (code, out, err) = run_bin(&[
-        "probe",
-        "--addr",
+    let (code, out, err) = probe_meta(
         &addr,
-        "-m",
-        &format!("query={QUEUED}"),
-        "-m",
-        "targetQueryValue=1",
-        "-m",
-        "connection=jobs",
-        "-m",
-        "pollInterval=5s",
-    ]);
+        &[
+            &format!("query={QUEUED}"),
+            "targetQueryValue=1",
+            "connection=jobs",
+            "pollInterval=5s",
+        ],
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("metricValueFloat=4"), "{out}");
     // The file's min_poll_interval (5s) applies.
-    let (code, _, err) = run_bin(&[
-        "probe",
-        "--addr",
+    let (code, _, err) = probe_meta(
         &addr,
-        "-m",
-        "query=select 1",
-        "-m",
-        "targetQueryValue=1",
-        "-m",
-        "connection=jobs",
-        "-m",
-        "pollInterval=1s",
-    ]);
+        &[
+            "query=select 1",
+            "targetQueryValue=1",
+            "connection=jobs",
+            "pollInterval=1s",
+        ],
+    );
     assert_eq!(code, 1);
     assert!(err.contains("minimum poll interval 5s"), "{err}");
     // The file's namespace scope applies.
@@ -465,29 +443,18 @@ fn connections_from_the_environment_and_the_config_file() {
     );
     let addr = server.grpc.to_string();
     for (conn, want) in [("a", "metricValueFloat=4"), ("b", "metricValueFloat=9")] {
-        let (code, out, err) = run_bin(&[
-            "probe",
-            "--addr",
+        let (code, out, err) = probe_meta(
             &addr,
-            "-m",
-            &format!("query={QUEUED}"),
-            "-m",
-            "targetQueryValue=1",
-            "-m",
-            &format!("connection={conn}"),
-        ]);
+            &[
+                &format!("query={QUEUED}"),
+                "targetQueryValue=1",
+                &format!("connection={conn}"),
+            ],
+        );
         assert_eq!(code, 0, "{err}");
         assert!(out.contains(want), "{conn}: {out}");
     }
-    let (code, _, err) = run_bin(&[
-        "probe",
-        "--addr",
-        &addr,
-        "-m",
-        "query=select 1",
-        "-m",
-        "targetQueryValue=1",
-    ]);
+    let (code, _, err) = probe_meta(&addr, &["query=select 1", "targetQueryValue=1"]);
     assert_eq!(code, 1);
     assert!(
         err.contains("\"connection\" is required") && err.contains("a, b"),

@@ -198,26 +198,7 @@ async fn bad_metadata_is_invalid_argument_naming_the_key_on_every_rpc() {
         ];
         for (meta, frag) in cases {
             let obj = object("bad", meta);
-            let results = [
-                (
-                    "GetMetricSpec",
-                    c.get_metric_spec(deadline(obj.clone())).await.map(|_| ()),
-                ),
-                (
-                    "GetMetrics",
-                    c.get_metrics(deadline(metrics_request(&obj, "")))
-                        .await
-                        .map(|_| ()),
-                ),
-                (
-                    "IsActive",
-                    c.is_active(deadline(obj.clone())).await.map(|_| ()),
-                ),
-                (
-                    "StreamIsActive",
-                    c.stream_is_active(obj.clone()).await.map(|_| ()),
-                ),
-            ];
+            let results = each_rpc(&mut c, &obj).await;
             for (method, r) in results {
                 let err = r.expect_err(method);
                 assert_eq!(err.code(), Code::InvalidArgument, "{method} {meta:?}");

@@ -59,6 +59,26 @@ fn serve(db: &Path, dir: &Path, extra: &[&str]) -> Binary {
     Binary::start(&args, dir)
 }
 
+/// A server over a new targets database whose target is `target`, and a client of it. The
+/// directory holds the database: keep it for the test's length.
+async fn scene(
+    target: f64,
+    extra: &[&str],
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Binary,
+    ExternalScalerClient<Channel>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = targets_db(dir.path(), Some(target));
+    let server = serve(&db, dir.path(), extra);
+    let c = client(server.grpc).await;
+    (dir, db, server, c)
+}
+
+/// The tests' trigger: the keys below, each of `extra` replacing or adding one (an empty value
+/// removes it).
 fn trigger(name: &str, extra: &[(&str, &str)]) -> ScaledObjectRef {
     let mut meta = vec![
         ("query", QUEUED),
@@ -125,6 +145,17 @@ async fn wait_spec(c: &mut ExternalScalerClient<Channel>, obj: &ScaledObjectRef,
     }
 }
 
+/// StreamMetricSpec opened for `obj`.
+async fn open(
+    c: &mut ExternalScalerClient<Channel>,
+    obj: &ScaledObjectRef,
+) -> Streaming<GetMetricSpecResponse> {
+    c.stream_metric_spec(obj.clone())
+        .await
+        .expect("StreamMetricSpec opens")
+        .into_inner()
+}
+
 /// The stream's next message, which must come within 10 s.
 async fn next_target(stream: &mut Streaming<GetMetricSpecResponse>) -> f64 {
     let msg = tokio::time::timeout(Duration::from_secs(10), stream.message())
@@ -188,10 +219,7 @@ async fn stop_and_drain(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_message_per_target_change_none_while_it_holds_and_the_static_fallback_on_failure() {
     guard(LIMIT, async {
-        let dir = tempfile::tempdir().unwrap();
-        let db = targets_db(dir.path(), Some(10.0));
-        let server = serve(&db, dir.path(), &[]);
-        let mut c = client(server.grpc).await;
+        let (_dir, db, server, mut c) = scene(10.0, &[]).await;
         let obj = trigger("worker", &[]);
 
         // GetMetricSpec creates the target poller without waiting for it; once it has polled,
@@ -200,11 +228,7 @@ async fn one_message_per_target_change_none_while_it_holds_and_the_static_fallba
         assert_eq!(spec_now(&mut c, &obj).await.1, "query");
 
         // On open: the current spec at once.
-        let mut stream = c
-            .stream_metric_spec(obj.clone())
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream = open(&mut c, &obj).await;
         assert_eq!(next_target(&mut stream).await, 10.0);
 
         // Unchanged for five target polls: not one message.
@@ -267,18 +291,11 @@ async fn one_message_per_target_change_none_while_it_holds_and_the_static_fallba
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_opened_on_a_new_server_sends_the_queried_target_once_never_the_fallback_first() {
     guard(LIMIT, async {
-        let dir = tempfile::tempdir().unwrap();
-        let db = targets_db(dir.path(), Some(10.0));
-        let server = serve(&db, dir.path(), &[]);
-        let mut c = client(server.grpc).await;
+        let (_dir, _db, server, mut c) = scene(10.0, &[]).await;
         // As KEDA after a restart or a rollout: the stream opens first, on a server that has
         // no poller yet. Its open message waits for the new target poller's first poll.
         let obj = trigger("restarted", &[]);
-        let mut stream = c
-            .stream_metric_spec(obj.clone())
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream = open(&mut c, &obj).await;
         assert_eq!(
             next_target(&mut stream).await,
             10.0,
@@ -300,10 +317,7 @@ async fn a_stream_opened_on_a_new_server_sends_the_queried_target_once_never_the
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn target_pollers_never_take_the_slots_metric_pollers_need() {
     guard(LIMIT, async {
-        let dir = tempfile::tempdir().unwrap();
-        let db = targets_db(dir.path(), Some(10.0));
-        let server = serve(&db, dir.path(), &["--max-pollers", "3"]);
-        let mut c = client(server.grpc).await;
+        let (_dir, _db, server, mut c) = scene(10.0, &["--max-pollers", "3"]).await;
         let a = trigger("a", &[]);
         let b = trigger(
             "b",
@@ -341,7 +355,7 @@ async fn target_pollers_never_take_the_slots_metric_pollers_need() {
             assert_eq!(value(v), 0.0);
         }
         // StreamMetricSpec at the limit: the static spec, as GetMetricSpec, never an error.
-        let mut stream = c.stream_metric_spec(b.clone()).await.unwrap().into_inner();
+        let mut stream = open(&mut c, &b).await;
         assert_eq!(next_target(&mut stream).await, 5.0);
         let text = scrape(server.metrics).await;
         assert_eq!(
@@ -357,20 +371,13 @@ async fn target_pollers_never_take_the_slots_metric_pollers_need() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_poller_without_an_outcome_within_the_first_result_wait_opens_on_the_fallback() {
     guard(LIMIT, async {
-        let dir = tempfile::tempdir().unwrap();
-        let db = targets_db(dir.path(), Some(12.0));
-        let server = serve(&db, dir.path(), &[]);
-        let mut c = client(server.grpc).await;
+        let (_dir, db, server, mut c) = scene(12.0, &[]).await;
         // An exclusive lock keeps every read out: the target poller cannot have a value when
         // the stream opens, whatever the machine's speed.
         let lock = rusqlite::Connection::open(&db).unwrap();
         lock.execute_batch("begin exclusive").unwrap();
         let obj = trigger("early", &[]);
-        let mut stream = c
-            .stream_metric_spec(obj.clone())
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream = open(&mut c, &obj).await;
         // The open waits for the first poll's outcome no longer than the first-result wait.
         assert_eq!(
             next_target(&mut stream).await,
@@ -389,10 +396,7 @@ async fn a_target_poller_without_an_outcome_within_the_first_result_wait_opens_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_target_query_the_static_spec_is_sent_once_and_nothing_more() {
     guard(LIMIT, async {
-        let dir = tempfile::tempdir().unwrap();
-        let db = targets_db(dir.path(), Some(12.0));
-        let server = serve(&db, dir.path(), &["--max-streams", "2"]);
-        let mut c = client(server.grpc).await;
+        let (_dir, _db, server, mut c) = scene(12.0, &["--max-streams", "2"]).await;
         let obj = trigger(
             "plain",
             &[
@@ -401,11 +405,7 @@ async fn without_a_target_query_the_static_spec_is_sent_once_and_nothing_more() 
                 ("pollInterval", "200ms"),
             ],
         );
-        let mut stream = c
-            .stream_metric_spec(obj.clone())
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream = open(&mut c, &obj).await;
         assert_eq!(next_target(&mut stream).await, 5.0);
         assert_eq!(spec_now(&mut c, &obj).await, (5.0, "static".into()));
 
@@ -437,15 +437,12 @@ async fn without_a_target_query_the_static_spec_is_sent_once_and_nothing_more() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identical_target_queries_share_one_poller_and_every_stream_gets_each_change() {
     guard(LIMIT, async {
-        let dir = tempfile::tempdir().unwrap();
-        let db = targets_db(dir.path(), Some(10.0));
-        let server = serve(&db, dir.path(), &[]);
-        let mut c = client(server.grpc).await;
+        let (_dir, db, server, mut c) = scene(10.0, &[]).await;
         let a = trigger("a", &[]);
         let b = trigger("b", &[("targetQueryValue", "7")]);
         wait_spec(&mut c, &a, 10.0).await;
-        let mut sa = c.stream_metric_spec(a.clone()).await.unwrap().into_inner();
-        let mut sb = c.stream_metric_spec(b.clone()).await.unwrap().into_inner();
+        let mut sa = open(&mut c, &a).await;
+        let mut sb = open(&mut c, &b).await;
         assert_eq!(next_target(&mut sa).await, 10.0);
         assert_eq!(next_target(&mut sb).await, 10.0);
         let text = scrape(server.metrics).await;
@@ -500,25 +497,16 @@ async fn postgres_a_notify_brings_the_new_target_at_once_and_an_outage_is_the_fa
             dir.path(),
         );
         let mut c = client(server.grpc).await;
-        let obj = object(
+        let obj = trigger(
             "pg-worker",
             &[
                 ("connection", "pg"),
-                ("query", QUEUED),
-                ("targetQueryValue", "5"),
-                ("metricName", "jobs-backlog"),
-                ("pollInterval", HOUR),
-                ("targetQuery", TARGET),
                 ("targetPollInterval", HOUR),
                 ("notifyChannel", "targets_changed"),
             ],
         );
         wait_spec(&mut c, &obj, 10.0).await;
-        let mut stream = c
-            .stream_metric_spec(obj.clone())
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream = open(&mut c, &obj).await;
         assert_eq!(next_target(&mut stream).await, 10.0);
 
         // With a 1 h targetPollInterval only the notification can bring the new target.
@@ -533,24 +521,9 @@ async fn postgres_a_notify_brings_the_new_target_at_once_and_an_outage_is_the_fa
 
         // PostgreSQL stops: the next target poll fails, the spec falls back; it comes back:
         // the queried target again. A short interval here, so the polls come without wakes.
-        let obj = object(
-            "pg-outage",
-            &[
-                ("connection", "pg"),
-                ("query", QUEUED),
-                ("targetQueryValue", "5"),
-                ("metricName", "jobs-backlog"),
-                ("pollInterval", HOUR),
-                ("targetQuery", TARGET),
-                ("targetPollInterval", "200ms"),
-            ],
-        );
+        let obj = trigger("pg-outage", &[("connection", "pg")]);
         wait_spec(&mut c, &obj, 25.0).await;
-        let mut outage = c
-            .stream_metric_spec(obj.clone())
-            .await
-            .unwrap()
-            .into_inner();
+        let mut outage = open(&mut c, &obj).await;
         assert_eq!(next_target(&mut outage).await, 25.0);
         drop(admin);
         pg.stop();

@@ -34,22 +34,7 @@ async fn the_sql_guard_refuses_with_invalid_argument_and_changes_nothing() {
         ];
         for (q, rule) in cases {
             let obj = object("h", &[("query", q), ("targetQueryValue", "1")]);
-            for (method, r) in [
-                (
-                    "GetMetricSpec",
-                    c.get_metric_spec(deadline(obj.clone())).await.map(|_| ()),
-                ),
-                (
-                    "GetMetrics",
-                    c.get_metrics(deadline(metrics_request(&obj, "")))
-                        .await
-                        .map(|_| ()),
-                ),
-                (
-                    "StreamIsActive",
-                    c.stream_is_active(obj.clone()).await.map(|_| ()),
-                ),
-            ] {
+            for (method, r) in each_rpc(&mut c, &obj).await {
                 let e = r.expect_err(q);
                 assert_eq!(e.code(), Code::InvalidArgument, "{method} {q}");
                 assert!(
@@ -136,26 +121,7 @@ async fn connections_are_scoped_to_namespaces_and_never_reveal_their_url() {
         }
         for ns in ["default", "shopping", "kube-system"] {
             let obj = in_ns(ns);
-            for (method, r) in [
-                (
-                    "GetMetricSpec",
-                    c.get_metric_spec(deadline(obj.clone())).await.map(|_| ()),
-                ),
-                (
-                    "GetMetrics",
-                    c.get_metrics(deadline(metrics_request(&obj, "")))
-                        .await
-                        .map(|_| ()),
-                ),
-                (
-                    "IsActive",
-                    c.is_active(deadline(obj.clone())).await.map(|_| ()),
-                ),
-                (
-                    "StreamIsActive",
-                    c.stream_is_active(obj.clone()).await.map(|_| ()),
-                ),
-            ] {
+            for (method, r) in each_rpc(&mut c, &obj).await {
                 let e = r.expect_err(method);
                 assert_eq!(e.code(), Code::PermissionDenied, "{method} {ns}");
                 assert_eq!(

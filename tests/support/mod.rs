@@ -196,6 +196,35 @@ pub fn bench_request(name: &str) -> GetMetricsRequest {
     }
 }
 
+/// What each of the four unary-or-opening RPCs a ScaledObject's calls go through answers for
+/// `obj` (a stream counts as answered once it opens), named: for checks that a refusal is
+/// the same whichever way KEDA asks.
+pub async fn each_rpc(
+    c: &mut ExternalScalerClient<Channel>,
+    obj: &ScaledObjectRef,
+) -> [(&'static str, Result<(), tonic::Status>); 4] {
+    [
+        (
+            "GetMetricSpec",
+            c.get_metric_spec(deadline(obj.clone())).await.map(drop),
+        ),
+        (
+            "GetMetrics",
+            c.get_metrics(deadline(metrics_request(obj, "")))
+                .await
+                .map(drop),
+        ),
+        (
+            "IsActive",
+            c.is_active(deadline(obj.clone())).await.map(drop),
+        ),
+        (
+            "StreamIsActive",
+            c.stream_is_active(obj.clone()).await.map(drop),
+        ),
+    ]
+}
+
 pub fn metrics_request(obj: &ScaledObjectRef, metric_name: &str) -> GetMetricsRequest {
     GetMetricsRequest {
         scaled_object_ref: Some(obj.clone()),
