@@ -516,6 +516,7 @@ mod alert_wakeups {
     use std::sync::{Arc, Condvar, Mutex, MutexGuard};
     use std::time::Duration;
 
+    use crate::support::logs::Lines;
     use futures::FutureExt;
     use orascale::engine::wake::{Hub, PING_EVERY, REARM_WINDOW, Wake};
     use orascale::source::oracle::listen::{
@@ -1019,52 +1020,6 @@ mod alert_wakeups {
         let yes = w.notified().now_or_never().is_some();
         w.mark_seen();
         yes
-    }
-
-    /// Captures the log lines of the test's thread (the hub's tasks run on it). One global
-    /// subscriber routes each line to the capture of the thread that writes it: a scoped
-    /// subscriber would race with the other tests' threads over tracing's cached interest.
-    #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<u8>>>);
-
-    thread_local! {
-        static CAPTURE: std::cell::RefCell<Option<Lines>> = const { std::cell::RefCell::new(None) };
-    }
-
-    struct ToCapture;
-
-    impl std::io::Write for ToCapture {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            CAPTURE.with(|c| {
-                if let Some(lines) = &*c.borrow() {
-                    lines.0.lock().unwrap().extend_from_slice(b);
-                }
-            });
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Lines {
-        fn capture() -> Lines {
-            static INIT: std::sync::Once = std::sync::Once::new();
-            INIT.call_once(|| {
-                tracing_subscriber::fmt()
-                    .with_max_level(tracing::Level::DEBUG)
-                    .with_ansi(false)
-                    .with_writer(|| ToCapture)
-                    .init();
-            });
-            let lines = Lines::default();
-            CAPTURE.with(|c| *c.borrow_mut() = Some(lines.clone()));
-            lines
-        }
-
-        fn text(&self) -> String {
-            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-        }
     }
 
     #[tokio::test(start_paused = true)]

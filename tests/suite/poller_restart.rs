@@ -8,7 +8,7 @@ use crate::support;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -18,6 +18,7 @@ use orascale::engine::Registry;
 use orascale::grpc::Scaler;
 use orascale::grpc::proto::external_scaler_server::ExternalScaler;
 use orascale::source::{Cell, PoolStatus, ServerInfo, Source, SourceError};
+use support::logs::Lines;
 use support::*;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -91,35 +92,10 @@ fn fixture(panic_on: Vec<u32>) -> Fixture {
     }
 }
 
-/// Log lines written while the test runs (single-threaded runtime: every task logs here).
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Log {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Log {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 #[tokio::test]
 async fn a_stopped_poller_answers_unavailable_and_is_replaced() {
-    let log = Log::default();
-    let writer = log.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    // Single-threaded runtime: every task logs on this thread.
+    let log = Lines::capture();
 
     guard(Duration::from_secs(30), async {
         let Fixture {
@@ -202,11 +178,9 @@ async fn a_stopped_poller_answers_unavailable_and_is_replaced() {
         );
     })
     .await;
-    // In the same test: a second thread of this binary logging without the capturing
-    // subscriber can leave tracing's callsite cache without it (tracing's scoped dispatch).
-    a_stopped_poller_never_serves_its_last_value().await;
 }
 
+#[tokio::test]
 async fn a_stopped_poller_never_serves_its_last_value() {
     guard(Duration::from_secs(30), async {
         // Good on the first query, panics on the second: the last good value must not be served.

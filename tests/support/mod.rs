@@ -2,6 +2,7 @@
 //! binary on 127.0.0.1:0, a KEDA-like client, and a timeout guard for every async test.
 #![allow(dead_code)]
 
+pub mod logs;
 pub mod pg;
 pub mod pki;
 
