@@ -196,7 +196,7 @@ impl Scaler {
         let meta = &r.scaler_metadata;
         let answer = self
             .specs
-            .with_cached(&r.name, &r.namespace, meta, now.into_std(), |p| {
+            .with_cached(&r.name, &r.namespace, meta, now, |p| {
                 if p.spec.dynamic.is_some()
                     || !metric_name_matches(&req.metric_name, &p.spec.metric_name)
                 {

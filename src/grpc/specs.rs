@@ -27,8 +27,12 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
+
 use arc_swap::ArcSwap;
-use std::time::{Duration, Instant};
+// Tokio's clock, as the handlers': a hit judged at the handler's clock reading and a miss
+// at its own are on one clock, also under a test's paused time.
+use tokio::time::Instant;
 
 use crate::engine::poller::Origin;
 use crate::metadata::{self, Context, MetadataError, ScalerSpec};
