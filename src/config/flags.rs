@@ -127,8 +127,9 @@ pub struct ServeArgs {
     #[arg(long, env = "ORASCALE_STREAM_RESEND_INTERVAL", value_name = "DURATION", value_parser = parse_duration_arg)]
     pub stream_resend_interval: Option<Duration>,
 
-    /// After a failed poll, the last good value is served while younger than this many poll
-    /// intervals; then GetMetrics/IsActive answer UNAVAILABLE [default: 3]
+    /// After a failed poll, or while the next one is still running, the last good value is
+    /// served while younger than this many poll intervals (while running: at least 2); then
+    /// GetMetrics/IsActive answer UNAVAILABLE [default: 3]
     #[arg(long, env = "ORASCALE_STALE_AFTER_POLLS", value_name = "N")]
     pub stale_after_polls: Option<u32>,
 

@@ -231,7 +231,10 @@ impl fmt::Debug for ConnectionUrl {
     }
 }
 
-/// Replaces the password of `scheme://user:password@host…` with `***`; other text is kept.
+/// Replaces every password in `scheme://user:password@host…?password=…` with `***`; other
+/// text is kept. The user is what precedes the first `:` or `@` (as tokio-postgres reads it);
+/// the password runs to the *last* `@`, so a password holding a raw `@`, `/`, `?` or `#` is
+/// masked whole; query parameters whose name (percent-decoded) holds `password` are masked too.
 /// Text that is not such a URL is shown only when it is a `sqlite:` path: anything else (a
 /// libpq `host=… password=…` string, an EZConnect `user/password@host`) may hold a password
 /// anywhere, so none of it is shown.
@@ -244,27 +247,57 @@ pub fn redact_url(url: &str) -> String {
         };
     };
     let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_string();
+    let mut out = format!("{}://", &url[..scheme_end]);
+    // Without a `:` before the first `@` there is no password in the userinfo, and the text
+    // goes on to the query masking below whole (the "user" may be a query holding one).
+    let tail = match rest.find('@').and_then(|at| rest[..at].split_once(':')) {
+        None => rest,
+        Some((user, _)) => {
+            if user.contains(['/', '?', '#', '&', '=']) {
+                out.push_str("***");
+            } else {
+                out.push_str(user);
+            }
+            out.push_str(":***@");
+            &rest[rest.rfind('@').map_or(0, |at| at + 1)..]
+        }
     };
-    let userinfo = &authority[..at];
-    let user = userinfo.split(':').next().unwrap_or("");
-    let masked = if userinfo.contains(':') {
-        format!("{user}:***")
-    } else {
-        user.to_string()
-    };
-    format!("{}://{masked}{}", &url[..scheme_end], &rest[at..])
+    match tail.split_once('?') {
+        None => out.push_str(tail),
+        Some((path, query)) => {
+            out.push_str(path);
+            out.push('?');
+            let params: Vec<String> = query
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some((key, _)) if is_password_key(key) => format!("{key}=***"),
+                    _ if is_password_key(param) => "***".to_string(),
+                    _ => param.to_string(),
+                })
+                .collect();
+            out.push_str(&params.join("&"));
+        }
+    }
+    out
+}
+
+/// Whether a query parameter's name (percent-decoded, any case) names a password
+/// (`password`, `sslpassword`, …).
+fn is_password_key(key: &str) -> bool {
+    percent_decode(key)
+        .unwrap_or_else(|| key.to_string())
+        .to_ascii_lowercase()
+        .contains("password")
 }
 
 /// What an error shows instead of a value that may hold a password.
 const NOT_SHOWN: &str = "(not shown: it may hold a password)";
 
-/// `scheme` if it looks like a URL scheme (so it cannot be a password), else [`NOT_SHOWN`].
-fn shown_scheme(scheme: &str) -> String {
-    let plausible = scheme.len() <= 20
+/// `scheme` if it looks like a URL scheme (followed by `//`, so it cannot be the first half of
+/// a `user:password` pair or of a password), else [`NOT_SHOWN`].
+fn shown_scheme(scheme: &str, rest: &str) -> String {
+    let plausible = rest.starts_with("//")
+        && scheme.len() <= 20
         && scheme
             .chars()
             .next()
@@ -317,7 +350,7 @@ pub fn parse_url(url: &str) -> Result<ConnectionUrl, String> {
         "oracle" => parse_oracle(url, rest),
         _ => Err(format!(
             "URL scheme {} is not built in (supported: sqlite, postgres, postgresql, oracle)",
-            shown_scheme(scheme)
+            shown_scheme(scheme, rest)
         )),
     }
 }
@@ -415,6 +448,57 @@ mod tests {
             e.contains("not a valid PostgreSQL URL") && !e.contains("s3cret"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn every_password_tokio_postgres_would_read_is_masked() {
+        for (url, shown) in [
+            ("postgres://u:pw-a@h/db?x=1", "postgres://u:***@h/db?x=1"),
+            (
+                "postgres://u@h/db?password=pw-a",
+                "postgres://u@h/db?password=***",
+            ),
+            (
+                "postgresql://h/db?user=u&password=pw-a&sslmode=require",
+                "postgresql://h/db?user=u&password=***&sslmode=require",
+            ),
+            (
+                "postgres://h/db?sslpassword=pw-a&PassWord=pw-a",
+                "postgres://h/db?sslpassword=***&PassWord=***",
+            ),
+            (
+                "postgres://h/db?pass%77ord=pw-a",
+                "postgres://h/db?pass%77ord=***",
+            ),
+            ("postgres://u:pa/pw-a@h/db", "postgres://u:***@h/db"),
+            (
+                "postgres://u:p#pw-a@h:5432/db",
+                "postgres://u:***@h:5432/db",
+            ),
+            ("postgres://u:p?pw-a@h/db", "postgres://u:***@h/db"),
+            ("postgres://u:p@pw-a@h/db", "postgres://u:***@h/db"),
+            (
+                "postgres://h/db?password=pw-a@x",
+                "postgres://h/db?password=***",
+            ),
+            ("postgres://h/db?password=pw:a@x", "postgres://***:***@x"),
+            ("postgres://h/db?password", "postgres://h/db?***"),
+            (
+                "oracle://scott:pw-a@db:1521/S",
+                "oracle://scott:***@db:1521/S",
+            ),
+            ("postgres://h,h2:5433/db", "postgres://h,h2:5433/db"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+            assert!(!redact_url(url).contains("pw"), "{url}");
+        }
+    }
+
+    #[test]
+    fn a_scheme_is_shown_only_when_it_is_one() {
+        let e = parse_url("s3cret:tail").unwrap_err();
+        assert!(!e.contains("s3cret"), "{e}");
+        assert!(e.contains("not shown"), "{e}");
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub use crate::trigger::{PollerKey, WakeKey};
 /// connection made from a trigger's own credentials, between preparing and polling it).
 pub type SourceRef = std::sync::Arc<dyn crate::source::Source>;
 pub use registry::{EntryCache, Registry, StreamSlot, Subscription};
-pub use state::{PollState, Reading};
+pub use state::{PollState, Reading, Staleness};
 pub use stats::PollerStatus;
 
 /// Why the engine has no value to give.

@@ -377,6 +377,7 @@ fn random_fraction(key: &PollerKey) -> f64 {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+    use crate::engine::state::Staleness;
     use futures::FutureExt;
     use futures::future::BoxFuture;
     use std::sync::Mutex;
@@ -759,7 +760,7 @@ pub(super) mod tests {
                 let s = script(Duration::ZERO, vec![Ok(cell)]);
                 let (mut rx, cancel) = start(key(ignore), s);
                 let sample = rx.wait_for(|s| s.has_outcome()).await.unwrap().clone();
-                let got = sample.value(Instant::now(), Duration::from_secs(30));
+                let got = sample.value(Instant::now(), Staleness::new(Duration::from_secs(10), 3));
                 assert_eq!(got.is_ok(), want_ok, "{cell:?} ignore={ignore}: {got:?}");
                 if ignore {
                     assert_eq!(got.unwrap().value, 0.0);
@@ -844,7 +845,7 @@ pub(super) mod tests {
             );
             assert!(
                 rx.borrow()
-                    .value(Instant::now(), Duration::from_secs(3))
+                    .value(Instant::now(), Staleness::new(Duration::from_secs(1), 3))
                     .is_err()
             );
             cancel.cancel();
@@ -923,7 +924,7 @@ pub(super) mod tests {
             let sample = rx.wait_for(|s| s.has_outcome()).await.unwrap().clone();
             assert!(sample.good.is_none(), "{v}");
             let err = sample
-                .value(Instant::now(), Duration::from_secs(30))
+                .value(Instant::now(), Staleness::new(Duration::from_secs(10), 3))
                 .unwrap_err();
             assert!(err.contains("not a finite number"), "{v}: {err}");
             cancel.cancel();

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use super::poller::{Named, Origin, Poller, Wakes};
 use super::sources::Sources;
+use super::state::Staleness;
 use super::stats::PollerStatus;
 use super::supervise;
 use super::wake::{Hubs, Wanted};
@@ -291,10 +292,9 @@ impl Registry {
         self.entries.read().expect("registry lock").len()
     }
 
-    /// The staleness limit of a poller's last good value.
-    pub fn max_age(&self, key: &PollerKey) -> Duration {
-        key.poll_interval
-            .saturating_mul(self.config.stale_after_polls)
+    /// The staleness limits of a poller's last good value.
+    pub fn max_age(&self, key: &PollerKey) -> Staleness {
+        Staleness::new(key.poll_interval, self.config.stale_after_polls)
     }
 
     /// The value to answer with now. The first call for a new poller waits up to
@@ -758,7 +758,7 @@ impl Registry {
 pub struct Subscription {
     entry: Arc<Entry>,
     rx: watch::Receiver<PollState>,
-    max_age: Duration,
+    max_age: Staleness,
     /// Its place under `--max-streams` (and the registry).
     slot: StreamSlot,
     source: Option<Arc<dyn Source>>,
@@ -1028,7 +1028,7 @@ mod tests {
         tokio::time::sleep(k.poll_interval + Duration::from_millis(100)).await;
         assert!(cache.live().unwrap().rx.borrow().failure.is_some());
         assert_eq!(read(&r).unwrap().value, 7.0, "younger than the limit");
-        tokio::time::sleep(r.max_age(&k)).await;
+        tokio::time::sleep(r.max_age(&k).limit).await;
         let err = read(&r).unwrap_err().to_string();
         assert!(err.contains("the flip failed"), "{err}");
         assert!(err.contains("staleness limit"), "{err}");

@@ -1,7 +1,8 @@
 //! The value a poller publishes, and the one rule that turns it into an answer:
-//! a failed poll keeps the last good value, served while it is younger than the staleness
-//! limit; after that — and when there never was a good value — the answer is the error.
-//! Never 0 and never `false` in place of an error.
+//! the last good value is served while it is younger than the staleness limit, whether the
+//! poll after it failed or is still running (a hung query is no fresher than a failed one);
+//! after that — and when there never was a good value — the answer is the error, or that the
+//! value is too old. Never 0 and never `false` in place of an error.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,27 @@ pub struct Failure {
     pub streak: u64,
 }
 
+/// How old a last good value may be when it is served.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Staleness {
+    /// `stale_after_polls × pollInterval`, after a failed poll.
+    pub limit: Duration,
+    /// While no poll has failed since the value (the next one is still running): the same
+    /// limit, but never under two poll intervals, so that at `stale_after_polls = 1` a healthy
+    /// poller's value does not lapse each time for as long as its next query runs.
+    pub in_flight: Duration,
+}
+
+impl Staleness {
+    pub fn new(poll_interval: Duration, stale_after_polls: u32) -> Self {
+        let limit = poll_interval.saturating_mul(stale_after_polls);
+        Staleness {
+            limit,
+            in_flight: limit.max(poll_interval.saturating_mul(2)),
+        }
+    }
+}
+
 /// Everything a handler needs to answer, copied out of the watch channel.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PollState {
@@ -41,16 +63,23 @@ impl PollState {
         self.polls > 0
     }
 
-    /// The value to serve now, or why there is none. `max_age` is the staleness limit.
-    pub fn value(&self, now: Instant, max_age: Duration) -> Result<Reading, String> {
+    /// The value to serve now, or why there is none.
+    pub fn value(&self, now: Instant, max_age: Staleness) -> Result<Reading, String> {
+        let age = |good: &Reading| now.saturating_duration_since(good.at);
         match (&self.good, &self.failure) {
-            (Some(good), None) => Ok(*good),
-            (Some(good), Some(_)) if now.saturating_duration_since(good.at) < max_age => Ok(*good),
+            (Some(good), None) if age(good) < max_age.in_flight => Ok(*good),
+            (Some(good), None) => Err(format!(
+                "no poll has finished for {}: the query is still running, and the last value \
+                 is older than the {} staleness limit (queryTimeout ends it)",
+                humantime::format_duration(round_secs(age(good))),
+                humantime::format_duration(max_age.in_flight)
+            )),
+            (Some(good), Some(_)) if age(good) < max_age.limit => Ok(*good),
             (Some(good), Some(f)) => Err(format!(
                 "{} (last good value is {} old, older than the {} staleness limit)",
                 f.message,
-                humantime::format_duration(round_secs(now.saturating_duration_since(good.at))),
-                humantime::format_duration(max_age)
+                humantime::format_duration(round_secs(age(good))),
+                humantime::format_duration(max_age.limit)
             )),
             (None, Some(f)) => Err(f.message.to_string()),
             (None, None) => Err("no result yet: the first query has not finished".into()),
@@ -98,7 +127,11 @@ fn round_secs(d: Duration) -> Duration {
 mod tests {
     use super::*;
 
-    const LIMIT: Duration = Duration::from_secs(30);
+    /// 10 s polls, stale after 3.
+    const LIMIT: Staleness = Staleness {
+        limit: Duration::from_secs(30),
+        in_flight: Duration::from_secs(30),
+    };
 
     #[test]
     fn serving_rules() {
@@ -111,11 +144,14 @@ mod tests {
 
         s.record_ok(7.0, t0);
         assert_eq!(
-            s.value(t0 + Duration::from_secs(3600), LIMIT)
-                .unwrap()
-                .value,
+            s.value(t0 + Duration::from_secs(29), LIMIT).unwrap().value,
             7.0,
-            "a success is served however old: the poller's latest word"
+            "a success is served while its next poll runs"
+        );
+        let hung = s.value(t0 + Duration::from_secs(3600), LIMIT).unwrap_err();
+        assert!(
+            hung.contains("still running") && hung.contains("1h"),
+            "a hung poll does not keep an old value fresh: {hung}"
         );
 
         s.record_err("connection refused", t0 + Duration::from_secs(10));
@@ -144,5 +180,26 @@ mod tests {
         );
         assert!(s.failure.is_none());
         assert_eq!(s.polls, 5);
+    }
+
+    #[test]
+    fn a_running_poll_gets_at_least_two_intervals() {
+        let one = Staleness::new(Duration::from_secs(10), 1);
+        assert_eq!(one.limit, Duration::from_secs(10));
+        assert_eq!(one.in_flight, Duration::from_secs(20));
+        assert_eq!(
+            Staleness::new(Duration::from_secs(10), 3).in_flight,
+            LIMIT.in_flight
+        );
+        let t0 = Instant::now();
+        let mut s = PollState::default();
+        s.record_ok(1.0, t0);
+        assert!(s.value(t0 + Duration::from_secs(15), one).is_ok());
+        assert!(s.value(t0 + Duration::from_secs(20), one).is_err());
+        s.record_err("refused", t0 + Duration::from_secs(11));
+        assert!(
+            s.value(t0 + Duration::from_secs(11), one).is_err(),
+            "a failure gets no more than the limit"
+        );
     }
 }

@@ -298,6 +298,16 @@ fn no_secret_in_logs_metrics_help_or_errors() {
             &format!("pg=postgres://app:{secret}@127.0.0.1:{port}/db?sslmode=disable"),
             "--connection",
             &format!("ora=oracle://app:{secret}@127.0.0.1:{port}/SVC"),
+            // Every other place tokio-postgres reads a password from: the query, and a
+            // password holding a raw `/`, `#` or `@` (it runs to the `@` before the host).
+            "--connection",
+            &format!("pq=postgres://app@127.0.0.1:{port}/db?sslmode=disable&password={secret}"),
+            "--connection",
+            &format!("pu=postgresql://127.0.0.1:{port}/db?user=app&password={secret}"),
+            "--connection",
+            &format!("ps=postgres://app:a/{secret}@127.0.0.1:{port}/db"),
+            "--connection",
+            &format!("ph=postgres://app:a#{secret}@127.0.0.1:{port}/db"),
         ],
         dir.path(),
         &[("RUST_LOG", "debug"), ("ORASCALE_OTHER_PASSWORD", secret)],
@@ -307,7 +317,7 @@ fn no_secret_in_logs_metrics_help_or_errors() {
     let errors = rt.block_on(async move {
         let mut c = client(grpc).await;
         let mut errors = String::new();
-        for conn in ["pg", "ora"] {
+        for conn in ["pg", "ora", "pq", "pu", "ps", "ph"] {
             let obj = object(
                 "x",
                 &[
@@ -335,12 +345,33 @@ fn no_secret_in_logs_metrics_help_or_errors() {
         .unwrap();
     let help = String::from_utf8_lossy(&help.stdout).into_owned();
     assert!(help.contains("ORASCALE_CONNECTIONS"));
+    // The doctor names each connection's URL in its report, text and JSON.
+    let mut check = String::new();
+    for json in [false, true] {
+        for form in [
+            format!("pq=postgres://app@127.0.0.1:{port}/db?password={secret}"),
+            format!("ps=postgres://app:a/{secret}@127.0.0.1:{port}/db"),
+        ] {
+            let mut args = vec!["check", "--connection", &form, "--timeout", "2s"];
+            if json {
+                args.push("--json");
+            }
+            let out = std::process::Command::new(bin())
+                .args(&args)
+                .output()
+                .unwrap();
+            check.push_str(&String::from_utf8_lossy(&out.stdout));
+            check.push_str(&String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    assert!(check.contains("app@127.0.0.1"), "{check}");
     let log = server.log_text();
     for (what, text) in [
         ("log", &log),
         ("metrics", &metrics),
         ("errors", &errors),
         ("--help", &help),
+        ("check", &check),
     ] {
         assert!(
             !text.contains(secret),

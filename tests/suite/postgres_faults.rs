@@ -202,6 +202,74 @@ async fn slow_query_is_cancelled_on_the_server_and_delays_nobody() {
     .await;
 }
 
+/// 3b. A query that hangs (here: waiting for a lock another session holds) keeps the last
+/// value only for the staleness limit, as a failed one does: then UNAVAILABLE, saying the query
+/// is still running, never the old value as if fresh; when the lock goes, the new value at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_query_does_not_keep_an_old_value_fresh() {
+    let Some(pg) = Pg::start_or_skip("a_hung_query_does_not_keep_an_old_value_fresh") else {
+        return;
+    };
+    guard(LIMIT, async {
+        let admin = pg.setup().await;
+        pg::set_queued(&admin, 4).await;
+        let mut e = engine();
+        e.stale_after_polls = 3;
+        let server = start(vec![connection("pghung", &pg.scaler_url())], e).await;
+        let mut c = client(server.grpc_addr).await;
+        let obj = object(
+            "hung",
+            &[
+                ("query", "select count(*) from jobs"),
+                ("targetQueryValue", "1"),
+                ("pollInterval", "1s"),
+                ("queryTimeout", "2m"),
+            ],
+        );
+        assert_eq!(value(c.get_metrics(deadline(metrics_request(&obj, ""))).await.unwrap()), 4.0);
+        admin
+            .batch_execute("begin; lock table jobs in access exclusive mode")
+            .await
+            .unwrap();
+        let locked = Instant::now();
+        let err = loop {
+            match c.get_metrics(deadline(metrics_request(&obj, ""))).await {
+                Ok(r) => {
+                    assert_eq!(value(r), 4.0, "the last value, never 0");
+                    assert!(
+                        locked.elapsed() < Duration::from_secs(6),
+                        "an old value served as fresh for {:?} while its next query hung",
+                        locked.elapsed()
+                    );
+                }
+                Err(s) => break s,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(locked.elapsed() >= Duration::from_secs(2), "{:?}", locked.elapsed());
+        assert_eq!(err.code(), Code::Unavailable);
+        assert!(err.message().contains("still running"), "{}", err.message());
+        let active = c.is_active(deadline(obj.clone())).await.unwrap_err();
+        assert_eq!(active.code(), Code::Unavailable, "{}", active.message());
+        // The lock goes with a new value: the waiting query reads it and it is served.
+        admin
+            .batch_execute("delete from jobs; insert into jobs(status) select 'queued' from generate_series(1, 9); commit")
+            .await
+            .unwrap();
+        let back = Instant::now();
+        loop {
+            if let Ok(r) = c.get_metrics(deadline(metrics_request(&obj, ""))).await {
+                assert_eq!(value(r), 9.0);
+                break;
+            }
+            assert!(back.elapsed() < Duration::from_secs(10), "no value after the lock went");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server.stop().await;
+    })
+    .await;
+}
+
 /// 4. A terminated backend costs one failed poll at most.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_connection_costs_at_most_one_failed_poll() {
