@@ -73,12 +73,11 @@ pub struct ServeArgs {
     // `[:PORT]` is help text (clap prints this comment), not a link.
     #[allow(rustdoc::broken_intra_doc_links)]
     /// A database connection, NAME=URL; repeatable. URL: sqlite:PATH, sqlite::memory:,
-    /// postgres://…, oracle://USER@HOST[:PORT]/SERVICE. The environment form is comma-separated.
+    /// postgres://…, oracle://USER@HOST[:PORT]/SERVICE. The environment form is comma-separated (a comma starts an entry only before NAME=SCHEME:).
     #[arg(
         long = "connection",
         env = "ORASCALE_CONNECTIONS",
         value_name = "NAME=URL",
-        value_delimiter = ',',
         hide_env_values = true
     )]
     pub connections: Vec<String>,

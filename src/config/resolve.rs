@@ -273,8 +273,22 @@ impl ServeArgs {
                 },
             );
         }
-        for raw in &self.connections {
+        let mut flagged = std::collections::BTreeSet::new();
+        for raw in self
+            .connections
+            .iter()
+            .flat_map(|v| split_connection_list(v))
+        {
             let (name, url) = parse_connection_flag(raw)?;
+            if !flagged.insert(name.clone()) {
+                return Err(invalid(
+                    "--connection",
+                    format!(
+                        "connection name {name:?} is given twice (in --connection or \
+                         ORASCALE_CONNECTIONS); each connection needs its own name"
+                    ),
+                ));
+            }
             // A flag for a name the file also has overrides only its URL.
             let entry = connections
                 .entry(name.clone())
@@ -321,19 +335,30 @@ impl ServeArgs {
             "a day",
         )?;
 
+        let grpc_listen = addr(
+            self.grpc_listen,
+            &file.grpc_listen,
+            "grpc_listen",
+            defaults::GRPC_LISTEN,
+        )?;
+        let metrics_listen = addr(
+            self.metrics_listen,
+            &file.metrics_listen,
+            "metrics_listen",
+            defaults::METRICS_LISTEN,
+        )?;
+        if overlap(grpc_listen, metrics_listen) {
+            return Err(invalid(
+                "--metrics-listen",
+                format!(
+                    "value {metrics_listen} takes the port of --grpc-listen {grpc_listen}; \
+                     the two servers need different ports"
+                ),
+            ));
+        }
         Ok(Config {
-            grpc_listen: addr(
-                self.grpc_listen,
-                &file.grpc_listen,
-                "grpc_listen",
-                defaults::GRPC_LISTEN,
-            )?,
-            metrics_listen: addr(
-                self.metrics_listen,
-                &file.metrics_listen,
-                "metrics_listen",
-                defaults::METRICS_LISTEN,
-            )?,
+            grpc_listen,
+            metrics_listen,
             connections,
             engine,
             log_format: self
@@ -346,6 +371,13 @@ impl ServeArgs {
             demo_db,
         })
     }
+}
+
+/// Whether two listen addresses would take the same port (port 0 picks a free one).
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 fn file_connection_url(key: &str, conn: &FileConnection) -> Result<ConnectionUrl, ConfigError> {
@@ -422,6 +454,40 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     })
 }
 
+/// The entries of one `--connection` value or of `ORASCALE_CONNECTIONS`: a comma starts a new
+/// entry only where `NAME=SCHEME:` follows it, so a comma inside a URL (a multi-host PostgreSQL
+/// URL `postgres://h1,h2/db`, a password) stays in that URL.
+fn split_connection_list(list: &str) -> Vec<&str> {
+    let starts_entry = |rest: &str| {
+        let Some((name, url)) = rest.split_once('=') else {
+            return false;
+        };
+        let scheme = url.split_once(':').map_or("", |(s, _)| s);
+        let name = name.trim();
+        !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && scheme
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    };
+    let mut entries = Vec::new();
+    let mut start = 0;
+    for (i, _) in list.match_indices(',') {
+        if starts_entry(&list[i + 1..]) {
+            entries.push(&list[start..i]);
+            start = i + 1;
+        }
+    }
+    entries.push(&list[start..]);
+    entries
+}
+
 fn parse_connection_flag(raw: &str) -> Result<(String, ConnectionUrl), ConfigError> {
     let raw = raw.trim();
     let Some((name, url)) = raw.split_once('=') else {
@@ -448,6 +514,53 @@ mod tests {
             connections: connections.iter().map(|s| s.to_string()).collect(),
             ..ServeArgs::default()
         }
+    }
+
+    #[test]
+    fn a_comma_starts_an_entry_only_before_name_equals_scheme() {
+        let c = args(&[
+            "a=sqlite::memory:,ha=postgres://u:p,w@h1:5432,h2:5433/db?target_session_attrs=read-write",
+            "b=sqlite:/data/b.db",
+        ])
+        .resolve_with(FileConfig::default())
+        .unwrap();
+        assert_eq!(
+            c.connections.keys().collect::<Vec<_>>(),
+            ["a", "b", "ha"],
+            "{c:?}"
+        );
+        let ConnectionUrl::Postgres { url } = &c.connections["ha"].url else {
+            panic!()
+        };
+        assert!(url.ends_with("h1:5432,h2:5433/db?target_session_attrs=read-write"));
+        let cfg: tokio_postgres::Config = url.parse().unwrap();
+        assert_eq!(cfg.get_hosts().len(), 2);
+        assert_eq!(cfg.get_password(), Some(&b"p,w"[..]));
+    }
+
+    #[test]
+    fn a_connection_name_given_twice_is_refused() {
+        for list in [
+            &["jobs=sqlite:/a.db", "jobs=sqlite:/b.db"][..],
+            &["jobs=sqlite:/a.db,jobs=postgres://u:s3cret@h/db"][..],
+        ] {
+            let e = args(list)
+                .resolve_with(FileConfig::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("--connection") && e.contains("\"jobs\" is given twice"),
+                "{e}"
+            );
+            assert!(!e.contains("s3cret"), "{e}");
+        }
+        // A flag for a name the file also has still overrides the file's URL.
+        let file: FileConfig =
+            toml::from_str("[connections.jobs]\nurl = \"sqlite:/file.db\"\npool_size = 2\n")
+                .unwrap();
+        let c = args(&["jobs=sqlite:/flag.db"]).resolve_with(file).unwrap();
+        assert_eq!(c.connections["jobs"].url.to_string(), "sqlite:/flag.db");
+        assert_eq!(c.connections["jobs"].pool_size, 2);
     }
 
     #[test]
@@ -589,7 +702,7 @@ mod tests {
             ),
             (
                 "min_poll_interval = \"0s\"",
-                "min_poll_interval: must be greater than 0",
+                "--min-poll-interval / min_poll_interval: value 0s must be greater than 0",
             ),
             (
                 "default_poll_interval = \"500ms\"",
@@ -610,7 +723,7 @@ mod tests {
             // Zero and huge values are refused here, not left to panic in a timer later.
             (
                 "tls_reload_interval = \"0s\"",
-                "tls_reload_interval: must be greater than 0",
+                "tls_reload_interval: value 0s must be greater than 0",
             ),
             (
                 "tls_reload_interval = \"200000000000y\"",
@@ -618,13 +731,16 @@ mod tests {
             ),
             (
                 "stream_resend_interval = \"0s\"",
-                "stream_resend_interval: must be greater than 0",
+                "stream_resend_interval: value 0s must be greater than 0",
             ),
             (
                 "idle_timeout = \"18446744073709551615s\"",
                 "idle_timeout: value",
             ),
-            ("max_poll_interval = \"0s\"", "max_poll_interval: must be"),
+            (
+                "max_poll_interval = \"0s\"",
+                "max_poll_interval: value 0s must be",
+            ),
             (
                 "max_poll_interval = \"2y\"",
                 "max_poll_interval: value 2years",
@@ -641,7 +757,7 @@ mod tests {
             ("shutdown_delay = \"1000d\"", "shutdown_delay: value"),
             (
                 "stale_after_polls = 4294967295",
-                "stale_after_polls: value 4294967295",
+                "--stale-after-polls / stale_after_polls: value 4294967295",
             ),
             (
                 "wake_poll_share = 0",
@@ -653,7 +769,7 @@ mod tests {
             ),
             (
                 "[connections.x]\nurl = \"sqlite::memory:\"\nmin_poll_interval = \"0s\"",
-                "connections.x.min_poll_interval: must be greater than 0",
+                "connections.x.min_poll_interval: value 0s must be greater than 0",
             ),
             (
                 "[connections.x]\nurl = \"sqlite::memory:\"\nmin_poll_interval = \"1000d\"",
@@ -661,11 +777,11 @@ mod tests {
             ),
             (
                 "[connections.x]\nurl = \"sqlite::memory:\"\nmax_query_timeout = \"0s\"",
-                "connections.x.max_query_timeout: must be greater than 0",
+                "connections.x.max_query_timeout: value 0s must be greater than 0",
             ),
             (
                 "[connections.x]\nurl = \"sqlite::memory:\"\npool_timeout = \"0s\"",
-                "connections.x.pool_timeout: must be greater than 0",
+                "connections.x.pool_timeout: value 0s must be greater than 0",
             ),
             (
                 "[connections.x]\nurl = \"sqlite::memory:\"\npool_size = 18446744073709551615",

@@ -13,7 +13,7 @@ pub(super) fn in_range(
     max_name: &str,
 ) -> Result<(), ConfigError> {
     if d.is_zero() {
-        return Err(invalid(key, "must be greater than 0"));
+        return Err(invalid(key, "value 0s must be greater than 0"));
     }
     at_most(d, key, max, max_name)
 }
@@ -38,7 +38,19 @@ pub(super) fn at_most(
     Ok(())
 }
 
+/// The engine's settings in range; an error names the flag and the TOML key
+/// (`--min-poll-interval / min_poll_interval: …`), as either may have set it.
 pub(super) fn validate_engine(e: &EngineConfig) -> Result<(), ConfigError> {
+    check_engine(e).map_err(|err| match err {
+        ConfigError::Invalid { key, message } => ConfigError::Invalid {
+            key: format!("--{} / {key}", key.replace('_', "-")),
+            message,
+        },
+        other => other,
+    })
+}
+
+fn check_engine(e: &EngineConfig) -> Result<(), ConfigError> {
     let day = defaults::SERVER_DURATION_MAX;
     let ceiling = defaults::DURATION_CEILING;
     in_range(e.max_poll_interval, "max_poll_interval", ceiling, "a year")?;

@@ -90,6 +90,24 @@ fn bad_configuration_exits_64_naming_the_value_without_secrets() {
             "\"mysql\" is not built in",
         ),
         (vec!["--connection".into(), "nourl".into()], "NAME=URL"),
+        (
+            vec![
+                "--connection".into(),
+                "jobs=sqlite:/a.db".into(),
+                "--connection".into(),
+                "jobs=postgres://app:hunter2@db/x".into(),
+            ],
+            "connection name \"jobs\" is given twice",
+        ),
+        (
+            vec![
+                "--grpc-listen".into(),
+                "127.0.0.1:39091".into(),
+                "--metrics-listen".into(),
+                "127.0.0.1:39091".into(),
+            ],
+            "--metrics-listen: value 127.0.0.1:39091 takes the port of --grpc-listen",
+        ),
         (vec!["--default-poll-interval".into(), "10".into()], "unit"),
         (
             vec!["--min-wake-interval".into(), "0s".into()],
@@ -122,7 +140,9 @@ fn bad_configuration_exits_64_naming_the_value_without_secrets() {
         ];
         if args[0] == "--grpc-listen" {
             full.truncate(1);
-            full.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
+            if !args.contains(&"--metrics-listen".to_string()) {
+                full.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
+            }
         }
         full.extend(args.iter().cloned());
         let refs: Vec<&str> = full.iter().map(String::as_str).collect();
@@ -430,7 +450,8 @@ fn connections_from_the_environment_and_the_config_file() {
     );
     drop(server);
 
-    // ORASCALE_CONNECTIONS: comma-separated NAME=URL pairs.
+    // ORASCALE_CONNECTIONS: comma-separated NAME=URL pairs; a multi-host PostgreSQL URL's
+    // commas stay in it.
     let other = TestDb::new();
     other.set_queued(9);
     let server = Binary::start_with_env(
@@ -438,8 +459,18 @@ fn connections_from_the_environment_and_the_config_file() {
         dir.path(),
         &[(
             "ORASCALE_CONNECTIONS",
-            &format!("a={},b={}", db.url(), other.url()),
+            &format!(
+                "a={},ha=postgres://app@127.0.0.1:1,127.0.0.1:2/db?target_session_attrs=read-write,b={}",
+                db.url(),
+                other.url()
+            ),
         )],
+    );
+    let log = server.log_text();
+    assert!(
+        log.contains("connection=ha")
+            && log.contains("127.0.0.1:1,127.0.0.1:2/db?target_session_attrs=read-write"),
+        "{log}"
     );
     let addr = server.grpc.to_string();
     for (conn, want) in [("a", "metricValueFloat=4"), ("b", "metricValueFloat=9")] {
