@@ -87,10 +87,17 @@ pub struct Running {
     pub grpc_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     shutdown: CancellationToken,
+    /// Cancelled to cut the shutdown delay short (a second signal).
+    hurry: CancellationToken,
     done: JoinHandle<()>,
 }
 
 impl Running {
+    /// Cancelling this token ends the shutdown delay at once (the drain still runs).
+    pub fn hurry_token(&self) -> CancellationToken {
+        self.hurry.clone()
+    }
+
     /// Cancelling this token shuts the server down.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
@@ -118,11 +125,22 @@ pub async fn run(
     let running = start(config).await?;
     on_ready(&running);
     let token = running.shutdown_token();
+    let hurry = running.hurry_token();
     tokio::select! {
         _ = signal => tracing::info!("shutdown signal received: draining"),
         _ = token.cancelled() => {}
     }
-    running.stop().await;
+    // A second SIGTERM/SIGINT while stopping (an operator's second Ctrl-C, a kubelet that
+    // gave up waiting) skips what is left of --shutdown-delay.
+    let stopping = running.stop();
+    tokio::pin!(stopping);
+    tokio::select! {
+        _ = &mut stopping => {}
+        _ = shutdown_signal() => {
+            hurry.cancel();
+            stopping.await;
+        }
+    }
     tracing::info!("orascale stopped");
     Ok(())
 }
@@ -269,6 +287,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     // Decide: `stop` is cancelled by a signal or the caller; `shutdown` tells everything else.
     let stop = CancellationToken::new();
     let decided = stop.clone();
+    let hurry = CancellationToken::new();
+    let skip_delay = hurry.clone();
     let delay = config.engine.shutdown_delay;
     let closing = registry.clone();
     let done = tokio::spawn(async move {
@@ -282,8 +302,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 .await;
         }
         if !delay.is_zero() {
-            tracing::info!(delay = %humantime::format_duration(delay), "not ready; serving until the shutdown delay has passed");
-            tokio::time::sleep(delay).await;
+            tracing::info!(delay = %humantime::format_duration(delay), "not ready; serving until the shutdown delay has passed (a second signal skips it)");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = skip_delay.cancelled() => tracing::info!("second shutdown signal: the rest of the shutdown delay is skipped"),
+            }
         }
         shutdown.cancel();
         // Wait, bounded: streams end themselves on the token; a client that does not read
@@ -322,6 +345,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         grpc_addr,
         metrics_addr,
         shutdown: stop,
+        hurry,
         done,
     })
 }

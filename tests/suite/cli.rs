@@ -215,6 +215,57 @@ fn sigterm_ends_open_streams_with_ok_and_exits_zero_within_five_seconds() {
     }
 }
 
+/// A second SIGTERM during `--shutdown-delay` skips the rest of the delay: the drain runs and
+/// the process exits 0 at once instead of a minute later.
+#[test]
+fn a_second_signal_skips_the_shutdown_delay() {
+    let db = TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Binary::start(
+        &[
+            "--connection",
+            &format!("jobs={}", db.url()),
+            "--shutdown-delay",
+            "60s",
+        ],
+        dir.path(),
+    );
+    server.signal("TERM");
+    let waiting = Instant::now();
+    while !server
+        .log_text()
+        .contains("serving until the shutdown delay has passed")
+    {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(10),
+            "{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(1)),
+        None,
+        "the first signal keeps serving through the delay"
+    );
+    let sent = Instant::now();
+    server.signal("TERM");
+    let code = server.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{}", server.log_text());
+    assert!(
+        sent.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        sent.elapsed()
+    );
+    assert!(
+        server
+            .log_text()
+            .contains("the rest of the shutdown delay is skipped"),
+        "{}",
+        server.log_text()
+    );
+}
+
 /// `orascale probe --addr addr` with each of `meta` as a `-m` pair.
 fn probe_meta(addr: &str, meta: &[&str]) -> (i32, String, String) {
     let mut args = vec!["probe", "--addr", addr];
