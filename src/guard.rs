@@ -71,6 +71,58 @@ const FORBIDDEN: &[&str] = &[
     "INTO",
 ];
 
+/// Functions and packages whose effects outlive the query or reach outside it, by dialect: a
+/// pooled session's state (an advisory lock or a `set_config(…, false)` stays with the session
+/// the next trigger's query gets — another namespace's, perhaps), other sessions (signalling a
+/// backend), the server, or the network (Oracle's `UTL_*`, PostgreSQL's `dblink`). A read-only
+/// transaction stops none of them. Matched as names, quoted or not, anywhere in the query.
+const SIDE_EFFECTS: &[(Dialect, &[&str])] = &[
+    (
+        Dialect::Postgres,
+        &[
+            "PG_ADVISORY_LOCK",
+            "PG_ADVISORY_LOCK_SHARED",
+            "PG_TRY_ADVISORY_LOCK",
+            "PG_TRY_ADVISORY_LOCK_SHARED",
+            "SET_CONFIG",
+            "PG_TERMINATE_BACKEND",
+            "PG_CANCEL_BACKEND",
+            "PG_RELOAD_CONF",
+            "PG_ROTATE_LOGFILE",
+            "PG_SWITCH_WAL",
+            "PG_PROMOTE",
+            "PG_CREATE_RESTORE_POINT",
+            "PG_LOGICAL_EMIT_MESSAGE",
+            "PG_NOTIFY",
+            "LO_IMPORT",
+            "LO_EXPORT",
+            "DBLINK",
+            "DBLINK_EXEC",
+            "DBLINK_CONNECT",
+            "DBLINK_CONNECT_U",
+            "DBLINK_SEND_QUERY",
+        ],
+    ),
+    (
+        Dialect::Oracle,
+        &[
+            "DBMS_LOCK",
+            "DBMS_PIPE",
+            "DBMS_ALERT",
+            "DBMS_LDAP",
+            "DBMS_SCHEDULER",
+            "UTL_HTTP",
+            "UTL_TCP",
+            "UTL_SMTP",
+            "UTL_MAIL",
+            "UTL_FILE",
+            "UTL_INADDR",
+            "HTTPURITYPE",
+        ],
+    ),
+    (Dialect::Sqlite, &["LOAD_EXTENSION"]),
+];
+
 /// The statement after its one trailing `;`, or why it is refused.
 pub fn screen(query: &str, dialect: Dialect, allow_dblinks: bool) -> Result<String, Rejection> {
     let tokens = lex(query, dialect)?;
@@ -134,6 +186,25 @@ fn check_tokens(tokens: &[Token], dialect: Dialect, allow_dblinks: bool) -> Resu
             return Err(reject(rule, format!("keyword {w}")));
         }
     }
+    let side_effects = SIDE_EFFECTS
+        .iter()
+        .find(|(d, _)| *d == dialect)
+        .map_or(&[][..], |(_, names)| *names);
+    for t in tokens {
+        let (Token::Word(name) | Token::Quoted(name)) = t else {
+            continue;
+        };
+        if side_effects
+            .iter()
+            .any(|f| f.eq_ignore_ascii_case(name.as_str()))
+        {
+            return Err(reject(
+                "functions with effects beyond the query (session state, other sessions, the \
+                 server, the network) are not allowed",
+                name.to_ascii_lowercase(),
+            ));
+        }
+    }
     if dialect == Dialect::Oracle
         && !allow_dblinks
         && tokens.iter().any(|t| matches!(t, Token::DbLink))
@@ -155,8 +226,10 @@ enum Token {
     /// `@` directly after a name (Oracle database link).
     DbLink,
     Punct(char),
-    /// A literal or quoted identifier: its content is never inspected.
+    /// A literal: its content is never inspected.
     Opaque,
+    /// A quoted identifier's text: never a keyword, but a name (a function's, too).
+    Quoted(String),
 }
 
 /// Splits the query into tokens, skipping comments and the insides of literals.
@@ -216,8 +289,11 @@ fn lex(q: &str, dialect: Dialect) -> Result<Vec<Token>, Rejection> {
                 b'[' => b']',
                 other => other,
             };
+            let start = i;
             i = skip_quoted(q, i, close, false)?;
-            out.push(Token::Opaque);
+            let doubled = [close as char; 2].iter().collect::<String>();
+            let inner = q[start + 1..i - 1].replace(&doubled, &(close as char).to_string());
+            out.push(Token::Quoted(inner));
             prev_was_name = true;
             continue;
         }
@@ -538,6 +614,96 @@ mod tests {
         ("", Postgres, "SELECT or WITH"),
         ("   ;", Oracle, "SELECT or WITH"),
     ];
+
+    /// Calls whose effects outlive the query or leave it, quoted, qualified or not.
+    const SIDE_EFFECT_CALLS: &[(&str, Dialect, &str)] = &[
+        ("select pg_advisory_lock(42)", Postgres, "pg_advisory_lock"),
+        (
+            "select count(*) from jobs where pg_catalog.pg_try_advisory_lock(1)",
+            Postgres,
+            "pg_try_advisory_lock",
+        ),
+        (
+            "select \"pg_advisory_lock\"(7)",
+            Postgres,
+            "pg_advisory_lock",
+        ),
+        (
+            "select count(*) from jobs, set_config('search_path', 'evil', false)",
+            Postgres,
+            "set_config",
+        ),
+        (
+            "select pg_terminate_backend(pid) from pg_stat_activity",
+            Postgres,
+            "pg_terminate_backend",
+        ),
+        ("select PG_CANCEL_BACKEND(1)", Postgres, "pg_cancel_backend"),
+        ("select pg_notify('jobs', 'x')", Postgres, "pg_notify"),
+        (
+            "select * from dblink_exec('dbname=x', 'delete from t')",
+            Postgres,
+            "dblink_exec",
+        ),
+        (
+            "select utl_http.request('http://169.254.169.254/') from dual",
+            Oracle,
+            "utl_http",
+        ),
+        (
+            "select dbms_lock.request(1, 6, 0, false) from dual",
+            Oracle,
+            "dbms_lock",
+        ),
+        (
+            "select \"UTL_INADDR\".get_host_address('x') from dual",
+            Oracle,
+            "utl_inaddr",
+        ),
+        (
+            "select httpuritype('http://h/').getclob() from dual",
+            Oracle,
+            "httpuritype",
+        ),
+        (
+            "select load_extension('/tmp/x.so')",
+            Sqlite,
+            "load_extension",
+        ),
+    ];
+
+    #[test]
+    fn calls_with_effects_beyond_the_query_are_refused_by_name() {
+        for (q, dialect, name) in SIDE_EFFECT_CALLS {
+            match screen(q, *dialect, false) {
+                Ok(_) => panic!("{dialect:?} accepted: {q}"),
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(
+                        e.contains("effects beyond the query") && e.contains(name),
+                        "{q}: {e}"
+                    );
+                }
+            }
+        }
+        // Names in literals, other dialects' names, and transaction-scoped locks pass.
+        for (q, dialect) in [
+            (
+                "select count(*) from jobs where note = 'pg_advisory_lock(1)'",
+                Postgres,
+            ),
+            (
+                "select count(*) from jobs where pg_try_advisory_xact_lock(1)",
+                Postgres,
+            ),
+            ("select count(*) from pg_sleep(0.1), jobs", Postgres),
+            ("select count(*) from \"Delete\"", Postgres),
+            ("select count(*) from t where \"a\"\"b\" = 1", Postgres),
+            ("select count(*) from utl_http_log", Oracle),
+        ] {
+            assert!(screen(q, dialect, false).is_ok(), "{q}");
+        }
+    }
 
     /// Queries that must pass unchanged (bar one trailing `;`).
     const LEGITIMATE: &[(&str, Dialect)] = &[

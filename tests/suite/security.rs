@@ -31,6 +31,10 @@ async fn the_sql_guard_refuses_with_invalid_argument_and_changes_nothing() {
             ),
             ("select * into copy from jobs", "INTO"),
             ("select count(*) from jobs for update", "row locks"),
+            (
+                "select count(*) from jobs where load_extension('/tmp/x.so') is null",
+                "the network) are not allowed (load_extension)",
+            ),
         ];
         for (q, rule) in cases {
             let obj = object("h", &[("query", q), ("targetQueryValue", "1")]);
