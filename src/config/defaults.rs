@@ -16,6 +16,9 @@ pub const STALE_AFTER_POLLS: u32 = 3;
 /// Percent of a connection's `pool_size` that polls caused by notifications may use at once
 /// (at least one session): the rest is kept for interval polls.
 pub const WAKE_POLL_SHARE: u8 = 50;
+/// Percent of a connection's sessions one namespace's interval polls may hold at once (at
+/// least one): the rest is kept for the other namespaces.
+pub const NAMESPACE_POOL_SHARE: u8 = 50;
 pub const FIRST_RESULT_WAIT: Duration = Duration::from_secs(2);
 pub const POOL_SIZE: usize = 4;
 pub const MAX_CONCURRENT_STREAMS: u32 = 100_000;

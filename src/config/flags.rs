@@ -106,6 +106,13 @@ pub struct ServeArgs {
     #[arg(long, env = "ORASCALE_WAKE_POLL_SHARE", value_name = "PERCENT")]
     pub wake_poll_share: Option<u8>,
 
+    /// Percent of each connection's sessions (of those the pool's gate allows now) that one
+    /// namespace's interval polls may hold at once, at least one; past it that namespace's
+    /// polls wait, so its slow queries never take the sessions other namespaces need. 100
+    /// turns it off [default: 50]
+    #[arg(long, env = "ORASCALE_NAMESPACE_POOL_SHARE", value_name = "PERCENT")]
+    pub namespace_pool_share: Option<u8>,
+
     /// Longest pollInterval a trigger may ask for; above it is INVALID_ARGUMENT [default: 24h]
     #[arg(long, env = "ORASCALE_MAX_POLL_INTERVAL", value_name = "DURATION", value_parser = parse_duration_arg)]
     pub max_poll_interval: Option<Duration>,

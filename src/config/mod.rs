@@ -74,6 +74,8 @@ pub struct EngineConfig {
     pub min_wake_interval: Duration,
     /// Percent (1–100) of each connection's `pool_size` that wake polls may use at once.
     pub wake_poll_share: u8,
+    /// Percent (1–100) of each connection's sessions one namespace's interval polls may hold.
+    pub namespace_pool_share: u8,
     pub default_query_timeout: Duration,
     pub max_query_timeout: Duration,
     pub idle_timeout: Duration,
@@ -123,6 +125,7 @@ impl Default for EngineConfig {
             max_poll_interval: defaults::MAX_POLL_INTERVAL,
             min_wake_interval: defaults::MIN_WAKE_INTERVAL,
             wake_poll_share: defaults::WAKE_POLL_SHARE,
+            namespace_pool_share: defaults::NAMESPACE_POOL_SHARE,
             default_query_timeout: defaults::QUERY_TIMEOUT,
             max_query_timeout: defaults::MAX_QUERY_TIMEOUT,
             idle_timeout: defaults::IDLE_TIMEOUT,

@@ -22,6 +22,7 @@ struct FileConfig {
     max_poll_interval: Option<String>,
     min_wake_interval: Option<String>,
     wake_poll_share: Option<u8>,
+    namespace_pool_share: Option<u8>,
     default_query_timeout: Option<String>,
     max_query_timeout: Option<String>,
     idle_timeout: Option<String>,
@@ -158,6 +159,10 @@ impl ServeArgs {
                 .wake_poll_share
                 .or(file.wake_poll_share)
                 .unwrap_or(defaults::WAKE_POLL_SHARE),
+            namespace_pool_share: self
+                .namespace_pool_share
+                .or(file.namespace_pool_share)
+                .unwrap_or(defaults::NAMESPACE_POOL_SHARE),
             stale_after_polls: self
                 .stale_after_polls
                 .or(file.stale_after_polls)
@@ -758,6 +763,10 @@ mod tests {
             (
                 "stale_after_polls = 4294967295",
                 "--stale-after-polls / stale_after_polls: value 4294967295",
+            ),
+            (
+                "namespace_pool_share = 101",
+                "--namespace-pool-share / namespace_pool_share: value 101 must be a percent from 1 to 100",
             ),
             (
                 "wake_poll_share = 0",

@@ -116,6 +116,15 @@ fn check_engine(e: &EngineConfig) -> Result<(), ConfigError> {
             ),
         ));
     }
+    if !(1..=100).contains(&e.namespace_pool_share) {
+        return Err(invalid(
+            "namespace_pool_share",
+            format!(
+                "value {} must be a percent from 1 to 100",
+                e.namespace_pool_share
+            ),
+        ));
+    }
     if e.stale_after_polls == 0 {
         return Err(invalid("stale_after_polls", "value 0 must be at least 1"));
     }

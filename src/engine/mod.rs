@@ -5,6 +5,7 @@
 //! - [`poller`]: the task that runs one query on its interval.
 //! - [`state`]: the cached value and how its age and errors become an answer.
 //! - [`stats`]: the engine's state as plain data, rendered as metric families at scrape time.
+//! - [`shares`]: namespace shares of each pool (one team's slow queries never take them all).
 //! - [`sources`]: the databases (configured and made from credentials) and their wake-up hubs.
 //! - [`supervise`]: tasks that end on their own are recorded and reported, never mistaken for
 //!   live ones.
@@ -12,6 +13,7 @@
 
 pub mod poller;
 pub mod registry;
+pub mod shares;
 pub mod sources;
 pub mod state;
 pub mod stats;

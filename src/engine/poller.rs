@@ -20,7 +20,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::WakeKey;
-use super::wake::{Subscribed, Wake};
+use super::shares::Shares;
+use super::wake::{Budget, Subscribed, Wake, WakeSlot};
 use super::{PollState, PollerKey};
 use crate::source::{Cell, Source, SourceError};
 use crate::telemetry::metrics as m;
@@ -123,6 +124,8 @@ pub struct Poller {
     pub wakes: Wakes,
     /// This poller's poll metrics.
     pub series: m::PollSeries,
+    /// The namespaces' shares of the connection's pool, which interval polls take a slot of.
+    pub shares: Arc<Shares>,
 }
 
 impl Poller {
@@ -144,7 +147,7 @@ impl Poller {
         };
         tokio::select! {
             _ = cancel.cancelled() => return,
-            auth_failed = self.poll() => refused.record(auth_failed, last_start, interval),
+            auth_failed = self.poll(true) => refused.record(auth_failed, last_start, interval),
         }
         let phase = interval.mul_f64(random_fraction(&self.key)).min(interval);
         let start = crate::source::deadline_after(Instant::now(), phase);
@@ -204,11 +207,51 @@ impl Poller {
             last_start = Instant::now();
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                auth_failed = self.poll() => refused.record(auth_failed, last_start, interval),
+                auth_failed = self.poll(!woken) => refused.record(auth_failed, last_start, interval),
             }
             if woken {
                 ticks.reset();
             }
+        }
+    }
+
+    /// The query, bounded by its timeout plus the sources' grace.
+    async fn query(&self, timeout: Duration) -> Result<Cell, SourceError> {
+        match tokio::time::timeout(
+            timeout.saturating_add(SOURCE_GRACE),
+            self.source.query(&self.key.query, timeout),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(SourceError::Timeout(timeout)),
+        }
+    }
+
+    /// A slot of this poller's namespace share, and the time left of the query's timeout; or,
+    /// when the namespace's other polls hold its share past (nearly all of) that timeout, why
+    /// there is none — a pool wait that names the namespace.
+    async fn share_slot(
+        &self,
+        budget: &Arc<Budget>,
+        started: Instant,
+    ) -> Result<(WakeSlot, Duration), SourceError> {
+        let timeout = self.key.query_timeout;
+        let slot = match budget.try_take() {
+            Some(slot) => Some(slot),
+            None => tokio::time::timeout(timeout, budget.take()).await.ok(),
+        };
+        let waited = started.elapsed();
+        let left = timeout.saturating_sub(waited);
+        match slot {
+            // Nearly nothing left: a query started now would be cut at once.
+            Some(slot) if waited.is_zero() || left >= timeout / 10 => Ok((slot, left)),
+            _ => Err(SourceError::NamespaceShare {
+                namespace: self.origin.get().namespace.clone(),
+                waited: Duration::from_millis(waited.as_millis() as u64),
+                share: budget.limit(),
+                percent: self.shares.share(),
+            }),
         }
     }
 
@@ -224,18 +267,24 @@ impl Poller {
     }
 
     /// One query, its metrics, its lifecycle log line, and the publish; true when the database
-    /// refused the credentials.
-    async fn poll(&self) -> bool {
+    /// refused the credentials. An interval poll first takes a slot of its namespace's share of
+    /// the pool (`engine::shares`), within the query's timeout.
+    async fn poll(&self, interval_poll: bool) -> bool {
         let key = &self.key;
         let started = Instant::now();
-        let outcome = match tokio::time::timeout(
-            key.query_timeout.saturating_add(SOURCE_GRACE),
-            self.source.query(&key.query, key.query_timeout),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(SourceError::Timeout(key.query_timeout)),
+        let share = interval_poll
+            .then(|| self.source.slots())
+            .flatten()
+            .and_then(|slots| {
+                self.shares
+                    .budget(&key.connection, &self.origin.get().namespace, slots)
+            });
+        let outcome = match share {
+            None => self.query(key.query_timeout).await,
+            Some(budget) => match self.share_slot(&budget, started).await {
+                Ok((_slot, left)) => self.query(left).await,
+                Err(e) => Err(e),
+            },
         };
         let finished = Instant::now();
         let mut auth_failed = false;
@@ -489,6 +538,7 @@ pub(super) mod tests {
             })),
             wakes,
             series,
+            shares: Shares::new(100),
         };
         tokio::spawn(poller.run(cancel.clone()));
         (rx, cancel)

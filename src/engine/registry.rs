@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::poller::{Named, Origin, Poller, Wakes};
+use super::shares::Shares;
 use super::sources::Sources;
 use super::state::Staleness;
 use super::stats::PollerStatus;
@@ -203,6 +204,8 @@ pub struct Registry {
     epoch: Instant,
     /// Pollers replaced after their task ended on its own.
     restarts: AtomicU64,
+    /// The namespaces' shares of each pool, which the pollers' interval polls take.
+    shares: Arc<Shares>,
 }
 
 impl Registry {
@@ -213,6 +216,7 @@ impl Registry {
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) -> Arc<Self> {
+        let shares = Shares::new(config.namespace_pool_share);
         let registry = Arc::new(Registry {
             sources: Sources::new(
                 sources,
@@ -225,6 +229,7 @@ impl Registry {
             tracker,
             epoch: Instant::now(),
             restarts: AtomicU64::new(0),
+            shares,
         });
         let janitor = Arc::downgrade(&registry);
         let every = (registry.config.idle_timeout / 4)
@@ -635,6 +640,7 @@ impl Registry {
             origin: named.clone(),
             wakes,
             series: m::PollSeries::new(crate::trigger::connection_label(&key.connection)),
+            shares: self.shares.clone(),
         };
         // The task owns the watch sender: however it ends, readers learn of it.
         let connection = key.connection.clone();

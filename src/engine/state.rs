@@ -69,8 +69,9 @@ impl PollState {
         match (&self.good, &self.failure) {
             (Some(good), None) if age(good) < max_age.in_flight => Ok(*good),
             (Some(good), None) => Err(format!(
-                "no poll has finished for {}: the query is still running, and the last value \
-                 is older than the {} staleness limit (queryTimeout ends it)",
+                "no poll has finished for {}: the next one is still running (waiting for a \
+                 database session or for the database), and the last value is older than the \
+                 {} staleness limit (queryTimeout ends the wait)",
                 humantime::format_duration(round_secs(age(good))),
                 humantime::format_duration(max_age.in_flight)
             )),

@@ -51,6 +51,17 @@ pub enum SourceError {
     },
     #[error("no free database session within {} (all {size} of the pool busy): {POOL_ADVICE}", humantime::format_duration(*waited))]
     PoolTimeout { waited: Duration, size: usize },
+    /// An interval poll's namespace held its whole share of the pool (`engine::shares`).
+    #[error(
+        "no free database session within {} for namespace {namespace:?}: its polls hold its whole share of this connection's pool ({share} sessions, --namespace-pool-share {percent}%), so its queries are slow or too many of them poll at once; other namespaces are not affected. Shorten the queries (or queryTimeout), lengthen pollInterval, or raise pool_size",
+        humantime::format_duration(*waited)
+    )]
+    NamespaceShare {
+        namespace: String,
+        waited: Duration,
+        share: usize,
+        percent: u8,
+    },
     #[error("cannot connect: {0}")]
     Connect(String),
     #[error("{0}")]
@@ -163,9 +174,9 @@ impl SourceError {
     pub fn result_label(&self) -> &'static str {
         match self {
             SourceError::Timeout(_) => "timeout",
-            SourceError::TimeoutAfterWait { .. } | SourceError::PoolTimeout { .. } => {
-                "pool_timeout"
-            }
+            SourceError::TimeoutAfterWait { .. }
+            | SourceError::PoolTimeout { .. }
+            | SourceError::NamespaceShare { .. } => "pool_timeout",
             _ => "error",
         }
     }

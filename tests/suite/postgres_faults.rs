@@ -270,6 +270,97 @@ async fn a_hung_query_does_not_keep_an_old_value_fresh() {
     .await;
 }
 
+/// 3c. One namespace's slow queries hold at most its share of the pool (half of 4 sessions by
+/// default): another namespace's trigger on the same connection keeps its sessions and its
+/// answers, and the slow namespace is told, by name, that its own polls hold its share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_namespaces_slow_queries_leave_the_others_their_sessions() {
+    let Some(pg) = Pg::start_or_skip("one_namespaces_slow_queries_leave_the_others_their_sessions")
+    else {
+        return;
+    };
+    guard(LIMIT, async {
+        let admin = pg.setup().await;
+        pg::set_queued(&admin, 3).await;
+        let conn = connection("pgshared", &pg.scaler_url());
+        assert_eq!(conn.pool_size, 4);
+        // (With `namespace_pool_share = 100` "calm" fails within 3 s: its polls wait for a
+        // session the slow queries hold.)
+        let server = start(vec![conn], engine()).await;
+        let mut c = client(server.grpc_addr).await;
+        let in_ns = |ns: &str, name: &str, meta: &[(&str, &str)]| {
+            let mut o = object(name, meta);
+            o.namespace = ns.to_string();
+            o
+        };
+        // Six slow triggers in "greedy": more than the whole pool if nothing held them back.
+        let greedy: Vec<_> = (0..6)
+            .map(|i| {
+                let q = format!("select count(*) from (select pg_sleep(20), {i}) s");
+                in_ns(
+                    "greedy",
+                    &format!("slow-{i}"),
+                    &[
+                        ("query", &q),
+                        ("targetQueryValue", "1"),
+                        ("pollInterval", "1s"),
+                        ("queryTimeout", "3s"),
+                    ],
+                )
+            })
+            .collect();
+        futures::future::join_all(greedy.iter().map(|o| {
+            let mut c = c.clone();
+            async move { c.get_metrics(deadline(metrics_request(o, ""))).await }
+        }))
+        .await;
+        let calm = in_ns(
+            "calm",
+            "steady",
+            &[
+                ("query", "select count(*) from jobs"),
+                ("targetQueryValue", "1"),
+                ("pollInterval", "1s"),
+            ],
+        );
+        let window = Instant::now();
+        let mut most_sleeping = 0;
+        let mut told = None;
+        while window.elapsed() < Duration::from_secs(8) {
+            // "calm" is served every time, its value fresh: its polls find their sessions.
+            let r = c.get_metrics(deadline(metrics_request(&calm, ""))).await;
+            assert_eq!(value(r.unwrap_or_else(|s| panic!("calm: {s:?}"))), 3.0);
+            let sleeping = pg::scaler_sessions(&admin)
+                .await
+                .iter()
+                .filter(|(state, q)| state == "active" && q.contains("pg_sleep"))
+                .count();
+            most_sleeping = most_sleeping.max(sleeping);
+            for o in &greedy {
+                if let Err(s) = c.get_metrics(deadline(metrics_request(o, ""))).await
+                    && s.message().contains("namespace \"greedy\"")
+                {
+                    told = Some(s.message().to_string());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(
+            most_sleeping <= 2,
+            "greedy held {most_sleeping} of the 4 sessions"
+        );
+        assert!(most_sleeping >= 1, "the slow queries ran");
+        let told = told.expect("greedy's waits name it");
+        assert!(
+            told.contains("--namespace-pool-share 50%") && told.contains("2 sessions"),
+            "{told}"
+        );
+        assert!(polls(server.metrics_addr, "pgshared", "pool_timeout").await >= 1.0);
+        server.stop().await;
+    })
+    .await;
+}
+
 /// 4. A terminated backend costs one failed poll at most.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_connection_costs_at_most_one_failed_poll() {
