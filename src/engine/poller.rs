@@ -20,7 +20,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::WakeKey;
-use super::shares::Shares;
+use super::shares::Member;
 use super::wake::{Budget, Subscribed, Wake, WakeSlot};
 use super::{PollState, PollerKey};
 use crate::source::{Cell, Source, SourceError};
@@ -124,8 +124,9 @@ pub struct Poller {
     pub wakes: Wakes,
     /// This poller's poll metrics.
     pub series: m::PollSeries,
-    /// The namespaces' shares of the connection's pool, which interval polls take a slot of.
-    pub shares: Arc<Shares>,
+    /// Its namespace's membership of the connection's pool shares: interval polls take a slot
+    /// of its share where the connection serves several namespaces.
+    pub share: Member,
 }
 
 impl Poller {
@@ -237,20 +238,20 @@ impl Poller {
         started: Instant,
     ) -> Result<(WakeSlot, Duration), SourceError> {
         let timeout = self.key.query_timeout;
-        let slot = match budget.try_take() {
-            Some(slot) => Some(slot),
-            None => tokio::time::timeout(timeout, budget.take()).await.ok(),
-        };
+        if let Some(slot) = budget.try_take() {
+            return Ok((slot, timeout));
+        }
+        let slot = tokio::time::timeout(timeout, budget.take()).await.ok();
         let waited = started.elapsed();
         let left = timeout.saturating_sub(waited);
         match slot {
             // Nearly nothing left: a query started now would be cut at once.
-            Some(slot) if waited.is_zero() || left >= timeout / 10 => Ok((slot, left)),
+            Some(slot) if left >= timeout / 10 => Ok((slot, left)),
             _ => Err(SourceError::NamespaceShare {
-                namespace: self.origin.get().namespace.clone(),
+                namespace: self.share.namespace().to_string(),
                 waited: Duration::from_millis(waited.as_millis() as u64),
                 share: budget.limit(),
-                percent: self.shares.share(),
+                percent: self.share.percent(),
             }),
         }
     }
@@ -275,10 +276,7 @@ impl Poller {
         let share = interval_poll
             .then(|| self.source.slots())
             .flatten()
-            .and_then(|slots| {
-                self.shares
-                    .budget(&key.connection, &self.origin.get().namespace, slots)
-            });
+            .and_then(|slots| self.share.budget(slots));
         let outcome = match share {
             None => self.query(key.query_timeout).await,
             Some(budget) => match self.share_slot(&budget, started).await {
@@ -538,7 +536,7 @@ pub(super) mod tests {
             })),
             wakes,
             series,
-            shares: Shares::new(100),
+            share: crate::engine::shares::Shares::new(100).join("c", "ns"),
         };
         tokio::spawn(poller.run(cancel.clone()));
         (rx, cancel)

@@ -640,7 +640,7 @@ impl Registry {
             origin: named.clone(),
             wakes,
             series: m::PollSeries::new(crate::trigger::connection_label(&key.connection)),
-            shares: self.shares.clone(),
+            share: self.shares.join(&key.connection, &origin.namespace),
         };
         // The task owns the watch sender: however it ends, readers learn of it.
         let connection = key.connection.clone();
