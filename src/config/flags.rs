@@ -106,10 +106,10 @@ pub struct ServeArgs {
     #[arg(long, env = "ORASCALE_WAKE_POLL_SHARE", value_name = "PERCENT")]
     pub wake_poll_share: Option<u8>,
 
-    /// Percent of each connection's sessions (of those the pool's gate allows now) that one
-    /// namespace's interval polls may hold at once, at least one; past it that namespace's
-    /// polls wait, so its slow queries never take the sessions other namespaces need. 100
-    /// turns it off [default: 50]
+    /// Where a connection serves several namespaces: percent of its sessions (of those the
+    /// pool's gate allows now) that one namespace's interval polls may hold at once, at least
+    /// one; past it that namespace's polls wait, so its slow queries never take the sessions
+    /// other namespaces need. 100 turns it off [default: 50]
     #[arg(long, env = "ORASCALE_NAMESPACE_POOL_SHARE", value_name = "PERCENT")]
     pub namespace_pool_share: Option<u8>,
 
