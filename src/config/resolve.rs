@@ -473,13 +473,7 @@ fn split_connection_list(list: &str) -> Vec<&str> {
             && name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            && scheme
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic())
-            && scheme
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+            && super::url::is_scheme(scheme)
     };
     let mut entries = Vec::new();
     let mut start = 0;
@@ -513,6 +507,13 @@ fn parse_connection_flag(raw: &str) -> Result<(String, ConnectionUrl), ConfigErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Why `a` with no file is refused.
+    fn refusal(a: &ServeArgs) -> String {
+        a.resolve_with(FileConfig::default())
+            .unwrap_err()
+            .to_string()
+    }
 
     fn args(connections: &[&str]) -> ServeArgs {
         ServeArgs {
@@ -549,10 +550,7 @@ mod tests {
             &["jobs=sqlite:/a.db", "jobs=sqlite:/b.db"][..],
             &["jobs=sqlite:/a.db,jobs=postgres://u:s3cret@h/db"][..],
         ] {
-            let e = args(list)
-                .resolve_with(FileConfig::default())
-                .unwrap_err()
-                .to_string();
+            let e = refusal(&args(list));
             assert!(
                 e.contains("--connection") && e.contains("\"jobs\" is given twice"),
                 "{e}"
@@ -634,10 +632,8 @@ mod tests {
             let err = parse_url(&bad).unwrap_err();
             assert!(!err.contains(secret), "{err}");
         }
-        let err = args(&[&format!("postgres://app:{secret}@h/db")])
-            .resolve_with(FileConfig::default())
-            .unwrap_err();
-        assert!(!err.to_string().contains(secret), "{err}");
+        let err = refusal(&args(&[&format!("postgres://app:{secret}@h/db")]));
+        assert!(!err.contains(secret), "{err}");
         let config = args(&[
             &format!("pg=postgres://app:{secret}@h/db"),
             &format!("ora=oracle://app:{secret}@h:1521/S"),
@@ -806,10 +802,8 @@ mod tests {
             let err = args(&[]).resolve_with(file).unwrap_err().to_string();
             assert!(err.contains(want), "{toml_text}: {err}");
         }
-        let err = args(&["justaname"])
-            .resolve_with(FileConfig::default())
-            .unwrap_err();
-        assert!(err.to_string().contains("must be NAME=URL"), "{err}");
+        let err = refusal(&args(&["justaname"]));
+        assert!(err.contains("must be NAME=URL"), "{err}");
         assert!(toml::from_str::<FileConfig>("typo_key = 1").is_err());
     }
 
@@ -817,10 +811,7 @@ mod tests {
     fn metadata_credentials_need_tls() {
         let mut a = args(&[]);
         a.allow_metadata_credentials = true;
-        let err = a
-            .resolve_with(FileConfig::default())
-            .unwrap_err()
-            .to_string();
+        let err = refusal(&a);
         assert!(
             err.contains("--allow-metadata-credentials") && err.contains("TLS"),
             "{err}"

@@ -290,22 +290,20 @@ fn is_password_key(key: &str) -> bool {
         .contains("password")
 }
 
+/// Whether `s` has a URL scheme's form: a letter, then letters, digits, `+`, `-` or `.`.
+pub(super) fn is_scheme(s: &str) -> bool {
+    s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
 /// What an error shows instead of a value that may hold a password.
 const NOT_SHOWN: &str = "(not shown: it may hold a password)";
 
 /// `scheme` if it looks like a URL scheme (followed by `//`, so it cannot be the first half of
 /// a `user:password` pair or of a password), else [`NOT_SHOWN`].
 fn shown_scheme(scheme: &str, rest: &str) -> String {
-    let plausible = rest.starts_with("//")
-        && scheme.len() <= 20
-        && scheme
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic())
-        && scheme
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
-    if plausible {
+    if rest.starts_with("//") && scheme.len() <= 20 && is_scheme(scheme) {
         format!("{scheme:?}")
     } else {
         NOT_SHOWN.to_string()

@@ -107,23 +107,16 @@ fn check_engine(e: &EngineConfig) -> Result<(), ConfigError> {
             ),
         ));
     }
-    if !(1..=100).contains(&e.wake_poll_share) {
-        return Err(invalid(
-            "wake_poll_share",
-            format!(
-                "value {} must be a percent from 1 to 100",
-                e.wake_poll_share
-            ),
-        ));
-    }
-    if !(1..=100).contains(&e.namespace_pool_share) {
-        return Err(invalid(
-            "namespace_pool_share",
-            format!(
-                "value {} must be a percent from 1 to 100",
-                e.namespace_pool_share
-            ),
-        ));
+    for (key, percent) in [
+        ("wake_poll_share", e.wake_poll_share),
+        ("namespace_pool_share", e.namespace_pool_share),
+    ] {
+        if !(1..=100).contains(&percent) {
+            return Err(invalid(
+                key,
+                format!("value {percent} must be a percent from 1 to 100"),
+            ));
+        }
     }
     if e.stale_after_polls == 0 {
         return Err(invalid("stale_after_polls", "value 0 must be at least 1"));
