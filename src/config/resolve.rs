@@ -478,7 +478,8 @@ fn split_connection_list(list: &str) -> Vec<&str> {
     let mut entries = Vec::new();
     let mut start = 0;
     for (i, _) in list.match_indices(',') {
-        if starts_entry(&list[i + 1..]) {
+        // A trailing comma ends the list with an empty entry (refused as not NAME=URL).
+        if starts_entry(&list[i + 1..]) || list[i + 1..].trim().is_empty() {
             entries.push(&list[start..i]);
             start = i + 1;
         }
@@ -499,6 +500,17 @@ fn parse_connection_flag(raw: &str) -> Result<(String, ConnectionUrl), ConfigErr
         ));
     };
     let name = name.trim();
+    if name.contains([':', '/', '@']) {
+        // A URL without its name, cut at an `=` inside it (a base64 password): not echoed.
+        return Err(invalid(
+            "--connection",
+            format!(
+                "value {:?} must be NAME=URL, e.g. orders=sqlite:/data/orders.db: the text \
+                 before the first `=` is not a name",
+                redact_url(raw)
+            ),
+        ));
+    }
     validate_name(name).map_err(|m| invalid("--connection", m))?;
     let url = parse_url(url.trim()).map_err(|m| invalid(format!("--connection {name}"), m))?;
     Ok((name.to_string(), url))
@@ -542,6 +554,14 @@ mod tests {
         let cfg: tokio_postgres::Config = url.parse().unwrap();
         assert_eq!(cfg.get_hosts().len(), 2);
         assert_eq!(cfg.get_password(), Some(&b"p,w"[..]));
+    }
+
+    #[test]
+    fn a_url_without_its_name_or_a_trailing_comma_is_refused_without_secrets() {
+        let e = refusal(&args(&["postgres://app:c2VjcmV0cGFzcw==@db:5432/shop"]));
+        assert!(e.contains("not a name") && !e.contains("c2VjcmV0"), "{e}");
+        let e = refusal(&args(&["a=sqlite::memory:,"]));
+        assert!(e.contains("must be NAME=URL"), "{e}");
     }
 
     #[test]

@@ -248,37 +248,78 @@ pub fn redact_url(url: &str) -> String {
     };
     let rest = &url[scheme_end + 3..];
     let mut out = format!("{}://", &url[..scheme_end]);
-    // Without a `:` before the first `@` there is no password in the userinfo, and the text
-    // goes on to the query masking below whole (the "user" may be a query holding one).
-    let tail = match rest.find('@').and_then(|at| rest[..at].split_once(':')) {
-        None => rest,
-        Some((user, _)) => {
-            if user.contains(['/', '?', '#', '&', '=']) {
-                out.push_str("***");
+    let after_last_at = &rest[rest.rfind('@').map_or(0, |at| at + 1)..];
+    let tail = match rest.find('@') {
+        None => {
+            // No userinfo; but `user:secret` without its `@` would be read as host:port (a
+            // password cut short, say): an authority that is not hosts and ports is masked.
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            if hosts_and_ports(&rest[..end]) {
+                rest
             } else {
-                out.push_str(user);
+                out.push_str("***");
+                &rest[end..]
             }
-            out.push_str(":***@");
-            &rest[rest.rfind('@').map_or(0, |at| at + 1)..]
         }
+        // tokio-postgres reads up to the first `@` as `user[:password]`; the password may hold
+        // a raw `@`, `/`, `?` or `#`, so everything up to the last `@` is masked.
+        Some(first_at) => match rest[..first_at].split_once(':') {
+            Some((user, _)) => {
+                if user.contains(['/', '?', '#', '&', '=', '[']) {
+                    out.push_str("***");
+                } else {
+                    out.push_str(user);
+                }
+                out.push_str(":***@");
+                after_last_at
+            }
+            // `user/password@…` (the EZConnect habit), or an `@` past the host: masked whole.
+            None if rest[..first_at].contains(['/', '?', '#', '&', '=']) => {
+                out.push_str("***@");
+                after_last_at
+            }
+            None => rest,
+        },
     };
+    // Query parameters naming a password: after the `?`, or anywhere in what is left when the
+    // `?` was inside the masked part.
     match tail.split_once('?') {
-        None => out.push_str(tail),
         Some((path, query)) => {
             out.push_str(path);
             out.push('?');
-            let params: Vec<String> = query
-                .split('&')
-                .map(|param| match param.split_once('=') {
-                    Some((key, _)) if is_password_key(key) => format!("{key}=***"),
-                    _ if is_password_key(param) => "***".to_string(),
-                    _ => param.to_string(),
-                })
-                .collect();
-            out.push_str(&params.join("&"));
+            out.push_str(&mask_params(query));
         }
+        None => out.push_str(&mask_params(tail)),
     }
     out
+}
+
+/// `a=1&password=x&…` with every password parameter's value masked.
+fn mask_params(query: &str) -> String {
+    query
+        .split('&')
+        .map(|param| match param.split_once('=') {
+            Some((key, _)) if is_password_key(key) => format!("{key}=***"),
+            _ if is_password_key(param) => "***".to_string(),
+            _ => param.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Whether `authority` is comma-separated hosts, each with an optional numeric port.
+fn hosts_and_ports(authority: &str) -> bool {
+    authority.split(',').all(|h| {
+        let port = match h.strip_prefix('[') {
+            Some(v6) => match v6.split_once(']') {
+                Some((_, after)) if after.is_empty() => return true,
+                Some((_, after)) => after.strip_prefix(':'),
+                None => None,
+            },
+            None => Some(h.rsplit_once(':').map_or("", |(_, p)| p)),
+        };
+        port.is_some_and(|p| p.chars().all(|c| c.is_ascii_digit()))
+    })
 }
 
 /// Whether a query parameter's name (percent-decoded, any case) names a password
@@ -362,6 +403,13 @@ fn parse_oracle(url: &str, rest: &str) -> Result<ConnectionUrl, String> {
     };
     let rest = rest.strip_prefix("//").ok_or_else(bad)?;
     let (userinfo, target) = rest.rsplit_once('@').ok_or_else(bad)?;
+    if userinfo.contains('/') {
+        return Err(format!(
+            "{}: a password goes after `:` (oracle://USER:PASSWORD@…), not after `/` as in \
+             SQL*Plus; better, keep it out of the URL (ORASCALE_<NAME>_PASSWORD or password_file)",
+            bad()
+        ));
+    }
     let (user, password) = match userinfo.split_once(':') {
         Some((u, p)) => (u, Some(percent_decode(p).ok_or_else(bad)?)),
         None => (userinfo, None),
@@ -475,10 +523,7 @@ mod tests {
             ),
             ("postgres://u:p?pw-a@h/db", "postgres://u:***@h/db"),
             ("postgres://u:p@pw-a@h/db", "postgres://u:***@h/db"),
-            (
-                "postgres://h/db?password=pw-a@x",
-                "postgres://h/db?password=***",
-            ),
+            ("postgres://h/db?password=pw-a@x", "postgres://***@x"),
             ("postgres://h/db?password=pw:a@x", "postgres://***:***@x"),
             ("postgres://h/db?password", "postgres://h/db?***"),
             (
@@ -486,6 +531,22 @@ mod tests {
                 "oracle://scott:***@db:1521/S",
             ),
             ("postgres://h,h2:5433/db", "postgres://h,h2:5433/db"),
+            (
+                "postgres://db.example:5432/shop?user=admin@corp&password=pw-a&sslmode=require",
+                "postgres://db.example:***@corp&password=***&sslmode=require",
+            ),
+            (
+                "postgres://[::1]/shop?user=a@b&password=pw-a",
+                "postgres://***:***@b&password=***",
+            ),
+            (
+                "oracle://scott/pw-a@db:1521/ORCL",
+                "oracle://***@db:1521/ORCL",
+            ),
+            ("postgres://u:pw-a", "postgres://***"),
+            ("postgres://[::1]:5432/db", "postgres://[::1]:5432/db"),
+            ("postgres://[::1]/db", "postgres://[::1]/db"),
+            ("postgres://u@h:5432/db", "postgres://u@h:5432/db"),
         ] {
             assert_eq!(redact_url(url), shown, "{url}");
             assert!(!redact_url(url).contains("pw"), "{url}");
@@ -533,6 +594,7 @@ mod tests {
                 Ok("oracle"),
             ),
             ("oracle://scott@db/ORCL", Ok("oracle")),
+            ("oracle://scott/tiger@db:1521/ORCL", Err("not after `/`")),
             ("mysql://u:p@h/db", Err("not built in")),
             ("sqlite:", Err("empty path")),
             ("nourl", Err("no scheme")),
