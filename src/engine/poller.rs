@@ -323,9 +323,18 @@ impl Poller {
                 // waiters (streams judge activity, first calls wait for a first outcome), so a
                 // steady value costs no wake-up per stream per poll.
                 self.tx.send_if_modified(|s| {
-                    let news =
-                        s.polls == 0 || s.failure.is_some() || s.good.is_none_or(|g| g.value != v);
+                    // A value older than two intervals may have been judged stale while this
+                    // poll ran (`PollState::value`): its return is news for the streams even
+                    // when the value is the same.
+                    let news = s.polls == 0
+                        || s.failure.is_some()
+                        || s.good.is_none_or(|g| {
+                            g.value != v
+                                || finished.saturating_duration_since(g.at)
+                                    >= key.poll_interval.saturating_mul(2)
+                        });
                     s.record_ok(v, finished);
+                    s.last_took = elapsed;
                     news
                 });
                 if !had_good {

@@ -28,6 +28,8 @@ pub struct Failure {
 /// How old a last good value may be when it is served.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Staleness {
+    /// The trigger's `pollInterval`.
+    pub interval: Duration,
     /// `stale_after_polls × pollInterval`, after a failed poll.
     pub limit: Duration,
     /// While no poll has failed since the value (the next one is still running): the same
@@ -40,6 +42,7 @@ impl Staleness {
     pub fn new(poll_interval: Duration, stale_after_polls: u32) -> Self {
         let limit = poll_interval.saturating_mul(stale_after_polls);
         Staleness {
+            interval: poll_interval,
             limit,
             in_flight: limit.max(poll_interval.saturating_mul(2)),
         }
@@ -55,6 +58,9 @@ pub struct PollState {
     pub failure: Option<Failure>,
     /// Polls completed so far.
     pub polls: u64,
+    /// How long the last successful poll took: a query that always takes longer than the
+    /// staleness allowance is slow, not hung (see [`PollState::value`]).
+    pub last_took: Duration,
 }
 
 impl PollState {
@@ -64,16 +70,25 @@ impl PollState {
     }
 
     /// The value to serve now, or why there is none.
+    /// While the next poll runs, the allowance is also never under the interval plus twice
+    /// the last successful poll's duration: a query that takes 4 s at a 1 s interval is served
+    /// between its polls; one that usually takes milliseconds and has run past the allowance
+    /// is hung.
     pub fn value(&self, now: Instant, max_age: Staleness) -> Result<Reading, String> {
         let age = |good: &Reading| now.saturating_duration_since(good.at);
+        let in_flight = max_age.in_flight.max(
+            max_age
+                .interval
+                .saturating_add(self.last_took.saturating_mul(2)),
+        );
         match (&self.good, &self.failure) {
-            (Some(good), None) if age(good) < max_age.in_flight => Ok(*good),
+            (Some(good), None) if age(good) < in_flight => Ok(*good),
             (Some(good), None) => Err(format!(
                 "no poll has finished for {}: the next one is still running (waiting for a \
                  database session or for the database), and the last value is older than the \
                  {} staleness limit (queryTimeout ends the wait)",
                 humantime::format_duration(round_secs(age(good))),
-                humantime::format_duration(max_age.in_flight)
+                humantime::format_duration(in_flight)
             )),
             (Some(good), Some(_)) if age(good) < max_age.limit => Ok(*good),
             (Some(good), Some(f)) => Err(format!(
@@ -130,6 +145,7 @@ mod tests {
 
     /// 10 s polls, stale after 3.
     const LIMIT: Staleness = Staleness {
+        interval: Duration::from_secs(10),
         limit: Duration::from_secs(30),
         in_flight: Duration::from_secs(30),
     };
@@ -197,6 +213,10 @@ mod tests {
         s.record_ok(1.0, t0);
         assert!(s.value(t0 + Duration::from_secs(15), one).is_ok());
         assert!(s.value(t0 + Duration::from_secs(20), one).is_err());
+        // A query that takes 30 s at a 10 s interval is slow, not hung.
+        s.last_took = Duration::from_secs(30);
+        assert!(s.value(t0 + Duration::from_secs(60), one).is_ok());
+        assert!(s.value(t0 + Duration::from_secs(70), one).is_err());
         s.record_err("refused", t0 + Duration::from_secs(11));
         assert!(
             s.value(t0 + Duration::from_secs(11), one).is_err(),

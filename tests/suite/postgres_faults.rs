@@ -220,6 +220,7 @@ async fn a_hung_query_does_not_keep_an_old_value_fresh() {
         pg::set_queued(&admin, 4).await;
         let mut e = engine();
         e.stale_after_polls = 3;
+        e.stream_resend_interval = Duration::from_secs(1);
         let server = start(vec![connection("pghung", &pg.scaler_url())], e).await;
         let mut c = client(server.grpc_addr).await;
         let obj = object(
@@ -231,7 +232,19 @@ async fn a_hung_query_does_not_keep_an_old_value_fresh() {
                 ("queryTimeout", "2m"),
             ],
         );
-        assert_eq!(value(c.get_metrics(deadline(metrics_request(&obj, ""))).await.unwrap()), 4.0);
+        assert_eq!(
+            value(
+                c.get_metrics(deadline(metrics_request(&obj, "")))
+                    .await
+                    .unwrap()
+            ),
+            4.0
+        );
+        let mut stream = c.stream_is_active(obj.clone()).await.unwrap().into_inner();
+        assert!(
+            stream.message().await.unwrap().unwrap().result,
+            "active at open"
+        );
         admin
             .batch_execute("begin; lock table jobs in access exclusive mode")
             .await
@@ -251,25 +264,42 @@ async fn a_hung_query_does_not_keep_an_old_value_fresh() {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        assert!(locked.elapsed() >= Duration::from_secs(2), "{:?}", locked.elapsed());
+        assert!(
+            locked.elapsed() >= Duration::from_secs(2),
+            "{:?}",
+            locked.elapsed()
+        );
         assert_eq!(err.code(), Code::Unavailable);
         assert!(err.message().contains("still running"), "{}", err.message());
         let active = c.is_active(deadline(obj.clone())).await.unwrap_err();
         assert_eq!(active.code(), Code::Unavailable, "{}", active.message());
-        // The lock goes with a new value: the waiting query reads it and it is served.
-        admin
-            .batch_execute("delete from jobs; insert into jobs(status) select 'queued' from generate_series(1, 9); commit")
+        // The stream's re-sends stop while the value is stale (what was sent before is read
+        // here, then a quiet second).
+        while tokio::time::timeout(Duration::from_millis(1500), stream.message())
             .await
-            .unwrap();
+            .is_ok()
+        {}
+        // The lock goes with the value unchanged: the waiting query returns it, it is served,
+        // and the stream sends `true` again (the same value is news after a stale spell).
+        admin.batch_execute("rollback").await.unwrap();
         let back = Instant::now();
         loop {
             if let Ok(r) = c.get_metrics(deadline(metrics_request(&obj, ""))).await {
-                assert_eq!(value(r), 9.0);
+                assert_eq!(value(r), 4.0);
                 break;
             }
-            assert!(back.elapsed() < Duration::from_secs(10), "no value after the lock went");
+            assert!(
+                back.elapsed() < Duration::from_secs(10),
+                "no value after the lock went"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let again = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("the stream speaks again after the hang")
+            .unwrap()
+            .unwrap();
+        assert!(again.result);
         server.stop().await;
     })
     .await;
