@@ -101,6 +101,12 @@ const SIDE_EFFECTS: &[(Dialect, &[&str])] = &[
             "DBLINK_CONNECT",
             "DBLINK_CONNECT_U",
             "DBLINK_SEND_QUERY",
+            // Run a query given as text, where no name above would be seen.
+            "QUERY_TO_XML",
+            "QUERY_TO_XMLSCHEMA",
+            "QUERY_TO_XML_AND_XMLSCHEMA",
+            "CURSOR_TO_XML",
+            "CURSOR_TO_XMLSCHEMA",
         ],
     ),
     (
@@ -118,6 +124,11 @@ const SIDE_EFFECTS: &[(Dialect, &[&str])] = &[
             "UTL_FILE",
             "UTL_INADDR",
             "HTTPURITYPE",
+            "DBURITYPE",
+            // Run a query given as text, where no name above would be seen.
+            "DBMS_XMLGEN",
+            "DBMS_XMLQUERY",
+            "DBMS_SQL",
         ],
     ),
     (Dialect::Sqlite, &["LOAD_EXTENSION"]),
@@ -280,6 +291,19 @@ fn lex(q: &str, dialect: Dialect) -> Result<Vec<Token>, Rejection> {
             out.push(Token::Opaque);
             prev_was_name = false;
             continue;
+        }
+        // PostgreSQL's U&"…" spells an identifier with escapes: a name no list could match.
+        if c == b'"'
+            && dialect == Dialect::Postgres
+            && i >= 2
+            && b[i - 1] == b'&'
+            && b[i - 2].eq_ignore_ascii_case(&b'u')
+            && (i == 2 || !(b[i - 3].is_ascii_alphanumeric() || b[i - 3] == b'_'))
+        {
+            return Err(reject(
+                "Unicode-escaped identifiers are not allowed",
+                "U&\"…\": write the name itself",
+            ));
         }
         if c == b'"'
             || (c == b'`' && dialect == Dialect::Sqlite)
@@ -674,6 +698,21 @@ mod tests {
             "select load_extension('/tmp/x.so')",
             Sqlite,
             "(load_extension)",
+        ),
+        (
+            "select count(*) from jobs where query_to_xml('select pg_advisory_lock(42)', true, true, '') is not null",
+            Postgres,
+            "(query_to_xml)",
+        ),
+        (
+            "select count(*) from jobs where U&\"pg_\\0061dvisory_lock\"(43) is not null",
+            Postgres,
+            "Unicode-escaped identifiers",
+        ),
+        (
+            "select dbms_xmlgen.getxml('select utl_http.request(''http://h/'') from dual') from dual",
+            Oracle,
+            "(dbms_xmlgen)",
         ),
     ];
 

@@ -378,11 +378,13 @@ impl ServeArgs {
     }
 }
 
-/// Whether two listen addresses would take the same port (port 0 picks a free one).
+/// Whether two listen addresses would take the same port (port 0 picks a free one): the same
+/// address, or a wildcard of the other's family (`[::]` also takes IPv4 on Linux).
 fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
-    a.port() != 0
-        && a.port() == b.port()
-        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    let covers = |w: SocketAddr, o: SocketAddr| {
+        w.ip().is_unspecified() && (w.is_ipv6() || w.is_ipv4() == o.is_ipv4())
+    };
+    a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
 }
 
 fn file_connection_url(key: &str, conn: &FileConnection) -> Result<ConnectionUrl, ConfigError> {
@@ -562,6 +564,17 @@ mod tests {
         assert!(e.contains("not a name") && !e.contains("c2VjcmV0"), "{e}");
         let e = refusal(&args(&["a=sqlite::memory:,"]));
         assert!(e.contains("must be NAME=URL"), "{e}");
+    }
+
+    #[test]
+    fn listen_addresses_overlap_only_where_the_kernel_would_refuse() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(overlap(a("127.0.0.1:9"), a("127.0.0.1:9")));
+        assert!(overlap(a("0.0.0.0:9"), a("127.0.0.1:9")));
+        assert!(overlap(a("[::]:9"), a("127.0.0.1:9")));
+        assert!(!overlap(a("0.0.0.0:9"), a("[::1]:9")));
+        assert!(!overlap(a("127.0.0.1:9"), a("127.0.0.2:9")));
+        assert!(!overlap(a("127.0.0.1:0"), a("127.0.0.1:0")));
     }
 
     #[test]

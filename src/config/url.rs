@@ -312,7 +312,7 @@ fn hosts_and_ports(authority: &str) -> bool {
     authority.split(',').all(|h| {
         let port = match h.strip_prefix('[') {
             Some(v6) => match v6.split_once(']') {
-                Some((_, after)) if after.is_empty() => return true,
+                Some((_, "")) => return true,
                 Some((_, after)) => after.strip_prefix(':'),
                 None => None,
             },

@@ -42,10 +42,13 @@ pub(super) fn at_most(
 /// (`--min-poll-interval / min_poll_interval: …`), as either may have set it.
 pub(super) fn validate_engine(e: &EngineConfig) -> Result<(), ConfigError> {
     check_engine(e).map_err(|err| match err {
-        ConfigError::Invalid { key, message } => ConfigError::Invalid {
-            key: format!("--{} / {key}", key.replace('_', "-")),
-            message,
-        },
+        // The `max_metadata_*` limits are file-only: no flag to name.
+        ConfigError::Invalid { key, message } if !key.starts_with("max_metadata_") => {
+            ConfigError::Invalid {
+                key: format!("--{} / {key}", key.replace('_', "-")),
+                message,
+            }
+        }
         other => other,
     })
 }

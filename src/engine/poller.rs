@@ -231,7 +231,8 @@ impl Poller {
 
     /// A slot of this poller's namespace share, and the time left of the query's timeout; or,
     /// when the namespace's other polls hold its share past (nearly all of) that timeout, why
-    /// there is none — a pool wait that names the namespace.
+    /// there is none — a pool wait that names the share (not the namespace: an identical
+    /// trigger of another namespace may share this poller and read the error).
     async fn share_slot(
         &self,
         budget: &Arc<Budget>,
@@ -248,7 +249,6 @@ impl Poller {
             // Nearly nothing left: a query started now would be cut at once.
             Some(slot) if left >= timeout / 10 => Ok((slot, left)),
             _ => Err(SourceError::NamespaceShare {
-                namespace: self.share.namespace().to_string(),
                 waited: Duration::from_millis(waited.as_millis() as u64),
                 share: budget.limit(),
                 percent: self.share.percent(),

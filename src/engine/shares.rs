@@ -52,10 +52,6 @@ impl Drop for Member {
 }
 
 impl Member {
-    pub fn namespace(&self) -> &str {
-        &self.namespace
-    }
-
     /// The percent its namespace may hold.
     pub fn percent(&self) -> u8 {
         self.shares.share

@@ -53,11 +53,10 @@ pub enum SourceError {
     PoolTimeout { waited: Duration, size: usize },
     /// An interval poll's namespace held its whole share of the pool (`engine::shares`).
     #[error(
-        "no free database session within {} for namespace {namespace:?}: its polls hold its whole share of this connection's pool ({share} sessions, --namespace-pool-share {percent}%), so its queries are slow or too many of them poll at once; other namespaces are not affected. Shorten the queries (or queryTimeout), lengthen pollInterval, or raise pool_size",
+        "no free database session within {}: the interval polls of this poller's namespace hold its whole share of this connection's pool ({share} sessions, --namespace-pool-share {percent}%; a poller shared by identical triggers counts under the namespace that created it), so that namespace's queries are slow or too many of them poll at once. Shorten the queries (or queryTimeout), lengthen pollInterval, or raise pool_size",
         humantime::format_duration(*waited)
     )]
     NamespaceShare {
-        namespace: String,
         waited: Duration,
         share: usize,
         percent: u8,

@@ -307,7 +307,8 @@ async fn a_hung_query_does_not_keep_an_old_value_fresh() {
 
 /// 3c. One namespace's slow queries hold at most its share of the pool (half of 4 sessions by
 /// default): another namespace's trigger on the same connection keeps its sessions and its
-/// answers, and the slow namespace is told, by name, that its own polls hold its share.
+/// answers, and the slow namespace is told that its own polls hold its share (without naming
+/// it: the error may reach another namespace's identical trigger).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_namespaces_slow_queries_leave_the_others_their_sessions() {
     let Some(pg) = Pg::start_or_skip("one_namespaces_slow_queries_leave_the_others_their_sessions")
@@ -382,7 +383,7 @@ async fn one_namespaces_slow_queries_leave_the_others_their_sessions() {
             most_sleeping = most_sleeping.max(sleeping);
             for o in &greedy {
                 if let Err(s) = c.get_metrics(deadline(metrics_request(o, ""))).await
-                    && s.message().contains("namespace \"greedy\"")
+                    && s.message().contains("--namespace-pool-share")
                 {
                     told = Some(s.message().to_string());
                 }
@@ -394,7 +395,8 @@ async fn one_namespaces_slow_queries_leave_the_others_their_sessions() {
             "greedy held {most_sleeping} of the 4 sessions"
         );
         assert!(most_sleeping >= 1, "the slow queries ran");
-        let told = told.expect("greedy's waits name it");
+        let told = told.expect("greedy's waits say why");
+        assert!(!told.contains("greedy"), "{told}");
         assert!(
             told.contains("--namespace-pool-share 50%") && told.contains("2 sessions"),
             "{told}"
