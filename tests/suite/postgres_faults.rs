@@ -5,6 +5,8 @@ use crate::support;
 
 use std::time::{Duration, Instant};
 
+use orascale::grpc::proto::ScaledObjectRef;
+use orascale::grpc::proto::external_scaler_client::ExternalScalerClient;
 use support::pg::{self, Pg};
 use support::*;
 use tonic::Code;
@@ -22,6 +24,35 @@ async fn polls(addr: std::net::SocketAddr, connection: &str, result: &str) -> f6
         ],
     )
     .unwrap_or(0.0)
+}
+
+/// GetMetrics answers `last` (never 0) until it answers an error, which it returns; that
+/// happens within 6 s of `since` (the staleness limit of 3 × 1 s polls, and margin), and
+/// GetMetricSpec succeeds throughout.
+async fn last_value_until_unavailable(
+    c: &mut ExternalScalerClient<tonic::transport::Channel>,
+    obj: &ScaledObjectRef,
+    last: f64,
+    since: Instant,
+) -> tonic::Status {
+    loop {
+        assert!(
+            c.get_metric_spec(deadline(obj.clone())).await.is_ok(),
+            "GetMetricSpec never fails"
+        );
+        match c.get_metrics(deadline(metrics_request(obj, ""))).await {
+            Ok(r) => {
+                assert_eq!(value(r), last, "the last good value, never 0");
+                assert!(
+                    since.elapsed() < Duration::from_secs(6),
+                    "served {:?} past the staleness limit",
+                    since.elapsed()
+                );
+            }
+            Err(s) => break s,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// 1 and 2: the server stops, then comes back.
@@ -64,23 +95,7 @@ async fn server_stopped_then_restarted() {
         let stopped = Instant::now();
         // 1. While the last good value is younger than 3 × 1 s it is served; then UNAVAILABLE
         // with the database error; never 0; GetMetricSpec keeps succeeding.
-        let unavailable = loop {
-            assert!(
-                c.get_metric_spec(deadline(obj.clone())).await.is_ok(),
-                "GetMetricSpec never fails"
-            );
-            match c.get_metrics(deadline(metrics_request(&obj, ""))).await {
-                Ok(r) => {
-                    assert_eq!(value(r), 5.0, "the last good value, never 0");
-                    assert!(
-                        stopped.elapsed() < Duration::from_secs(6),
-                        "served past the staleness limit"
-                    );
-                }
-                Err(s) => break s,
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let unavailable = last_value_until_unavailable(&mut c, &obj, 5.0, stopped).await;
         assert_eq!(unavailable.code(), Code::Unavailable);
         assert!(
             stopped.elapsed() >= Duration::from_secs(2),
@@ -250,20 +265,7 @@ async fn a_hung_query_does_not_keep_an_old_value_fresh() {
             .await
             .unwrap();
         let locked = Instant::now();
-        let err = loop {
-            match c.get_metrics(deadline(metrics_request(&obj, ""))).await {
-                Ok(r) => {
-                    assert_eq!(value(r), 4.0, "the last value, never 0");
-                    assert!(
-                        locked.elapsed() < Duration::from_secs(6),
-                        "an old value served as fresh for {:?} while its next query hung",
-                        locked.elapsed()
-                    );
-                }
-                Err(s) => break s,
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let err = last_value_until_unavailable(&mut c, &obj, 4.0, locked).await;
         assert!(
             locked.elapsed() >= Duration::from_secs(2),
             "{:?}",
