@@ -203,6 +203,7 @@ const TOML_KEYS: &[(&str, bool, Kind)] = &[
     ("max_poll_interval", false, Kind::Duration),
     ("min_wake_interval", false, Kind::Duration),
     ("wake_poll_share", false, Kind::Integer),
+    ("namespace_pool_share", false, Kind::Integer),
     ("default_query_timeout", false, Kind::Duration),
     ("max_query_timeout", false, Kind::Duration),
     ("idle_timeout", false, Kind::Duration),
