@@ -32,20 +32,26 @@ pub struct Staleness {
     pub interval: Duration,
     /// `stale_after_polls × pollInterval`, after a failed poll.
     pub limit: Duration,
-    /// While no poll has failed since the value (the next one is still running): the same
-    /// limit, but never under two poll intervals, so that at `stale_after_polls = 1` a healthy
-    /// poller's value does not lapse each time for as long as its next query runs.
-    pub in_flight: Duration,
 }
 
 impl Staleness {
     pub fn new(poll_interval: Duration, stale_after_polls: u32) -> Self {
-        let limit = poll_interval.saturating_mul(stale_after_polls);
         Staleness {
             interval: poll_interval,
-            limit,
-            in_flight: limit.max(poll_interval.saturating_mul(2)),
+            limit: poll_interval.saturating_mul(stale_after_polls),
         }
+    }
+
+    /// The allowance while no poll has failed since the value (the next one is still
+    /// running): the limit, but never under two intervals (so at `stale_after_polls = 1` a
+    /// healthy poller's value does not lapse while its next query runs), nor under the
+    /// interval plus twice `last_took`, the last successful poll's duration (a query that
+    /// takes 4 s at a 1 s interval is slow, not hung; one that usually takes milliseconds and
+    /// has run past the allowance is hung).
+    pub fn in_flight(&self, last_took: Duration) -> Duration {
+        self.limit
+            .max(self.interval.saturating_mul(2))
+            .max(self.interval.saturating_add(last_took.saturating_mul(2)))
     }
 }
 
@@ -69,18 +75,10 @@ impl PollState {
         self.polls > 0
     }
 
-    /// The value to serve now, or why there is none.
-    /// While the next poll runs, the allowance is also never under the interval plus twice
-    /// the last successful poll's duration: a query that takes 4 s at a 1 s interval is served
-    /// between its polls; one that usually takes milliseconds and has run past the allowance
-    /// is hung.
+    /// The value to serve now, or why there is none ([`Staleness`]).
     pub fn value(&self, now: Instant, max_age: Staleness) -> Result<Reading, String> {
         let age = |good: &Reading| now.saturating_duration_since(good.at);
-        let in_flight = max_age.in_flight.max(
-            max_age
-                .interval
-                .saturating_add(self.last_took.saturating_mul(2)),
-        );
+        let in_flight = max_age.in_flight(self.last_took);
         match (&self.good, &self.failure) {
             (Some(good), None) if age(good) < in_flight => Ok(*good),
             (Some(good), None) => Err(format!(
@@ -147,7 +145,6 @@ mod tests {
     const LIMIT: Staleness = Staleness {
         interval: Duration::from_secs(10),
         limit: Duration::from_secs(30),
-        in_flight: Duration::from_secs(30),
     };
 
     #[test]
@@ -203,11 +200,9 @@ mod tests {
     fn a_running_poll_gets_at_least_two_intervals() {
         let one = Staleness::new(Duration::from_secs(10), 1);
         assert_eq!(one.limit, Duration::from_secs(10));
-        assert_eq!(one.in_flight, Duration::from_secs(20));
-        assert_eq!(
-            Staleness::new(Duration::from_secs(10), 3).in_flight,
-            LIMIT.in_flight
-        );
+        assert_eq!(one.in_flight(Duration::ZERO), Duration::from_secs(20));
+        assert_eq!(Staleness::new(Duration::from_secs(10), 3), LIMIT);
+        assert_eq!(LIMIT.in_flight(Duration::ZERO), Duration::from_secs(30));
         let t0 = Instant::now();
         let mut s = PollState::default();
         s.record_ok(1.0, t0);
