@@ -55,6 +55,39 @@ async fn last_value_until_unavailable(
     }
 }
 
+/// A server on `conn`, and its trigger `name` counting `jobs` every second (with `extra`
+/// metadata): GetMetrics answers `want`, and a StreamIsActive opened on it says `true` first.
+async fn watched(
+    conn: orascale::config::ConnectionConfig,
+    e: orascale::config::EngineConfig,
+    name: &str,
+    extra: &[(&str, &str)],
+    want: f64,
+) -> (
+    orascale::app::Running,
+    ExternalScalerClient<tonic::transport::Channel>,
+    ScaledObjectRef,
+    tonic::Streaming<orascale::grpc::proto::IsActiveResponse>,
+) {
+    let server = start(vec![conn], e).await;
+    let mut c = client(server.grpc_addr).await;
+    let mut meta = vec![
+        ("query", "select count(*) from jobs"),
+        ("targetQueryValue", "1"),
+        ("pollInterval", "1s"),
+    ];
+    meta.extend_from_slice(extra);
+    let obj = object(name, &meta);
+    let got = c.get_metrics(deadline(metrics_request(&obj, ""))).await;
+    assert_eq!(value(got.unwrap()), want);
+    let mut stream = c.stream_is_active(obj.clone()).await.unwrap().into_inner();
+    assert!(
+        stream.message().await.unwrap().unwrap().result,
+        "active at open"
+    );
+    (server, c, obj, stream)
+}
+
 /// 1 and 2: the server stops, then comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_stopped_then_restarted() {
@@ -67,29 +100,8 @@ async fn server_stopped_then_restarted() {
         drop(admin);
         let mut e = engine();
         e.stale_after_polls = 3;
-        let server = start(vec![connection("pgstop", &pg.scaler_url())], e).await;
-        let mut c = client(server.grpc_addr).await;
-        let obj = object(
-            "w",
-            &[
-                ("query", "select count(*) from jobs"),
-                ("targetQueryValue", "1"),
-                ("pollInterval", "1s"),
-            ],
-        );
-        assert_eq!(
-            value(
-                c.get_metrics(deadline(metrics_request(&obj, "")))
-                    .await
-                    .unwrap()
-            ),
-            5.0
-        );
-        let mut stream = c.stream_is_active(obj.clone()).await.unwrap().into_inner();
-        assert!(
-            stream.message().await.unwrap().unwrap().result,
-            "active at open"
-        );
+        let (server, mut c, obj, mut stream) =
+            watched(connection("pgstop", &pg.scaler_url()), e, "w", &[], 5.0).await;
 
         pg.stop();
         let stopped = Instant::now();
@@ -236,30 +248,14 @@ async fn a_hung_query_does_not_keep_an_old_value_fresh() {
         let mut e = engine();
         e.stale_after_polls = 3;
         e.stream_resend_interval = Duration::from_secs(1);
-        let server = start(vec![connection("pghung", &pg.scaler_url())], e).await;
-        let mut c = client(server.grpc_addr).await;
-        let obj = object(
+        let (server, mut c, obj, mut stream) = watched(
+            connection("pghung", &pg.scaler_url()),
+            e,
             "hung",
-            &[
-                ("query", "select count(*) from jobs"),
-                ("targetQueryValue", "1"),
-                ("pollInterval", "1s"),
-                ("queryTimeout", "2m"),
-            ],
-        );
-        assert_eq!(
-            value(
-                c.get_metrics(deadline(metrics_request(&obj, "")))
-                    .await
-                    .unwrap()
-            ),
-            4.0
-        );
-        let mut stream = c.stream_is_active(obj.clone()).await.unwrap().into_inner();
-        assert!(
-            stream.message().await.unwrap().unwrap().result,
-            "active at open"
-        );
+            &[("queryTimeout", "2m")],
+            4.0,
+        )
+        .await;
         admin
             .batch_execute("begin; lock table jobs in access exclusive mode")
             .await
